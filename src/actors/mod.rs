@@ -1,0 +1,20 @@
+//! The actors of a node. Each file holds one actor with its messages at the top.
+//!
+//! - [`session`]: one per WebSocket connection, on the node the client reached.
+//! - [`user`]: one per user, on the user's owner node: devices, presence, friend and conversation indexes.
+//! - [`conversation`]: one per direct conversation, on its owner node: seq, messages, receipts, friendship.
+//! - [`friendship`], [`delivery`], [`limits`]: pure state machines the actors use (unit-tested without actors).
+
+pub mod conversation;
+pub mod delivery;
+pub mod friendship;
+pub mod limits;
+pub mod session;
+pub mod user;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,544 @@
+//! `SessionActor`: one per WebSocket connection, on whichever node the client reached. Owns the connection:
+//! authentication, heartbeat, rate limits, turning frames into requests to user and conversation actors (via
+//! the router) and their answers into frames, redelivery of unacknowledged pushes, and the bounded outgoing
+//! queue. It holds no durable state and must never block or buffer without bound: a client that stops
+//! reading is degraded to `notify`, then disconnected.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::{CloseCode, CloseReason};
+use actix_web::web::Bytes;
+use futures_util::future::join_all;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::actors::conversation::{
+    Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Range, Recall, Summarize, Typing,
+};
+use crate::actors::delivery::{Track, Tracker};
+use crate::actors::friendship::FriendOp;
+use crate::actors::limits::{jittered, Deadline, TokenBucket, Window};
+use crate::actors::user::{Connect, Disconnect, ListConvs, ListFriends};
+use crate::cluster::Router;
+use crate::error::{ChatError, ChatResult, ErrorCode};
+use crate::ids::{ConvId, DeviceId, UserId};
+use crate::metrics::ActorKind;
+use crate::net::auth;
+use crate::net::protocol::{parse_client_frame, ClientFrame, Rid, ServerFrame};
+use crate::net::ws::{Incoming, WireFrame};
+
+/// Something for this connection's device.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// A frame to write as is.
+    Frame(WireFrame),
+    /// A `msg` push, tracked until acknowledged.
+    Push { conv: ConvId, seq: u64, frame: WireFrame },
+    /// A newer connection of the same device replaced this one.
+    Kicked,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Outbound);
+
+/// The first frame must arrive within this.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests a connection may have in flight before further ones get `rate_limited`.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Frames kept free in the outgoing queue for a close frame.
+const QUEUE_RESERVE: usize = 2;
+/// The longest friend-request note.
+const MAX_NOTE_CHARS: usize = 1024;
+/// Default and largest `sync` page.
+const SYNC_DEFAULT: u64 = 100;
+const SYNC_MAX: u64 = 1000;
+
+enum State {
+    /// Waiting for the `auth` frame.
+    Anonymous,
+    /// `auth` accepted, registering with the user actor.
+    Joining,
+    Active { user: UserId, device: DeviceId },
+    Closing,
+}
+
+pub struct SessionActor {
+    id: u64,
+    router: Router,
+    out: mpsc::Sender<Bytes>,
+    state: State,
+    heartbeat: Deadline,
+    sends: TokenBucket,
+    frames: TokenBucket,
+    in_flight: usize,
+    tracker: Tracker<ConvId, WireFrame>,
+    retransmit_scheduled: bool,
+    /// Conversations whose pushes became `notify` because the device stopped keeping up.
+    degraded: HashMap<ConvId, Window>,
+    notify_scheduled: HashSet<ConvId>,
+    /// The highest ack forwarded to each conversation (for `delivered`).
+    acked: HashMap<ConvId, u64>,
+}
+
+impl SessionActor {
+    pub fn new(router: Router, out: mpsc::Sender<Bytes>) -> SessionActor {
+        let now = Instant::now();
+        let config = router.config();
+        let rate = config.limits.sends_per_s;
+        let heartbeat_timeout = config.chat.heartbeat() * 3;
+        let tracker_limit = (config.actors.session_queue_frames / 2).clamp(8, 512);
+        let ack_timeout = config.chat.ack_timeout();
+        SessionActor {
+            id: router.next_session_id(),
+            out,
+            state: State::Anonymous,
+            heartbeat: Deadline::new(heartbeat_timeout, now),
+            sends: TokenBucket::new(rate, rate.saturating_mul(2), now),
+            frames: TokenBucket::new(rate.saturating_mul(5), rate.saturating_mul(10), now),
+            in_flight: 0,
+            tracker: Tracker::new(ack_timeout, tracker_limit),
+            retransmit_scheduled: false,
+            degraded: HashMap::new(),
+            notify_scheduled: HashSet::new(),
+            acked: HashMap::new(),
+            router,
+        }
+    }
+
+    // ---- output ----
+
+    /// Queues a frame; a client that does not read its frames is disconnected.
+    fn write(&mut self, ctx: &mut Context<Self>, frame: &WireFrame) -> bool {
+        if matches!(self.state, State::Closing) {
+            return false;
+        }
+        if self.out.capacity() <= QUEUE_RESERVE {
+            self.router.metrics().slow_consumer_disconnects.inc();
+            tracing::info!(session = self.id, "closing a connection whose client does not read");
+            self.close(ctx, CloseCode::Policy, "slow consumer: frames are not being read");
+            return false;
+        }
+        self.router.metrics().frame_out(frame.kind);
+        self.out.try_send(frame.bytes.clone()).is_ok()
+    }
+
+    fn reply(&mut self, ctx: &mut Context<Self>, frame: ServerFrame) {
+        let wire = WireFrame::text(frame.kind(), &frame.to_json());
+        self.write(ctx, &wire);
+    }
+
+    fn error(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, error: &ChatError) {
+        self.router.metrics().error(error.code);
+        self.reply(ctx, ServerFrame::error(rid, error));
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        let frame = WireFrame::close(Some(CloseReason { code, description: Some(reason.to_string()) }));
+        let _ = self.out.try_send(frame.bytes);
+        self.leave();
+        self.state = State::Closing;
+        ctx.stop();
+    }
+
+    /// An error, then the connection ends (failures before `auth` completes).
+    fn refuse(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, error: &ChatError) {
+        self.error(ctx, rid, error);
+        self.close(ctx, CloseCode::Policy, &error.message);
+    }
+
+    fn leave(&mut self) {
+        if let State::Active { user, device } = &self.state {
+            self.router.tell_user(user, Disconnect { device: device.clone(), session_id: self.id });
+        }
+    }
+
+    // ---- pushes ----
+
+    fn push(&mut self, ctx: &mut Context<Self>, conv: ConvId, seq: u64, frame: WireFrame) {
+        if self.degraded.contains_key(&conv) {
+            self.notify(ctx, conv, seq);
+            return;
+        }
+        match self.tracker.track(&conv, seq, frame.clone(), Instant::now()) {
+            Track::Push => {
+                if self.write(ctx, &frame) {
+                    self.router.metrics().pushes.inc();
+                }
+                self.schedule_retransmit(ctx);
+            }
+            Track::Duplicate => {}
+            Track::Full => {
+                let window = Duration::from_millis(self.router.config().chat.notify_window_ms);
+                self.degraded.insert(conv.clone(), Window::new(window));
+                self.notify(ctx, conv, seq);
+            }
+        }
+    }
+
+    /// A coalesced `notify` (at most one per conversation per window) for a degraded conversation.
+    fn notify(&mut self, ctx: &mut Context<Self>, conv: ConvId, last_seq: u64) {
+        let Some(window) = self.degraded.get_mut(&conv) else { return };
+        if window.allow(Instant::now()) {
+            self.reply(ctx, ServerFrame::Notify { conv, last_seq });
+            return;
+        }
+        if let Some(at) = window.next_allowed() {
+            if self.notify_scheduled.insert(conv.clone()) {
+                let delay = at.saturating_duration_since(Instant::now());
+                ctx.run_later(delay, move |act, ctx| {
+                    act.notify_scheduled.remove(&conv);
+                    act.notify(ctx, conv, last_seq);
+                });
+            }
+        }
+    }
+
+    fn schedule_retransmit(&mut self, ctx: &mut Context<Self>) {
+        if self.retransmit_scheduled {
+            return;
+        }
+        let Some(due) = self.tracker.next_due() else { return };
+        self.retransmit_scheduled = true;
+        let delay = due.saturating_duration_since(Instant::now()) + Duration::from_millis(5);
+        ctx.run_later(delay, |act, ctx| {
+            act.retransmit_scheduled = false;
+            for frame in act.tracker.due(Instant::now()) {
+                if act.write(ctx, &frame) {
+                    act.router.metrics().repushes.inc();
+                }
+            }
+            act.schedule_retransmit(ctx);
+        });
+    }
+
+    // ---- requests ----
+
+    /// Runs a request to another actor; its answer becomes a frame through `on_ok`, its error an error frame.
+    fn request<T, F>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        rid: Option<Rid>,
+        fut: F,
+        on_ok: impl FnOnce(&mut Self, &mut Context<Self>, Option<Rid>, T) + 'static,
+    ) where
+        T: 'static,
+        F: Future<Output = ChatResult<T>> + 'static,
+    {
+        if self.in_flight >= MAX_IN_FLIGHT {
+            self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many requests in flight"));
+            return;
+        }
+        self.in_flight += 1;
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.in_flight -= 1;
+            match result {
+                Ok(value) => on_ok(act, ctx, rid, value),
+                Err(e) => act.error(ctx, rid, &e),
+            }
+        }));
+    }
+
+    fn on_text(&mut self, ctx: &mut Context<Self>, text: &str) {
+        let parsed = parse_client_frame(text);
+        self.router.metrics().frame_in(match &parsed {
+            Ok((_, frame)) => frame.kind(),
+            Err(_) => "invalid",
+        });
+        match (&self.state, parsed) {
+            (State::Anonymous, Ok((rid, ClientFrame::Auth { token, device }))) => {
+                self.authenticate(ctx, rid, &token, &device)
+            }
+            (State::Anonymous, Err(e)) if e.kind.as_deref() == Some("auth") => self.refuse(ctx, e.rid, &e.error),
+            (State::Anonymous, Ok((rid, _))) => {
+                self.refuse(ctx, rid, &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"))
+            }
+            (State::Anonymous, Err(e)) => {
+                self.refuse(ctx, e.rid, &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"))
+            }
+            (State::Active { .. }, parsed) => {
+                let (rid, frame) = match parsed {
+                    Ok(ok) => ok,
+                    Err(e) => return self.error(ctx, e.rid, &e.error),
+                };
+                if !self.frames.try_take(Instant::now()) {
+                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many frames"));
+                }
+                self.dispatch(ctx, rid, frame);
+            }
+            (State::Joining | State::Closing, _) => {}
+        }
+    }
+
+    fn authenticate(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, token: &str, device: &str) {
+        let device = match DeviceId::parse(device) {
+            Ok(d) => d,
+            Err(e) => return self.refuse(ctx, rid, &ChatError::from(e)),
+        };
+        let user = match auth::verify(&self.router.config().auth.token_secret, token) {
+            Ok(u) => u,
+            Err(e) => return self.refuse(ctx, rid, &ChatError::new(ErrorCode::Unauthorized, e.to_string())),
+        };
+        self.state = State::Joining;
+        let router = self.router.clone();
+        let connect = Connect { device: device.clone(), session_id: self.id, session: ctx.address().recipient() };
+        let joined = async move { router.ask_user(&user, connect).await.map(|()| user) };
+        // `wait`: no other frame is processed until the user actor knows this device.
+        ctx.wait(joined.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(user) => {
+                let welcome = ServerFrame::Welcome {
+                    user: user.clone(),
+                    device: device.clone(),
+                    node: act.router.node().to_string(),
+                    heartbeat_s: act.router.config().chat.heartbeat_s,
+                };
+                act.state = State::Active { user, device };
+                act.reply(ctx, welcome);
+            }
+            Err(e) => {
+                act.state = State::Anonymous;
+                act.refuse(ctx, rid, &e);
+            }
+        }));
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, frame: ClientFrame) {
+        let State::Active { user, device } = &self.state else { return };
+        let (user, device) = (user.clone(), device.clone());
+        let router = self.router.clone();
+        match frame {
+            ClientFrame::Ping => self.reply(ctx, ServerFrame::Pong { rid }),
+            ClientFrame::Auth { .. } => {
+                self.error(ctx, rid, &ChatError::bad_request("already authenticated"));
+            }
+            ClientFrame::Send { cid, conv, body } => {
+                if !self.sends.try_take(Instant::now()) {
+                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many messages"));
+                }
+                let json = serde_json::Value::Object(body).to_string();
+                let max = self.router.config().limits.max_body_bytes;
+                if json.len() > max {
+                    let e = ChatError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
+                    return self.error(ctx, rid, &e);
+                }
+                let Ok(body) = RawValue::from_string(json) else {
+                    return self.error(ctx, rid, &ChatError::bad_request("body is not JSON"));
+                };
+                let started = Instant::now();
+                let post = Post { from: user, device, cid: cid.clone(), body };
+                let fut = async move { router.ask_conv(&conv, post).await?.map(|p| (conv, p)) };
+                self.request(ctx, rid, fut, move |act, ctx, rid, (conv, posted)| {
+                    act.router.metrics().send_seconds.observe(started.elapsed().as_secs_f64());
+                    act.reply(ctx, ServerFrame::Sent { rid, cid, conv, seq: posted.seq, ts: posted.ts });
+                });
+            }
+            ClientFrame::Ack { conv, seq } => {
+                self.tracker.ack(&conv, seq);
+                if self.degraded.contains_key(&conv) && self.tracker.is_empty() {
+                    self.degraded.remove(&conv);
+                }
+                let forwarded = self.acked.entry(conv.clone()).or_insert(0);
+                if seq > *forwarded {
+                    *forwarded = seq;
+                    let fut = async move { router.ask_conv(&conv, Ack { user, seq }).await? };
+                    self.request(ctx, rid, fut, |_, _, _, ()| {});
+                }
+            }
+            ClientFrame::Sync { conv, after, before, limit } => {
+                let limit = match limit {
+                    Some(0) => return self.error(ctx, rid, &ChatError::bad_request("limit must be at least 1")),
+                    Some(n) => n.min(SYNC_MAX),
+                    None => SYNC_DEFAULT,
+                };
+                let range = match (after, before) {
+                    (Some(_), Some(_)) => {
+                        return self.error(ctx, rid, &ChatError::bad_request("give `after` or `before`, not both"))
+                    }
+                    (_, Some(before)) => Range::Before(before),
+                    (after, None) => Range::After(after.unwrap_or(0)),
+                };
+                let limit = usize::try_from(limit).unwrap_or(1000);
+                let fut = async move {
+                    let fetched = router.ask_conv(&conv, Fetch { user, range, limit }).await??;
+                    Ok((conv, fetched))
+                };
+                self.request(ctx, rid, fut, |act, ctx, rid, (conv, f)| {
+                    act.reply(ctx, ServerFrame::Msgs { rid, conv, msgs: f.msgs, last_seq: f.last_seq });
+                });
+            }
+            ClientFrame::Convs => {
+                let fut = async move {
+                    let convs = router.ask_user(&user, ListConvs).await?;
+                    let asks = convs.iter().map(|c| router.ask_conv(c, Summarize { user: user.clone() }));
+                    let mut list: Vec<_> = join_all(asks).await.into_iter().filter_map(|r| r.ok().flatten()).collect();
+                    list.sort_by(|a, b| b.last_ts.cmp(&a.last_ts).then(a.entry.conv.cmp(&b.entry.conv)));
+                    Ok(list.into_iter().map(|s| s.entry).collect())
+                };
+                self.request(ctx, rid, fut, |act, ctx, rid, convs| act.reply(ctx, ServerFrame::Convs { rid, convs }));
+            }
+            ClientFrame::Read { conv, seq } => {
+                let fut = async move { router.ask_conv(&conv, MarkRead { user, device, seq }).await? };
+                self.request(ctx, rid, fut, |_, _, _, ()| {});
+            }
+            ClientFrame::Receipts { conv, seq, counts } => {
+                let fut = async move {
+                    let detail = router.ask_conv(&conv, GetReceipts { user, seq, counts }).await??;
+                    Ok((conv, detail))
+                };
+                self.request(ctx, rid, fut, move |act, ctx, rid, (conv, detail)| {
+                    act.reply(ctx, ServerFrame::Receipts { rid, conv, seq, detail });
+                });
+            }
+            ClientFrame::FriendRequest { user: other, note } => {
+                let note = note.unwrap_or_default();
+                if note.chars().count() > MAX_NOTE_CHARS {
+                    let e = ChatError::new(ErrorCode::TooLarge, format!("note is over {MAX_NOTE_CHARS} characters"));
+                    return self.error(ctx, rid, &e);
+                }
+                if !self.sends.try_take(Instant::now()) {
+                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many requests"));
+                }
+                self.friendship(ctx, rid, user, other, FriendOp::Request { note });
+            }
+            ClientFrame::FriendAccept { user: other } => self.friendship(ctx, rid, user, other, FriendOp::Accept),
+            ClientFrame::FriendDecline { user: other } => self.friendship(ctx, rid, user, other, FriendOp::Decline),
+            ClientFrame::FriendRemove { user: other } => self.friendship(ctx, rid, user, other, FriendOp::Remove),
+            ClientFrame::Friends => {
+                let fut = async move { router.ask_user(&user, ListFriends).await };
+                self.request(ctx, rid, fut, |act, ctx, rid, list| {
+                    let frame = ServerFrame::Friends {
+                        rid,
+                        friends: list.friends,
+                        incoming: list.incoming,
+                        outgoing: list.outgoing,
+                    };
+                    act.reply(ctx, frame);
+                });
+            }
+            ClientFrame::GroupCreate { conv, .. }
+            | ClientFrame::GroupAdd { conv, .. }
+            | ClientFrame::GroupRemove { conv, .. }
+            | ClientFrame::GroupLeave { conv }
+            | ClientFrame::GroupInfo { conv, .. } => {
+                let e = if conv.is_direct() {
+                    ChatError::bad_request("group frames take a group id (g:NAME)")
+                } else {
+                    ChatError::not_found(format!("group {conv} does not exist"))
+                };
+                self.error(ctx, rid, &e);
+            }
+            ClientFrame::Typing { conv } => {
+                if !self.sends.try_take(Instant::now()) {
+                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many events"));
+                }
+                let fut = async move { router.ask_conv(&conv, Typing { user }).await? };
+                self.request(ctx, rid, fut, |_, _, _, ()| {});
+            }
+            ClientFrame::Recall { conv, seq } => {
+                let fut = async move { router.ask_conv(&conv, Recall { user, device, seq }).await? };
+                self.request(ctx, rid, fut, |act, ctx, rid, ()| act.reply(ctx, ServerFrame::Ok { rid }));
+            }
+        }
+    }
+
+    fn friendship(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, me: UserId, other: UserId, op: FriendOp) {
+        let Some(conv) = ConvId::direct(&me, &other) else {
+            return self.error(ctx, rid, &ChatError::bad_request("that is yourself"));
+        };
+        let router = self.router.clone();
+        let fut = async move { router.ask_conv(&conv, Friendship { user: me, op }).await? };
+        self.request(ctx, rid, fut, |act, ctx, rid, ()| act.reply(ctx, ServerFrame::Ok { rid }));
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.router.metrics().ws_connections.inc();
+        self.router.metrics().actor(ActorKind::Session).inc();
+        ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
+            if matches!(act.state, State::Anonymous) {
+                act.close(ctx, CloseCode::Policy, "no auth frame in time");
+            }
+        });
+        // Check well within the 3x deadline; jitter spreads the timers of many connections.
+        let period = jittered(self.router.config().chat.heartbeat() / 2, 0.2, self.id.wrapping_mul(7919));
+        ctx.run_interval(period, |act, ctx| {
+            if act.heartbeat.expired(Instant::now()) {
+                act.close(ctx, CloseCode::Normal, "heartbeat timeout");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.leave();
+        self.router.metrics().ws_connections.dec();
+        self.router.metrics().actor(ActorKind::Session).dec();
+    }
+}
+
+impl StreamHandler<Incoming> for SessionActor {
+    fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
+        self.heartbeat.touch(Instant::now());
+        let anonymous = matches!(self.state, State::Anonymous);
+        match item {
+            Incoming::Text(text) => self.on_text(ctx, &text),
+            Incoming::Ping(payload) => {
+                self.write(ctx, &WireFrame::pong(&payload));
+            }
+            Incoming::Pong => {}
+            Incoming::Close(_) => self.close(ctx, CloseCode::Normal, "bye"),
+            Incoming::ProtocolError(e) => self.close(ctx, CloseCode::Protocol, &e),
+            Incoming::Binary | Incoming::TooLarge if anonymous => {
+                self.router.metrics().frame_in("invalid");
+                self.refuse(ctx, None, &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"));
+            }
+            Incoming::Binary => {
+                self.router.metrics().frame_in("invalid");
+                self.error(ctx, None, &ChatError::bad_request("binary frames are not supported; send JSON text"));
+            }
+            Incoming::TooLarge => {
+                self.router.metrics().frame_in("invalid");
+                let max = self.router.config().limits.max_frame_bytes;
+                self.error(ctx, None, &ChatError::new(ErrorCode::TooLarge, format!("frame is over {max} bytes")));
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, Deliver(out): Deliver, ctx: &mut Context<Self>) {
+        if !matches!(self.state, State::Active { .. }) {
+            return;
+        }
+        match out {
+            Outbound::Frame(frame) => {
+                self.write(ctx, &frame);
+            }
+            Outbound::Push { conv, seq, frame } => self.push(ctx, conv, seq, frame),
+            Outbound::Kicked => {
+                self.reply(ctx, ServerFrame::Kicked);
+                // The newer session owns the device now: leave without a Disconnect.
+                self.state = State::Closing;
+                let frame = WireFrame::close(Some(CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some("replaced by a newer connection of this device".into()),
+                }));
+                let _ = self.out.try_send(frame.bytes);
+                ctx.stop();
+            }
+        }
+    }
+}

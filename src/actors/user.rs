@@ -1,0 +1,263 @@
+//! `UserActor`: one per user, on the node that owns the user. Owns the user's live devices (which session
+//! serves each), the user's friend index and conversation index, and presence. It never stores messages and
+//! never decides friendship (the pair's conversation does); it only fans frames out to the user's devices.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::actors::session::{Deliver, Outbound};
+use crate::cluster::Router;
+use crate::ids::{ConvId, DeviceId, UserId};
+use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
+use crate::net::ws::WireFrame;
+use crate::store::FriendEntry;
+
+/// A session serving `device` came up; an older session of the same device is kicked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    pub device: DeviceId,
+    pub session_id: u64,
+    pub session: Recipient<Deliver>,
+}
+
+/// A session ended (ignored if the device is already served by a newer session).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub device: DeviceId,
+    pub session_id: u64,
+}
+
+/// Push a frame to every device of the user but `except`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToDevices {
+    pub out: Outbound,
+    pub except: Option<DeviceId>,
+}
+
+/// The user is in `conv` (idempotent); answered once durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddConv {
+    pub conv: ConvId,
+}
+
+/// The user's conversations.
+#[derive(Message)]
+#[rtype(result = "Vec<ConvId>")]
+pub struct ListConvs;
+
+/// Set the user's friend-index entry for `other` (from the pair's conversation), then push `push` to the
+/// user's devices; answered once durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetFriend {
+    pub other: UserId,
+    pub entry: Option<FriendEntry>,
+    pub push: Option<WireFrame>,
+}
+
+/// Friends and pending requests, for the `friends` frame.
+#[derive(Message)]
+#[rtype(result = "FriendsList")]
+pub struct ListFriends;
+
+#[derive(Debug, Default)]
+pub struct FriendsList {
+    pub friends: Vec<UserId>,
+    pub incoming: Vec<IncomingRequest>,
+    pub outgoing: Vec<OutgoingRequest>,
+}
+
+/// A friend came online or went offline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PresenceChanged {
+    pub user: UserId,
+    pub online: bool,
+}
+
+struct Device {
+    session_id: u64,
+    session: Recipient<Deliver>,
+}
+
+pub struct UserActor {
+    id: UserId,
+    router: Router,
+    devices: HashMap<DeviceId, Device>,
+    friends: BTreeMap<UserId, FriendEntry>,
+    convs: Option<HashSet<ConvId>>,
+    last_active: Instant,
+}
+
+impl UserActor {
+    pub fn new(id: UserId, router: Router) -> UserActor {
+        let friends = match router.store().friends(&id) {
+            Ok(list) => list.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(user = %id, error = %e, "cannot load friends");
+                BTreeMap::new()
+            }
+        };
+        UserActor { id, router, devices: HashMap::new(), friends, convs: None, last_active: Instant::now() }
+    }
+
+    fn push(&self, out: &Outbound, except: Option<&DeviceId>) {
+        for (device, d) in &self.devices {
+            if Some(device) != except {
+                d.session.do_send(Deliver(out.clone()));
+            }
+        }
+    }
+
+    fn announce_presence(&self, online: bool) {
+        for (friend, entry) in &self.friends {
+            if *entry == FriendEntry::Friend {
+                self.router.tell_live_user(friend, PresenceChanged { user: self.id.clone(), online });
+            }
+        }
+    }
+
+    fn convs(&mut self) -> &mut HashSet<ConvId> {
+        let id = &self.id;
+        let store = self.router.store();
+        self.convs.get_or_insert_with(|| match store.user_convs(id) {
+            Ok(list) => list.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(user = %id, error = %e, "cannot load conversations");
+                HashSet::new()
+            }
+        })
+    }
+
+    fn durable(&self) -> ResponseFuture<()> {
+        Box::pin(self.router.store().flusher().flushed())
+    }
+}
+
+impl Actor for UserActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.router.config().actors.idle();
+        let period = (idle / 2).max(Duration::from_millis(100));
+        ctx.run_interval(period, move |act, ctx| {
+            if act.devices.is_empty()
+                && act.last_active.elapsed() >= idle
+                && act.router.release_user(&act.id, &ctx.address())
+            {
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl Handler<Connect> for UserActor {
+    type Result = ();
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+        self.last_active = Instant::now();
+        let first = self.devices.is_empty();
+        let new = Device { session_id: msg.session_id, session: msg.session };
+        if let Some(old) = self.devices.insert(msg.device, new) {
+            old.session.do_send(Deliver(Outbound::Kicked));
+        }
+        if first {
+            self.announce_presence(true);
+        }
+    }
+}
+
+impl Handler<Disconnect> for UserActor {
+    type Result = ();
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        self.last_active = Instant::now();
+        if self.devices.get(&msg.device).is_some_and(|d| d.session_id == msg.session_id) {
+            self.devices.remove(&msg.device);
+            if self.devices.is_empty() {
+                self.announce_presence(false);
+            }
+        }
+    }
+}
+
+impl Handler<ToDevices> for UserActor {
+    type Result = ();
+    fn handle(&mut self, msg: ToDevices, _: &mut Context<Self>) {
+        self.push(&msg.out, msg.except.as_ref());
+    }
+}
+
+impl Handler<AddConv> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: AddConv, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        if self.convs().insert(msg.conv.clone()) {
+            if let Err(e) = self.router.store().add_user_conv(&self.id, &msg.conv) {
+                tracing::error!(user = %self.id, conv = %msg.conv, error = %e, "cannot index conversation");
+            }
+        }
+        self.durable()
+    }
+}
+
+impl Handler<ListConvs> for UserActor {
+    type Result = MessageResult<ListConvs>;
+    fn handle(&mut self, _: ListConvs, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        MessageResult(self.convs().iter().cloned().collect())
+    }
+}
+
+impl Handler<SetFriend> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: SetFriend, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        if let Err(e) = self.router.store().set_friend(&self.id, &msg.other, msg.entry.as_ref()) {
+            tracing::error!(user = %self.id, error = %e, "cannot write friend index");
+        }
+        match msg.entry {
+            Some(entry) => self.friends.insert(msg.other, entry),
+            None => self.friends.remove(&msg.other),
+        };
+        if let Some(frame) = msg.push {
+            self.push(&Outbound::Frame(frame), None);
+        }
+        self.durable()
+    }
+}
+
+impl Handler<ListFriends> for UserActor {
+    type Result = MessageResult<ListFriends>;
+    fn handle(&mut self, _: ListFriends, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let mut list = FriendsList::default();
+        for (other, entry) in &self.friends {
+            match entry {
+                FriendEntry::Friend => list.friends.push(other.clone()),
+                FriendEntry::Incoming { note } => {
+                    list.incoming.push(IncomingRequest { from: other.clone(), note: note.clone() })
+                }
+                FriendEntry::Outgoing { note } => {
+                    list.outgoing.push(OutgoingRequest { to: other.clone(), note: note.clone() })
+                }
+            }
+        }
+        MessageResult(list)
+    }
+}
+
+impl Handler<PresenceChanged> for UserActor {
+    type Result = ();
+    fn handle(&mut self, msg: PresenceChanged, _: &mut Context<Self>) {
+        // Only friends see presence; the friend index is the authority here.
+        if self.friends.get(&msg.user) == Some(&FriendEntry::Friend) {
+            let frame = ServerFrame::Presence { user: msg.user, online: msg.online };
+            self.push(&Outbound::Frame(WireFrame::text(frame.kind(), &frame.to_json())), None);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The consistent-hash ring over the nodes of `cluster.toml`.
+//!
+//! The ring is built from the node ids sorted, with `vnodes` points each and a fixed hasher (FNV-1a), so
+//! every node computes the same owner for every key. [`Ring::signature`] hashes the membership (ids,
+//! addresses, vnodes) so nodes with different views can refuse each other.
+
+use std::hash::Hasher;
+
+use consistent_hash_ring::RingBuilder;
+use fnv::{FnvBuildHasher, FnvHasher};
+
+use crate::config::Config;
+use crate::ids::NodeId;
+
+pub struct Ring {
+    ring: consistent_hash_ring::Ring<NodeId, FnvBuildHasher>,
+    signature: u64,
+}
+
+impl Ring {
+    pub fn new(config: &Config) -> Ring {
+        let mut nodes: Vec<&crate::config::NodeConfig> = config.nodes.iter().collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<NodeId> = nodes.iter().filter_map(|n| NodeId::parse(&n.id).ok()).collect();
+        let ring =
+            RingBuilder::new(FnvBuildHasher::default()).vnodes(config.cluster.vnodes).nodes_iter(ids).build();
+        let mut h = FnvHasher::default();
+        h.write_u64(config.cluster.vnodes as u64);
+        for n in &nodes {
+            for part in [&n.id, &n.listen, &n.peer] {
+                h.write(part.as_bytes());
+                h.write_u8(0);
+            }
+        }
+        Ring { ring, signature: h.finish() }
+    }
+
+    /// The node that owns `key` (a user id or conversation id).
+    pub fn owner(&self, key: &str) -> &NodeId {
+        self.ring.get(key)
+    }
+
+    pub fn signature(&self) -> u64 {
+        self.signature
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ids: &[&str]) -> Config {
+        let mut text = String::new();
+        for id in ids {
+            // each node's addresses follow from its id, wherever it stands in the file
+            let n: u16 = id.trim_start_matches('n').parse().expect("n<digit>");
+            text.push_str(&format!(
+                "[[nodes]]\nid='{id}'\nlisten='127.0.0.1:{}'\npeer='127.0.0.1:{}'\ndata_dir='d{n}'\n",
+                7000 + n,
+                7100 + n
+            ));
+        }
+        Config::parse(&text).expect("config")
+    }
+
+    /// Pins placements so a dependency bump cannot move ownership silently.
+    #[test]
+    fn placements_are_pinned() {
+        let ring = Ring::new(&config(&["n1", "n2", "n3"]));
+        let placed: Vec<(&str, &str)> = ["alice", "bob", "carol", "dm:alice:bob", "g:team", "u42"]
+            .iter()
+            .map(|k| (*k, ring.owner(k).as_str()))
+            .collect();
+        assert_eq!(placed, PINNED.to_vec());
+    }
+
+    const PINNED: [(&str, &str); 6] = [
+        ("alice", "n3"),
+        ("bob", "n1"),
+        ("carol", "n3"),
+        ("dm:alice:bob", "n3"),
+        ("g:team", "n3"),
+        ("u42", "n2"),
+    ];
+
+    #[test]
+    fn order_of_nodes_in_the_file_does_not_matter() {
+        let a = Ring::new(&config(&["n1", "n2", "n3"]));
+        let b = Ring::new(&config(&["n3", "n1", "n2"]));
+        for i in 0..1000 {
+            let k = format!("user{i}");
+            assert_eq!(a.owner(&k), b.owner(&k));
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_nodes() {
+        let ring = Ring::new(&config(&["n1", "n2", "n3"]));
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..3000 {
+            *counts.entry(ring.owner(&format!("user{i}")).clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|c| *c > 600), "{counts:?}");
+    }
+
+    #[test]
+    fn signature_changes_with_membership() {
+        let a = Ring::new(&config(&["n1", "n2"]));
+        let b = Ring::new(&config(&["n1", "n2", "n3"]));
+        assert_ne!(a.signature(), b.signature());
+        assert_eq!(a.signature(), Ring::new(&config(&["n2", "n1"])).signature());
+    }
+}

@@ -1,0 +1,347 @@
+//! The cluster configuration: one tree mirroring `cluster.toml`.
+//!
+//! Every key but `nodes` has a default; unknown keys are refused (`deny_unknown_fields`) so a typo is a
+//! start-up error naming the key instead of a silently ignored setting. Units live in key names
+//! (`ack_timeout_ms`); [`Config::load`] resolves relative paths against the file's folder and
+//! [`Config::validate`] reports every problem at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ids::{NodeId, UserId};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub chat: ChatConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub actors: ActorsConfig,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub token_secret: String,
+    pub admin_key: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { token_secret: "change-me".into(), admin_key: "change-me-too".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    pub heartbeat_s: u64,
+    pub dm_requires_friendship: bool,
+    pub max_group_members: u64,
+    pub push_max_members: u64,
+    pub receipt_push_max_members: u64,
+    pub notify_window_ms: u64,
+    pub ack_timeout_ms: u64,
+    pub recall_window_s: u64,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_s: 30,
+            dm_requires_friendship: true,
+            max_group_members: 100_000,
+            push_max_members: 500,
+            receipt_push_max_members: 100,
+            notify_window_ms: 100,
+            ack_timeout_ms: 5000,
+            recall_window_s: 120,
+        }
+    }
+}
+
+impl ChatConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s)
+    }
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+    pub fn recall_window(&self) -> Duration {
+        Duration::from_secs(self.recall_window_s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub max_body_bytes: usize,
+    pub sends_per_s: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_frame_bytes: 65536, max_body_bytes: 16384, sends_per_s: 200 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `sent` only after the message is on disk (group-committed fsync).
+    Sync,
+    /// leave flushing to sled's background flusher and the OS.
+    Os,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub durability: Durability,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { durability: Durability::Sync }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub max_bytes: u64,
+    pub chunk_bytes: u64,
+    pub upload_ttl_s: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { max_bytes: 209_715_200, chunk_bytes: 1_048_576, upload_ttl_s: 86_400 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub vnodes: usize,
+    pub peer_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { vnodes: 64, peer_timeout_ms: 2000 }
+    }
+}
+
+impl ClusterConfig {
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+}
+
+/// Runtime tuning that is not part of the client contract (an extension documented in README.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    /// A user or conversation actor with no traffic for this long stops; its state stays in sled.
+    pub idle_s: u64,
+    /// Frames a session may have queued for a client that is not reading before it is disconnected.
+    pub session_queue_frames: usize,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self { idle_s: 60, session_queue_frames: 1024 }
+    }
+}
+
+impl ActorsConfig {
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+    pub listen: String,
+    pub peer: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+    #[error("node `{0}` is not in the config (known: {1})")]
+    UnknownNode(String, String),
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative `data_dir`s become relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Config::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        for node in &mut config.nodes {
+            if node.data_dir.is_relative() {
+                node.data_dir = base.join(&node.data_dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// Reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.nodes.is_empty() {
+            problems.push("`nodes`: at least one [[nodes]] entry is required".to_string());
+        }
+        let mut ids = HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if NodeId::parse(&node.id).is_err() {
+                problems.push(format!("`nodes[{i}].id`: {:?} must be 1 to 64 of A-Z a-z 0-9 _ . -", node.id));
+            }
+            if !ids.insert(&node.id) {
+                problems.push(format!("`nodes[{i}].id`: {:?} appears twice", node.id));
+            }
+            if node.listen.parse::<SocketAddr>().is_err() {
+                problems.push(format!("`nodes[{i}].listen`: {:?} is not an IP:port address", node.listen));
+            }
+            if node.peer.parse::<SocketAddr>().is_err() {
+                problems.push(format!("`nodes[{i}].peer`: {:?} is not an IP:port address", node.peer));
+            }
+        }
+        let positive = [
+            ("chat.heartbeat_s", self.chat.heartbeat_s),
+            ("chat.max_group_members", self.chat.max_group_members),
+            ("chat.notify_window_ms", self.chat.notify_window_ms),
+            ("chat.ack_timeout_ms", self.chat.ack_timeout_ms),
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes as u64),
+            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
+            ("limits.sends_per_s", u64::from(self.limits.sends_per_s)),
+            ("media.max_bytes", self.media.max_bytes),
+            ("media.chunk_bytes", self.media.chunk_bytes),
+            ("cluster.vnodes", self.cluster.vnodes as u64),
+            ("cluster.peer_timeout_ms", self.cluster.peer_timeout_ms),
+            ("actors.idle_s", self.actors.idle_s),
+            ("actors.session_queue_frames", self.actors.session_queue_frames as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problems.push(format!("`{key}` must be greater than 0"));
+            }
+        }
+        if self.auth.token_secret.is_empty() {
+            problems.push("`auth.token_secret` must not be empty".into());
+        }
+        if self.auth.admin_key.is_empty() {
+            problems.push("`auth.admin_key` must not be empty".into());
+        }
+        if self.limits.max_body_bytes > self.limits.max_frame_bytes {
+            problems.push("`limits.max_body_bytes` must not exceed `limits.max_frame_bytes`".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The node entry for `id`, or the first node when `id` is `None`.
+    pub fn node(&self, id: Option<&str>) -> Result<&NodeConfig, ConfigError> {
+        match id {
+            None => self.nodes.first().ok_or_else(|| ConfigError::Invalid(vec!["no nodes".into()])),
+            Some(id) => self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
+                let known: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+                ConfigError::UnknownNode(id.to_string(), known.join(", "))
+            }),
+        }
+    }
+
+    /// Is `user` a valid user id? (Re-exported here so callers of config need not reach into ids.)
+    pub fn valid_user(user: &str) -> bool {
+        UserId::parse(user).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_cluster_toml_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        let config = Config::load(&path).expect("cluster.toml parses");
+        assert_eq!(config.nodes.len(), 1);
+        assert_eq!(config.nodes[0].id, "n1");
+        assert!(config.nodes[0].data_dir.ends_with("data/n1"));
+        assert_eq!(config.store.durability, Durability::Sync);
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_nodes() {
+        let c = Config::parse(
+            "[[nodes]]\nid='a'\nlisten='127.0.0.1:1'\npeer='127.0.0.1:2'\ndata_dir='d'\n",
+        )
+        .expect("minimal config");
+        assert_eq!(c.chat.push_max_members, 500);
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert_eq!(c.media.chunk_bytes, 1_048_576);
+        assert_eq!(c.cluster.vnodes, 64);
+        assert_eq!(c.chat.ack_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[chat]\nheartbeat_secs = 3\n[[nodes]]\nid='a'\nlisten='127.0.0.1:1'\npeer='127.0.0.1:2'\ndata_dir='d'\n")
+            .expect_err("unknown key refused");
+        assert!(err.contains("heartbeat_secs"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = Config::parse(
+            "[chat]\nheartbeat_s = 0\n[[nodes]]\nid='a b'\nlisten='nowhere'\npeer='127.0.0.1:2'\ndata_dir='d'\n",
+        )
+        .expect_err("invalid");
+        assert!(err.contains("heartbeat_s") && err.contains("nodes[0].id") && err.contains("nodes[0].listen"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::parse("[store]\ndurability = 'maybe'\n[[nodes]]\nid='a'\nlisten='127.0.0.1:1'\npeer='127.0.0.1:2'\ndata_dir='d'\n")
+            .expect_err("bad durability");
+        assert!(err.contains("durability"), "{err}");
+    }
+}

@@ -1,0 +1,60 @@
+//! # Rookery
+//!
+//! An instant-messaging server built as an actor-model runtime: every user, conversation and WebSocket
+//! connection is an actor; each node persists what it owns in its own sled database. The client contract
+//! (frames, HTTP endpoints, config, command line) is `PROTOCOL.md` in the shared folder; this crate
+//! implements it.
+//!
+//! ## Module map
+//! - [`node`]: start, run and stop a node (`main` and the tests use the same entry point).
+//! - [`config`]: the `cluster.toml` tree with defaults and validation.
+//! - [`actors`]: [`actors::session`] (one per WebSocket), [`actors::user`] (devices, presence, friend and
+//!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair), and
+//!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
+//! - [`cluster`]: the consistent-hash [`cluster::ring`] and the [`cluster::router`], the one boundary through
+//!   which actors reach each other.
+//! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens.
+//! - [`store`]: the sled trees (catalogue in [`store::keys`]) and group commit ([`store::writer`]).
+//! - [`client`]: a small typed client (used by the tests and the load generator in `bench/`).
+//! - [`error`], [`ids`], [`metrics`]: the closed set of error codes, validated ids, Prometheus metrics.
+//!
+//! ## How a message travels
+//! 1. A session actor parses `send`, checks rate and size limits, and asks the router for the conversation.
+//! 2. The router finds (or spawns, on an arbiter chosen by key hash) the conversation actor and enqueues.
+//! 3. The conversation actor checks membership and friendship, answers a known `cid` with its first `seq`,
+//!    else assigns `seq = last + 1` and writes message, dedupe entry and the sender's read position in one
+//!    sled batch.
+//! 4. The group-commit flusher fsyncs (one fsync covers every write made before it started) and tells the
+//!    conversation; the conversation then answers `sent` and pushes `msg` to every online device of every
+//!    member but the sending one, in seq order.
+//! 5. Each session tracks its pushes until the device acknowledges them (cumulative `ack`) and pushes again
+//!    after `ack_timeout_ms`. A device that falls behind gets `notify` instead; one that stops reading is
+//!    disconnected. Offline devices get nothing pushed: they catch up with `convs` and `sync`.
+//!
+//! ## Guarantees
+//! - **Ordering**: a conversation has one actor at a time, which numbers its messages 1, 2, 3, ... with no
+//!   gaps; every member sees the same seq for the same message; pushes leave in seq order.
+//! - **Durability**: with `durability = "sync"`, `sent` (and every push) follows the fsync of the message, so
+//!   an acknowledged message survives `kill -9`; with `"os"` it survives a process crash but not a power loss.
+//! - **No duplicates**: a `cid` accepted once is answered with the same `seq` and `ts` forever (also after a
+//!   restart); nothing is stored twice.
+//! - **Ownership**: the ring over the nodes of `cluster.toml` assigns every user and conversation to one node;
+//!   only that node's actor writes its keys. Actors stop when idle (`actors.idle_s`); their state stays in
+//!   sled, so memory follows the active set. This build serves single-node clusters; the router is where
+//!   remote delivery plugs in.
+//! - **Bounded memory per connection**: a session's outgoing queue holds at most `actors.session_queue_frames`
+//!   frames; an oversized incoming frame is skipped as it streams in, never buffered whole.
+
+pub mod actors;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod net;
+pub mod node;
+pub mod store;
+
+pub use config::Config;
+pub use node::Node;

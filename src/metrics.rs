@@ -1,0 +1,195 @@
+//! Every Prometheus metric of a node, defined in one place with help text and unit suffix.
+//!
+//! Metrics live in a per-node [`Metrics`] (its own registry), so several nodes in one test process do not
+//! mix their numbers. Label values are resolved once here, not per frame.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::ErrorCode;
+use crate::net::protocol::{CLIENT_FRAME_KINDS, SERVER_FRAME_KINDS};
+
+/// Actor kinds counted by `rookery_actors`.
+#[derive(Debug, Clone, Copy)]
+pub enum ActorKind {
+    Session,
+    User,
+    Conversation,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub ws_connections: IntGauge,
+    actors: [IntGauge; 3],
+    frames_in: HashMap<&'static str, IntCounter>,
+    frames_in_other: IntCounter,
+    frames_out: HashMap<&'static str, IntCounter>,
+    errors: HashMap<ErrorCode, IntCounter>,
+    pub messages_accepted: IntCounter,
+    pub pushes: IntCounter,
+    pub repushes: IntCounter,
+    pub slow_consumer_disconnects: IntCounter,
+    pub send_seconds: Histogram,
+    pub store_flush_seconds: Histogram,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error caught by the unit test.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+
+        let ws_connections =
+            must(IntGauge::new("rookery_ws_connections", "Open WebSocket connections (authenticated or not)."));
+        reg(Box::new(ws_connections.clone()));
+
+        let actors_vec = must(IntGaugeVec::new(
+            Opts::new("rookery_actors", "Live actors on this node, by kind."),
+            &["kind"],
+        ));
+        reg(Box::new(actors_vec.clone()));
+        let actors = ["session", "user", "conversation"].map(|k| actors_vec.with_label_values(&[k]));
+
+        let frames_in_vec = must(IntCounterVec::new(
+            Opts::new("rookery_frames_in_total", "Client frames received, by type (`invalid` for unparsable)."),
+            &["type"],
+        ));
+        reg(Box::new(frames_in_vec.clone()));
+        let frames_in = CLIENT_FRAME_KINDS.iter().map(|k| (*k, frames_in_vec.with_label_values(&[k]))).collect();
+        let frames_in_other = frames_in_vec.with_label_values(&["invalid"]);
+
+        let frames_out_vec = must(IntCounterVec::new(
+            Opts::new("rookery_frames_out_total", "Frames sent to clients, by type."),
+            &["type"],
+        ));
+        reg(Box::new(frames_out_vec.clone()));
+        let frames_out = SERVER_FRAME_KINDS.iter().map(|k| (*k, frames_out_vec.with_label_values(&[k]))).collect();
+
+        let errors_vec = must(IntCounterVec::new(
+            Opts::new("rookery_errors_total", "Error frames sent, by code."),
+            &["code"],
+        ));
+        reg(Box::new(errors_vec.clone()));
+        let errors = ErrorCode::ALL.iter().map(|c| (*c, errors_vec.with_label_values(&[c.as_str()]))).collect();
+
+        let counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            reg(Box::new(c.clone()));
+            c
+        };
+        let messages_accepted =
+            counter("rookery_messages_accepted_total", "Messages stored and acknowledged with `sent`.");
+        let pushes = counter("rookery_pushes_total", "Messages pushed to devices (`msg` frames, first attempts).");
+        let repushes = counter("rookery_repushes_total", "Messages pushed again after ack_timeout_ms.");
+        let slow_consumer_disconnects = counter(
+            "rookery_slow_consumer_disconnects_total",
+            "Connections closed because the client did not read its frames.",
+        );
+
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = must(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)));
+            reg(Box::new(h.clone()));
+            h
+        };
+        let latency_buckets = vec![
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let send_seconds = histogram(
+            "rookery_send_seconds",
+            "Time from a `send` frame's arrival to its `sent` reply.",
+            latency_buckets.clone(),
+        );
+        let store_flush_seconds =
+            histogram("rookery_store_flush_seconds", "Duration of one group-commit flush (fsync).", latency_buckets);
+
+        Metrics {
+            registry,
+            ws_connections,
+            actors,
+            frames_in,
+            frames_in_other,
+            frames_out,
+            errors,
+            messages_accepted,
+            pushes,
+            repushes,
+            slow_consumer_disconnects,
+            send_seconds,
+            store_flush_seconds,
+        }
+    }
+
+    pub fn actor(&self, kind: ActorKind) -> &IntGauge {
+        &self.actors[kind as usize]
+    }
+
+    pub fn frame_in(&self, kind: &str) {
+        self.frames_in.get(kind).unwrap_or(&self.frames_in_other).inc();
+    }
+
+    pub fn frame_out(&self, kind: &str) {
+        if let Some(c) = self.frames_out.get(kind) {
+            c.inc();
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(c) = self.errors.get(&code) {
+            c.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_render() {
+        let m = Metrics::new();
+        m.frame_in("send");
+        m.frame_in("bogus");
+        m.frame_out("msg");
+        m.error(ErrorCode::Forbidden);
+        m.actor(ActorKind::User).inc();
+        m.send_seconds.observe(0.001);
+        let text = m.render();
+        for name in [
+            "rookery_ws_connections",
+            "rookery_actors{kind=\"user\"} 1",
+            "rookery_frames_in_total{type=\"send\"} 1",
+            "rookery_frames_in_total{type=\"invalid\"} 1",
+            "rookery_frames_out_total{type=\"msg\"} 1",
+            "rookery_errors_total{code=\"forbidden\"} 1",
+            "rookery_messages_accepted_total",
+            "rookery_pushes_total",
+            "rookery_send_seconds_bucket",
+            "rookery_store_flush_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}

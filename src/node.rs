@@ -1,0 +1,107 @@
+//! A node's lifecycle: start (open the store, start the arbiters, bind), run until a shutdown signal, stop
+//! (stop accepting, end the actors, flush the store). `main` and the tests use the same entry point.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::Arbiter;
+use actix_web::{web, App, HttpServer};
+
+use crate::cluster::Router;
+use crate::config::{Config, ConfigError};
+use crate::ids::NodeId;
+use crate::metrics::Metrics;
+use crate::net::server;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("this build serves single-node clusters only; `nodes` lists {0} (multi-node support is tracked separately)")]
+    MultiNode(usize),
+    #[error("server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// A started node. Must be created inside an actix `System`.
+pub struct Node {
+    router: Router,
+    store: Store,
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Node {
+    /// Opens the store, starts one arbiter per core for user and conversation actors, binds `listen`.
+    pub fn start(config: Config, node_id: Option<&str>) -> Result<Node, NodeError> {
+        config.validate()?;
+        if config.nodes.len() > 1 {
+            return Err(NodeError::MultiNode(config.nodes.len()));
+        }
+        let node = config.node(node_id)?.clone();
+        let id = NodeId::parse(&node.id).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
+        std::fs::create_dir_all(&node.data_dir)
+            .map_err(|source| NodeError::DataDir { path: node.data_dir.display().to_string(), source })?;
+
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(&node.data_dir, config.store.durability, metrics.store_flush_seconds.clone())?;
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
+        let handles = arbiters.iter().map(Arbiter::handle).collect();
+        let router = Router::new(id, Arc::new(config), store.clone(), metrics, handles);
+
+        let app_router = web::Data::new(router.clone());
+        let server = HttpServer::new(move || App::new().app_data(app_router.clone()).configure(server::routes))
+            .workers(cores)
+            .backlog(8192)
+            .max_connections(50_000)
+            .shutdown_timeout(1)
+            .disable_signals()
+            .bind(&node.listen)
+            .map_err(|source| NodeError::Bind { addr: node.listen.clone(), source })?;
+        let addr = server.addrs().first().copied().ok_or_else(|| NodeError::Bind {
+            addr: node.listen.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+        router.set_listen(addr);
+        let server = server.run();
+        tracing::info!(node = %router.node(), %addr, "node started");
+        Ok(Node { router, store, server, addr, arbiters })
+    }
+
+    /// The bound client address (HTTP and `/ws`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Serves until `shutdown` resolves, then stops cleanly: no new connections, connections closed, actors
+    /// stopped, store flushed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let handle = self.server.handle();
+        let server = actix_rt::spawn(self.server);
+        shutdown.await;
+        tracing::info!(node = %self.router.node(), "shutting down");
+        handle.stop(true).await;
+        let _ = server.await;
+        for arbiter in self.arbiters {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        self.store.close()?;
+        tracing::info!("store flushed; bye");
+        Ok(())
+    }
+}

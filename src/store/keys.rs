@@ -1,0 +1,141 @@
+//! The catalogue of sled trees and their key layouts. Keys are big-endian so byte order is `seq` order;
+//! ids never contain `0x00` (they are validated), so `0x00` separates the parts of a key.
+//!
+//! | tree         | key                                   | value                                  |
+//! |--------------|---------------------------------------|----------------------------------------|
+//! | `conv_log`   | `m` conv `\0` seq:u64                 | the message JSON as clients see it     |
+//! | `conv_log`   | `c` conv `\0` sender `\0` cid         | seq:u64 ts:u64 (dedupe of `send`)      |
+//! | `conv_log`   | `r` conv `\0` user                    | read position seq:u64                  |
+//! | `conv_log`   | `p` conv                              | friendship of a direct pair (JSON)     |
+//! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
+//! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
+//!
+//! A message, its dedupe entry and the sender's read position share the `conv_log` tree so one batch
+//! writes them atomically.
+
+pub const CONV_LOG: &str = "conv_log";
+pub const USER_INDEX: &str = "user_index";
+
+const MSG: u8 = b'm';
+const CID: u8 = b'c';
+const READ: u8 = b'r';
+const PAIR: u8 = b'p';
+const USER_CONV: u8 = b'c';
+const USER_FRIEND: u8 = b'f';
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut k = Vec::with_capacity(len + 8);
+    k.push(tag);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// `m` conv `\0` (the prefix of every message of `conv`).
+pub fn msg_prefix(conv: &str) -> Vec<u8> {
+    let mut k = key(MSG, &[conv.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn msg(conv: &str, seq: u64) -> Vec<u8> {
+    let mut k = msg_prefix(conv);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq at the end of a message key.
+pub fn seq_of_msg_key(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+pub fn cid(conv: &str, sender: &str, cid: &str) -> Vec<u8> {
+    key(CID, &[conv.as_bytes(), sender.as_bytes(), cid.as_bytes()])
+}
+
+pub fn read_prefix(conv: &str) -> Vec<u8> {
+    let mut k = key(READ, &[conv.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn read(conv: &str, user: &str) -> Vec<u8> {
+    let mut k = read_prefix(conv);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+pub fn pair(conv: &str) -> Vec<u8> {
+    key(PAIR, &[conv.as_bytes()])
+}
+
+pub fn user_conv_prefix(user: &str) -> Vec<u8> {
+    let mut k = key(USER_CONV, &[user.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn user_conv(user: &str, conv: &str) -> Vec<u8> {
+    let mut k = user_conv_prefix(user);
+    k.extend_from_slice(conv.as_bytes());
+    k
+}
+
+pub fn user_friend_prefix(user: &str) -> Vec<u8> {
+    let mut k = key(USER_FRIEND, &[user.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn user_friend(user: &str, other: &str) -> Vec<u8> {
+    let mut k = user_friend_prefix(user);
+    k.extend_from_slice(other.as_bytes());
+    k
+}
+
+/// Two u64s, big-endian (seq and ts of a dedupe entry).
+pub fn two_u64(a: u64, b: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.to_be_bytes());
+    v[8..].copy_from_slice(&b.to_be_bytes());
+    v
+}
+
+pub fn parse_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys_sort_by_seq() {
+        let mut keys: Vec<Vec<u8>> = [300u64, 2, 1, 256, 70_000].iter().map(|s| msg("dm:a:b", *s)).collect();
+        keys.sort();
+        let seqs: Vec<u64> = keys.iter().filter_map(|k| seq_of_msg_key(k)).collect();
+        assert_eq!(seqs, vec![1, 2, 256, 300, 70_000]);
+    }
+
+    #[test]
+    fn prefixes_do_not_overlap_between_conversations() {
+        // "dm:a:b" must not be a prefix match for "dm:a:bc"
+        assert!(!msg("dm:a:bc", 1).starts_with(&msg_prefix("dm:a:b")));
+        assert!(!user_conv("ab", "g:x").starts_with(&user_conv_prefix("a")));
+    }
+
+    #[test]
+    fn layout_is_pinned() {
+        assert_eq!(msg("g:x", 1), b"mg:x\0\0\0\0\0\0\0\0\x01".to_vec());
+        assert_eq!(cid("g:x", "al", "c1"), b"cg:x\0al\0c1".to_vec());
+        assert_eq!(read("g:x", "al"), b"rg:x\0al".to_vec());
+        assert_eq!(parse_u64(&two_u64(7, 9), 8), Some(9));
+    }
+}

@@ -1,0 +1,313 @@
+//! Each node's durable state: one sled database under its `data_dir`, holding only what the node owns.
+//!
+//! [`Store`] is the only code that knows sled; it speaks in ids, sequence numbers and message JSON. The tree and
+//! key catalogue is in [`keys`]; durability (group commit) is in [`writer`]. Reads and single-batch writes are
+//! in-memory sled operations (microseconds); the fsync runs on the flusher thread, never on an actor thread.
+
+pub mod keys;
+pub mod writer;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Durability;
+use crate::ids::{ConvId, UserId};
+pub use writer::Flusher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record under {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The friendship state of a direct pair, owned by that pair's conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PairState {
+    #[default]
+    None,
+    Pending { from: UserId, note: String },
+    Friends,
+}
+
+/// One entry of a user's friend index (derived from the pair states, kept by the user's owner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FriendEntry {
+    Friend,
+    Incoming { note: String },
+    Outgoing { note: String },
+}
+
+/// A message accepted into a conversation, ready to be written in one batch.
+pub struct Append<'a> {
+    pub conv: &'a ConvId,
+    pub seq: u64,
+    pub json: &'a str,
+    pub sender: &'a UserId,
+    pub cid: Option<&'a str>,
+    pub ts: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    conv_log: sled::Tree,
+    user_index: sled::Tree,
+    flusher: Flusher,
+}
+
+impl Store {
+    pub fn open(dir: &Path, durability: Durability, flush_seconds: prometheus::Histogram) -> StoreResult<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let conv_log = db.open_tree(keys::CONV_LOG)?;
+        let user_index = db.open_tree(keys::USER_INDEX)?;
+        let flusher = Flusher::start(db.clone(), durability, flush_seconds);
+        Ok(Store { db, conv_log, user_index, flusher })
+    }
+
+    pub fn flusher(&self) -> &Flusher {
+        &self.flusher
+    }
+
+    /// Flushes everything and stops the flusher (clean shutdown).
+    pub fn close(&self) -> StoreResult<()> {
+        self.flusher.stop();
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---- conversations ----
+
+    /// The highest seq of `conv` and that message's JSON.
+    pub fn last_message(&self, conv: &ConvId) -> StoreResult<Option<(u64, String)>> {
+        let prefix = keys::msg_prefix(conv.as_str());
+        match self.conv_log.scan_prefix(&prefix).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, v) = entry?;
+                let seq = keys::seq_of_msg_key(&k).ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
+                Ok(Some((seq, utf8(v, conv)?)))
+            }
+        }
+    }
+
+    /// The `(seq, ts)` a `cid` was accepted with, if it was.
+    pub fn cid(&self, conv: &ConvId, sender: &UserId, cid: &str) -> StoreResult<Option<(u64, u64)>> {
+        let v = self.conv_log.get(keys::cid(conv.as_str(), sender.as_str(), cid))?;
+        Ok(v.and_then(|v| Some((keys::parse_u64(&v, 0)?, keys::parse_u64(&v, 8)?))))
+    }
+
+    /// Writes a message, its dedupe entry and the sender's read position in one atomic batch.
+    pub fn append(&self, a: &Append<'_>) -> StoreResult<()> {
+        let conv = a.conv.as_str();
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::msg(conv, a.seq), a.json.as_bytes());
+        if let Some(cid) = a.cid {
+            batch.insert(keys::cid(conv, a.sender.as_str(), cid), &keys::two_u64(a.seq, a.ts)[..]);
+        }
+        batch.insert(keys::read(conv, a.sender.as_str()), &a.seq.to_be_bytes()[..]);
+        self.conv_log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Rewrites a stored message in place (recall).
+    pub fn replace_message(&self, conv: &ConvId, seq: u64, json: &str) -> StoreResult<()> {
+        self.conv_log.insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn message(&self, conv: &ConvId, seq: u64) -> StoreResult<Option<String>> {
+        self.conv_log.get(keys::msg(conv.as_str(), seq))?.map(|v| utf8(v, conv)).transpose()
+    }
+
+    /// Messages with `seq > after`, ascending, at most `limit`.
+    pub fn messages_after(&self, conv: &ConvId, after: u64, limit: usize) -> StoreResult<Vec<String>> {
+        let start = keys::msg(conv.as_str(), after.saturating_add(1));
+        let end = keys::msg(conv.as_str(), u64::MAX);
+        let mut out = Vec::new();
+        for entry in self.conv_log.range(start..=end).take(limit) {
+            out.push(utf8(entry?.1, conv)?);
+        }
+        Ok(out)
+    }
+
+    /// The `limit` messages just below `before`, ascending.
+    pub fn messages_before(&self, conv: &ConvId, before: u64, limit: usize) -> StoreResult<Vec<String>> {
+        let start = keys::msg(conv.as_str(), 0);
+        let end = keys::msg(conv.as_str(), before);
+        let mut out = Vec::new();
+        for entry in self.conv_log.range(start..end).rev().take(limit) {
+            out.push(utf8(entry?.1, conv)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every member's read position in `conv`.
+    pub fn read_positions(&self, conv: &ConvId) -> StoreResult<Vec<(UserId, u64)>> {
+        let prefix = keys::read_prefix(conv.as_str());
+        let mut out = Vec::new();
+        for entry in self.conv_log.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let user = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|u| UserId::parse(u).ok())
+                .ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
+            out.push((user, keys::parse_u64(&v, 0).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    pub fn set_read(&self, conv: &ConvId, user: &UserId, seq: u64) -> StoreResult<()> {
+        self.conv_log.insert(keys::read(conv.as_str(), user.as_str()), &seq.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    pub fn pair(&self, conv: &ConvId) -> StoreResult<PairState> {
+        match self.conv_log.get(keys::pair(conv.as_str()))? {
+            None => Ok(PairState::None),
+            Some(v) => serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(conv.to_string())),
+        }
+    }
+
+    pub fn set_pair(&self, conv: &ConvId, state: &PairState) -> StoreResult<()> {
+        let key = keys::pair(conv.as_str());
+        if *state == PairState::None {
+            self.conv_log.remove(key)?;
+        } else {
+            let json = serde_json::to_vec(state).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
+            self.conv_log.insert(key, json)?;
+        }
+        Ok(())
+    }
+
+    // ---- users ----
+
+    pub fn user_convs(&self, user: &UserId) -> StoreResult<Vec<ConvId>> {
+        let prefix = keys::user_conv_prefix(user.as_str());
+        let mut out = Vec::new();
+        for entry in self.user_index.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            let conv = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|c| ConvId::parse(c).ok())
+                .ok_or_else(|| StoreError::Corrupt(user.to_string()))?;
+            out.push(conv);
+        }
+        Ok(out)
+    }
+
+    pub fn add_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
+        self.user_index.insert(keys::user_conv(user.as_str(), conv.as_str()), &[][..])?;
+        Ok(())
+    }
+
+    pub fn remove_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
+        self.user_index.remove(keys::user_conv(user.as_str(), conv.as_str()))?;
+        Ok(())
+    }
+
+    pub fn friends(&self, user: &UserId) -> StoreResult<Vec<(UserId, FriendEntry)>> {
+        let prefix = keys::user_friend_prefix(user.as_str());
+        let mut out = Vec::new();
+        for entry in self.user_index.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let other = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|u| UserId::parse(u).ok());
+            let entry = serde_json::from_slice::<FriendEntry>(&v).ok();
+            match (other, entry) {
+                (Some(other), Some(entry)) => out.push((other, entry)),
+                _ => return Err(StoreError::Corrupt(user.to_string())),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_friend(&self, user: &UserId, other: &UserId, entry: Option<&FriendEntry>) -> StoreResult<()> {
+        let key = keys::user_friend(user.as_str(), other.as_str());
+        match entry {
+            None => {
+                self.user_index.remove(key)?;
+            }
+            Some(e) => {
+                let json = serde_json::to_vec(e).map_err(|_| StoreError::Corrupt(user.to_string()))?;
+                self.user_index.insert(key, json)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.flusher.durability()
+    }
+}
+
+fn utf8(v: sled::IVec, conv: &ConvId) -> StoreResult<String> {
+    String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt(conv.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).expect("hist");
+        Store::open(dir, Durability::Sync, hist).expect("open")
+    }
+
+    #[test]
+    fn messages_survive_reopen_and_page_both_ways() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conv = ConvId::parse("dm:a:b").expect("valid");
+        let other = ConvId::parse("dm:a:bc").expect("valid");
+        let a = UserId::parse("a").expect("valid");
+        {
+            let s = store(dir.path());
+            for seq in 1..=10u64 {
+                let json = format!("{{\"seq\":{seq}}}");
+                let cid = format!("c{seq}");
+                s.append(&Append { conv: &conv, seq, json: &json, sender: &a, cid: Some(&cid), ts: 100 + seq })
+                    .expect("append");
+            }
+            s.append(&Append { conv: &other, seq: 1, json: "{}", sender: &a, cid: None, ts: 1 }).expect("append");
+            s.close().expect("close");
+        }
+        let s = store(dir.path());
+        assert_eq!(s.last_message(&conv).expect("last").map(|l| l.0), Some(10));
+        assert_eq!(s.cid(&conv, &a, "c4").expect("cid"), Some((4, 104)));
+        assert_eq!(s.cid(&conv, &a, "nope").expect("cid"), None);
+        assert_eq!(s.messages_after(&conv, 7, 100).expect("after").len(), 3);
+        assert_eq!(s.messages_after(&conv, 0, 2).expect("after"), vec!["{\"seq\":1}", "{\"seq\":2}"]);
+        assert_eq!(s.messages_before(&conv, 4, 2).expect("before"), vec!["{\"seq\":2}", "{\"seq\":3}"]);
+        assert_eq!(s.read_positions(&conv).expect("reads"), vec![(a.clone(), 10)]);
+        s.close().expect("close");
+    }
+
+    #[test]
+    fn friends_and_pairs_roundtrip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let conv = ConvId::parse("dm:a:b").expect("valid");
+        let (a, b) = (UserId::parse("a").expect("valid"), UserId::parse("b").expect("valid"));
+        assert_eq!(s.pair(&conv).expect("pair"), PairState::None);
+        let pending = PairState::Pending { from: a.clone(), note: "hi".into() };
+        s.set_pair(&conv, &pending).expect("set");
+        assert_eq!(s.pair(&conv).expect("pair"), pending);
+        s.set_friend(&a, &b, Some(&FriendEntry::Outgoing { note: "hi".into() })).expect("set");
+        assert_eq!(s.friends(&a).expect("friends"), vec![(b.clone(), FriendEntry::Outgoing { note: "hi".into() })]);
+        s.set_friend(&a, &b, None).expect("remove");
+        assert!(s.friends(&a).expect("friends").is_empty());
+        s.add_user_conv(&a, &conv).expect("add");
+        assert_eq!(s.user_convs(&a).expect("convs"), vec![conv]);
+        s.close().expect("close");
+    }
+}
