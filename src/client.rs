@@ -46,19 +46,36 @@ impl Client {
 
     /// Like [`Client::connect`], from a chosen local address (spreads many connections over 127.0.0.x).
     pub async fn connect_from(addr: SocketAddr, local: Option<IpAddr>) -> ClientResult<Client> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(ip) = local {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        let config = WebSocketConfig { max_message_size: Some(64 << 20), ..Default::default() };
-        let (ws, _) = client_async_with_config(format!("ws://{addr}/ws"), stream, Some(config)).await?;
-        Ok(Client { ws, buffered: VecDeque::new(), next_rid: 1, closed: None })
+        let config = WebSocketConfig {
+            max_message_size: Some(64 << 20),
+            ..Default::default()
+        };
+        let (ws, _) =
+            client_async_with_config(format!("ws://{addr}/ws"), stream, Some(config)).await?;
+        Ok(Client {
+            ws,
+            buffered: VecDeque::new(),
+            next_rid: 1,
+            closed: None,
+        })
     }
 
     /// Connects and authenticates; returns the client and its `welcome` frame.
-    pub async fn login(addr: SocketAddr, token: &str, device: &str) -> ClientResult<(Client, Value)> {
+    pub async fn login(
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+    ) -> ClientResult<(Client, Value)> {
         let mut client = Self::connect(addr).await?;
         let welcome = client.auth(token, device).await?;
         Ok((client, welcome))
@@ -66,8 +83,14 @@ impl Client {
 
     /// Sends `auth` and waits for `welcome` (an `error` is returned as [`ClientError::Refused`]).
     pub async fn auth(&mut self, token: &str, device: &str) -> ClientResult<Value> {
-        self.send(&json!({"type":"auth","token":token,"device":device})).await?;
-        let reply = self.expect(|f| f["type"] == "welcome" || f["type"] == "error", Duration::from_secs(10)).await?;
+        self.send(&json!({"type":"auth","token":token,"device":device}))
+            .await?;
+        let reply = self
+            .expect(
+                |f| f["type"] == "welcome" || f["type"] == "error",
+                Duration::from_secs(10),
+            )
+            .await?;
         if reply["type"] == "error" {
             return Err(ClientError::Refused(reply));
         }
@@ -94,7 +117,8 @@ impl Client {
         self.next_rid += 1;
         frame["rid"] = json!(rid);
         self.send(&frame).await?;
-        self.expect(move |f| f["rid"] == json!(rid), Duration::from_secs(10)).await
+        self.expect(move |f| f["rid"] == json!(rid), Duration::from_secs(10))
+            .await
     }
 
     /// Like [`Client::request`], but an `error` reply is an `Err`.
@@ -131,9 +155,8 @@ impl Client {
                     return match e {
                         tokio_tungstenite::tungstenite::Error::ConnectionClosed
                         | tokio_tungstenite::tungstenite::Error::AlreadyClosed => Ok(None),
-                        tokio_tungstenite::tungstenite::Error::Protocol(_) | tokio_tungstenite::tungstenite::Error::Io(_) => {
-                            Ok(None)
-                        }
+                        tokio_tungstenite::tungstenite::Error::Protocol(_)
+                        | tokio_tungstenite::tungstenite::Error::Io(_) => Ok(None),
                         e => Err(e.into()),
                     };
                 }
@@ -141,7 +164,9 @@ impl Client {
             };
             match msg {
                 Message::Text(t) => {
-                    return serde_json::from_str(&t).map(Some).map_err(|_| ClientError::NotJson(t));
+                    return serde_json::from_str(&t)
+                        .map(Some)
+                        .map_err(|_| ClientError::NotJson(t));
                 }
                 Message::Close(frame) => {
                     self.closed = Some(frame.map(CloseFrame::into_owned));
@@ -153,7 +178,11 @@ impl Client {
     }
 
     /// Waits up to `timeout` for a frame matching `pred`; frames passed over stay buffered for later.
-    pub async fn expect(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> ClientResult<Value> {
+    pub async fn expect(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> ClientResult<Value> {
         if let Some(i) = self.buffered.iter().position(&pred) {
             if let Some(f) = self.buffered.remove(i) {
                 return Ok(f);
@@ -173,11 +202,16 @@ impl Client {
     /// Waits for a frame of `type` (and, if given, `conv`).
     pub async fn expect_type(&mut self, kind: &str, timeout: Duration) -> ClientResult<Value> {
         let kind = kind.to_string();
-        self.expect(move |f| f["type"] == kind.as_str(), timeout).await
+        self.expect(move |f| f["type"] == kind.as_str(), timeout)
+            .await
     }
 
     /// Ok(()) if no frame matching `pred` arrives within `wait`.
-    pub async fn expect_none(&mut self, pred: impl Fn(&Value) -> bool, wait: Duration) -> ClientResult<()> {
+    pub async fn expect_none(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+        wait: Duration,
+    ) -> ClientResult<()> {
         match self.expect(&pred, wait).await {
             Ok(f) => Err(ClientError::Refused(f)),
             Err(ClientError::Timeout(_) | ClientError::Closed(_)) => Ok(()),
@@ -186,14 +220,19 @@ impl Client {
     }
 
     /// Waits until the server closes the connection; returns its close frame, if any.
-    pub async fn expect_close(&mut self, timeout: Duration) -> ClientResult<Option<CloseFrame<'static>>> {
+    pub async fn expect_close(
+        &mut self,
+        timeout: Duration,
+    ) -> ClientResult<Option<CloseFrame<'static>>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.read(left).await {
                 Ok(None) => return Ok(self.close_frame()),
                 Ok(Some(f)) => self.buffered.push_back(f),
-                Err(ClientError::Timeout(_)) => return Err(ClientError::Timeout("the connection to close".into())),
+                Err(ClientError::Timeout(_)) => {
+                    return Err(ClientError::Timeout("the connection to close".into()))
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -43,7 +43,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { token_secret: "change-me".into(), admin_key: "change-me-too".into() }
+        Self {
+            token_secret: "change-me".into(),
+            admin_key: "change-me-too".into(),
+        }
     }
 }
 
@@ -97,7 +100,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_frame_bytes: 65536, max_body_bytes: 16384, sends_per_s: 200 }
+        Self {
+            max_frame_bytes: 65536,
+            max_body_bytes: 16384,
+            sends_per_s: 200,
+        }
     }
 }
 
@@ -118,7 +125,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { durability: Durability::Sync }
+        Self {
+            durability: Durability::Sync,
+        }
     }
 }
 
@@ -132,7 +141,11 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { max_bytes: 209_715_200, chunk_bytes: 1_048_576, upload_ttl_s: 86_400 }
+        Self {
+            max_bytes: 209_715_200,
+            chunk_bytes: 1_048_576,
+            upload_ttl_s: 86_400,
+        }
     }
 }
 
@@ -145,7 +158,10 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { vnodes: 64, peer_timeout_ms: 2000 }
+        Self {
+            vnodes: 64,
+            peer_timeout_ms: 2000,
+        }
     }
 }
 
@@ -161,13 +177,17 @@ impl ClusterConfig {
 pub struct ActorsConfig {
     /// A user or conversation actor with no traffic for this long stops; its state stays in sled.
     pub idle_s: u64,
-    /// Frames a session may have queued for a client that is not reading before it is disconnected.
-    pub session_queue_frames: usize,
+    /// Bytes a session may keep queued for a client that is not reading (for longer than a short grace, or
+    /// ever beyond 8x this) before the client is disconnected as a slow consumer.
+    pub session_queue_bytes: usize,
 }
 
 impl Default for ActorsConfig {
     fn default() -> Self {
-        Self { idle_s: 60, session_queue_frames: 1024 }
+        Self {
+            idle_s: 60,
+            session_queue_bytes: 1 << 20,
+        }
     }
 }
 
@@ -189,7 +209,10 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config:\n  - {}", .0.join("\n  - "))]
@@ -201,10 +224,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a config file; relative `data_dir`s become relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config = Config::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         for node in &mut config.nodes {
             if node.data_dir.is_relative() {
@@ -230,16 +257,25 @@ impl Config {
         let mut ids = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if NodeId::parse(&node.id).is_err() {
-                problems.push(format!("`nodes[{i}].id`: {:?} must be 1 to 64 of A-Z a-z 0-9 _ . -", node.id));
+                problems.push(format!(
+                    "`nodes[{i}].id`: {:?} must be 1 to 64 of A-Z a-z 0-9 _ . -",
+                    node.id
+                ));
             }
             if !ids.insert(&node.id) {
                 problems.push(format!("`nodes[{i}].id`: {:?} appears twice", node.id));
             }
             if node.listen.parse::<SocketAddr>().is_err() {
-                problems.push(format!("`nodes[{i}].listen`: {:?} is not an IP:port address", node.listen));
+                problems.push(format!(
+                    "`nodes[{i}].listen`: {:?} is not an IP:port address",
+                    node.listen
+                ));
             }
             if node.peer.parse::<SocketAddr>().is_err() {
-                problems.push(format!("`nodes[{i}].peer`: {:?} is not an IP:port address", node.peer));
+                problems.push(format!(
+                    "`nodes[{i}].peer`: {:?} is not an IP:port address",
+                    node.peer
+                ));
             }
         }
         let positive = [
@@ -255,7 +291,10 @@ impl Config {
             ("cluster.vnodes", self.cluster.vnodes as u64),
             ("cluster.peer_timeout_ms", self.cluster.peer_timeout_ms),
             ("actors.idle_s", self.actors.idle_s),
-            ("actors.session_queue_frames", self.actors.session_queue_frames as u64),
+            (
+                "actors.session_queue_bytes",
+                self.actors.session_queue_bytes as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -269,7 +308,8 @@ impl Config {
             problems.push("`auth.admin_key` must not be empty".into());
         }
         if self.limits.max_body_bytes > self.limits.max_frame_bytes {
-            problems.push("`limits.max_body_bytes` must not exceed `limits.max_frame_bytes`".into());
+            problems
+                .push("`limits.max_body_bytes` must not exceed `limits.max_frame_bytes`".into());
         }
         if problems.is_empty() {
             Ok(())
@@ -281,7 +321,10 @@ impl Config {
     /// The node entry for `id`, or the first node when `id` is `None`.
     pub fn node(&self, id: Option<&str>) -> Result<&NodeConfig, ConfigError> {
         match id {
-            None => self.nodes.first().ok_or_else(|| ConfigError::Invalid(vec!["no nodes".into()])),
+            None => self
+                .nodes
+                .first()
+                .ok_or_else(|| ConfigError::Invalid(vec!["no nodes".into()])),
             Some(id) => self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
                 let known: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
                 ConfigError::UnknownNode(id.to_string(), known.join(", "))
@@ -335,7 +378,12 @@ mod tests {
             "[chat]\nheartbeat_s = 0\n[[nodes]]\nid='a b'\nlisten='nowhere'\npeer='127.0.0.1:2'\ndata_dir='d'\n",
         )
         .expect_err("invalid");
-        assert!(err.contains("heartbeat_s") && err.contains("nodes[0].id") && err.contains("nodes[0].listen"), "{err}");
+        assert!(
+            err.contains("heartbeat_s")
+                && err.contains("nodes[0].id")
+                && err.contains("nodes[0].listen"),
+            "{err}"
+        );
     }
 
     #[test]

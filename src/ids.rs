@@ -13,7 +13,8 @@ pub const MAX_ID_LEN: usize = 64;
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +96,10 @@ impl Cid {
         if (1..=MAX_ID_LEN).contains(&chars) && !s.contains('\0') {
             Ok(Self(Arc::from(s)))
         } else {
-            Err(InvalidId { kind: "cid", value: s.chars().take(80).collect() })
+            Err(InvalidId {
+                kind: "cid",
+                value: s.chars().take(80).collect(),
+            })
         }
     }
     pub fn as_str(&self) -> &str {
@@ -119,13 +123,23 @@ impl<'de> Deserialize<'de> for Cid {
 /// A conversation: `dm:A:B` (A < B in byte order) or `g:NAME`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConvId {
-    Direct { a: UserId, b: UserId, text: Arc<str> },
-    Group { name: Arc<str>, text: Arc<str> },
+    Direct {
+        a: UserId,
+        b: UserId,
+        text: Arc<str>,
+    },
+    Group {
+        name: Arc<str>,
+        text: Arc<str>,
+    },
 }
 
 impl ConvId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        let invalid = || InvalidId { kind: "conversation id", value: s.chars().take(140).collect() };
+        let invalid = || InvalidId {
+            kind: "conversation id",
+            value: s.chars().take(140).collect(),
+        };
         if let Some(rest) = s.strip_prefix("dm:") {
             let (a, b) = rest.split_once(':').ok_or_else(invalid)?;
             let a = UserId::parse(a).map_err(|_| invalid())?;
@@ -133,11 +147,18 @@ impl ConvId {
             if a.as_str().as_bytes() >= b.as_str().as_bytes() {
                 return Err(invalid());
             }
-            return Ok(ConvId::Direct { a, b, text: Arc::from(s) });
+            return Ok(ConvId::Direct {
+                a,
+                b,
+                text: Arc::from(s),
+            });
         }
         if let Some(name) = s.strip_prefix("g:") {
             if is_name(name) {
-                return Ok(ConvId::Group { name: Arc::from(name), text: Arc::from(s) });
+                return Ok(ConvId::Group {
+                    name: Arc::from(name),
+                    text: Arc::from(s),
+                });
             }
         }
         Err(invalid())
@@ -151,7 +172,11 @@ impl ConvId {
             std::cmp::Ordering::Equal => return None,
         };
         let text: Arc<str> = Arc::from(format!("dm:{a}:{b}"));
-        Some(ConvId::Direct { a: a.clone(), b: b.clone(), text })
+        Some(ConvId::Direct {
+            a: a.clone(),
+            b: b.clone(),
+            text,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -231,7 +256,10 @@ mod tests {
         // byte order: uppercase sorts before lowercase
         assert!(ConvId::parse("dm:Zed:alice").is_ok());
         let bob = UserId::parse("bob").expect("valid");
-        assert_eq!(ConvId::direct(&bob, &alice).map(|c| c.to_string()), Some("dm:alice:bob".into()));
+        assert_eq!(
+            ConvId::direct(&bob, &alice).map(|c| c.to_string()),
+            Some("dm:alice:bob".into())
+        );
         assert!(ConvId::direct(&bob, &bob).is_none());
     }
 

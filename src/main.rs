@@ -52,7 +52,10 @@ fn main() -> anyhow::Result<()> {
         None => actix_rt::System::new().block_on(async move {
             let node = Node::start(config, cli.node.as_deref())?;
             let addr = node.addr();
-            println!("rookery node {} listening on http://{addr} (WebSocket ws://{addr}/ws)", node.router().node());
+            println!(
+                "rookery node {} listening on http://{addr} (WebSocket ws://{addr}/ws)",
+                node.router().node()
+            );
             node.run(shutdown_signal()).await.context("node failed")
         }),
     }

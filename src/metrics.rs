@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::ErrorCode;
@@ -47,8 +47,10 @@ impl Metrics {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
 
-        let ws_connections =
-            must(IntGauge::new("rookery_ws_connections", "Open WebSocket connections (authenticated or not)."));
+        let ws_connections = must(IntGauge::new(
+            "rookery_ws_connections",
+            "Open WebSocket connections (authenticated or not).",
+        ));
         reg(Box::new(ws_connections.clone()));
 
         let actors_vec = must(IntGaugeVec::new(
@@ -56,59 +58,89 @@ impl Metrics {
             &["kind"],
         ));
         reg(Box::new(actors_vec.clone()));
-        let actors = ["session", "user", "conversation"].map(|k| actors_vec.with_label_values(&[k]));
+        let actors =
+            ["session", "user", "conversation"].map(|k| actors_vec.with_label_values(&[k]));
 
         let frames_in_vec = must(IntCounterVec::new(
-            Opts::new("rookery_frames_in_total", "Client frames received, by type (`invalid` for unparsable)."),
+            Opts::new(
+                "rookery_frames_in_total",
+                "Client frames received, by type (`invalid` for unparsable).",
+            ),
             &["type"],
         ));
         reg(Box::new(frames_in_vec.clone()));
-        let frames_in = CLIENT_FRAME_KINDS.iter().map(|k| (*k, frames_in_vec.with_label_values(&[k]))).collect();
+        let frames_in = CLIENT_FRAME_KINDS
+            .iter()
+            .map(|k| (*k, frames_in_vec.with_label_values(&[k])))
+            .collect();
         let frames_in_other = frames_in_vec.with_label_values(&["invalid"]);
 
         let frames_out_vec = must(IntCounterVec::new(
-            Opts::new("rookery_frames_out_total", "Frames sent to clients, by type."),
+            Opts::new(
+                "rookery_frames_out_total",
+                "Frames sent to clients, by type.",
+            ),
             &["type"],
         ));
         reg(Box::new(frames_out_vec.clone()));
-        let frames_out = SERVER_FRAME_KINDS.iter().map(|k| (*k, frames_out_vec.with_label_values(&[k]))).collect();
+        let frames_out = SERVER_FRAME_KINDS
+            .iter()
+            .map(|k| (*k, frames_out_vec.with_label_values(&[k])))
+            .collect();
 
         let errors_vec = must(IntCounterVec::new(
             Opts::new("rookery_errors_total", "Error frames sent, by code."),
             &["code"],
         ));
         reg(Box::new(errors_vec.clone()));
-        let errors = ErrorCode::ALL.iter().map(|c| (*c, errors_vec.with_label_values(&[c.as_str()]))).collect();
+        let errors = ErrorCode::ALL
+            .iter()
+            .map(|c| (*c, errors_vec.with_label_values(&[c.as_str()])))
+            .collect();
 
         let counter = |name: &str, help: &str| {
             let c = must(IntCounter::new(name, help));
             reg(Box::new(c.clone()));
             c
         };
-        let messages_accepted =
-            counter("rookery_messages_accepted_total", "Messages stored and acknowledged with `sent`.");
-        let pushes = counter("rookery_pushes_total", "Messages pushed to devices (`msg` frames, first attempts).");
-        let repushes = counter("rookery_repushes_total", "Messages pushed again after ack_timeout_ms.");
+        let messages_accepted = counter(
+            "rookery_messages_accepted_total",
+            "Messages stored and acknowledged with `sent`.",
+        );
+        let pushes = counter(
+            "rookery_pushes_total",
+            "Messages pushed to devices (`msg` frames, first attempts).",
+        );
+        let repushes = counter(
+            "rookery_repushes_total",
+            "Messages pushed again after ack_timeout_ms.",
+        );
         let slow_consumer_disconnects = counter(
             "rookery_slow_consumer_disconnects_total",
             "Connections closed because the client did not read its frames.",
         );
 
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = must(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)));
+            let h = must(Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets),
+            ));
             reg(Box::new(h.clone()));
             h
         };
         let latency_buckets = vec![
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+            1.0, 2.5,
         ];
         let send_seconds = histogram(
             "rookery_send_seconds",
             "Time from a `send` frame's arrival to its `sent` reply.",
             latency_buckets.clone(),
         );
-        let store_flush_seconds =
-            histogram("rookery_store_flush_seconds", "Duration of one group-commit flush (fsync).", latency_buckets);
+        let store_flush_seconds = histogram(
+            "rookery_store_flush_seconds",
+            "Duration of one group-commit flush (fsync).",
+            latency_buckets,
+        );
 
         Metrics {
             registry,
@@ -132,7 +164,10 @@ impl Metrics {
     }
 
     pub fn frame_in(&self, kind: &str) {
-        self.frames_in.get(kind).unwrap_or(&self.frames_in_other).inc();
+        self.frames_in
+            .get(kind)
+            .unwrap_or(&self.frames_in_other)
+            .inc();
     }
 
     pub fn frame_out(&self, kind: &str) {

@@ -20,11 +20,17 @@ pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("this build serves single-node clusters only; `nodes` lists {0} (multi-node support is tracked separately)")]
     MultiNode(usize),
     #[error("server failed: {0}")]
@@ -49,33 +55,56 @@ impl Node {
         }
         let node = config.node(node_id)?.clone();
         let id = NodeId::parse(&node.id).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
-        std::fs::create_dir_all(&node.data_dir)
-            .map_err(|source| NodeError::DataDir { path: node.data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&node.data_dir).map_err(|source| NodeError::DataDir {
+            path: node.data_dir.display().to_string(),
+            source,
+        })?;
 
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open(&node.data_dir, config.store.durability, metrics.store_flush_seconds.clone())?;
+        let store = Store::open(
+            &node.data_dir,
+            config.store.durability,
+            metrics.store_flush_seconds.clone(),
+        )?;
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();
         let router = Router::new(id, Arc::new(config), store.clone(), metrics, handles);
 
         let app_router = web::Data::new(router.clone());
-        let server = HttpServer::new(move || App::new().app_data(app_router.clone()).configure(server::routes))
-            .workers(cores)
-            .backlog(8192)
-            .max_connections(50_000)
-            .shutdown_timeout(1)
-            .disable_signals()
-            .bind(&node.listen)
-            .map_err(|source| NodeError::Bind { addr: node.listen.clone(), source })?;
-        let addr = server.addrs().first().copied().ok_or_else(|| NodeError::Bind {
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_router.clone())
+                .configure(server::routes)
+        })
+        .workers(cores)
+        .backlog(8192)
+        .max_connections(50_000)
+        .shutdown_timeout(1)
+        .disable_signals()
+        .bind(&node.listen)
+        .map_err(|source| NodeError::Bind {
             addr: node.listen.clone(),
-            source: std::io::Error::other("no address bound"),
+            source,
         })?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| NodeError::Bind {
+                addr: node.listen.clone(),
+                source: std::io::Error::other("no address bound"),
+            })?;
         router.set_listen(addr);
         let server = server.run();
         tracing::info!(node = %router.node(), %addr, "node started");
-        Ok(Node { router, store, server, addr, arbiters })
+        Ok(Node {
+            router,
+            store,
+            server,
+            addr,
+            arbiters,
+        })
     }
 
     /// The bound client address (HTTP and `/ws`).

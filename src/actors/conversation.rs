@@ -187,8 +187,15 @@ impl ConvActor {
                 (0, None)
             }
         };
-        let last_ts = last_json.as_deref().and_then(|j| serde_json::from_str::<ChatMessage>(j).ok()).map_or(0, |m| m.ts);
-        let reads = store.read_positions(&id).unwrap_or_default().into_iter().collect();
+        let last_ts = last_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<ChatMessage>(j).ok())
+            .map_or(0, |m| m.ts);
+        let reads = store
+            .read_positions(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let pair = store.pair(&id).unwrap_or_default();
         ConvActor {
             id,
@@ -244,13 +251,23 @@ impl ConvActor {
         let epoch = self.epoch;
         self.waiting = Some(epoch);
         let addr = ctx.address();
-        self.router.store().flusher().after_flush(move || addr.do_send(Flushed(epoch)));
+        self.router
+            .store()
+            .flusher()
+            .after_flush(move || addr.do_send(Flushed(epoch)));
         epoch
     }
 
     fn drain(&mut self) {
         while let Some(front) = self.pending.front() {
-            let blocked = self.index_pending && matches!(front.done, Done::Posted { fanout: Some(_), .. });
+            let blocked = self.index_pending
+                && matches!(
+                    front.done,
+                    Done::Posted {
+                        fanout: Some(_),
+                        ..
+                    }
+                );
             if front.epoch > self.durable_epoch || blocked {
                 break;
             }
@@ -267,7 +284,11 @@ impl ConvActor {
                     self.router.metrics().messages_accepted.inc();
                     for member in &self.members {
                         let except = (*member == from).then(|| device.clone());
-                        let out = Outbound::Push { conv: self.id.clone(), seq: posted.seq, frame: frame.clone() };
+                        let out = Outbound::Push {
+                            conv: self.id.clone(),
+                            seq: posted.seq,
+                            frame: frame.clone(),
+                        };
                         self.push_to(member, except, out);
                     }
                 }
@@ -288,7 +309,9 @@ impl ConvActor {
         let conv = self.id.clone();
         let members = self.members.clone();
         let fut = async move {
-            let asks = members.iter().map(|m| router.ask_user(m, AddConv { conv: conv.clone() }));
+            let asks = members
+                .iter()
+                .map(|m| router.ask_user(m, AddConv { conv: conv.clone() }));
             for result in join_all(asks).await {
                 if let Err(e) = result {
                     tracing::warn!(conv = %conv, error = %e, "cannot index conversation for a member");
@@ -308,7 +331,10 @@ impl ConvActor {
 
     fn stored(&self, seq: u64) -> ChatResult<String> {
         if seq == 0 || seq > self.last_seq {
-            return Err(ChatError::not_found(format!("no message {seq} in {}", self.id)));
+            return Err(ChatError::not_found(format!(
+                "no message {seq} in {}",
+                self.id
+            )));
         }
         self.router
             .store()
@@ -359,16 +385,29 @@ impl Handler<Post> for ConvActor {
     fn handle(&mut self, msg: Post, ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
         let (tx, rx) = oneshot::channel();
-        let reply = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped"))) });
+        let reply = Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
+        });
         let result = (|| -> ChatResult<()> {
             self.check_member(&msg.from)?;
             let store = self.router.store();
             if let Some((seq, ts)) = store.cid(&self.id, &msg.from, msg.cid.as_str())? {
-                self.enqueue(ctx, Done::Posted { tx, posted: Posted { seq, ts }, fanout: None });
+                self.enqueue(
+                    ctx,
+                    Done::Posted {
+                        tx,
+                        posted: Posted { seq, ts },
+                        fanout: None,
+                    },
+                );
                 return Ok(());
             }
             if self.router.config().chat.dm_requires_friendship && self.pair != PairState::Friends {
-                return Err(ChatError::new(crate::error::ErrorCode::NotFriends, "a direct message needs friendship"));
+                return Err(ChatError::new(
+                    crate::error::ErrorCode::NotFriends,
+                    "a direct message needs friendship",
+                ));
             }
             let seq = self.last_seq + 1;
             let ts = now_ms().max(self.last_ts);
@@ -400,7 +439,14 @@ impl Handler<Post> for ConvActor {
                 self.index_members(ctx, true);
             }
             let fanout = Some((frame, msg.from, msg.device));
-            self.enqueue(ctx, Done::Posted { tx, posted: Posted { seq, ts }, fanout });
+            self.enqueue(
+                ctx,
+                Done::Posted {
+                    tx,
+                    posted: Posted { seq, ts },
+                    fanout,
+                },
+            );
             Ok(())
         })();
         match result {
@@ -422,7 +468,11 @@ impl Handler<Ack> for ConvActor {
         }
         *current = seq;
         if let Some(peer) = self.id.peer_of(&msg.user) {
-            let frame = Self::frame(&ServerFrame::Delivered { conv: self.id.clone(), seq, by: msg.user.clone() });
+            let frame = Self::frame(&ServerFrame::Delivered {
+                conv: self.id.clone(),
+                seq,
+                by: msg.user.clone(),
+            });
             self.push_to(peer, None, Outbound::Frame(frame));
         }
         Ok(())
@@ -440,7 +490,10 @@ impl Handler<Fetch> for ConvActor {
             Range::Before(before) => store.messages_before(&self.id, before, msg.limit)?,
         };
         let msgs = jsons.into_iter().filter_map(protocol::raw).collect();
-        Ok(Fetched { msgs, last_seq: self.last_seq })
+        Ok(Fetched {
+            msgs,
+            last_seq: self.last_seq,
+        })
     }
 }
 
@@ -451,7 +504,12 @@ impl Handler<Summarize> for ConvActor {
         if self.check_member(&msg.user).is_err() || self.last_seq == 0 {
             return None;
         }
-        let read_seq = self.reads.get(&msg.user).copied().unwrap_or(0).min(self.last_seq);
+        let read_seq = self
+            .reads
+            .get(&msg.user)
+            .copied()
+            .unwrap_or(0)
+            .min(self.last_seq);
         Some(Summary {
             entry: ConvSummary {
                 conv: self.id.clone(),
@@ -476,7 +534,11 @@ impl Handler<MarkRead> for ConvActor {
         }
         self.router.store().set_read(&self.id, &msg.user, seq)?;
         self.reads.insert(msg.user.clone(), seq);
-        let frame = Self::frame(&ServerFrame::Read { conv: self.id.clone(), seq, by: msg.user.clone() });
+        let frame = Self::frame(&ServerFrame::Read {
+            conv: self.id.clone(),
+            seq,
+            by: msg.user.clone(),
+        });
         self.push_to(&msg.user, Some(msg.device), Outbound::Frame(frame.clone()));
         if let Some(peer) = self.id.peer_of(&msg.user) {
             self.push_to(peer, None, Outbound::Frame(frame));
@@ -491,7 +553,9 @@ impl Handler<GetReceipts> for ConvActor {
         self.touch();
         self.check_member(&msg.user)?;
         let json = self.stored(msg.seq)?;
-        let sender = serde_json::from_str::<FromOnly>(&json).map_err(|_| ChatError::internal("corrupt message"))?.from;
+        let sender = serde_json::from_str::<FromOnly>(&json)
+            .map_err(|_| ChatError::internal("corrupt message"))?
+            .from;
         let (read, unread): (Vec<UserId>, Vec<UserId>) = self
             .members
             .iter()
@@ -499,7 +563,10 @@ impl Handler<GetReceipts> for ConvActor {
             .cloned()
             .partition(|m| self.reads.get(m).copied().unwrap_or(0) >= msg.seq);
         Ok(if msg.counts {
-            ReceiptDetail::Counts { read_count: read.len() as u64, unread_count: unread.len() as u64 }
+            ReceiptDetail::Counts {
+                read_count: read.len() as u64,
+                unread_count: unread.len() as u64,
+            }
         } else {
             ReceiptDetail::Lists { read, unread }
         })
@@ -511,7 +578,10 @@ impl Handler<Typing> for ConvActor {
     fn handle(&mut self, msg: Typing, _: &mut Context<Self>) -> ChatResult<()> {
         self.touch();
         self.check_member(&msg.user)?;
-        let frame = Self::frame(&ServerFrame::Typing { conv: self.id.clone(), user: msg.user.clone() });
+        let frame = Self::frame(&ServerFrame::Typing {
+            conv: self.id.clone(),
+            user: msg.user.clone(),
+        });
         for member in self.members.iter().filter(|m| **m != msg.user) {
             self.push_to(member, None, Outbound::Frame(frame.clone()));
         }
@@ -542,16 +612,27 @@ impl Handler<Recall> for ConvActor {
             message.body = None;
             message.recalled = true;
             let json = protocol::encode_message(&message);
-            self.router.store().replace_message(&self.id, msg.seq, &json)?;
+            self.router
+                .store()
+                .replace_message(&self.id, msg.seq, &json)?;
             if msg.seq == self.last_seq {
                 self.last_json = Some(json);
             }
-            let frame =
-                Self::frame(&ServerFrame::Recalled { conv: self.id.clone(), seq: msg.seq, by: msg.user.clone() });
+            let frame = Self::frame(&ServerFrame::Recalled {
+                conv: self.id.clone(),
+                seq: msg.seq,
+                by: msg.user.clone(),
+            });
             let pushes = self
                 .members
                 .iter()
-                .map(|m| (m.clone(), (*m == msg.user).then(|| msg.device.clone()), frame.clone()))
+                .map(|m| {
+                    (
+                        m.clone(),
+                        (*m == msg.user).then(|| msg.device.clone()),
+                        frame.clone(),
+                    )
+                })
                 .collect();
             let (tx, rx) = oneshot::channel();
             self.enqueue(ctx, Done::Replied { tx, pushes });
@@ -560,7 +641,9 @@ impl Handler<Recall> for ConvActor {
         Box::pin(async move {
             match result? {
                 None => Ok(()),
-                Some(rx) => rx.await.unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped"))),
+                Some(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped"))),
             }
         })
     }
@@ -587,14 +670,27 @@ impl Handler<Friendship> for ConvActor {
         Box::pin(async move {
             let mut pushes = transition.pushes;
             let updates = transition.index.into_iter().map(|(owner, other, entry)| {
-                let push = pushes.iter().position(|(u, _)| *u == owner).map(|i| pushes.remove(i).1);
+                let push = pushes
+                    .iter()
+                    .position(|(u, _)| *u == owner)
+                    .map(|i| pushes.remove(i).1);
                 let push = push.map(|f| WireFrame::text(f.kind(), &f.to_json()));
                 let router = router.clone();
-                async move { router.ask_user(&owner, SetFriend { other, entry, push }).await }
+                async move {
+                    router
+                        .ask_user(&owner, SetFriend { other, entry, push })
+                        .await
+                }
             });
             let results = join_all(updates.collect::<Vec<_>>()).await;
             for (user, frame) in pushes {
-                router.tell_live_user(&user, ToDevices { out: Outbound::Frame(Self::frame(&frame)), except: None });
+                router.tell_live_user(
+                    &user,
+                    ToDevices {
+                        out: Outbound::Frame(Self::frame(&frame)),
+                        except: None,
+                    },
+                );
             }
             results.into_iter().collect::<ChatResult<Vec<()>>>()?;
             router.store().flusher().flushed().await;

@@ -34,7 +34,12 @@ pub struct Tracker<K, F> {
 
 impl<K: Hash + Eq + Clone, F: Clone> Tracker<K, F> {
     pub fn new(timeout: Duration, limit: usize) -> Self {
-        Tracker { timeout, limit, len: 0, convs: HashMap::new() }
+        Tracker {
+            timeout,
+            limit,
+            len: 0,
+            convs: HashMap::new(),
+        }
     }
 
     /// Records a push of `seq` in `conv` (pushes of one conversation arrive in seq order).
@@ -46,14 +51,20 @@ impl<K: Hash + Eq + Clone, F: Clone> Tracker<K, F> {
         if queue.back().is_some_and(|p| p.seq >= seq) {
             return Track::Duplicate;
         }
-        queue.push_back(Pending { seq, frame, due: now + self.timeout });
+        queue.push_back(Pending {
+            seq,
+            frame,
+            due: now + self.timeout,
+        });
         self.len += 1;
         Track::Push
     }
 
     /// The device has everything of `conv` up to `seq`. Returns how many pushes that settled.
     pub fn ack(&mut self, conv: &K, seq: u64) -> usize {
-        let Some(queue) = self.convs.get_mut(conv) else { return 0 };
+        let Some(queue) = self.convs.get_mut(conv) else {
+            return 0;
+        };
         let mut settled = 0;
         while queue.front().is_some_and(|p| p.seq <= seq) {
             queue.pop_front();
@@ -80,7 +91,10 @@ impl<K: Hash + Eq + Clone, F: Clone> Tracker<K, F> {
 
     /// The earliest time something becomes due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.convs.values().filter_map(|q| q.iter().map(|p| p.due).min()).min()
+        self.convs
+            .values()
+            .filter_map(|q| q.iter().map(|p| p.due).min())
+            .min()
     }
 
     pub fn len(&self) -> usize {

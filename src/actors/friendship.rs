@@ -33,8 +33,20 @@ fn friends(me: &UserId, other: &UserId) -> Transition {
             (other.clone(), me.clone(), Some(FriendEntry::Friend)),
         ],
         pushes: vec![
-            (me.clone(), ServerFrame::Friend { user: other.clone(), state: FriendChange::Added }),
-            (other.clone(), ServerFrame::Friend { user: me.clone(), state: FriendChange::Added }),
+            (
+                me.clone(),
+                ServerFrame::Friend {
+                    user: other.clone(),
+                    state: FriendChange::Added,
+                },
+            ),
+            (
+                other.clone(),
+                ServerFrame::Friend {
+                    user: me.clone(),
+                    state: FriendChange::Added,
+                },
+            ),
         ],
     }
 }
@@ -42,40 +54,81 @@ fn friends(me: &UserId, other: &UserId) -> Transition {
 fn cleared(me: &UserId, other: &UserId, pushes: Vec<(UserId, ServerFrame)>) -> Transition {
     Transition {
         state: PairState::None,
-        index: vec![(me.clone(), other.clone(), None), (other.clone(), me.clone(), None)],
+        index: vec![
+            (me.clone(), other.clone(), None),
+            (other.clone(), me.clone(), None),
+        ],
         pushes,
     }
 }
 
 /// Applies `op` by `me` to the pair (`me`, `other`) in `state`.
-pub fn apply(state: &PairState, me: &UserId, other: &UserId, op: FriendOp) -> ChatResult<Transition> {
+pub fn apply(
+    state: &PairState,
+    me: &UserId,
+    other: &UserId,
+    op: FriendOp,
+) -> ChatResult<Transition> {
     let pending_from_other = matches!(state, PairState::Pending { from, .. } if from == other);
     let pending_from_me = matches!(state, PairState::Pending { from, .. } if from == me);
     match op {
         FriendOp::Request { note } => match state {
-            PairState::Friends => Ok(Transition { state: PairState::Friends, index: vec![], pushes: vec![] }),
+            PairState::Friends => Ok(Transition {
+                state: PairState::Friends,
+                index: vec![],
+                pushes: vec![],
+            }),
             _ if pending_from_other => Ok(friends(me, other)),
             _ => Ok(Transition {
-                state: PairState::Pending { from: me.clone(), note: note.clone() },
+                state: PairState::Pending {
+                    from: me.clone(),
+                    note: note.clone(),
+                },
                 index: vec![
-                    (me.clone(), other.clone(), Some(FriendEntry::Outgoing { note: note.clone() })),
-                    (other.clone(), me.clone(), Some(FriendEntry::Incoming { note: note.clone() })),
+                    (
+                        me.clone(),
+                        other.clone(),
+                        Some(FriendEntry::Outgoing { note: note.clone() }),
+                    ),
+                    (
+                        other.clone(),
+                        me.clone(),
+                        Some(FriendEntry::Incoming { note: note.clone() }),
+                    ),
                 ],
-                pushes: vec![(other.clone(), ServerFrame::FriendRequest { from: me.clone(), note })],
+                pushes: vec![(
+                    other.clone(),
+                    ServerFrame::FriendRequest {
+                        from: me.clone(),
+                        note,
+                    },
+                )],
             }),
         },
         FriendOp::Accept if pending_from_other => Ok(friends(me, other)),
         FriendOp::Decline if pending_from_other => Ok(cleared(me, other, vec![])),
-        FriendOp::Accept | FriendOp::Decline => {
-            Err(ChatError::not_found(format!("no pending friend request from {other}")))
-        }
+        FriendOp::Accept | FriendOp::Decline => Err(ChatError::not_found(format!(
+            "no pending friend request from {other}"
+        ))),
         FriendOp::Remove => match state {
             PairState::Friends => Ok(cleared(
                 me,
                 other,
                 vec![
-                    (me.clone(), ServerFrame::Friend { user: other.clone(), state: FriendChange::Removed }),
-                    (other.clone(), ServerFrame::Friend { user: me.clone(), state: FriendChange::Removed }),
+                    (
+                        me.clone(),
+                        ServerFrame::Friend {
+                            user: other.clone(),
+                            state: FriendChange::Removed,
+                        },
+                    ),
+                    (
+                        other.clone(),
+                        ServerFrame::Friend {
+                            user: me.clone(),
+                            state: FriendChange::Removed,
+                        },
+                    ),
                 ],
             )),
             _ if pending_from_me => Ok(cleared(me, other, vec![])),
@@ -101,14 +154,26 @@ mod tests {
     fn request_then_accept() {
         let (a, b) = (u("alice"), u("bob"));
         let t = apply(&PairState::None, &a, &b, req("hi")).expect("request");
-        assert_eq!(t.state, PairState::Pending { from: a.clone(), note: "hi".into() });
+        assert_eq!(
+            t.state,
+            PairState::Pending {
+                from: a.clone(),
+                note: "hi".into()
+            }
+        );
         assert_eq!(t.pushes.len(), 1);
         assert_eq!(t.pushes[0].0, b);
-        assert!(apply(&t.state, &a, &b, FriendOp::Accept).is_err(), "cannot accept one's own request");
+        assert!(
+            apply(&t.state, &a, &b, FriendOp::Accept).is_err(),
+            "cannot accept one's own request"
+        );
         let t = apply(&t.state, &b, &a, FriendOp::Accept).expect("accept");
         assert_eq!(t.state, PairState::Friends);
         assert_eq!(t.pushes.len(), 2);
-        assert!(t.index.iter().all(|(_, _, e)| *e == Some(FriendEntry::Friend)));
+        assert!(t
+            .index
+            .iter()
+            .all(|(_, _, e)| *e == Some(FriendEntry::Friend)));
     }
 
     #[test]
@@ -122,7 +187,9 @@ mod tests {
     #[test]
     fn decline_remove_and_errors() {
         let (a, b) = (u("alice"), u("bob"));
-        let pending = apply(&PairState::None, &a, &b, req("x")).expect("ask").state;
+        let pending = apply(&PairState::None, &a, &b, req("x"))
+            .expect("ask")
+            .state;
         let t = apply(&pending, &b, &a, FriendOp::Decline).expect("decline");
         assert_eq!(t.state, PairState::None);
         assert!(t.pushes.is_empty());

@@ -16,7 +16,12 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_s: u32, burst: u32, now: Instant) -> TokenBucket {
         let burst = f64::from(burst.max(1));
-        TokenBucket { rate: f64::from(rate_per_s), burst, tokens: burst, last: now }
+        TokenBucket {
+            rate: f64::from(rate_per_s),
+            burst,
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Takes one token if there is one.
@@ -42,7 +47,10 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn new(timeout: Duration, now: Instant) -> Deadline {
-        Deadline { timeout, last_activity: now }
+        Deadline {
+            timeout,
+            last_activity: now,
+        }
     }
     pub fn touch(&mut self, now: Instant) {
         self.last_activity = now;
@@ -63,7 +71,11 @@ pub struct Window {
 
 impl Window {
     pub fn new(window: Duration) -> Window {
-        Window { window, last_sent: None, pending: false }
+        Window {
+            window,
+            last_sent: None,
+            pending: false,
+        }
     }
 
     /// True when an event may be sent at `now` (and records it); false marks one as owed.
@@ -103,10 +115,17 @@ mod tests {
         let mut b = TokenBucket::new(10, 20, t0);
         assert_eq!((0..30).filter(|_| b.try_take(t0)).count(), 20, "burst");
         assert!(!b.try_take(t0));
-        assert!(b.try_take(t0 + Duration::from_millis(100)), "one token after 1/rate");
+        assert!(
+            b.try_take(t0 + Duration::from_millis(100)),
+            "one token after 1/rate"
+        );
         assert!(!b.try_take(t0 + Duration::from_millis(100)));
         let later = t0 + Duration::from_secs(60);
-        assert_eq!((0..30).filter(|_| b.try_take(later)).count(), 20, "refill caps at burst");
+        assert_eq!(
+            (0..30).filter(|_| b.try_take(later)).count(),
+            20,
+            "refill caps at burst"
+        );
     }
 
     #[test]

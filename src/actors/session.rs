@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::{CloseCode, CloseReason};
-use actix_web::web::Bytes;
 use futures_util::future::join_all;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use crate::actors::conversation::{
     Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Range, Recall, Summarize, Typing,
@@ -28,7 +26,7 @@ use crate::ids::{ConvId, DeviceId, UserId};
 use crate::metrics::ActorKind;
 use crate::net::auth;
 use crate::net::protocol::{parse_client_frame, ClientFrame, Rid, ServerFrame};
-use crate::net::ws::{Incoming, WireFrame};
+use crate::net::ws::{Incoming, OutQueue, WireFrame};
 
 /// Something for this connection's device.
 #[derive(Clone, Debug)]
@@ -36,7 +34,11 @@ pub enum Outbound {
     /// A frame to write as is.
     Frame(WireFrame),
     /// A `msg` push, tracked until acknowledged.
-    Push { conv: ConvId, seq: u64, frame: WireFrame },
+    Push {
+        conv: ConvId,
+        seq: u64,
+        frame: WireFrame,
+    },
     /// A newer connection of the same device replaced this one.
     Kicked,
 }
@@ -49,8 +51,10 @@ pub struct Deliver(pub Outbound);
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests a connection may have in flight before further ones get `rate_limited`.
 pub const MAX_IN_FLIGHT: usize = 256;
-/// Frames kept free in the outgoing queue for a close frame.
-const QUEUE_RESERVE: usize = 2;
+/// How long the outgoing queue may stay over `actors.session_queue_bytes` before the client is dropped.
+const SLOW_GRACE: Duration = Duration::from_secs(2);
+/// Past this multiple of `session_queue_bytes` the client is dropped at once.
+const SLOW_HARD_FACTOR: usize = 8;
 /// The longest friend-request note.
 const MAX_NOTE_CHARS: usize = 1024;
 /// Default and largest `sync` page.
@@ -62,14 +66,19 @@ enum State {
     Anonymous,
     /// `auth` accepted, registering with the user actor.
     Joining,
-    Active { user: UserId, device: DeviceId },
+    Active {
+        user: UserId,
+        device: DeviceId,
+    },
     Closing,
 }
 
 pub struct SessionActor {
     id: u64,
     router: Router,
-    out: mpsc::Sender<Bytes>,
+    out: OutQueue,
+    /// Since when the outgoing queue has been over its limit.
+    over_since: Option<Instant>,
     state: State,
     heartbeat: Deadline,
     sends: TokenBucket,
@@ -85,16 +94,17 @@ pub struct SessionActor {
 }
 
 impl SessionActor {
-    pub fn new(router: Router, out: mpsc::Sender<Bytes>) -> SessionActor {
+    pub fn new(router: Router, out: OutQueue) -> SessionActor {
         let now = Instant::now();
         let config = router.config();
         let rate = config.limits.sends_per_s;
         let heartbeat_timeout = config.chat.heartbeat() * 3;
-        let tracker_limit = (config.actors.session_queue_frames / 2).clamp(8, 512);
+        let tracker_limit = 512;
         let ack_timeout = config.chat.ack_timeout();
         SessionActor {
             id: router.next_session_id(),
             out,
+            over_since: None,
             state: State::Anonymous,
             heartbeat: Deadline::new(heartbeat_timeout, now),
             sends: TokenBucket::new(rate, rate.saturating_mul(2), now),
@@ -116,14 +126,36 @@ impl SessionActor {
         if matches!(self.state, State::Closing) {
             return false;
         }
-        if self.out.capacity() <= QUEUE_RESERVE {
+        if self.is_slow_consumer(Instant::now()) {
             self.router.metrics().slow_consumer_disconnects.inc();
-            tracing::info!(session = self.id, "closing a connection whose client does not read");
-            self.close(ctx, CloseCode::Policy, "slow consumer: frames are not being read");
+            tracing::info!(
+                session = self.id,
+                queued = self.out.queued(),
+                "closing a connection whose client does not read"
+            );
+            self.close(
+                ctx,
+                CloseCode::Policy,
+                "slow consumer: frames are not being read",
+            );
             return false;
         }
         self.router.metrics().frame_out(frame.kind);
-        self.out.try_send(frame.bytes.clone()).is_ok()
+        self.out.push(frame.bytes.clone());
+        true
+    }
+
+    /// True when the client has left too much unread: over the limit for longer than a grace period (a burst
+    /// of replies is fine), or far over it.
+    fn is_slow_consumer(&mut self, now: Instant) -> bool {
+        let limit = self.router.config().actors.session_queue_bytes;
+        let queued = self.out.queued();
+        if queued <= limit {
+            self.over_since = None;
+            return false;
+        }
+        let since = *self.over_since.get_or_insert(now);
+        queued > limit.saturating_mul(SLOW_HARD_FACTOR) || now.duration_since(since) >= SLOW_GRACE
     }
 
     fn reply(&mut self, ctx: &mut Context<Self>, frame: ServerFrame) {
@@ -140,8 +172,11 @@ impl SessionActor {
         if matches!(self.state, State::Closing) {
             return;
         }
-        let frame = WireFrame::close(Some(CloseReason { code, description: Some(reason.to_string()) }));
-        let _ = self.out.try_send(frame.bytes);
+        let frame = WireFrame::close(Some(CloseReason {
+            code,
+            description: Some(reason.to_string()),
+        }));
+        self.out.push(frame.bytes);
         self.leave();
         self.state = State::Closing;
         ctx.stop();
@@ -155,7 +190,13 @@ impl SessionActor {
 
     fn leave(&mut self) {
         if let State::Active { user, device } = &self.state {
-            self.router.tell_user(user, Disconnect { device: device.clone(), session_id: self.id });
+            self.router.tell_user(
+                user,
+                Disconnect {
+                    device: device.clone(),
+                    session_id: self.id,
+                },
+            );
         }
     }
 
@@ -166,7 +207,10 @@ impl SessionActor {
             self.notify(ctx, conv, seq);
             return;
         }
-        match self.tracker.track(&conv, seq, frame.clone(), Instant::now()) {
+        match self
+            .tracker
+            .track(&conv, seq, frame.clone(), Instant::now())
+        {
             Track::Push => {
                 if self.write(ctx, &frame) {
                     self.router.metrics().pushes.inc();
@@ -184,7 +228,9 @@ impl SessionActor {
 
     /// A coalesced `notify` (at most one per conversation per window) for a degraded conversation.
     fn notify(&mut self, ctx: &mut Context<Self>, conv: ConvId, last_seq: u64) {
-        let Some(window) = self.degraded.get_mut(&conv) else { return };
+        let Some(window) = self.degraded.get_mut(&conv) else {
+            return;
+        };
         if window.allow(Instant::now()) {
             self.reply(ctx, ServerFrame::Notify { conv, last_seq });
             return;
@@ -204,7 +250,9 @@ impl SessionActor {
         if self.retransmit_scheduled {
             return;
         }
-        let Some(due) = self.tracker.next_due() else { return };
+        let Some(due) = self.tracker.next_due() else {
+            return;
+        };
         self.retransmit_scheduled = true;
         let delay = due.saturating_duration_since(Instant::now()) + Duration::from_millis(5);
         ctx.run_later(delay, |act, ctx| {
@@ -232,7 +280,11 @@ impl SessionActor {
         F: Future<Output = ChatResult<T>> + 'static,
     {
         if self.in_flight >= MAX_IN_FLIGHT {
-            self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many requests in flight"));
+            self.error(
+                ctx,
+                rid,
+                &ChatError::new(ErrorCode::RateLimited, "too many requests in flight"),
+            );
             return;
         }
         self.in_flight += 1;
@@ -255,20 +307,30 @@ impl SessionActor {
             (State::Anonymous, Ok((rid, ClientFrame::Auth { token, device }))) => {
                 self.authenticate(ctx, rid, &token, &device)
             }
-            (State::Anonymous, Err(e)) if e.kind.as_deref() == Some("auth") => self.refuse(ctx, e.rid, &e.error),
-            (State::Anonymous, Ok((rid, _))) => {
-                self.refuse(ctx, rid, &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"))
+            (State::Anonymous, Err(e)) if e.kind.as_deref() == Some("auth") => {
+                self.refuse(ctx, e.rid, &e.error)
             }
-            (State::Anonymous, Err(e)) => {
-                self.refuse(ctx, e.rid, &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"))
-            }
+            (State::Anonymous, Ok((rid, _))) => self.refuse(
+                ctx,
+                rid,
+                &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"),
+            ),
+            (State::Anonymous, Err(e)) => self.refuse(
+                ctx,
+                e.rid,
+                &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"),
+            ),
             (State::Active { .. }, parsed) => {
                 let (rid, frame) = match parsed {
                     Ok(ok) => ok,
                     Err(e) => return self.error(ctx, e.rid, &e.error),
                 };
                 if !self.frames.try_take(Instant::now()) {
-                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many frames"));
+                    return self.error(
+                        ctx,
+                        rid,
+                        &ChatError::new(ErrorCode::RateLimited, "too many frames"),
+                    );
                 }
                 self.dispatch(ctx, rid, frame);
             }
@@ -276,40 +338,62 @@ impl SessionActor {
         }
     }
 
-    fn authenticate(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, token: &str, device: &str) {
+    fn authenticate(
+        &mut self,
+        ctx: &mut Context<Self>,
+        rid: Option<Rid>,
+        token: &str,
+        device: &str,
+    ) {
         let device = match DeviceId::parse(device) {
             Ok(d) => d,
             Err(e) => return self.refuse(ctx, rid, &ChatError::from(e)),
         };
         let user = match auth::verify(&self.router.config().auth.token_secret, token) {
             Ok(u) => u,
-            Err(e) => return self.refuse(ctx, rid, &ChatError::new(ErrorCode::Unauthorized, e.to_string())),
+            Err(e) => {
+                return self.refuse(
+                    ctx,
+                    rid,
+                    &ChatError::new(ErrorCode::Unauthorized, e.to_string()),
+                )
+            }
         };
         self.state = State::Joining;
         let router = self.router.clone();
-        let connect = Connect { device: device.clone(), session_id: self.id, session: ctx.address().recipient() };
+        let connect = Connect {
+            device: device.clone(),
+            session_id: self.id,
+            session: ctx.address().recipient(),
+        };
         let joined = async move { router.ask_user(&user, connect).await.map(|()| user) };
         // `wait`: no other frame is processed until the user actor knows this device.
-        ctx.wait(joined.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(user) => {
-                let welcome = ServerFrame::Welcome {
-                    user: user.clone(),
-                    device: device.clone(),
-                    node: act.router.node().to_string(),
-                    heartbeat_s: act.router.config().chat.heartbeat_s,
-                };
-                act.state = State::Active { user, device };
-                act.reply(ctx, welcome);
-            }
-            Err(e) => {
-                act.state = State::Anonymous;
-                act.refuse(ctx, rid, &e);
-            }
-        }));
+        ctx.wait(
+            joined
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(user) => {
+                        let welcome = ServerFrame::Welcome {
+                            user: user.clone(),
+                            device: device.clone(),
+                            node: act.router.node().to_string(),
+                            heartbeat_s: act.router.config().chat.heartbeat_s,
+                        };
+                        act.state = State::Active { user, device };
+                        act.reply(ctx, welcome);
+                    }
+                    Err(e) => {
+                        act.state = State::Anonymous;
+                        act.refuse(ctx, rid, &e);
+                    }
+                }),
+        );
     }
 
     fn dispatch(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, frame: ClientFrame) {
-        let State::Active { user, device } = &self.state else { return };
+        let State::Active { user, device } = &self.state else {
+            return;
+        };
         let (user, device) = (user.clone(), device.clone());
         let router = self.router.clone();
         match frame {
@@ -319,23 +403,45 @@ impl SessionActor {
             }
             ClientFrame::Send { cid, conv, body } => {
                 if !self.sends.try_take(Instant::now()) {
-                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many messages"));
+                    return self.error(
+                        ctx,
+                        rid,
+                        &ChatError::new(ErrorCode::RateLimited, "too many messages"),
+                    );
                 }
                 let json = serde_json::Value::Object(body).to_string();
                 let max = self.router.config().limits.max_body_bytes;
                 if json.len() > max {
-                    let e = ChatError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
+                    let e =
+                        ChatError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
                     return self.error(ctx, rid, &e);
                 }
                 let Ok(body) = RawValue::from_string(json) else {
                     return self.error(ctx, rid, &ChatError::bad_request("body is not JSON"));
                 };
                 let started = Instant::now();
-                let post = Post { from: user, device, cid: cid.clone(), body };
+                let post = Post {
+                    from: user,
+                    device,
+                    cid: cid.clone(),
+                    body,
+                };
                 let fut = async move { router.ask_conv(&conv, post).await?.map(|p| (conv, p)) };
                 self.request(ctx, rid, fut, move |act, ctx, rid, (conv, posted)| {
-                    act.router.metrics().send_seconds.observe(started.elapsed().as_secs_f64());
-                    act.reply(ctx, ServerFrame::Sent { rid, cid, conv, seq: posted.seq, ts: posted.ts });
+                    act.router
+                        .metrics()
+                        .send_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    act.reply(
+                        ctx,
+                        ServerFrame::Sent {
+                            rid,
+                            cid,
+                            conv,
+                            seq: posted.seq,
+                            ts: posted.ts,
+                        },
+                    );
                 });
             }
             ClientFrame::Ack { conv, seq } => {
@@ -350,65 +456,129 @@ impl SessionActor {
                     self.request(ctx, rid, fut, |_, _, _, ()| {});
                 }
             }
-            ClientFrame::Sync { conv, after, before, limit } => {
+            ClientFrame::Sync {
+                conv,
+                after,
+                before,
+                limit,
+            } => {
                 let limit = match limit {
-                    Some(0) => return self.error(ctx, rid, &ChatError::bad_request("limit must be at least 1")),
+                    Some(0) => {
+                        return self.error(
+                            ctx,
+                            rid,
+                            &ChatError::bad_request("limit must be at least 1"),
+                        )
+                    }
                     Some(n) => n.min(SYNC_MAX),
                     None => SYNC_DEFAULT,
                 };
                 let range = match (after, before) {
                     (Some(_), Some(_)) => {
-                        return self.error(ctx, rid, &ChatError::bad_request("give `after` or `before`, not both"))
+                        return self.error(
+                            ctx,
+                            rid,
+                            &ChatError::bad_request("give `after` or `before`, not both"),
+                        )
                     }
                     (_, Some(before)) => Range::Before(before),
                     (after, None) => Range::After(after.unwrap_or(0)),
                 };
                 let limit = usize::try_from(limit).unwrap_or(1000);
                 let fut = async move {
-                    let fetched = router.ask_conv(&conv, Fetch { user, range, limit }).await??;
+                    let fetched = router
+                        .ask_conv(&conv, Fetch { user, range, limit })
+                        .await??;
                     Ok((conv, fetched))
                 };
                 self.request(ctx, rid, fut, |act, ctx, rid, (conv, f)| {
-                    act.reply(ctx, ServerFrame::Msgs { rid, conv, msgs: f.msgs, last_seq: f.last_seq });
+                    act.reply(
+                        ctx,
+                        ServerFrame::Msgs {
+                            rid,
+                            conv,
+                            msgs: f.msgs,
+                            last_seq: f.last_seq,
+                        },
+                    );
                 });
             }
             ClientFrame::Convs => {
                 let fut = async move {
                     let convs = router.ask_user(&user, ListConvs).await?;
-                    let asks = convs.iter().map(|c| router.ask_conv(c, Summarize { user: user.clone() }));
-                    let mut list: Vec<_> = join_all(asks).await.into_iter().filter_map(|r| r.ok().flatten()).collect();
-                    list.sort_by(|a, b| b.last_ts.cmp(&a.last_ts).then(a.entry.conv.cmp(&b.entry.conv)));
+                    let asks = convs
+                        .iter()
+                        .map(|c| router.ask_conv(c, Summarize { user: user.clone() }));
+                    let mut list: Vec<_> = join_all(asks)
+                        .await
+                        .into_iter()
+                        .filter_map(|r| r.ok().flatten())
+                        .collect();
+                    list.sort_by(|a, b| {
+                        b.last_ts
+                            .cmp(&a.last_ts)
+                            .then(a.entry.conv.cmp(&b.entry.conv))
+                    });
                     Ok(list.into_iter().map(|s| s.entry).collect())
                 };
-                self.request(ctx, rid, fut, |act, ctx, rid, convs| act.reply(ctx, ServerFrame::Convs { rid, convs }));
+                self.request(ctx, rid, fut, |act, ctx, rid, convs| {
+                    act.reply(ctx, ServerFrame::Convs { rid, convs })
+                });
             }
             ClientFrame::Read { conv, seq } => {
-                let fut = async move { router.ask_conv(&conv, MarkRead { user, device, seq }).await? };
+                let fut = async move {
+                    router
+                        .ask_conv(&conv, MarkRead { user, device, seq })
+                        .await?
+                };
                 self.request(ctx, rid, fut, |_, _, _, ()| {});
             }
             ClientFrame::Receipts { conv, seq, counts } => {
                 let fut = async move {
-                    let detail = router.ask_conv(&conv, GetReceipts { user, seq, counts }).await??;
+                    let detail = router
+                        .ask_conv(&conv, GetReceipts { user, seq, counts })
+                        .await??;
                     Ok((conv, detail))
                 };
                 self.request(ctx, rid, fut, move |act, ctx, rid, (conv, detail)| {
-                    act.reply(ctx, ServerFrame::Receipts { rid, conv, seq, detail });
+                    act.reply(
+                        ctx,
+                        ServerFrame::Receipts {
+                            rid,
+                            conv,
+                            seq,
+                            detail,
+                        },
+                    );
                 });
             }
             ClientFrame::FriendRequest { user: other, note } => {
                 let note = note.unwrap_or_default();
                 if note.chars().count() > MAX_NOTE_CHARS {
-                    let e = ChatError::new(ErrorCode::TooLarge, format!("note is over {MAX_NOTE_CHARS} characters"));
+                    let e = ChatError::new(
+                        ErrorCode::TooLarge,
+                        format!("note is over {MAX_NOTE_CHARS} characters"),
+                    );
                     return self.error(ctx, rid, &e);
                 }
                 if !self.sends.try_take(Instant::now()) {
-                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many requests"));
+                    return self.error(
+                        ctx,
+                        rid,
+                        &ChatError::new(ErrorCode::RateLimited, "too many requests"),
+                    );
                 }
                 self.friendship(ctx, rid, user, other, FriendOp::Request { note });
             }
-            ClientFrame::FriendAccept { user: other } => self.friendship(ctx, rid, user, other, FriendOp::Accept),
-            ClientFrame::FriendDecline { user: other } => self.friendship(ctx, rid, user, other, FriendOp::Decline),
-            ClientFrame::FriendRemove { user: other } => self.friendship(ctx, rid, user, other, FriendOp::Remove),
+            ClientFrame::FriendAccept { user: other } => {
+                self.friendship(ctx, rid, user, other, FriendOp::Accept)
+            }
+            ClientFrame::FriendDecline { user: other } => {
+                self.friendship(ctx, rid, user, other, FriendOp::Decline)
+            }
+            ClientFrame::FriendRemove { user: other } => {
+                self.friendship(ctx, rid, user, other, FriendOp::Remove)
+            }
             ClientFrame::Friends => {
                 let fut = async move { router.ask_user(&user, ListFriends).await };
                 self.request(ctx, rid, fut, |act, ctx, rid, list| {
@@ -435,25 +605,41 @@ impl SessionActor {
             }
             ClientFrame::Typing { conv } => {
                 if !self.sends.try_take(Instant::now()) {
-                    return self.error(ctx, rid, &ChatError::new(ErrorCode::RateLimited, "too many events"));
+                    return self.error(
+                        ctx,
+                        rid,
+                        &ChatError::new(ErrorCode::RateLimited, "too many events"),
+                    );
                 }
                 let fut = async move { router.ask_conv(&conv, Typing { user }).await? };
                 self.request(ctx, rid, fut, |_, _, _, ()| {});
             }
             ClientFrame::Recall { conv, seq } => {
-                let fut = async move { router.ask_conv(&conv, Recall { user, device, seq }).await? };
-                self.request(ctx, rid, fut, |act, ctx, rid, ()| act.reply(ctx, ServerFrame::Ok { rid }));
+                let fut =
+                    async move { router.ask_conv(&conv, Recall { user, device, seq }).await? };
+                self.request(ctx, rid, fut, |act, ctx, rid, ()| {
+                    act.reply(ctx, ServerFrame::Ok { rid })
+                });
             }
         }
     }
 
-    fn friendship(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, me: UserId, other: UserId, op: FriendOp) {
+    fn friendship(
+        &mut self,
+        ctx: &mut Context<Self>,
+        rid: Option<Rid>,
+        me: UserId,
+        other: UserId,
+        op: FriendOp,
+    ) {
         let Some(conv) = ConvId::direct(&me, &other) else {
             return self.error(ctx, rid, &ChatError::bad_request("that is yourself"));
         };
         let router = self.router.clone();
         let fut = async move { router.ask_conv(&conv, Friendship { user: me, op }).await? };
-        self.request(ctx, rid, fut, |act, ctx, rid, ()| act.reply(ctx, ServerFrame::Ok { rid }));
+        self.request(ctx, rid, fut, |act, ctx, rid, ()| {
+            act.reply(ctx, ServerFrame::Ok { rid })
+        });
     }
 }
 
@@ -469,10 +655,22 @@ impl Actor for SessionActor {
             }
         });
         // Check well within the 3x deadline; jitter spreads the timers of many connections.
-        let period = jittered(self.router.config().chat.heartbeat() / 2, 0.2, self.id.wrapping_mul(7919));
+        let period = jittered(
+            self.router.config().chat.heartbeat() / 2,
+            0.2,
+            self.id.wrapping_mul(7919),
+        );
         ctx.run_interval(period, |act, ctx| {
-            if act.heartbeat.expired(Instant::now()) {
+            let now = Instant::now();
+            if act.heartbeat.expired(now) {
                 act.close(ctx, CloseCode::Normal, "heartbeat timeout");
+            } else if act.is_slow_consumer(now) {
+                act.router.metrics().slow_consumer_disconnects.inc();
+                act.close(
+                    ctx,
+                    CloseCode::Policy,
+                    "slow consumer: frames are not being read",
+                );
             }
         });
     }
@@ -498,16 +696,28 @@ impl StreamHandler<Incoming> for SessionActor {
             Incoming::ProtocolError(e) => self.close(ctx, CloseCode::Protocol, &e),
             Incoming::Binary | Incoming::TooLarge if anonymous => {
                 self.router.metrics().frame_in("invalid");
-                self.refuse(ctx, None, &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"));
+                self.refuse(
+                    ctx,
+                    None,
+                    &ChatError::new(ErrorCode::Unauthorized, "the first frame must be auth"),
+                );
             }
             Incoming::Binary => {
                 self.router.metrics().frame_in("invalid");
-                self.error(ctx, None, &ChatError::bad_request("binary frames are not supported; send JSON text"));
+                self.error(
+                    ctx,
+                    None,
+                    &ChatError::bad_request("binary frames are not supported; send JSON text"),
+                );
             }
             Incoming::TooLarge => {
                 self.router.metrics().frame_in("invalid");
                 let max = self.router.config().limits.max_frame_bytes;
-                self.error(ctx, None, &ChatError::new(ErrorCode::TooLarge, format!("frame is over {max} bytes")));
+                self.error(
+                    ctx,
+                    None,
+                    &ChatError::new(ErrorCode::TooLarge, format!("frame is over {max} bytes")),
+                );
             }
         }
     }
@@ -536,7 +746,7 @@ impl Handler<Deliver> for SessionActor {
                     code: CloseCode::Policy,
                     description: Some("replaced by a newer connection of this device".into()),
                 }));
-                let _ = self.out.try_send(frame.bytes);
+                self.out.push(frame.bytes);
                 ctx.stop();
             }
         }

@@ -104,7 +104,14 @@ impl UserActor {
                 BTreeMap::new()
             }
         };
-        UserActor { id, router, devices: HashMap::new(), friends, convs: None, last_active: Instant::now() }
+        UserActor {
+            id,
+            router,
+            devices: HashMap::new(),
+            friends,
+            convs: None,
+            last_active: Instant::now(),
+        }
     }
 
     fn push(&self, out: &Outbound, except: Option<&DeviceId>) {
@@ -118,7 +125,13 @@ impl UserActor {
     fn announce_presence(&self, online: bool) {
         for (friend, entry) in &self.friends {
             if *entry == FriendEntry::Friend {
-                self.router.tell_live_user(friend, PresenceChanged { user: self.id.clone(), online });
+                self.router.tell_live_user(
+                    friend,
+                    PresenceChanged {
+                        user: self.id.clone(),
+                        online,
+                    },
+                );
             }
         }
     }
@@ -126,13 +139,14 @@ impl UserActor {
     fn convs(&mut self) -> &mut HashSet<ConvId> {
         let id = &self.id;
         let store = self.router.store();
-        self.convs.get_or_insert_with(|| match store.user_convs(id) {
-            Ok(list) => list.into_iter().collect(),
-            Err(e) => {
-                tracing::error!(user = %id, error = %e, "cannot load conversations");
-                HashSet::new()
-            }
-        })
+        self.convs
+            .get_or_insert_with(|| match store.user_convs(id) {
+                Ok(list) => list.into_iter().collect(),
+                Err(e) => {
+                    tracing::error!(user = %id, error = %e, "cannot load conversations");
+                    HashSet::new()
+                }
+            })
     }
 
     fn durable(&self) -> ResponseFuture<()> {
@@ -162,7 +176,10 @@ impl Handler<Connect> for UserActor {
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
         self.last_active = Instant::now();
         let first = self.devices.is_empty();
-        let new = Device { session_id: msg.session_id, session: msg.session };
+        let new = Device {
+            session_id: msg.session_id,
+            session: msg.session,
+        };
         if let Some(old) = self.devices.insert(msg.device, new) {
             old.session.do_send(Deliver(Outbound::Kicked));
         }
@@ -176,7 +193,11 @@ impl Handler<Disconnect> for UserActor {
     type Result = ();
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         self.last_active = Instant::now();
-        if self.devices.get(&msg.device).is_some_and(|d| d.session_id == msg.session_id) {
+        if self
+            .devices
+            .get(&msg.device)
+            .is_some_and(|d| d.session_id == msg.session_id)
+        {
             self.devices.remove(&msg.device);
             if self.devices.is_empty() {
                 self.announce_presence(false);
@@ -217,7 +238,11 @@ impl Handler<SetFriend> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: SetFriend, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        if let Err(e) = self.router.store().set_friend(&self.id, &msg.other, msg.entry.as_ref()) {
+        if let Err(e) = self
+            .router
+            .store()
+            .set_friend(&self.id, &msg.other, msg.entry.as_ref())
+        {
             tracing::error!(user = %self.id, error = %e, "cannot write friend index");
         }
         match msg.entry {
@@ -239,12 +264,14 @@ impl Handler<ListFriends> for UserActor {
         for (other, entry) in &self.friends {
             match entry {
                 FriendEntry::Friend => list.friends.push(other.clone()),
-                FriendEntry::Incoming { note } => {
-                    list.incoming.push(IncomingRequest { from: other.clone(), note: note.clone() })
-                }
-                FriendEntry::Outgoing { note } => {
-                    list.outgoing.push(OutgoingRequest { to: other.clone(), note: note.clone() })
-                }
+                FriendEntry::Incoming { note } => list.incoming.push(IncomingRequest {
+                    from: other.clone(),
+                    note: note.clone(),
+                }),
+                FriendEntry::Outgoing { note } => list.outgoing.push(OutgoingRequest {
+                    to: other.clone(),
+                    note: note.clone(),
+                }),
             }
         }
         MessageResult(list)
@@ -256,8 +283,14 @@ impl Handler<PresenceChanged> for UserActor {
     fn handle(&mut self, msg: PresenceChanged, _: &mut Context<Self>) {
         // Only friends see presence; the friend index is the authority here.
         if self.friends.get(&msg.user) == Some(&FriendEntry::Friend) {
-            let frame = ServerFrame::Presence { user: msg.user, online: msg.online };
-            self.push(&Outbound::Frame(WireFrame::text(frame.kind(), &frame.to_json())), None);
+            let frame = ServerFrame::Presence {
+                user: msg.user,
+                online: msg.online,
+            };
+            self.push(
+                &Outbound::Frame(WireFrame::text(frame.kind(), &frame.to_json())),
+                None,
+            );
         }
     }
 }

@@ -21,9 +21,14 @@ impl Ring {
     pub fn new(config: &Config) -> Ring {
         let mut nodes: Vec<&crate::config::NodeConfig> = config.nodes.iter().collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        let ids: Vec<NodeId> = nodes.iter().filter_map(|n| NodeId::parse(&n.id).ok()).collect();
-        let ring =
-            RingBuilder::new(FnvBuildHasher::default()).vnodes(config.cluster.vnodes).nodes_iter(ids).build();
+        let ids: Vec<NodeId> = nodes
+            .iter()
+            .filter_map(|n| NodeId::parse(&n.id).ok())
+            .collect();
+        let ring = RingBuilder::new(FnvBuildHasher::default())
+            .vnodes(config.cluster.vnodes)
+            .nodes_iter(ids)
+            .build();
         let mut h = FnvHasher::default();
         h.write_u64(config.cluster.vnodes as u64);
         for n in &nodes {
@@ -32,7 +37,10 @@ impl Ring {
                 h.write_u8(0);
             }
         }
-        Ring { ring, signature: h.finish() }
+        Ring {
+            ring,
+            signature: h.finish(),
+        }
     }
 
     /// The node that owns `key` (a user id or conversation id).
@@ -98,7 +106,9 @@ mod tests {
         let ring = Ring::new(&config(&["n1", "n2", "n3"]));
         let mut counts = std::collections::HashMap::new();
         for i in 0..3000 {
-            *counts.entry(ring.owner(&format!("user{i}")).clone()).or_insert(0) += 1;
+            *counts
+                .entry(ring.owner(&format!("user{i}")).clone())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|c| *c > 600), "{counts:?}");

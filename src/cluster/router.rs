@@ -100,7 +100,11 @@ impl Router {
 
     /// The address clients reach this node at (the bound one, which differs from the config with port 0).
     pub fn listen(&self) -> std::net::SocketAddr {
-        self.inner.listen.get().copied().unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.inner
+            .listen
+            .get()
+            .copied()
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     pub fn set_listen(&self, addr: std::net::SocketAddr) {
@@ -125,7 +129,9 @@ impl Router {
         if *owner == self.inner.node {
             Ok(())
         } else {
-            Err(ChatError::unavailable(format!("{key} is owned by node {owner}, which this node cannot reach")))
+            Err(ChatError::unavailable(format!(
+                "{key} is owned by node {owner}, which this node cannot reach"
+            )))
         }
     }
 
@@ -145,7 +151,11 @@ impl Router {
 
     // ---- users ----
 
-    fn user_entry(&self, users: &mut HashMap<UserId, Addr<UserActor>>, user: &UserId) -> Addr<UserActor> {
+    fn user_entry(
+        &self,
+        users: &mut HashMap<UserId, Addr<UserActor>>,
+        user: &UserId,
+    ) -> Addr<UserActor> {
         if let Some(addr) = users.get(user) {
             if addr.connected() {
                 return addr.clone();
@@ -153,7 +163,9 @@ impl Router {
         }
         let router = self.clone();
         let id = user.clone();
-        let addr = self.spawn(user.as_str(), ActorKind::User, move || UserActor::new(id, router));
+        let addr = self.spawn(user.as_str(), ActorKind::User, move || {
+            UserActor::new(id, router)
+        });
         users.insert(user.clone(), addr.clone());
         addr
     }
@@ -221,7 +233,11 @@ impl Router {
 
     // ---- conversations ----
 
-    fn conv_entry(&self, convs: &mut HashMap<ConvId, Addr<ConvActor>>, conv: &ConvId) -> Addr<ConvActor> {
+    fn conv_entry(
+        &self,
+        convs: &mut HashMap<ConvId, Addr<ConvActor>>,
+        conv: &ConvId,
+    ) -> Addr<ConvActor> {
         if let Some(addr) = convs.get(conv) {
             if addr.connected() {
                 return addr.clone();
@@ -229,7 +245,9 @@ impl Router {
         }
         let router = self.clone();
         let id = conv.clone();
-        let addr = self.spawn(conv.as_str(), ActorKind::Conversation, move || ConvActor::new(id, router));
+        let addr = self.spawn(conv.as_str(), ActorKind::Conversation, move || {
+            ConvActor::new(id, router)
+        });
         convs.insert(conv.clone(), addr.clone());
         addr
     }

@@ -26,16 +26,27 @@ pub enum AuthError {
 }
 
 pub fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Signs a token for `user` valid for `ttl_s` seconds.
 pub fn mint(secret: &str, user: &UserId, ttl_s: u64) -> String {
     let now = now_s();
-    let claims = Claims { sub: user.as_str().to_owned(), exp: now.saturating_add(ttl_s), iat: now };
+    let claims = Claims {
+        sub: user.as_str().to_owned(),
+        exp: now.saturating_add(ttl_s),
+        iat: now,
+    };
     // HS256 encoding of a plain struct cannot fail.
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .unwrap_or_default()
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
 }
 
 /// Checks signature, algorithm and expiry (no leeway) and returns the user.
@@ -43,8 +54,12 @@ pub fn verify(secret: &str, token: &str) -> Result<UserId, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
-    let data = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation)
-        .map_err(|_| AuthError::Invalid)?;
+    let data = decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|_| AuthError::Invalid)?;
     UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
 }
 
@@ -59,8 +74,21 @@ mod tests {
         assert_eq!(verify("s3cret", &t), Ok(alice.clone()));
         assert_eq!(verify("other", &t), Err(AuthError::Invalid));
         assert_eq!(verify("s3cret", "garbage"), Err(AuthError::Invalid));
-        let expired = Claims { sub: "alice".into(), exp: now_s() - 10, iat: now_s() - 20 };
-        let expired = encode(&Header::default(), &expired, &EncodingKey::from_secret(b"s3cret")).expect("encode");
-        assert_eq!(verify("s3cret", &expired), Err(AuthError::Invalid), "expired");
+        let expired = Claims {
+            sub: "alice".into(),
+            exp: now_s() - 10,
+            iat: now_s() - 20,
+        };
+        let expired = encode(
+            &Header::default(),
+            &expired,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("encode");
+        assert_eq!(
+            verify("s3cret", &expired),
+            Err(AuthError::Invalid),
+            "expired"
+        );
     }
 }

@@ -12,13 +12,19 @@ use crate::ids::UserId;
 use crate::net::auth;
 
 pub fn error_response(e: &ChatError) -> HttpResponse {
-    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(status).json(json!({"error": e.code, "message": e.message}))
 }
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 pub async fn healthz() -> HttpResponse {
@@ -26,7 +32,9 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn metrics(router: web::Data<Router>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(router.metrics().render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(router.metrics().render())
 }
 
 #[derive(Deserialize)]
@@ -38,7 +46,10 @@ pub struct TokenRequest {
 pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes) -> HttpResponse {
     let admin_key = &router.config().auth.admin_key;
     if bearer(&req).is_none_or(|k| !constant_time_eq(k.as_bytes(), admin_key.as_bytes())) {
-        return error_response(&ChatError::new(ErrorCode::Unauthorized, "a valid admin key is required"));
+        return error_response(&ChatError::new(
+            ErrorCode::Unauthorized,
+            "a valid admin key is required",
+        ));
     }
     let request: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -96,7 +107,13 @@ pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> 
     let listen = if owner == *router.node() {
         router.listen().to_string()
     } else {
-        router.config().nodes.iter().find(|n| n.id == owner.as_str()).map(|n| n.listen.clone()).unwrap_or_default()
+        router
+            .config()
+            .nodes
+            .iter()
+            .find(|n| n.id == owner.as_str())
+            .map(|n| n.listen.clone())
+            .unwrap_or_default()
     };
     HttpResponse::Ok().json(json!({ "node": owner, "ws": format!("ws://{listen}/ws") }))
 }

@@ -45,7 +45,11 @@ pub enum ClientFrame {
     /// Heartbeat; answered with `pong`.
     Ping,
     /// Post a message; answered with `sent` once it is stored.
-    Send { cid: Cid, conv: ConvId, body: Map<String, Value> },
+    Send {
+        cid: Cid,
+        conv: ConvId,
+        body: Map<String, Value>,
+    },
     /// Cumulative acknowledgement of pushed messages up to `seq`.
     Ack { conv: ConvId, seq: u64 },
     /// Pull messages after `after` or just below `before`; answered with `msgs`.
@@ -84,7 +88,11 @@ pub enum ClientFrame {
     /// Friends and pending requests; answered with `friends`.
     Friends,
     /// Create a group; answered with `group`.
-    GroupCreate { conv: ConvId, name: String, members: Vec<UserId> },
+    GroupCreate {
+        conv: ConvId,
+        name: String,
+        members: Vec<UserId>,
+    },
     /// Add members (owner only); answered with `group`.
     GroupAdd { conv: ConvId, members: Vec<UserId> },
     /// Remove members (owner only); answered with `group`.
@@ -184,22 +192,44 @@ pub fn parse_client_frame(text: &str) -> Result<(Option<Rid>, ClientFrame), Fram
 fn classify_parse_error(text: &str, err: serde_json::Error) -> FrameError {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(_) => return FrameError { rid: None, kind: None, error: ChatError::bad_request("frame is not valid JSON") },
+        Err(_) => {
+            return FrameError {
+                rid: None,
+                kind: None,
+                error: ChatError::bad_request("frame is not valid JSON"),
+            }
+        }
     };
     let Value::Object(map) = value else {
-        return FrameError { rid: None, kind: None, error: ChatError::bad_request("frame must be a JSON object") };
+        return FrameError {
+            rid: None,
+            kind: None,
+            error: ChatError::bad_request("frame must be a JSON object"),
+        };
     };
     let rid = map.get("rid").cloned().and_then(Rid::from_value);
     let message = match map.get("type") {
         None => "frame has no `type`".to_string(),
         Some(Value::String(t)) if !CLIENT_FRAME_KINDS.contains(&t.as_str()) => {
-            format!("unknown frame type {:?}", t.chars().take(40).collect::<String>())
+            format!(
+                "unknown frame type {:?}",
+                t.chars().take(40).collect::<String>()
+            )
         }
-        Some(Value::String(t)) => format!("invalid `{t}` frame: {}", strip_position(&err.to_string())),
+        Some(Value::String(t)) => {
+            format!("invalid `{t}` frame: {}", strip_position(&err.to_string()))
+        }
         Some(_) => "`type` must be a string".to_string(),
     };
-    let kind = map.get("type").and_then(Value::as_str).map(|t| t.chars().take(40).collect());
-    FrameError { rid, kind, error: ChatError::bad_request(message) }
+    let kind = map
+        .get("type")
+        .and_then(Value::as_str)
+        .map(|t| t.chars().take(40).collect());
+    FrameError {
+        rid,
+        kind,
+        error: ChatError::bad_request(message),
+    }
 }
 
 fn strip_position(msg: &str) -> &str {
@@ -249,7 +279,12 @@ pub struct OutgoingRequest {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Welcome { user: UserId, device: DeviceId, node: String, heartbeat_s: u64 },
+    Welcome {
+        user: UserId,
+        device: DeviceId,
+        node: String,
+        heartbeat_s: u64,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<Rid>,
@@ -276,14 +311,25 @@ pub enum ServerFrame {
         msgs: Vec<Box<RawValue>>,
         last_seq: u64,
     },
-    Delivered { conv: ConvId, seq: u64, by: UserId },
-    Notify { conv: ConvId, last_seq: u64 },
+    Delivered {
+        conv: ConvId,
+        seq: u64,
+        by: UserId,
+    },
+    Notify {
+        conv: ConvId,
+        last_seq: u64,
+    },
     Convs {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<Rid>,
         convs: Vec<ConvSummary>,
     },
-    Read { conv: ConvId, seq: u64, by: UserId },
+    Read {
+        conv: ConvId,
+        seq: u64,
+        by: UserId,
+    },
     Receipts {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<Rid>,
@@ -296,8 +342,14 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<Rid>,
     },
-    FriendRequest { from: UserId, note: String },
-    Friend { user: UserId, state: FriendChange },
+    FriendRequest {
+        from: UserId,
+        note: String,
+    },
+    Friend {
+        user: UserId,
+        state: FriendChange,
+    },
     Friends {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<Rid>,
@@ -315,16 +367,32 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         members: Option<Vec<UserId>>,
     },
-    Typing { conv: ConvId, user: UserId },
-    Presence { user: UserId, online: bool },
-    Recalled { conv: ConvId, seq: u64, by: UserId },
+    Typing {
+        conv: ConvId,
+        user: UserId,
+    },
+    Presence {
+        user: UserId,
+        online: bool,
+    },
+    Recalled {
+        conv: ConvId,
+        seq: u64,
+        by: UserId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ReceiptDetail {
-    Lists { read: Vec<UserId>, unread: Vec<UserId> },
-    Counts { read_count: u64, unread_count: u64 },
+    Lists {
+        read: Vec<UserId>,
+        unread: Vec<UserId>,
+    },
+    Counts {
+        read_count: u64,
+        unread_count: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -361,7 +429,11 @@ impl ServerFrame {
     }
 
     pub fn error(rid: Option<Rid>, error: &ChatError) -> ServerFrame {
-        ServerFrame::Error { rid, code: error.code, message: error.message.clone() }
+        ServerFrame::Error {
+            rid,
+            code: error.code,
+            message: error.message.clone(),
+        }
     }
 
     /// The frame as JSON text.
@@ -470,9 +542,18 @@ mod tests {
             ("[1,2]", None),
             (r#"{"rid":3}"#, Some(json!(3))),
             (r#"{"type":"fly","rid":"r1"}"#, Some(json!("r1"))),
-            (r#"{"type":"send","rid":4,"conv":"dm:alice:bob","body":{}}"#, Some(json!(4))),
-            (r#"{"type":"send","rid":5,"cid":"c","conv":"dm:bob:alice","body":{}}"#, Some(json!(5))),
-            (r#"{"type":"send","rid":6,"cid":"c","conv":"dm:alice:bob","body":"text"}"#, Some(json!(6))),
+            (
+                r#"{"type":"send","rid":4,"conv":"dm:alice:bob","body":{}}"#,
+                Some(json!(4)),
+            ),
+            (
+                r#"{"type":"send","rid":5,"cid":"c","conv":"dm:bob:alice","body":{}}"#,
+                Some(json!(5)),
+            ),
+            (
+                r#"{"type":"send","rid":6,"cid":"c","conv":"dm:alice:bob","body":"text"}"#,
+                Some(json!(6)),
+            ),
             (r#"{"type":"ack","conv":"dm:alice:bob","seq":-1}"#, None),
             (r#"{"type":"ping","rid":1.5}"#, None),
         ];
@@ -516,15 +597,26 @@ mod tests {
                 json!({"type":"sent","rid":1,"cid":"c-81","conv":"dm:alice:bob","seq":7,"ts":1_763_800_000_123u64}),
             ),
             (
-                ServerFrame::Delivered { conv: conv(), seq: 7, by: user("bob") },
+                ServerFrame::Delivered {
+                    conv: conv(),
+                    seq: 7,
+                    by: user("bob"),
+                },
                 json!({"type":"delivered","conv":"dm:alice:bob","seq":7,"by":"bob"}),
             ),
             (
-                ServerFrame::Notify { conv: conv(), last_seq: 9 },
+                ServerFrame::Notify {
+                    conv: conv(),
+                    last_seq: 9,
+                },
                 json!({"type":"notify","conv":"dm:alice:bob","last_seq":9}),
             ),
             (
-                ServerFrame::Read { conv: conv(), seq: 7, by: user("alice") },
+                ServerFrame::Read {
+                    conv: conv(),
+                    seq: 7,
+                    by: user("alice"),
+                },
                 json!({"type":"read","conv":"dm:alice:bob","seq":7,"by":"alice"}),
             ),
             (
@@ -532,7 +624,10 @@ mod tests {
                     rid: Some(Rid::int(4)),
                     conv: conv(),
                     seq: 7,
-                    detail: ReceiptDetail::Lists { read: vec![user("bob")], unread: vec![] },
+                    detail: ReceiptDetail::Lists {
+                        read: vec![user("bob")],
+                        unread: vec![],
+                    },
                 },
                 json!({"type":"receipts","rid":4,"conv":"dm:alice:bob","seq":7,"read":["bob"],"unread":[]}),
             ),
@@ -541,25 +636,45 @@ mod tests {
                     rid: None,
                     conv: conv(),
                     seq: 7,
-                    detail: ReceiptDetail::Counts { read_count: 1, unread_count: 0 },
+                    detail: ReceiptDetail::Counts {
+                        read_count: 1,
+                        unread_count: 0,
+                    },
                 },
                 json!({"type":"receipts","conv":"dm:alice:bob","seq":7,"read_count":1,"unread_count":0}),
             ),
-            (ServerFrame::Ok { rid: Some(Rid::int(5)) }, json!({"type":"ok","rid":5})),
             (
-                ServerFrame::FriendRequest { from: user("alice"), note: "hi".into() },
+                ServerFrame::Ok {
+                    rid: Some(Rid::int(5)),
+                },
+                json!({"type":"ok","rid":5}),
+            ),
+            (
+                ServerFrame::FriendRequest {
+                    from: user("alice"),
+                    note: "hi".into(),
+                },
                 json!({"type":"friend_request","from":"alice","note":"hi"}),
             ),
             (
-                ServerFrame::Friend { user: user("bob"), state: FriendChange::Added },
+                ServerFrame::Friend {
+                    user: user("bob"),
+                    state: FriendChange::Added,
+                },
                 json!({"type":"friend","user":"bob","state":"added"}),
             ),
             (
                 ServerFrame::Friends {
                     rid: Some(Rid::int(6)),
                     friends: vec![user("bob")],
-                    incoming: vec![IncomingRequest { from: user("carol"), note: "yo".into() }],
-                    outgoing: vec![OutgoingRequest { to: user("dave"), note: "".into() }],
+                    incoming: vec![IncomingRequest {
+                        from: user("carol"),
+                        note: "yo".into(),
+                    }],
+                    outgoing: vec![OutgoingRequest {
+                        to: user("dave"),
+                        note: "".into(),
+                    }],
                 },
                 json!({"type":"friends","rid":6,"friends":["bob"],"incoming":[{"from":"carol","note":"yo"}],"outgoing":[{"to":"dave","note":""}]}),
             ),
@@ -575,15 +690,25 @@ mod tests {
                 json!({"type":"group","rid":7,"conv":"g:team","name":"Team","owner":"alice","count":2}),
             ),
             (
-                ServerFrame::Typing { conv: conv(), user: user("bob") },
+                ServerFrame::Typing {
+                    conv: conv(),
+                    user: user("bob"),
+                },
                 json!({"type":"typing","conv":"dm:alice:bob","user":"bob"}),
             ),
             (
-                ServerFrame::Presence { user: user("bob"), online: true },
+                ServerFrame::Presence {
+                    user: user("bob"),
+                    online: true,
+                },
                 json!({"type":"presence","user":"bob","online":true}),
             ),
             (
-                ServerFrame::Recalled { conv: conv(), seq: 7, by: user("alice") },
+                ServerFrame::Recalled {
+                    conv: conv(),
+                    seq: 7,
+                    by: user("alice"),
+                },
                 json!({"type":"recalled","conv":"dm:alice:bob","seq":7,"by":"alice"}),
             ),
             (
@@ -612,10 +737,16 @@ mod tests {
         };
         let stored = encode_message(&msg);
         let example = json!({"conv":"dm:alice:bob","seq":7,"from":"alice","cid":"c-81","ts":1_763_800_000_123u64,"body":{"text":"hi"}});
-        assert_eq!(serde_json::from_str::<Value>(&stored).expect("json"), example);
+        assert_eq!(
+            serde_json::from_str::<Value>(&stored).expect("json"),
+            example
+        );
         let mut pushed = example.clone();
         pushed["type"] = json!("msg");
-        assert_eq!(serde_json::from_str::<Value>(&msg_frame(&stored)).expect("json"), pushed);
+        assert_eq!(
+            serde_json::from_str::<Value>(&msg_frame(&stored)).expect("json"),
+            pushed
+        );
 
         let msgs = ServerFrame::Msgs {
             rid: Some(Rid::int(2)),
@@ -624,9 +755,16 @@ mod tests {
             last_seq: 7,
         };
         let got: Value = serde_json::from_str(&msgs.to_json()).expect("json");
-        assert_eq!(got, json!({"type":"msgs","rid":2,"conv":"dm:alice:bob","msgs":[example],"last_seq":7}));
+        assert_eq!(
+            got,
+            json!({"type":"msgs","rid":2,"conv":"dm:alice:bob","msgs":[example],"last_seq":7})
+        );
 
-        let recalled = Message { body: None, recalled: true, ..msg };
+        let recalled = Message {
+            body: None,
+            recalled: true,
+            ..msg
+        };
         let got: Value = serde_json::from_str(&encode_message(&recalled)).expect("json");
         assert_eq!(got["recalled"], json!(true));
         assert!(got.get("body").is_none());

@@ -1,6 +1,7 @@
 //! actix-web wiring: the routes of a node's `listen` address.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 
 use actix::{Actor, AsyncContext};
 use actix_web::web::{self, Bytes};
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::actors::session::SessionActor;
 use crate::cluster::Router;
 use crate::net::http;
-use crate::net::ws::FrameReader;
+use crate::net::ws::{FrameReader, OutQueue};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
@@ -29,12 +30,22 @@ async fn websocket(
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut response = actix_web_actors::ws::handshake(&req)?;
     let router = router.get_ref().clone();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(router.config().actors.session_queue_frames);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let queue = OutQueue::new(tx);
+    let queued = queue.counter();
     let reader = FrameReader::new(payload, router.config().limits.max_frame_bytes);
     SessionActor::create(move |ctx| {
         ctx.add_stream(reader);
-        SessionActor::new(router, tx)
+        SessionActor::new(router, queue)
     });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok::<Bytes, Infallible>)));
+    // The dispatcher polls the body only when the socket can take more, so what leaves here is written.
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|frame| {
+            frame.map(|bytes| {
+                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                Ok::<Bytes, Infallible>(bytes)
+            })
+        })
+    });
     Ok(response.streaming(body))
 }

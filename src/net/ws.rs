@@ -27,19 +27,62 @@ impl WireFrame {
     pub fn text(kind: &'static str, json: &str) -> WireFrame {
         let mut dst = BytesMut::with_capacity(json.len() + 10);
         Parser::write_message(&mut dst, json.as_bytes(), OpCode::Text, true, false);
-        WireFrame { kind, bytes: dst.freeze() }
+        WireFrame {
+            kind,
+            bytes: dst.freeze(),
+        }
     }
 
     pub fn pong(payload: &[u8]) -> WireFrame {
         let mut dst = BytesMut::with_capacity(payload.len() + 2);
         Parser::write_message(&mut dst, payload, OpCode::Pong, true, false);
-        WireFrame { kind: "ws_pong", bytes: dst.freeze() }
+        WireFrame {
+            kind: "ws_pong",
+            bytes: dst.freeze(),
+        }
     }
 
     pub fn close(reason: Option<CloseReason>) -> WireFrame {
         let mut dst = BytesMut::with_capacity(32);
         Parser::write_close(&mut dst, reason, false);
-        WireFrame { kind: "ws_close", bytes: dst.freeze() }
+        WireFrame {
+            kind: "ws_close",
+            bytes: dst.freeze(),
+        }
+    }
+}
+
+/// A connection's outgoing queue: frames waiting for the socket, with their bytes counted so the session can
+/// tell a client that reads slowly from one that does not read at all.
+pub struct OutQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutQueue {
+    pub fn new(tx: tokio::sync::mpsc::UnboundedSender<Bytes>) -> OutQueue {
+        OutQueue {
+            tx,
+            queued: std::sync::Arc::default(),
+        }
+    }
+
+    /// The byte counter the draining side decrements.
+    pub fn counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        std::sync::Arc::clone(&self.queued)
+    }
+
+    /// Bytes queued and not yet taken by the socket writer.
+    pub fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn push(&self, bytes: Bytes) {
+        self.queued
+            .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        if self.tx.send(bytes).is_err() {
+            self.queued.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -88,13 +131,24 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, String> {
         n => (u64::from(n), 2),
     };
     let mask = if masked {
-        let Some(m) = buf.get(len..len + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else { return Ok(None) };
+        let Some(m) = buf
+            .get(len..len + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        else {
+            return Ok(None);
+        };
         len += 4;
         Some(m)
     } else {
         None
     };
-    Ok(Some(Header { len, fin, opcode, payload, mask }))
+    Ok(Some(Header {
+        len,
+        fin,
+        opcode,
+        payload,
+        mask,
+    }))
 }
 
 fn unmask(data: &mut [u8], mask: [u8; 4]) {
@@ -141,7 +195,9 @@ impl<S> FrameReader<S> {
     fn next_item(&mut self) -> Option<Incoming> {
         loop {
             if self.skip > 0 {
-                let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(self.buf.len());
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
                 let _ = self.buf.split_to(n);
                 self.skip -= n as u64;
                 if self.skip > 0 {
@@ -158,7 +214,10 @@ impl<S> FrameReader<S> {
             };
             let is_data = matches!(header.opcode, OP_CONT | OP_TEXT | OP_BINARY);
             if !is_data && !matches!(header.opcode, OP_CLOSE | OP_PING | OP_PONG) {
-                return Some(Incoming::ProtocolError(format!("invalid opcode {}", header.opcode)));
+                return Some(Incoming::ProtocolError(format!(
+                    "invalid opcode {}",
+                    header.opcode
+                )));
             }
             if !is_data && (header.payload > 125 || !header.fin) {
                 return Some(Incoming::ProtocolError("invalid control frame".into()));
@@ -166,10 +225,14 @@ impl<S> FrameReader<S> {
             if is_data {
                 let so_far = self.fragment.as_ref().map_or(0, |f| f.1.len()) as u64;
                 if header.opcode == OP_CONT && self.fragment.is_none() && !self.discarding {
-                    return Some(Incoming::ProtocolError("continuation without a first frame".into()));
+                    return Some(Incoming::ProtocolError(
+                        "continuation without a first frame".into(),
+                    ));
                 }
                 if header.opcode != OP_CONT && (self.fragment.is_some() || self.discarding) {
-                    return Some(Incoming::ProtocolError("new message inside a fragmented one".into()));
+                    return Some(Incoming::ProtocolError(
+                        "new message inside a fragmented one".into(),
+                    ));
                 }
                 if self.discarding || so_far + header.payload > self.max as u64 {
                     let _ = self.buf.split_to(header.len);
@@ -259,7 +322,9 @@ where
                 }
                 Poll::Ready(Some(Ok(mut chunk))) => {
                     if this.skip > 0 && this.buf.is_empty() {
-                        let n = usize::try_from(this.skip).unwrap_or(usize::MAX).min(chunk.len());
+                        let n = usize::try_from(this.skip)
+                            .unwrap_or(usize::MAX)
+                            .min(chunk.len());
                         let _ = chunk.split_to(n);
                         this.skip -= n as u64;
                     }
@@ -297,9 +362,12 @@ mod tests {
     }
 
     fn read_all(chunks: Vec<Vec<u8>>, max: usize) -> Vec<Incoming> {
-        let stream = futures_util::stream::iter(chunks.into_iter().map(|c| Ok::<_, ()>(Bytes::from(c))));
+        let stream =
+            futures_util::stream::iter(chunks.into_iter().map(|c| Ok::<_, ()>(Bytes::from(c))));
         let reader = FrameReader::new(stream, max);
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         rt.block_on(reader.collect())
     }
 
@@ -322,7 +390,10 @@ mod tests {
         bytes.extend(client_frame(true, OP_TEXT, b"after"));
         let chunks = bytes.chunks(700).map(<[u8]>::to_vec).collect();
         let items = read_all(chunks, 1000);
-        assert_eq!(items, vec![Incoming::TooLarge, Incoming::Text("after".into())]);
+        assert_eq!(
+            items,
+            vec![Incoming::TooLarge, Incoming::Text("after".into())]
+        );
     }
 
     #[test]
@@ -333,7 +404,10 @@ mod tests {
         bytes.extend(client_frame(false, OP_TEXT, b"he"));
         bytes.extend(client_frame(true, OP_CONT, b"llo"));
         let items = read_all(vec![bytes], 1000);
-        assert_eq!(items, vec![Incoming::TooLarge, Incoming::Text("hello".into())]);
+        assert_eq!(
+            items,
+            vec![Incoming::TooLarge, Incoming::Text("hello".into())]
+        );
     }
 
     #[test]

@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn message_keys_sort_by_seq() {
-        let mut keys: Vec<Vec<u8>> = [300u64, 2, 1, 256, 70_000].iter().map(|s| msg("dm:a:b", *s)).collect();
+        let mut keys: Vec<Vec<u8>> = [300u64, 2, 1, 256, 70_000]
+            .iter()
+            .map(|s| msg("dm:a:b", *s))
+            .collect();
         keys.sort();
         let seqs: Vec<u64> = keys.iter().filter_map(|k| seq_of_msg_key(k)).collect();
         assert_eq!(seqs, vec![1, 2, 256, 300, 70_000]);

@@ -31,7 +31,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub enum PairState {
     #[default]
     None,
-    Pending { from: UserId, note: String },
+    Pending {
+        from: UserId,
+        note: String,
+    },
     Friends,
 }
 
@@ -63,7 +66,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, durability: Durability, flush_seconds: prometheus::Histogram) -> StoreResult<Store> {
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        flush_seconds: prometheus::Histogram,
+    ) -> StoreResult<Store> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
@@ -72,7 +79,12 @@ impl Store {
         let conv_log = db.open_tree(keys::CONV_LOG)?;
         let user_index = db.open_tree(keys::USER_INDEX)?;
         let flusher = Flusher::start(db.clone(), durability, flush_seconds);
-        Ok(Store { db, conv_log, user_index, flusher })
+        Ok(Store {
+            db,
+            conv_log,
+            user_index,
+            flusher,
+        })
     }
 
     pub fn flusher(&self) -> &Flusher {
@@ -95,15 +107,23 @@ impl Store {
             None => Ok(None),
             Some(entry) => {
                 let (k, v) = entry?;
-                let seq = keys::seq_of_msg_key(&k).ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
+                let seq = keys::seq_of_msg_key(&k)
+                    .ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
                 Ok(Some((seq, utf8(v, conv)?)))
             }
         }
     }
 
     /// The `(seq, ts)` a `cid` was accepted with, if it was.
-    pub fn cid(&self, conv: &ConvId, sender: &UserId, cid: &str) -> StoreResult<Option<(u64, u64)>> {
-        let v = self.conv_log.get(keys::cid(conv.as_str(), sender.as_str(), cid))?;
+    pub fn cid(
+        &self,
+        conv: &ConvId,
+        sender: &UserId,
+        cid: &str,
+    ) -> StoreResult<Option<(u64, u64)>> {
+        let v = self
+            .conv_log
+            .get(keys::cid(conv.as_str(), sender.as_str(), cid))?;
         Ok(v.and_then(|v| Some((keys::parse_u64(&v, 0)?, keys::parse_u64(&v, 8)?))))
     }
 
@@ -113,25 +133,40 @@ impl Store {
         let mut batch = sled::Batch::default();
         batch.insert(keys::msg(conv, a.seq), a.json.as_bytes());
         if let Some(cid) = a.cid {
-            batch.insert(keys::cid(conv, a.sender.as_str(), cid), &keys::two_u64(a.seq, a.ts)[..]);
+            batch.insert(
+                keys::cid(conv, a.sender.as_str(), cid),
+                &keys::two_u64(a.seq, a.ts)[..],
+            );
         }
-        batch.insert(keys::read(conv, a.sender.as_str()), &a.seq.to_be_bytes()[..]);
+        batch.insert(
+            keys::read(conv, a.sender.as_str()),
+            &a.seq.to_be_bytes()[..],
+        );
         self.conv_log.apply_batch(batch)?;
         Ok(())
     }
 
     /// Rewrites a stored message in place (recall).
     pub fn replace_message(&self, conv: &ConvId, seq: u64, json: &str) -> StoreResult<()> {
-        self.conv_log.insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
+        self.conv_log
+            .insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
         Ok(())
     }
 
     pub fn message(&self, conv: &ConvId, seq: u64) -> StoreResult<Option<String>> {
-        self.conv_log.get(keys::msg(conv.as_str(), seq))?.map(|v| utf8(v, conv)).transpose()
+        self.conv_log
+            .get(keys::msg(conv.as_str(), seq))?
+            .map(|v| utf8(v, conv))
+            .transpose()
     }
 
     /// Messages with `seq > after`, ascending, at most `limit`.
-    pub fn messages_after(&self, conv: &ConvId, after: u64, limit: usize) -> StoreResult<Vec<String>> {
+    pub fn messages_after(
+        &self,
+        conv: &ConvId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
         let start = keys::msg(conv.as_str(), after.saturating_add(1));
         let end = keys::msg(conv.as_str(), u64::MAX);
         let mut out = Vec::new();
@@ -142,7 +177,12 @@ impl Store {
     }
 
     /// The `limit` messages just below `before`, ascending.
-    pub fn messages_before(&self, conv: &ConvId, before: u64, limit: usize) -> StoreResult<Vec<String>> {
+    pub fn messages_before(
+        &self,
+        conv: &ConvId,
+        before: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
         let start = keys::msg(conv.as_str(), 0);
         let end = keys::msg(conv.as_str(), before);
         let mut out = Vec::new();
@@ -169,14 +209,19 @@ impl Store {
     }
 
     pub fn set_read(&self, conv: &ConvId, user: &UserId, seq: u64) -> StoreResult<()> {
-        self.conv_log.insert(keys::read(conv.as_str(), user.as_str()), &seq.to_be_bytes()[..])?;
+        self.conv_log.insert(
+            keys::read(conv.as_str(), user.as_str()),
+            &seq.to_be_bytes()[..],
+        )?;
         Ok(())
     }
 
     pub fn pair(&self, conv: &ConvId) -> StoreResult<PairState> {
         match self.conv_log.get(keys::pair(conv.as_str()))? {
             None => Ok(PairState::None),
-            Some(v) => serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(conv.to_string())),
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(conv.to_string()))
+            }
         }
     }
 
@@ -185,7 +230,8 @@ impl Store {
         if *state == PairState::None {
             self.conv_log.remove(key)?;
         } else {
-            let json = serde_json::to_vec(state).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
+            let json =
+                serde_json::to_vec(state).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
             self.conv_log.insert(key, json)?;
         }
         Ok(())
@@ -208,12 +254,14 @@ impl Store {
     }
 
     pub fn add_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
-        self.user_index.insert(keys::user_conv(user.as_str(), conv.as_str()), &[][..])?;
+        self.user_index
+            .insert(keys::user_conv(user.as_str(), conv.as_str()), &[][..])?;
         Ok(())
     }
 
     pub fn remove_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
-        self.user_index.remove(keys::user_conv(user.as_str(), conv.as_str()))?;
+        self.user_index
+            .remove(keys::user_conv(user.as_str(), conv.as_str()))?;
         Ok(())
     }
 
@@ -222,7 +270,9 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.user_index.scan_prefix(&prefix) {
             let (k, v) = entry?;
-            let other = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|u| UserId::parse(u).ok());
+            let other = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|u| UserId::parse(u).ok());
             let entry = serde_json::from_slice::<FriendEntry>(&v).ok();
             match (other, entry) {
                 (Some(other), Some(entry)) => out.push((other, entry)),
@@ -232,14 +282,20 @@ impl Store {
         Ok(out)
     }
 
-    pub fn set_friend(&self, user: &UserId, other: &UserId, entry: Option<&FriendEntry>) -> StoreResult<()> {
+    pub fn set_friend(
+        &self,
+        user: &UserId,
+        other: &UserId,
+        entry: Option<&FriendEntry>,
+    ) -> StoreResult<()> {
         let key = keys::user_friend(user.as_str(), other.as_str());
         match entry {
             None => {
                 self.user_index.remove(key)?;
             }
             Some(e) => {
-                let json = serde_json::to_vec(e).map_err(|_| StoreError::Corrupt(user.to_string()))?;
+                let json =
+                    serde_json::to_vec(e).map_err(|_| StoreError::Corrupt(user.to_string()))?;
                 self.user_index.insert(key, json)?;
             }
         }
@@ -260,7 +316,8 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> Store {
-        let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).expect("hist");
+        let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+            .expect("hist");
         Store::open(dir, Durability::Sync, hist).expect("open")
     }
 
@@ -275,10 +332,25 @@ mod tests {
             for seq in 1..=10u64 {
                 let json = format!("{{\"seq\":{seq}}}");
                 let cid = format!("c{seq}");
-                s.append(&Append { conv: &conv, seq, json: &json, sender: &a, cid: Some(&cid), ts: 100 + seq })
-                    .expect("append");
+                s.append(&Append {
+                    conv: &conv,
+                    seq,
+                    json: &json,
+                    sender: &a,
+                    cid: Some(&cid),
+                    ts: 100 + seq,
+                })
+                .expect("append");
             }
-            s.append(&Append { conv: &other, seq: 1, json: "{}", sender: &a, cid: None, ts: 1 }).expect("append");
+            s.append(&Append {
+                conv: &other,
+                seq: 1,
+                json: "{}",
+                sender: &a,
+                cid: None,
+                ts: 1,
+            })
+            .expect("append");
             s.close().expect("close");
         }
         let s = store(dir.path());
@@ -286,9 +358,18 @@ mod tests {
         assert_eq!(s.cid(&conv, &a, "c4").expect("cid"), Some((4, 104)));
         assert_eq!(s.cid(&conv, &a, "nope").expect("cid"), None);
         assert_eq!(s.messages_after(&conv, 7, 100).expect("after").len(), 3);
-        assert_eq!(s.messages_after(&conv, 0, 2).expect("after"), vec!["{\"seq\":1}", "{\"seq\":2}"]);
-        assert_eq!(s.messages_before(&conv, 4, 2).expect("before"), vec!["{\"seq\":2}", "{\"seq\":3}"]);
-        assert_eq!(s.read_positions(&conv).expect("reads"), vec![(a.clone(), 10)]);
+        assert_eq!(
+            s.messages_after(&conv, 0, 2).expect("after"),
+            vec!["{\"seq\":1}", "{\"seq\":2}"]
+        );
+        assert_eq!(
+            s.messages_before(&conv, 4, 2).expect("before"),
+            vec!["{\"seq\":2}", "{\"seq\":3}"]
+        );
+        assert_eq!(
+            s.read_positions(&conv).expect("reads"),
+            vec![(a.clone(), 10)]
+        );
         s.close().expect("close");
     }
 
@@ -297,13 +378,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
         let conv = ConvId::parse("dm:a:b").expect("valid");
-        let (a, b) = (UserId::parse("a").expect("valid"), UserId::parse("b").expect("valid"));
+        let (a, b) = (
+            UserId::parse("a").expect("valid"),
+            UserId::parse("b").expect("valid"),
+        );
         assert_eq!(s.pair(&conv).expect("pair"), PairState::None);
-        let pending = PairState::Pending { from: a.clone(), note: "hi".into() };
+        let pending = PairState::Pending {
+            from: a.clone(),
+            note: "hi".into(),
+        };
         s.set_pair(&conv, &pending).expect("set");
         assert_eq!(s.pair(&conv).expect("pair"), pending);
-        s.set_friend(&a, &b, Some(&FriendEntry::Outgoing { note: "hi".into() })).expect("set");
-        assert_eq!(s.friends(&a).expect("friends"), vec![(b.clone(), FriendEntry::Outgoing { note: "hi".into() })]);
+        s.set_friend(&a, &b, Some(&FriendEntry::Outgoing { note: "hi".into() }))
+            .expect("set");
+        assert_eq!(
+            s.friends(&a).expect("friends"),
+            vec![(b.clone(), FriendEntry::Outgoing { note: "hi".into() })]
+        );
         s.set_friend(&a, &b, None).expect("remove");
         assert!(s.friends(&a).expect("friends").is_empty());
         s.add_user_conv(&a, &conv).expect("add");

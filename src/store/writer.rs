@@ -37,7 +37,10 @@ pub struct Flusher {
 impl Flusher {
     pub fn start(db: sled::Db, durability: Durability, flush_seconds: Histogram) -> Flusher {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { waiting: Vec::new(), stopping: false }),
+            state: Mutex::new(State {
+                waiting: Vec::new(),
+                stopping: false,
+            }),
             wake: Condvar::new(),
         });
         let thread_shared = Arc::clone(&shared);
@@ -45,7 +48,11 @@ impl Flusher {
             .name("rookery-flush".into())
             .spawn(move || flush_loop(&db, &thread_shared, &flush_seconds))
             .ok();
-        Flusher { shared, durability, thread: Arc::new(Mutex::new(thread)) }
+        Flusher {
+            shared,
+            durability,
+            thread: Arc::new(Mutex::new(thread)),
+        }
     }
 
     /// Calls `callback` once everything written before this call is durable (at once with `os`).
@@ -99,7 +106,10 @@ fn flush_loop(db: &sled::Db, shared: &Shared, flush_seconds: &Histogram) {
         let (batch, stopping) = {
             let mut state = lock(&shared.state);
             while state.waiting.is_empty() && !state.stopping {
-                state = shared.wake.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             (std::mem::take(&mut state.waiting), state.stopping)
         };
@@ -145,6 +155,9 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 100);
         assert_eq!(*lock(&order), (0..100).collect::<Vec<_>>());
         let flushes = hist.get_sample_count();
-        assert!((1..=100).contains(&flushes), "group commit used {flushes} flushes");
+        assert!(
+            (1..=100).contains(&flushes),
+            "group commit used {flushes} flushes"
+        );
     }
 }

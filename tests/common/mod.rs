@@ -1,0 +1,305 @@
+//! Shared test harness: start a real node (in-process with its own actix system, or the real binary), connect
+//! real WebSocket clients, and fixtures for the usual set-ups.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rookery::client::Client;
+use rookery::config::Config;
+use rookery::ids::UserId;
+use rookery::net::auth;
+use rookery::Node;
+use serde_json::{json, Value};
+
+pub const SECRET: &str = "test-secret";
+pub const ADMIN_KEY: &str = "test-admin";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config for one node with `extra` TOML (sections like `[chat]`) before the node entry.
+pub fn config_text(extra: &str, listen: &str, data_dir: &Path) -> String {
+    format!(
+        "[auth]\ntoken_secret = \"{SECRET}\"\nadmin_key = \"{ADMIN_KEY}\"\n{extra}\n\
+         [[nodes]]\nid = \"n1\"\nlisten = \"{listen}\"\npeer = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n",
+        data_dir.display()
+    )
+}
+
+/// One run of an in-process node: its address, its stop signal and its thread.
+struct Running {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    fn launch(extra: &str, dir: &Path) -> Running {
+        let config = Config::parse(&config_text(extra, "127.0.0.1:0", dir)).expect("test config");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                match Node::start(config, None) {
+                    Ok(node) => {
+                        let _ = ready_tx.send(Ok(node.addr()));
+                        if let Err(e) = node
+                            .run(async move {
+                                let _ = stop_rx.await;
+                            })
+                            .await
+                        {
+                            eprintln!("node stopped with error: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("node starts")
+            .expect("node starts");
+        Running { addr, stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// A node running in-process on 127.0.0.1:0, in its own thread and actix system, on a temporary data dir.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    extra: String,
+    running: Option<Running>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub fn start() -> TestNode {
+        Self::start_with("")
+    }
+
+    /// Starts with extra config, e.g. `"[chat]\nack_timeout_ms = 300"`.
+    pub fn start_with(extra: &str) -> TestNode {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let running = Running::launch(extra, &dir);
+        TestNode {
+            addr: running.addr,
+            dir,
+            extra: extra.to_string(),
+            running: Some(running),
+            _tmp: tmp,
+        }
+    }
+
+    /// Stops the node cleanly (flushes) and starts it again on the same data directory (a new port).
+    pub fn restart(&mut self) {
+        self.shutdown();
+        let running = Running::launch(&self.extra, &self.dir);
+        self.addr = running.addr;
+        self.running = Some(running);
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+    }
+
+    pub async fn login(&self, user: &str, device: &str) -> Client {
+        let (client, welcome) = Client::login(self.addr, &token(user), device)
+            .await
+            .expect("login");
+        assert_eq!(welcome["type"], "welcome");
+        client
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn token(user: &str) -> String {
+    auth::mint(SECRET, &UserId::parse(user).expect("user id"), 3600)
+}
+
+/// A free loopback port (bound and released; fine for tests that start a process on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The real `rookery` binary, started on a config file in `dir`.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl NodeProcess {
+    pub fn start(config_path: &Path) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
+            .arg("--config")
+            .arg(config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rookery");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read banner");
+        assert!(line.contains("listening on"), "unexpected banner: {line:?}");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .expect("address in banner");
+        NodeProcess { child, addr }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Makes `a` and `b` friends (request by `a`, accept by `b`) and drains the resulting events.
+pub async fn befriend(a: &mut Client, a_name: &str, b: &mut Client, b_name: &str) {
+    a.call(json!({"type":"friend_request","user":b_name,"note":"hi"}))
+        .await
+        .expect("request");
+    b.expect(
+        |f| f["type"] == "friend_request" && f["from"] == a_name,
+        WAIT,
+    )
+    .await
+    .expect("request pushed");
+    b.call(json!({"type":"friend_accept","user":a_name}))
+        .await
+        .expect("accept");
+    a.expect(|f| f["type"] == "friend" && f["user"] == b_name, WAIT)
+        .await
+        .expect("added");
+    b.expect(|f| f["type"] == "friend" && f["user"] == a_name, WAIT)
+        .await
+        .expect("added");
+}
+
+pub fn dm(a: &str, b: &str) -> String {
+    if a < b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
+}
+
+/// Sends a text message and returns the `sent` reply.
+pub async fn send_text(c: &mut Client, conv: &str, cid: &str, text: &str) -> Value {
+    let reply = c
+        .call(json!({"type":"send","cid":cid,"conv":conv,"body":{"text":text}}))
+        .await
+        .expect("send accepted");
+    assert_eq!(reply["type"], "sent");
+    reply
+}
+
+pub fn is_msg(conv: &str, seq: u64) -> impl Fn(&Value) -> bool {
+    let conv = conv.to_string();
+    move |f: &Value| f["type"] == "msg" && f["conv"] == conv.as_str() && f["seq"] == seq
+}
+
+pub fn is_error(code: &str) -> impl Fn(&Value) -> bool {
+    let code = code.to_string();
+    move |f: &Value| f["type"] == "error" && f["code"] == code.as_str()
+}
+
+pub async fn http_get(url: &str) -> (u16, String) {
+    http("GET", url, None, None).await
+}
+
+/// A minimal HTTP/1.1 client over a real socket (no extra dependency needed for a handful of requests).
+pub async fn http(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let body = body.unwrap_or("");
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+fn dechunk(body: &str) -> String {
+    // actix may answer with chunked encoding; undo it when it looks chunked.
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_string();
+        };
+        if n == 0 {
+            return out;
+        }
+        if after.len() < n {
+            return body.to_string();
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+}

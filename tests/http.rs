@@ -1,0 +1,107 @@
+//! PROTOCOL.md "HTTP": health, metrics, tokens, nodes, route.
+
+mod common;
+
+use common::*;
+use rookery::client::Client;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let node = TestNode::start_with("[chat]\ndm_requires_friendship = false");
+    let (status, _) = http_get(&node.url("/healthz")).await;
+    assert_eq!(status, 200);
+    let mut alice = node.login("alice", "phone").await;
+    send_text(&mut alice, &dm("alice", "bob"), "c1", "x").await;
+    let _ = alice
+        .request(json!({"type":"sync","conv":"dm:bob:alice"}))
+        .await;
+    let (status, text) = http_get(&node.url("/metrics")).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "rookery_ws_connections 1",
+        "rookery_actors{kind=\"session\"} 1",
+        "rookery_frames_in_total{type=\"send\"} 1",
+        "rookery_frames_out_total{type=\"sent\"} 1",
+        "rookery_messages_accepted_total 1",
+        "rookery_errors_total{code=\"bad_request\"} 1",
+        "rookery_send_seconds_count 1",
+        "rookery_store_flush_seconds_count",
+        "rookery_pushes_total",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_minted_with_the_admin_key() {
+    let node = TestNode::start();
+    let url = node.url("/v1/token");
+    let (status, body) = http(
+        "POST",
+        &url,
+        Some(ADMIN_KEY),
+        Some(r#"{"user":"alice","ttl_s":60}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = serde_json::from_str::<Value>(&body).expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let (_, welcome) = Client::login(node.addr, &token, "phone")
+        .await
+        .expect("token works");
+    assert_eq!(welcome["user"], "alice");
+
+    assert_eq!(
+        http("POST", &url, Some("wrong"), Some(r#"{"user":"alice"}"#))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http("POST", &url, None, Some(r#"{"user":"alice"}"#))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = http(
+        "POST",
+        &url,
+        Some(ADMIN_KEY),
+        Some(r#"{"user":"not valid"}"#),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["error"],
+        "bad_request"
+    );
+    assert_eq!(
+        http("POST", &url, Some(ADMIN_KEY), Some("nope")).await.0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn nodes_and_route() {
+    let node = TestNode::start();
+    let _alice = node.login("alice", "phone").await;
+    let (status, body) = http_get(&node.url("/v1/nodes")).await;
+    assert_eq!(status, 200);
+    let nodes: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        nodes,
+        json!([{"id":"n1","listen":node.addr.to_string(),"up":true,"connections":1}])
+    );
+    let (status, body) = http_get(&node.url("/v1/route?user=alice")).await;
+    assert_eq!(status, 200);
+    let route: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        route,
+        json!({"node":"n1","ws":format!("ws://{}/ws", node.addr)})
+    );
+    assert_eq!(http_get(&node.url("/v1/route?user=bad%20id")).await.0, 400);
+    assert_eq!(http_get(&node.url("/v1/route")).await.0, 400);
+}
