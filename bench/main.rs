@@ -1,1 +1,424 @@
-fn main() {}
+//! `rookery-bench`: a load generator that speaks the client contract and prints JSON results.
+//!
+//! It starts the real `rookery` binary (release build, next to this one) on a temporary config, unless
+//! `--addr` points at a running node, so the server's CPU and memory are its own process's.
+//!
+//! Workloads:
+//! - `dm`: P pairs; in each, one user sends to the other with W messages in flight, for T seconds (optionally
+//!   at a fixed total `--rate`). Reports accepted and delivered msgs/s and send-to-receipt latency.
+//! - `idle`: N authenticated idle connections, spread over several loopback source addresses; reports the
+//!   server's resident memory per connection.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use futures_util::{stream, StreamExt};
+use hdrhistogram::Histogram;
+use rookery::client::Client;
+use rookery::ids::UserId;
+use rookery::net::auth;
+use serde_json::{json, Value};
+
+const SECRET: &str = "bench-secret";
+
+#[derive(Parser)]
+#[command(
+    name = "rookery-bench",
+    about = "Load generator for Rookery (prints JSON)"
+)]
+struct Cli {
+    /// Use a running node instead of starting one (its token_secret must be "bench-secret").
+    #[arg(long, global = true)]
+    addr: Option<SocketAddr>,
+    /// The rookery binary to start (default: next to this executable).
+    #[arg(long, global = true)]
+    server: Option<PathBuf>,
+    /// Durability of the node this bench starts: sync or os.
+    #[arg(long, global = true, default_value = "sync")]
+    durability: String,
+    /// Extra TOML for the started node's config (e.g. "[chat]\npush_max_members = 20000").
+    #[arg(long, global = true, default_value = "")]
+    extra_config: String,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// Direct messages between P pairs.
+    Dm {
+        #[arg(long, default_value_t = 500)]
+        pairs: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Total messages per second over all senders (default: as fast as the window allows).
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+    },
+    /// N authenticated idle connections; server memory per connection.
+    Idle {
+        #[arg(long, default_value_t = 19_000)]
+        connections: usize,
+        /// Loopback source addresses to spread over (127.0.0.2 and up).
+        #[arg(long, default_value_t = 20)]
+        sources: u8,
+    },
+}
+
+/// The node under test: started here or given.
+struct Server {
+    addr: SocketAddr,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start(cli: &Cli) -> anyhow::Result<Server> {
+        if let Some(addr) = cli.addr {
+            return Ok(Server {
+                addr,
+                child: None,
+                _dir: None,
+            });
+        }
+        let binary = match &cli.server {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("rookery"),
+        };
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = format!(
+            "[auth]\ntoken_secret = \"{SECRET}\"\n[chat]\ndm_requires_friendship = false\nheartbeat_s = 600\n\
+             [store]\ndurability = \"{}\"\n{}\n[[nodes]]\nid = \"n1\"\nlisten = \"127.0.0.1:{port}\"\n\
+             peer = \"127.0.0.1:1\"\ndata_dir = \"data\"\n",
+            cli.durability, cli.extra_config
+        );
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, config)?;
+        let mut child = Command::new(&binary)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        if !line.contains("listening") {
+            bail!("node did not start: {line}");
+        }
+        let addr = format!("127.0.0.1:{port}").parse()?;
+        Ok(Server {
+            addr,
+            child: Some(child),
+            _dir: Some(dir),
+        })
+    }
+
+    /// Resident memory of the started node, in bytes.
+    fn rss(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn token(user: &str) -> anyhow::Result<String> {
+    Ok(auth::mint(SECRET, &UserId::parse(user)?, 86_400))
+}
+
+fn source(i: usize, sources: u8) -> IpAddr {
+    let n = u8::try_from(i % usize::from(sources.max(1))).unwrap_or(0);
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + n))
+}
+
+async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    device: &str,
+    from: IpAddr,
+) -> anyhow::Result<Client> {
+    let mut c = Client::connect_from(addr, Some(from)).await?;
+    c.auth(&token(user)?, device).await?;
+    Ok(c)
+}
+
+fn conv(a: &str, b: &str) -> String {
+    if a < b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
+}
+
+fn quantiles(h: &Histogram<u64>) -> Value {
+    let ms = |v: u64| (v as f64) / 1000.0;
+    json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p999": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+        "samples": h.len(),
+    })
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn dm(
+    server: &Server,
+    pairs: usize,
+    window: usize,
+    seconds: u64,
+    rate: Option<u64>,
+    warmup: u64,
+) -> anyhow::Result<Value> {
+    let addr = server.addr;
+    let epoch = Instant::now();
+    let mut senders = Vec::with_capacity(pairs);
+    let mut receivers = Vec::with_capacity(pairs);
+    let connections: Vec<(usize, Client, Client)> = stream::iter(0..pairs)
+        .map(|i| async move {
+            let (a, b) = (format!("s{i}"), format!("r{i}"));
+            let sender = connect(addr, &a, "d", source(i, 20)).await?;
+            let receiver = connect(addr, &b, "d", source(i + 7, 20)).await?;
+            anyhow::Ok((i, sender, receiver))
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let counters = Arc::new(Counters::default());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let sending = Arc::new(AtomicBool::new(true));
+    let per_sender_interval = rate.map(|r| Duration::from_secs_f64(pairs as f64 / r.max(1) as f64));
+
+    for (i, mut sender, mut receiver) in connections {
+        let conv_id = conv(&format!("s{i}"), &format!("r{i}"));
+        let (counters_s, measuring_s, sending_s) =
+            (counters.clone(), measuring.clone(), sending.clone());
+        let conv_s = conv_id.clone();
+        senders.push(tokio::spawn(async move {
+            let mut in_flight = 0usize;
+            let mut n = 0u64;
+            let mut next_send = tokio::time::Instant::now();
+            loop {
+                let can_send = sending_s.load(Ordering::Relaxed)
+                    && in_flight < window
+                    && per_sender_interval.is_none_or(|_| tokio::time::Instant::now() >= next_send);
+                if can_send {
+                    n += 1;
+                    let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+                    let frame = format!(
+                        r#"{{"type":"send","cid":"c{n}","conv":"{conv_s}","body":{{"t":{t},"text":"hello, this is a benchmark message"}}}}"#
+                    );
+                    if sender.send_text(frame).await.is_err() {
+                        break;
+                    }
+                    in_flight += 1;
+                    if let Some(iv) = per_sender_interval {
+                        next_send += iv;
+                    }
+                    continue;
+                }
+                if !sending_s.load(Ordering::Relaxed) && in_flight == 0 {
+                    break;
+                }
+                let wait = match per_sender_interval {
+                    Some(_) if in_flight == 0 => next_send.saturating_duration_since(tokio::time::Instant::now()),
+                    _ => Duration::from_millis(200),
+                };
+                match sender.next(wait.max(Duration::from_millis(1))).await {
+                    Ok(Some(f)) if f["type"] == "sent" => {
+                        in_flight -= 1;
+                        if measuring_s.load(Ordering::Relaxed) {
+                            counters_s.accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Some(f)) if f["type"] == "error" => {
+                        in_flight -= 1;
+                        counters_s.errors.fetch_add(1, Ordering::Relaxed);
+                        if f["code"] == "rate_limited" {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    Ok(Some(_)) | Err(_) => {}
+                    Ok(None) => break,
+                }
+            }
+            sender
+        }));
+        let (counters_r, measuring_r) = (counters.clone(), measuring.clone());
+        receivers.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut last = 0u64;
+            let mut unacked = 0;
+            loop {
+                match receiver.next(Duration::from_millis(1500)).await {
+                    Ok(Some(f)) if f["type"] == "msg" => {
+                        let seq = f["seq"].as_u64().unwrap_or(0);
+                        if seq <= last {
+                            continue; // a re-push of something we have
+                        }
+                        last = seq;
+                        if measuring_r.load(Ordering::Relaxed) {
+                            let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+                            let sent_at = f["body"]["t"].as_u64().unwrap_or(now);
+                            let _ = hist.record(now.saturating_sub(sent_at).max(1));
+                            counters_r.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        unacked += 1;
+                        if unacked >= 8 {
+                            unacked = 0;
+                            let _ = receiver
+                                .send(&json!({"type":"ack","conv":conv_id,"seq":last}))
+                                .await;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Err(_) if unacked > 0 => {
+                        unacked = 0;
+                        let _ = receiver
+                            .send(&json!({"type":"ack","conv":conv_id,"seq":last}))
+                            .await;
+                    }
+                    Err(_) | Ok(None) => break,
+                }
+            }
+            hist
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let rss_before = server.rss();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss_during = server.rss();
+    sending.store(false, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for s in senders {
+        let _ = s.await;
+    }
+    for r in receivers {
+        hist.add(r.await?)?;
+    }
+    Ok(json!({
+        "workload": "dm",
+        "pairs": pairs,
+        "window": window,
+        "seconds": seconds,
+        "rate": rate,
+        "accepted_per_s": (counters.accepted.load(Ordering::Relaxed) as f64 / elapsed).round(),
+        "delivered_per_s": (counters.delivered.load(Ordering::Relaxed) as f64 / elapsed).round(),
+        "latency_ms": quantiles(&hist),
+        "errors": counters.errors.load(Ordering::Relaxed),
+        "server_rss_mib": rss_during.or(rss_before).map(|b| b / (1 << 20)),
+    }))
+}
+
+async fn idle(server: &Server, connections: usize, sources: u8) -> anyhow::Result<Value> {
+    let addr = server.addr;
+    // settle the server with a few connections so one-time allocations are not counted per connection
+    let mut warm = Vec::new();
+    for i in 0..50 {
+        warm.push(connect(addr, &format!("w{i}"), "d", source(i, sources)).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server
+        .rss()
+        .context("server memory (start the node from the bench)")?;
+    let started = Instant::now();
+    let clients: Vec<anyhow::Result<Client>> = stream::iter(0..connections)
+        .map(|i| async move { connect(addr, &format!("u{i}"), "d", source(i, sources)).await })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let connect_s = started.elapsed().as_secs_f64();
+    let failed = clients.iter().filter(|c| c.is_err()).count();
+    if let Some(Err(e)) = clients.iter().find(|c| c.is_err()) {
+        eprintln!("first connection failure: {e}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = server.rss().context("server memory")?;
+    let held = connections - failed;
+    let per_conn = after.saturating_sub(before) as f64 / held.max(1) as f64;
+    drop(warm);
+    Ok(json!({
+        "workload": "idle",
+        "connections": held,
+        "failed": failed,
+        "connect_seconds": (connect_s * 10.0).round() / 10.0,
+        "server_rss_before_mib": before / (1 << 20),
+        "server_rss_after_mib": after / (1 << 20),
+        "bytes_per_connection": per_conn.round(),
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = Server::start(&cli)?;
+        let mut result = match cli.workload {
+            Workload::Dm {
+                pairs,
+                window,
+                seconds,
+                rate,
+                warmup,
+            } => dm(&server, pairs, window, seconds, rate, warmup).await?,
+            Workload::Idle {
+                connections,
+                sources,
+            } => idle(&server, connections, sources).await?,
+        };
+        result["durability"] = json!(cli.durability);
+        println!("{result}");
+        anyhow::Ok(())
+    })
+}

@@ -156,6 +156,8 @@ pub struct ConvActor {
     last_ts: u64,
     last_json: Option<String>,
     reads: HashMap<UserId, u64>,
+    /// Read positions advanced by sends and not yet written (written once per flush epoch).
+    dirty_reads: Vec<UserId>,
     delivered: HashMap<UserId, u64>,
     pair: PairState,
     pending: VecDeque<PendingWrite>,
@@ -205,6 +207,7 @@ impl ConvActor {
             last_ts,
             last_json,
             reads,
+            dirty_reads: Vec::new(),
             delivered: HashMap::new(),
             pair,
             pending: VecDeque::new(),
@@ -247,6 +250,13 @@ impl ConvActor {
     }
 
     fn register(&mut self, ctx: &mut Context<Self>) -> u64 {
+        // Read positions advanced since the last epoch ride on this flush.
+        for user in std::mem::take(&mut self.dirty_reads) {
+            let seq = self.reads.get(&user).copied().unwrap_or(0);
+            if let Err(e) = self.router.store().set_read(&self.id, &user, seq) {
+                tracing::error!(conv = %self.id, error = %e, "cannot write read position");
+            }
+        }
         self.epoch += 1;
         let epoch = self.epoch;
         self.waiting = Some(epoch);
@@ -329,6 +339,23 @@ impl ConvActor {
         }
     }
 
+    /// Does stored message `seq` exist and come from `from` with `cid`? (Validates a dedupe entry.)
+    fn is_message_of(&self, seq: u64, from: &UserId, cid: &Cid) -> ChatResult<bool> {
+        if seq == 0 || seq > self.last_seq {
+            return Ok(false);
+        }
+        let Some(json) = self.router.store().message(&self.id, seq)? else {
+            return Ok(false);
+        };
+        #[derive(Deserialize)]
+        struct Origin {
+            from: UserId,
+            cid: Option<Cid>,
+        }
+        Ok(serde_json::from_str::<Origin>(&json)
+            .is_ok_and(|o| o.from == *from && o.cid.as_ref() == Some(cid)))
+    }
+
     fn stored(&self, seq: u64) -> ChatResult<String> {
         if seq == 0 || seq > self.last_seq {
             return Err(ChatError::not_found(format!(
@@ -355,6 +382,7 @@ impl Actor for ConvActor {
         let period = (idle / 2).max(Duration::from_millis(100));
         ctx.run_interval(period, move |act, ctx| {
             if act.pending.is_empty()
+                && act.dirty_reads.is_empty()
                 && !act.index_pending
                 && act.last_active.elapsed() >= idle
                 && act.router.release_conv(&act.id, &ctx.address())
@@ -393,15 +421,20 @@ impl Handler<Post> for ConvActor {
             self.check_member(&msg.from)?;
             let store = self.router.store();
             if let Some((seq, ts)) = store.cid(&self.id, &msg.from, msg.cid.as_str())? {
-                self.enqueue(
-                    ctx,
-                    Done::Posted {
-                        tx,
-                        posted: Posted { seq, ts },
-                        fanout: None,
-                    },
-                );
-                return Ok(());
+                if self.is_message_of(seq, &msg.from, &msg.cid)? {
+                    let posted = Posted { seq, ts };
+                    self.enqueue(
+                        ctx,
+                        Done::Posted {
+                            tx,
+                            posted,
+                            fanout: None,
+                        },
+                    );
+                    return Ok(());
+                }
+                // A crash took the message but left its dedupe entry: accept the retry as new.
+                store.remove_cid(&self.id, &msg.from, msg.cid.as_str())?;
             }
             if self.router.config().chat.dm_requires_friendship && self.pair != PairState::Friends {
                 return Err(ChatError::new(
@@ -433,6 +466,9 @@ impl Handler<Post> for ConvActor {
             self.last_seq = seq;
             self.last_ts = ts;
             self.reads.insert(msg.from.clone(), seq);
+            if !self.dirty_reads.contains(&msg.from) {
+                self.dirty_reads.push(msg.from.clone());
+            }
             let frame = WireFrame::text("msg", &protocol::msg_frame(&json));
             self.last_json = Some(json);
             if seq == 1 {

@@ -10,8 +10,9 @@
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
 //!
-//! A message, its dedupe entry and the sender's read position share the `conv_log` tree so one batch
-//! writes them atomically.
+//! A message's dedupe entry is written before the message (see `Store::append`), and trusted only when the
+//! message at its seq carries the same sender and cid, so a crash between the two writes cannot duplicate or
+//! misattribute a message.
 
 pub const CONV_LOG: &str = "conv_log";
 pub const USER_INDEX: &str = "user_index";
