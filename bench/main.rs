@@ -27,6 +27,9 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "bench-secret";
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rookery-bench",

@@ -9,6 +9,11 @@ use rookery::ids::UserId;
 use rookery::net::auth;
 use rookery::Node;
 
+/// mimalloc: fewer cycles per allocation than glibc's under cross-thread frees (the profile showed ~15% in
+/// malloc/free) and less fragmentation for many idle connections.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "rookery", version, about = "Rookery instant-messaging node")]
 struct Cli {
