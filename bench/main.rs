@@ -242,7 +242,9 @@ async fn dm(
         senders.push(tokio::spawn(async move {
             let mut in_flight = 0usize;
             let mut n = 0u64;
-            let mut next_send = tokio::time::Instant::now();
+            // stagger the senders over one interval so a fixed rate is a steady stream, not bursts
+            let phase = per_sender_interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / pairs as f64));
+            let mut next_send = tokio::time::Instant::now() + phase;
             loop {
                 let can_send = sending_s.load(Ordering::Relaxed)
                     && in_flight < window

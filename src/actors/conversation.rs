@@ -20,11 +20,11 @@ use crate::actors::now_ms;
 use crate::actors::session::Outbound;
 use crate::actors::user::{AddConv, SetFriend, ToDevices};
 use crate::cluster::Router;
-use crate::error::{ChatError, ChatResult};
+use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{Cid, ConvId, DeviceId, UserId};
 use crate::net::protocol::{self, ConvSummary, Message as ChatMessage, ReceiptDetail, ServerFrame};
 use crate::net::ws::WireFrame;
-use crate::store::{Append, PairState};
+use crate::store::PairState;
 
 /// Post a message; answered with its seq and ts once it is durable.
 #[derive(Message)]
@@ -420,30 +420,52 @@ impl Handler<Post> for ConvActor {
         let result = (|| -> ChatResult<()> {
             self.check_member(&msg.from)?;
             let store = self.router.store();
-            if let Some((seq, ts)) = store.cid(&self.id, &msg.from, msg.cid.as_str())? {
-                if self.is_message_of(seq, &msg.from, &msg.cid)? {
-                    let posted = Posted { seq, ts };
-                    self.enqueue(
-                        ctx,
-                        Done::Posted {
-                            tx,
-                            posted,
-                            fanout: None,
-                        },
-                    );
-                    return Ok(());
-                }
-                // A crash took the message but left its dedupe entry: accept the retry as new.
-                store.remove_cid(&self.id, &msg.from, msg.cid.as_str())?;
-            }
-            if self.router.config().chat.dm_requires_friendship && self.pair != PairState::Friends {
-                return Err(ChatError::new(
-                    crate::error::ErrorCode::NotFriends,
-                    "a direct message needs friendship",
-                ));
-            }
             let seq = self.last_seq + 1;
             let ts = now_ms().max(self.last_ts);
+            let duplicate = |act: &Self, found: Option<(u64, u64)>| -> ChatResult<Option<Posted>> {
+                match found {
+                    Some((seq, ts)) if act.is_message_of(seq, &msg.from, &msg.cid)? => {
+                        Ok(Some(Posted { seq, ts }))
+                    }
+                    _ => Ok(None),
+                }
+            };
+            let friends_needed =
+                self.router.config().chat.dm_requires_friendship && self.pair != PairState::Friends;
+            let claimed = if friends_needed {
+                // Not allowed to post now, but a retry of a message accepted earlier still gets its `sent`.
+                let earlier = duplicate(self, store.cid(&self.id, &msg.from, msg.cid.as_str())?)?;
+                let Some(posted) = earlier else {
+                    return Err(ChatError::new(
+                        ErrorCode::NotFriends,
+                        "a direct message needs friendship",
+                    ));
+                };
+                Some(posted)
+            } else {
+                match store.claim_cid(&self.id, &msg.from, msg.cid.as_str(), seq, ts)? {
+                    None => None,
+                    Some(found) => match duplicate(self, Some(found))? {
+                        Some(posted) => Some(posted),
+                        None => {
+                            // A crash took that message but left its dedupe entry: this retry is new.
+                            store.set_cid(&self.id, &msg.from, msg.cid.as_str(), seq, ts)?;
+                            None
+                        }
+                    },
+                }
+            };
+            if let Some(posted) = claimed {
+                self.enqueue(
+                    ctx,
+                    Done::Posted {
+                        tx,
+                        posted,
+                        fanout: None,
+                    },
+                );
+                return Ok(());
+            }
             let message = ChatMessage {
                 conv: self.id.clone(),
                 seq,
@@ -455,14 +477,7 @@ impl Handler<Post> for ConvActor {
                 system: None,
             };
             let json = protocol::encode_message(&message);
-            store.append(&Append {
-                conv: &self.id,
-                seq,
-                json: &json,
-                sender: &msg.from,
-                cid: Some(msg.cid.as_str()),
-                ts,
-            })?;
+            store.append(&self.id, seq, &json)?;
             self.last_seq = seq;
             self.last_ts = ts;
             self.reads.insert(msg.from.clone(), seq);

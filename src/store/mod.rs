@@ -47,16 +47,6 @@ pub enum FriendEntry {
     Outgoing { note: String },
 }
 
-/// A message accepted into a conversation, ready to be written in one batch.
-pub struct Append<'a> {
-    pub conv: &'a ConvId,
-    pub seq: u64,
-    pub json: &'a str,
-    pub sender: &'a UserId,
-    pub cid: Option<&'a str>,
-    pub ts: u64,
-}
-
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -127,25 +117,52 @@ impl Store {
         Ok(v.and_then(|v| Some((keys::parse_u64(&v, 0)?, keys::parse_u64(&v, 8)?))))
     }
 
-    /// Writes a message and its dedupe entry: the dedupe entry first, so a crash between the two leaves at
-    /// worst an entry whose message is missing, which the conversation detects before trusting an entry.
-    /// No `sled::Batch` here: in sled 0.34 every batch forces two log writes (`pin_log` rolls the log
-    /// buffer before and after), which costs more than everything else a message does.
-    pub fn append(&self, a: &Append<'_>) -> StoreResult<()> {
-        let conv = a.conv.as_str();
-        if let Some(cid) = a.cid {
-            let key = keys::cid(conv, a.sender.as_str(), cid);
-            self.conv_log.insert(key, &keys::two_u64(a.seq, a.ts)[..])?;
+    /// Claims `cid` for `(seq, ts)` in one compare-and-swap: `None` when claimed, else the `(seq, ts)` it was
+    /// claimed with before (left unchanged). One operation instead of a lookup and an insert.
+    pub fn claim_cid(
+        &self,
+        conv: &ConvId,
+        sender: &UserId,
+        cid: &str,
+        seq: u64,
+        ts: u64,
+    ) -> StoreResult<Option<(u64, u64)>> {
+        let key = keys::cid(conv.as_str(), sender.as_str(), cid);
+        match self.conv_log.compare_and_swap(
+            key,
+            None as Option<&[u8]>,
+            Some(&keys::two_u64(seq, ts)[..]),
+        )? {
+            Ok(()) => Ok(None),
+            Err(e) => Ok(e
+                .current
+                .and_then(|v| Some((keys::parse_u64(&v, 0)?, keys::parse_u64(&v, 8)?)))),
         }
-        self.conv_log
-            .insert(keys::msg(conv, a.seq), a.json.as_bytes())?;
+    }
+
+    /// Points `cid` at `(seq, ts)` whatever it held (replaces an entry whose message never reached disk).
+    pub fn set_cid(
+        &self,
+        conv: &ConvId,
+        sender: &UserId,
+        cid: &str,
+        seq: u64,
+        ts: u64,
+    ) -> StoreResult<()> {
+        self.conv_log.insert(
+            keys::cid(conv.as_str(), sender.as_str(), cid),
+            &keys::two_u64(seq, ts)[..],
+        )?;
         Ok(())
     }
 
-    /// Forgets a dedupe entry whose message never made it to disk.
-    pub fn remove_cid(&self, conv: &ConvId, sender: &UserId, cid: &str) -> StoreResult<()> {
+    /// Writes a message. Its dedupe entry was claimed first ([`Store::claim_cid`]), so a crash between the two
+    /// leaves at worst an entry whose message is missing, which the conversation detects before trusting an
+    /// entry. No `sled::Batch` here: in sled 0.34 every batch forces two log writes (`pin_log` rolls the log
+    /// buffer before and after), which costs more than everything else a message does.
+    pub fn append(&self, conv: &ConvId, seq: u64, json: &str) -> StoreResult<()> {
         self.conv_log
-            .remove(keys::cid(conv.as_str(), sender.as_str(), cid))?;
+            .insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
         Ok(())
     }
 
@@ -334,26 +351,19 @@ mod tests {
             let s = store(dir.path());
             for seq in 1..=10u64 {
                 let json = format!("{{\"seq\":{seq}}}");
-                let cid = format!("c{seq}");
-                s.append(&Append {
-                    conv: &conv,
-                    seq,
-                    json: &json,
-                    sender: &a,
-                    cid: Some(&cid),
-                    ts: 100 + seq,
-                })
-                .expect("append");
+                assert_eq!(
+                    s.claim_cid(&conv, &a, &format!("c{seq}"), seq, 100 + seq)
+                        .expect("claim"),
+                    None
+                );
+                s.append(&conv, seq, &json).expect("append");
             }
-            s.append(&Append {
-                conv: &other,
-                seq: 1,
-                json: "{}",
-                sender: &a,
-                cid: None,
-                ts: 1,
-            })
-            .expect("append");
+            assert_eq!(
+                s.claim_cid(&conv, &a, "c3", 11, 1).expect("claim"),
+                Some((3, 103)),
+                "first claim kept"
+            );
+            s.append(&other, 1, "{}").expect("append");
             s.close().expect("close");
         }
         let s = store(dir.path());
@@ -369,6 +379,7 @@ mod tests {
             s.messages_before(&conv, 4, 2).expect("before"),
             vec!["{\"seq\":2}", "{\"seq\":3}"]
         );
+        s.set_read(&conv, &a, 10).expect("set read");
         assert_eq!(
             s.read_positions(&conv).expect("reads"),
             vec![(a.clone(), 10)]
