@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::Arbiter;
-use actix_web::{web, App, HttpServer};
 
 use crate::cluster::Router;
 use crate::config::{Config, ConfigError};
@@ -41,7 +40,7 @@ pub enum NodeError {
 pub struct Node {
     router: Router,
     store: Store,
-    server: actix_web::dev::Server,
+    server: actix_server::Server,
     addr: SocketAddr,
     arbiters: Vec<Arbiter>,
 }
@@ -71,32 +70,12 @@ impl Node {
         let handles = arbiters.iter().map(Arbiter::handle).collect();
         let router = Router::new(id, Arc::new(config), store.clone(), metrics, handles);
 
-        let app_router = web::Data::new(router.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_router.clone())
-                .configure(server::routes)
-        })
-        .workers(cores)
-        .backlog(8192)
-        .max_connections(50_000)
-        .shutdown_timeout(1)
-        .disable_signals()
-        .bind(&node.listen)
-        .map_err(|source| NodeError::Bind {
-            addr: node.listen.clone(),
-            source,
-        })?;
-        let addr = server
-            .addrs()
-            .first()
-            .copied()
-            .ok_or_else(|| NodeError::Bind {
+        let (server, addr) =
+            server::bind(&router, &node.listen, cores).map_err(|source| NodeError::Bind {
                 addr: node.listen.clone(),
-                source: std::io::Error::other("no address bound"),
+                source,
             })?;
         router.set_listen(addr);
-        let server = server.run();
         tracing::info!(node = %router.node(), %addr, "node started");
         Ok(Node {
             router,

@@ -279,3 +279,53 @@ fn config_errors_name_the_key_and_stop_startup() {
         .expect("run");
     assert!(!missing.status.success());
 }
+
+/// A crash between claiming a `cid` and writing its message leaves a dedupe entry with no message. Such an
+/// entry (and one pointing at another message) must never answer a retry: the retry is stored as new.
+#[tokio::test]
+async fn dedupe_entries_without_their_message_are_not_trusted() {
+    let mut node = TestNode::start_with("[chat]\ndm_requires_friendship = false");
+    let conv_text = dm("alice", "bob");
+    {
+        let mut alice = node.login("alice", "phone").await;
+        send_text(&mut alice, &conv_text, "c1", "real").await;
+    }
+    node.shutdown();
+    {
+        let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+            .expect("hist");
+        let store = rookery::store::Store::open(&node.dir, rookery::config::Durability::Sync, hist)
+            .expect("open");
+        let conv = rookery::ids::ConvId::parse(&conv_text).expect("conv");
+        let alice = rookery::ids::UserId::parse("alice").expect("user");
+        store
+            .set_cid(&conv, &alice, "ghost", 2, 1)
+            .expect("dangling entry");
+        store
+            .set_cid(&conv, &alice, "impostor", 1, 1)
+            .expect("entry pointing at another message");
+        store.close().expect("close");
+    }
+    node.restart();
+    let mut alice = node.login("alice", "phone").await;
+    let ghost = send_text(&mut alice, &conv_text, "ghost", "retry after crash").await;
+    assert_eq!(ghost["seq"], 2, "stored as new");
+    let impostor = send_text(&mut alice, &conv_text, "impostor", "another").await;
+    assert_eq!(impostor["seq"], 3, "not answered with message 1");
+    let again = send_text(&mut alice, &conv_text, "ghost", "retry again").await;
+    assert_eq!(
+        (again["seq"].clone(), again["ts"].clone()),
+        (ghost["seq"].clone(), ghost["ts"].clone())
+    );
+    let msgs = alice
+        .call(json!({"type":"sync","conv":conv_text}))
+        .await
+        .expect("sync");
+    let cids: Vec<&str> = msgs["msgs"]
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .map(|m| m["cid"].as_str().expect("cid"))
+        .collect();
+    assert_eq!(cids, vec!["c1", "ghost", "impostor"]);
+}

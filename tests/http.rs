@@ -105,3 +105,24 @@ async fn nodes_and_route() {
     assert_eq!(http_get(&node.url("/v1/route?user=bad%20id")).await.0, 400);
     assert_eq!(http_get(&node.url("/v1/route")).await.0, 400);
 }
+
+#[tokio::test]
+async fn websocket_upgrades_only_on_ws() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start();
+    assert_eq!(
+        http_get(&node.url("/ws")).await.0,
+        400,
+        "GET /ws without an upgrade"
+    );
+    let mut stream = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    let request = "GET /elsewhere HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = vec![0u8; 256];
+    let n = stream.read(&mut response).await.expect("read");
+    let head = String::from_utf8_lossy(&response[..n]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}

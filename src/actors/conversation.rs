@@ -16,9 +16,9 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::friendship::{self, FriendOp};
-use crate::actors::now_ms;
 use crate::actors::session::Outbound;
 use crate::actors::user::{AddConv, SetFriend, ToDevices};
+use crate::actors::{now_ms, now_us};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{Cid, ConvId, DeviceId, UserId};
@@ -79,7 +79,8 @@ pub struct Summarize {
 
 pub struct Summary {
     pub entry: ConvSummary,
-    pub last_ts: u64,
+    /// When the last message was accepted, in microseconds (orders `convs`; finer than `ts`).
+    pub last_activity_us: u64,
 }
 
 /// `user` has read up to `seq`.
@@ -154,6 +155,7 @@ pub struct ConvActor {
     router: Router,
     last_seq: u64,
     last_ts: u64,
+    last_activity_us: u64,
     last_json: Option<String>,
     reads: HashMap<UserId, u64>,
     /// Read positions advanced by sends and not yet written (written once per flush epoch).
@@ -205,6 +207,7 @@ impl ConvActor {
             router,
             last_seq,
             last_ts,
+            last_activity_us: last_ts.saturating_mul(1000),
             last_json,
             reads,
             dirty_reads: Vec::new(),
@@ -480,6 +483,7 @@ impl Handler<Post> for ConvActor {
             store.append(&self.id, seq, &json)?;
             self.last_seq = seq;
             self.last_ts = ts;
+            self.last_activity_us = now_us().max(self.last_activity_us + 1);
             self.reads.insert(msg.from.clone(), seq);
             if !self.dirty_reads.contains(&msg.from) {
                 self.dirty_reads.push(msg.from.clone());
@@ -569,7 +573,7 @@ impl Handler<Summarize> for ConvActor {
                 unread: self.last_seq - read_seq,
                 last: self.last_json.clone().and_then(protocol::raw),
             },
-            last_ts: self.last_ts,
+            last_activity_us: self.last_activity_us,
         })
     }
 }

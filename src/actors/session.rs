@@ -79,6 +79,10 @@ pub struct SessionActor {
     out: OutQueue,
     /// Since when the outgoing queue has been over its limit.
     over_since: Option<Instant>,
+    /// A flush of the outgoing queue is spawned for the end of this burst.
+    flush_scheduled: bool,
+    /// The socket was full; a flush waits for it to drain.
+    awaiting_writable: bool,
     state: State,
     heartbeat: Deadline,
     sends: TokenBucket,
@@ -105,6 +109,8 @@ impl SessionActor {
             id: router.next_session_id(),
             out,
             over_since: None,
+            flush_scheduled: false,
+            awaiting_writable: false,
             state: State::Anonymous,
             heartbeat: Deadline::new(heartbeat_timeout, now),
             sends: TokenBucket::new(rate, rate.saturating_mul(2), now),
@@ -142,7 +148,45 @@ impl SessionActor {
         }
         self.router.metrics().frame_out(frame.kind);
         self.out.push(frame.bytes.clone());
+        self.schedule_flush(ctx);
         true
+    }
+
+    /// Writes queued frames once the current burst of messages is handled, so one `writev` carries them all.
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_scheduled || self.awaiting_writable {
+            return;
+        }
+        self.flush_scheduled = true;
+        ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| {
+            act.flush_scheduled = false;
+            act.flush(ctx);
+        }));
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        match self.out.flush() {
+            Ok(true) => {}
+            Ok(false) => {
+                // The socket is full: wait until it drains, then write the rest.
+                self.awaiting_writable = true;
+                ctx.spawn(actix::fut::wrap_future(self.out.writable()).map(
+                    |result, act: &mut Self, ctx| {
+                        act.awaiting_writable = false;
+                        match result {
+                            Ok(()) => act.flush(ctx),
+                            Err(_) => ctx.stop(),
+                        }
+                    },
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(session = self.id, error = %e, "write failed; closing");
+                self.leave();
+                self.state = State::Closing;
+                ctx.stop();
+            }
+        }
     }
 
     /// True when the client has left too much unread: over the limit for longer than a grace period (a burst
@@ -177,6 +221,7 @@ impl SessionActor {
             description: Some(reason.to_string()),
         }));
         self.out.push(frame.bytes);
+        let _ = self.out.flush();
         self.leave();
         self.state = State::Closing;
         ctx.stop();
@@ -515,8 +560,8 @@ impl SessionActor {
                         .filter_map(|r| r.ok().flatten())
                         .collect();
                     list.sort_by(|a, b| {
-                        b.last_ts
-                            .cmp(&a.last_ts)
+                        b.last_activity_us
+                            .cmp(&a.last_activity_us)
                             .then(a.entry.conv.cmp(&b.entry.conv))
                     });
                     Ok(list.into_iter().map(|s| s.entry).collect())
@@ -676,6 +721,8 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        // best effort: a close frame still queued goes out before the socket is dropped
+        let _ = self.out.flush();
         self.leave();
         self.router.metrics().ws_connections.dec();
         self.router.metrics().actor(ActorKind::Session).dec();
@@ -747,6 +794,7 @@ impl Handler<Deliver> for SessionActor {
                     description: Some("replaced by a newer connection of this device".into()),
                 }));
                 self.out.push(frame.bytes);
+                let _ = self.out.flush();
                 ctx.stop();
             }
         }

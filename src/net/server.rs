@@ -1,17 +1,17 @@
-//! actix-web wiring: the routes of a node's `listen` address.
+//! Server wiring: one HTTP/1 service per worker thread. Plain requests go to the actix-web [`App`] (the
+//! endpoints in [`crate::net::http`]); WebSocket upgrades on `/ws` go to [`crate::net::ws::accept`], which
+//! hands the socket to a session actor.
 
-use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
 
-use actix::{Actor, AsyncContext};
-use actix_web::web::{self, Bytes};
-use actix_web::{HttpRequest, HttpResponse};
-use tokio::sync::mpsc;
+use actix_http::HttpService;
+use actix_rt::net::TcpStream;
+use actix_service::{fn_service, map_config, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App, HttpResponse};
 
-use crate::actors::session::SessionActor;
 use crate::cluster::Router;
-use crate::net::http;
-use crate::net::ws::{FrameReader, OutQueue};
+use crate::net::{http, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
@@ -19,33 +19,49 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/token", web::post().to(http::token))
         .route("/v1/nodes", web::get().to(http::nodes))
         .route("/v1/route", web::get().to(http::route))
-        .route("/ws", web::get().to(websocket));
+        .route(ws::WS_PATH, web::get().to(upgrade_required));
 }
 
-/// Upgrades to WebSocket and starts a session actor on this worker thread.
-async fn websocket(
-    req: HttpRequest,
-    payload: web::Payload,
-    router: web::Data<Router>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let mut response = actix_web_actors::ws::handshake(&req)?;
-    let router = router.get_ref().clone();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    let queue = OutQueue::new(tx);
-    let queued = queue.counter();
-    let reader = FrameReader::new(payload, router.config().limits.max_frame_bytes);
-    SessionActor::create(move |ctx| {
-        ctx.add_stream(reader);
-        SessionActor::new(router, queue)
-    });
-    // The dispatcher polls the body only when the socket can take more, so what leaves here is written.
-    let body = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|frame| {
-            frame.map(|bytes| {
-                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-                Ok::<Bytes, Infallible>(bytes)
+/// `GET /ws` without the WebSocket upgrade headers.
+async fn upgrade_required() -> HttpResponse {
+    http::error_response(&crate::error::ChatError::bad_request(
+        "GET /ws must ask for a WebSocket upgrade",
+    ))
+}
+
+/// Binds `listen` with `workers` threads and returns the server (not yet awaited) and its bound address.
+pub fn bind(
+    router: &Router,
+    listen: &str,
+    workers: usize,
+) -> std::io::Result<(actix_server::Server, SocketAddr)> {
+    let std_listener = std::net::TcpListener::bind(listen)?;
+    let addr = std_listener.local_addr()?;
+    let router = router.clone();
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .backlog(8192)
+        .max_concurrent_connections(50_000)
+        .shutdown_timeout(1)
+        .disable_signals()
+        .listen("rookery", std_listener, move || {
+            let app = App::new()
+                .app_data(web::Data::new(router.clone()))
+                .configure(routes);
+            let upgrade_router = router.clone();
+            let upgrade =
+                fn_service(move |(req, framed)| ws::accept(upgrade_router.clone(), req, framed));
+            let http = HttpService::build()
+                .upgrade(upgrade)
+                .h1(map_config(app, |_| AppConfig::default()));
+            fn_service(|io: TcpStream| async move {
+                // small frames must not wait for Nagle's algorithm
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((io, peer))
             })
-        })
-    });
-    Ok(response.streaming(body))
+            .and_then(http)
+        })?
+        .run();
+    Ok((server, addr))
 }

@@ -1,19 +1,202 @@
-//! WebSocket plumbing: the upgrade, the incoming frame reader and the outgoing frame encoding. With
+//! WebSocket plumbing: the upgrade, reading frames from the socket, and writing frames to it. With
 //! `actors/session.rs`, the only code that knows WebSocket framing.
 //!
-//! Why not `actix_web_actors::ws::start`: its stream buffers an oversized frame whole before refusing it and
-//! then ends the connection, and its outgoing queue is unbounded and invisible. The contract wants an oversized
-//! frame refused before it is buffered, with the connection staying open, and the issue wants a bounded
-//! outgoing queue. So the handshake is actix-web-actors', incoming frames go through [`FrameReader`] (which
-//! skips an oversized payload as it streams past), and outgoing frames are encoded once ([`WireFrame`]) and
-//! queued on a bounded channel that is the response body.
+//! Why not `actix_web_actors::ws::start`: a connection served through actix-web's HTTP/1 dispatcher keeps an
+//! 8 KiB read and an 8 KiB write buffer for its whole life, its stream buffers an oversized frame whole before
+//! refusing it (and then ends the connection), and its outgoing queue is unbounded and invisible. The contract
+//! wants oversized frames refused before they are buffered with the connection staying open, and the issue
+//! wants a bounded outgoing queue and idle connections under 8 KiB. So `/ws` is served by actix-http's upgrade
+//! hook ([`accept`]): after the handshake the session actor owns the socket. It reads only when the socket
+//! is readable, into a short-lived buffer ([`TcpReader`], parsed by [`FrameReader`], which skips an
+//! oversized payload as it streams past), and writes frames encoded once ([`WireFrame`]) straight to the
+//! socket, keeping only what the kernel would not take ([`OutQueue`], counted in bytes).
 
+use std::collections::VecDeque;
+use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use actix::Actor as _;
+use actix_codec::Framed;
+use actix_http::body::BodySize;
 use actix_http::ws::{CloseReason, OpCode, Parser};
+use actix_http::{h1, Request, Response, StatusCode};
+use actix_rt::net::TcpStream;
 use actix_web::web::{Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::{SinkExt, Stream};
+
+use crate::actors::session::SessionActor;
+use crate::cluster::Router;
+
+/// The path clients open the WebSocket on.
+pub const WS_PATH: &str = "/ws";
+/// Bytes read from a socket at a time; the buffer lives only while its frames are parsed.
+const READ_CHUNK: usize = 4096;
+/// Frames handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// A failed upgrade (the socket broke during the handshake); actix-http logs it and drops the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("websocket upgrade failed: {0}")]
+pub struct UpgradeError(#[from] io::Error);
+
+impl From<UpgradeError> for Response<actix_http::body::BoxBody> {
+    fn from(_: UpgradeError) -> Self {
+        Response::internal_server_error()
+    }
+}
+
+/// actix-http's upgrade hook: answers the WebSocket handshake on `/ws` and hands the socket to a new session
+/// actor on this worker thread. Anything else that asks for an upgrade gets 404 or 400.
+pub async fn accept(
+    router: Router,
+    req: Request,
+    mut framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), UpgradeError> {
+    let refuse = |status| (Response::with_body(status, ()), BodySize::Sized(0));
+    if req.path() != WS_PATH {
+        let _ = framed.send(refuse(StatusCode::NOT_FOUND).into()).await;
+        return Ok(());
+    }
+    let response = match actix_http::ws::handshake(req.head()) {
+        Ok(mut builder) => builder
+            .message_body(())
+            .map_err(|e| io::Error::other(e.to_string()))?,
+        Err(e) => {
+            let status = match e {
+                actix_http::ws::HandshakeError::GetMethodRequired => StatusCode::METHOD_NOT_ALLOWED,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let _ = framed.send(refuse(status).into()).await;
+            return Ok(());
+        }
+    };
+    framed.send((response, BodySize::None).into()).await?;
+    let parts = framed.into_parts();
+    // Keep only the bytes a client pipelined after its handshake, not the dispatcher's buffers.
+    let leftover = (!parts.read_buf.is_empty()).then(|| Bytes::copy_from_slice(&parts.read_buf));
+    let stream = Rc::new(parts.io);
+    let reader = FrameReader::new(
+        TcpReader::new(Rc::clone(&stream), leftover),
+        router.config().limits.max_frame_bytes,
+    );
+    SessionActor::create(move |ctx| {
+        actix::AsyncContext::add_stream(ctx, reader);
+        SessionActor::new(router, OutQueue::new(stream))
+    });
+    Ok(())
+}
+
+/// The socket's incoming bytes as a stream of chunks, holding no buffer between reads.
+pub struct TcpReader {
+    stream: Rc<TcpStream>,
+    leftover: Option<Bytes>,
+}
+
+impl TcpReader {
+    pub fn new(stream: Rc<TcpStream>, leftover: Option<Bytes>) -> TcpReader {
+        TcpReader { stream, leftover }
+    }
+}
+
+impl Stream for TcpReader {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(bytes) = this.leftover.take() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        loop {
+            if let Err(e) = std::task::ready!(this.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            match this.stream.try_read_buf(&mut buf) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(_) => return Poll::Ready(Some(Ok(buf.freeze()))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+}
+
+/// A connection's outgoing frames: written straight to the socket (many frames per `writev`); what the
+/// kernel does not take waits here, counted in bytes so the session can tell a slow reader from a dead one.
+pub struct OutQueue {
+    stream: Rc<TcpStream>,
+    frames: VecDeque<Bytes>,
+    queued: usize,
+}
+
+impl OutQueue {
+    pub fn new(stream: Rc<TcpStream>) -> OutQueue {
+        OutQueue {
+            stream,
+            frames: VecDeque::new(),
+            queued: 0,
+        }
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Queues a frame (call [`OutQueue::flush`] to write).
+    pub fn push(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.frames.push_back(bytes);
+    }
+
+    /// Writes as much as the socket takes now. `Ok(true)` when everything is written, `Ok(false)` when the
+    /// socket is full (wait for [`OutQueue::writable`]).
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while !self.frames.is_empty() {
+            let slices: Vec<io::IoSlice<'_>> = self
+                .frames
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| io::IoSlice::new(b))
+                .collect();
+            let mut written = match self.stream.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            self.queued -= written;
+            while written > 0 {
+                let Some(front) = self.frames.front_mut() else {
+                    break;
+                };
+                if front.len() <= written {
+                    written -= front.len();
+                    self.frames.pop_front();
+                } else {
+                    let _ = front.split_to(written);
+                    written = 0;
+                }
+            }
+        }
+        if self.frames.capacity() > 16 {
+            self.frames = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    /// Resolves when the socket can take more bytes.
+    pub fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + 'static {
+        let stream = Rc::clone(&self.stream);
+        async move { stream.writable().await }
+    }
+}
 
 /// One encoded server-to-client frame (unmasked, so identical for every recipient and shareable).
 #[derive(Clone, Debug)]
@@ -48,40 +231,6 @@ impl WireFrame {
         WireFrame {
             kind: "ws_close",
             bytes: dst.freeze(),
-        }
-    }
-}
-
-/// A connection's outgoing queue: frames waiting for the socket, with their bytes counted so the session can
-/// tell a client that reads slowly from one that does not read at all.
-pub struct OutQueue {
-    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
-    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl OutQueue {
-    pub fn new(tx: tokio::sync::mpsc::UnboundedSender<Bytes>) -> OutQueue {
-        OutQueue {
-            tx,
-            queued: std::sync::Arc::default(),
-        }
-    }
-
-    /// The byte counter the draining side decrements.
-    pub fn counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-        std::sync::Arc::clone(&self.queued)
-    }
-
-    /// Bytes queued and not yet taken by the socket writer.
-    pub fn queued(&self) -> usize {
-        self.queued.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn push(&self, bytes: Bytes) {
-        self.queued
-            .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
-        if self.tx.send(bytes).is_err() {
-            self.queued.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -328,7 +477,14 @@ where
                         let _ = chunk.split_to(n);
                         this.skip -= n as u64;
                     }
-                    this.buf.extend_from_slice(&chunk);
+                    if this.buf.is_empty() {
+                        // the common case: take the chunk's buffer instead of copying it
+                        this.buf = chunk
+                            .try_into_mut()
+                            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                    } else {
+                        this.buf.extend_from_slice(&chunk);
+                    }
                 }
             }
         }
