@@ -45,7 +45,7 @@ struct Cli {
     /// Durability of the node this bench starts: sync or os.
     #[arg(long, global = true, default_value = "sync")]
     durability: String,
-    /// Extra TOML for the started node's config (e.g. "[chat]\npush_max_members = 20000").
+    /// Extra TOML for the started node's config (e.g. `[chat]` then `push_max_members = 20000`).
     #[arg(long, global = true, default_value = "")]
     extra_config: String,
     #[command(subcommand)]

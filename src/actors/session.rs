@@ -235,7 +235,8 @@ impl SessionActor {
 
     fn leave(&mut self) {
         if let State::Active { user, device } = &self.state {
-            self.router.tell_user(
+            // a user actor with this device registered is live; never spawn one just to say goodbye
+            self.router.tell_live_user(
                 user,
                 Disconnect {
                     device: device.clone(),
@@ -419,6 +420,7 @@ impl SessionActor {
                 .map(move |result, act, ctx| match result {
                     Ok(user) => {
                         let welcome = ServerFrame::Welcome {
+                            rid,
                             user: user.clone(),
                             device: device.clone(),
                             node: act.router.node().to_string(),

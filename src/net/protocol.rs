@@ -280,6 +280,8 @@ pub struct OutgoingRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Welcome {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<Rid>,
         user: UserId,
         device: DeviceId,
         node: String,
@@ -577,6 +579,7 @@ mod tests {
         let cases: Vec<(ServerFrame, Value)> = vec![
             (
                 ServerFrame::Welcome {
+                    rid: None,
                     user: user("alice"),
                     device: DeviceId::parse("phone").expect("valid"),
                     node: "n1".into(),
