@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::friendship::{self, FriendOp};
 use crate::actors::session::Outbound;
-use crate::actors::user::{AddConv, SetFriend, ToDevices};
+use crate::actors::user::{AddConv, SetFriend};
 use crate::actors::{now_ms, now_us};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult, ErrorCode};
@@ -235,7 +235,7 @@ impl ConvActor {
     }
 
     fn push_to(&self, user: &UserId, except: Option<DeviceId>, out: Outbound) {
-        self.router.tell_live_user(user, ToDevices { out, except });
+        self.router.push_to_user(user, &out, except.as_ref());
     }
 
     fn frame(frame: &ServerFrame) -> WireFrame {
@@ -739,13 +739,7 @@ impl Handler<Friendship> for ConvActor {
             });
             let results = join_all(updates.collect::<Vec<_>>()).await;
             for (user, frame) in pushes {
-                router.tell_live_user(
-                    &user,
-                    ToDevices {
-                        out: Outbound::Frame(Self::frame(&frame)),
-                        except: None,
-                    },
-                );
+                router.push_to_user(&user, &Outbound::Frame(Self::frame(&frame)), None);
             }
             results.into_iter().collect::<ChatResult<Vec<()>>>()?;
             router.store().flusher().flushed().await;

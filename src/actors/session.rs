@@ -93,6 +93,8 @@ pub struct SessionActor {
     /// Conversations whose pushes became `notify` because the device stopped keeping up.
     degraded: HashMap<ConvId, Window>,
     notify_scheduled: HashSet<ConvId>,
+    /// The user this session is registered for pushes under (see `Router::register_session`).
+    registered: Option<UserId>,
     /// The highest ack forwarded to each conversation (for `delivered`).
     acked: HashMap<ConvId, u64>,
 }
@@ -121,6 +123,7 @@ impl SessionActor {
             degraded: HashMap::new(),
             notify_scheduled: HashSet::new(),
             acked: HashMap::new(),
+            registered: None,
             router,
         }
     }
@@ -426,6 +429,14 @@ impl SessionActor {
                             node: act.router.node().to_string(),
                             heartbeat_s: act.router.config().chat.heartbeat_s,
                         };
+                        // reachable for pushes from here on; anything accepted before, the client syncs
+                        act.router.register_session(
+                            &user,
+                            &device,
+                            act.id,
+                            ctx.address().recipient(),
+                        );
+                        act.registered = Some(user.clone());
                         act.state = State::Active { user, device };
                         act.reply(ctx, welcome);
                     }
@@ -723,6 +734,9 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(user) = self.registered.take() {
+            self.router.unregister_session(&user, self.id);
+        }
         // best effort: a close frame still queued goes out before the socket is dropped
         let _ = self.out.flush();
         self.leave();

@@ -31,14 +31,6 @@ pub struct Disconnect {
     pub session_id: u64,
 }
 
-/// Push a frame to every device of the user but `except`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ToDevices {
-    pub out: Outbound,
-    pub except: Option<DeviceId>,
-}
-
 /// The user is in `conv` (idempotent); answered once durable.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -203,13 +195,6 @@ impl Handler<Disconnect> for UserActor {
                 self.announce_presence(false);
             }
         }
-    }
-}
-
-impl Handler<ToDevices> for UserActor {
-    type Result = ();
-    fn handle(&mut self, msg: ToDevices, _: &mut Context<Self>) {
-        self.push(&msg.out, msg.except.as_ref());
     }
 }
 

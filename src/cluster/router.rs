@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use actix::dev::channel::channel;
 use actix::dev::{Request, ToEnvelope};
-use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message};
+use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message, Recipient};
 
 use crate::actors::conversation::ConvActor;
+use crate::actors::session::{Deliver, Outbound};
 use crate::actors::user::UserActor;
 use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
-use crate::ids::{ConvId, NodeId, UserId};
+use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::metrics::{ActorKind, Metrics};
 use crate::store::Store;
 
@@ -33,6 +34,13 @@ const MAILBOX: usize = 1 << 20;
 
 /// How long a local request may wait for its actor before the caller gets `unavailable`.
 pub const LOCAL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A session connected to this node.
+struct LocalSession {
+    device: DeviceId,
+    id: u64,
+    addr: Recipient<Deliver>,
+}
 
 /// Everything a node's actors share. Cheap to clone.
 #[derive(Clone)]
@@ -49,6 +57,9 @@ struct Inner {
     arbiters: Vec<ArbiterHandle>,
     users: Mutex<HashMap<UserId, Addr<UserActor>>>,
     convs: Mutex<HashMap<ConvId, Addr<ConvActor>>>,
+    /// The sessions connected to this node, by user: where pushes for a user are delivered. Sessions add
+    /// themselves once their user actor knows them and remove themselves when they stop.
+    sessions: Mutex<HashMap<UserId, Vec<LocalSession>>>,
     next_session: AtomicU64,
     listen: std::sync::OnceLock<std::net::SocketAddr>,
 }
@@ -76,6 +87,7 @@ impl Router {
                 arbiters,
                 users: Mutex::new(HashMap::new()),
                 convs: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
                 listen: std::sync::OnceLock::new(),
             }),
@@ -284,6 +296,48 @@ impl Router {
             true
         } else {
             false
+        }
+    }
+
+    // ---- sessions ----
+
+    /// Makes a session of `user` reachable for pushes.
+    pub fn register_session(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        id: u64,
+        addr: Recipient<Deliver>,
+    ) {
+        let session = LocalSession {
+            device: device.clone(),
+            id,
+            addr,
+        };
+        lock(&self.inner.sessions)
+            .entry(user.clone())
+            .or_default()
+            .push(session);
+    }
+
+    pub fn unregister_session(&self, user: &UserId, id: u64) {
+        let mut sessions = lock(&self.inner.sessions);
+        if let Some(list) = sessions.get_mut(user) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                sessions.remove(user);
+            }
+        }
+    }
+
+    /// Pushes `out` to every connected device of `user` but `except`, straight to the sessions: a message
+    /// crosses no user actor on its way out.
+    pub fn push_to_user(&self, user: &UserId, out: &Outbound, except: Option<&DeviceId>) {
+        let sessions = lock(&self.inner.sessions);
+        for s in sessions.get(user).into_iter().flatten() {
+            if Some(&s.device) != except {
+                s.addr.do_send(Deliver(out.clone()));
+            }
         }
     }
 
