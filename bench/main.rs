@@ -198,6 +198,25 @@ fn quantiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// The fields of a server frame the load generator looks at (parsed without building a `Value`).
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default, borrow)]
+    code: Option<&'a str>,
+    #[serde(default)]
+    body: Option<SentAt>,
+}
+
+#[derive(serde::Deserialize)]
+struct SentAt {
+    #[serde(default)]
+    t: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     accepted: AtomicU64,
@@ -234,6 +253,7 @@ async fn dm(
     let sending = Arc::new(AtomicBool::new(true));
     let per_sender_interval = rate.map(|r| Duration::from_secs_f64(pairs as f64 / r.max(1) as f64));
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (i, mut sender, mut receiver) in connections {
         let conv_id = conv(&format!("s{i}"), &format!("r{i}"));
         let (counters_s, measuring_s, sending_s) =
@@ -246,10 +266,9 @@ async fn dm(
             let phase = per_sender_interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / pairs as f64));
             let mut next_send = tokio::time::Instant::now() + phase;
             loop {
-                let can_send = sending_s.load(Ordering::Relaxed)
-                    && in_flight < window
-                    && per_sender_interval.is_none_or(|_| tokio::time::Instant::now() >= next_send);
-                if can_send {
+                let sending = sending_s.load(Ordering::Relaxed);
+                let due = per_sender_interval.is_none_or(|_| tokio::time::Instant::now() >= next_send);
+                if sending && in_flight < window && due {
                     n += 1;
                     let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
                     let frame = format!(
@@ -264,69 +283,70 @@ async fn dm(
                     }
                     continue;
                 }
-                if !sending_s.load(Ordering::Relaxed) && in_flight == 0 {
+                if !sending && in_flight == 0 {
                     break;
                 }
-                let wait = match per_sender_interval {
-                    Some(_) if in_flight == 0 => next_send.saturating_duration_since(tokio::time::Instant::now()),
-                    _ => Duration::from_millis(200),
+                let text = if per_sender_interval.is_some() && in_flight < window && sending {
+                    // rate mode: wake for the next send even if no reply comes
+                    tokio::select! {
+                        text = sender.next_text() => text,
+                        _ = tokio::time::sleep_until(next_send) => continue,
+                    }
+                } else {
+                    sender.next_text().await
                 };
-                match sender.next(wait.max(Duration::from_millis(1))).await {
-                    Ok(Some(f)) if f["type"] == "sent" => {
+                let Ok(Some(text)) = text else { break };
+                let Ok(frame) = serde_json::from_str::<Incoming<'_>>(&text) else { continue };
+                match frame.kind {
+                    "sent" => {
                         in_flight -= 1;
                         if measuring_s.load(Ordering::Relaxed) {
                             counters_s.accepted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Ok(Some(f)) if f["type"] == "error" => {
+                    "error" => {
                         in_flight -= 1;
                         counters_s.errors.fetch_add(1, Ordering::Relaxed);
-                        if f["code"] == "rate_limited" {
+                        if frame.code == Some("rate_limited") {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
-                    Ok(Some(_)) | Err(_) => {}
-                    Ok(None) => break,
+                    _ => {}
                 }
             }
             sender
         }));
         let (counters_r, measuring_r) = (counters.clone(), measuring.clone());
+        let mut stop = stop_rx.clone();
         receivers.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut last = 0u64;
             let mut unacked = 0;
             loop {
-                match receiver.next(Duration::from_millis(1500)).await {
-                    Ok(Some(f)) if f["type"] == "msg" => {
-                        let seq = f["seq"].as_u64().unwrap_or(0);
-                        if seq <= last {
-                            continue; // a re-push of something we have
-                        }
-                        last = seq;
-                        if measuring_r.load(Ordering::Relaxed) {
-                            let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
-                            let sent_at = f["body"]["t"].as_u64().unwrap_or(now);
-                            let _ = hist.record(now.saturating_sub(sent_at).max(1));
-                            counters_r.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        unacked += 1;
-                        if unacked >= 8 {
-                            unacked = 0;
-                            let _ = receiver
-                                .send(&json!({"type":"ack","conv":conv_id,"seq":last}))
-                                .await;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Err(_) if unacked > 0 => {
-                        unacked = 0;
-                        let _ = receiver
-                            .send(&json!({"type":"ack","conv":conv_id,"seq":last}))
-                            .await;
-                    }
-                    Err(_) | Ok(None) => break,
+                let text = tokio::select! {
+                    _ = stop.changed() => break,
+                    text = receiver.next_text() => text,
+                };
+                let Ok(Some(text)) = text else { break };
+                let Ok(frame) = serde_json::from_str::<Incoming<'_>>(&text) else {
+                    continue;
+                };
+                if frame.kind != "msg" || frame.seq <= last {
+                    continue; // not a message, or a re-push of something we have
+                }
+                last = frame.seq;
+                if measuring_r.load(Ordering::Relaxed) {
+                    let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+                    let sent_at = frame.body.map_or(now, |b| b.t);
+                    let _ = hist.record(now.saturating_sub(sent_at).max(1));
+                    counters_r.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                unacked += 1;
+                if unacked >= 8 {
+                    unacked = 0;
+                    let ack = format!(r#"{{"type":"ack","conv":"{conv_id}","seq":{last}}}"#);
+                    let _ = receiver.send_text(ack).await;
                 }
             }
             hist
@@ -346,6 +366,9 @@ async fn dm(
     for s in senders {
         let _ = s.await;
     }
+    // let the last pushes arrive, then stop the receivers
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(true);
     for r in receivers {
         hist.add(r.await?)?;
     }

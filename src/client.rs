@@ -177,6 +177,20 @@ impl Client {
         }
     }
 
+    /// The next text frame as it came, without parsing and without a timer (for load generation); `Ok(None)`
+    /// when the connection closed. Frames buffered by [`Client::expect`] are not seen here.
+    pub async fn next_text(&mut self) -> ClientResult<Option<String>> {
+        loop {
+            match self.ws.next().await {
+                None => return Ok(None),
+                Some(Ok(Message::Text(t))) => return Ok(Some(t)),
+                Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Waits up to `timeout` for a frame matching `pred`; frames passed over stay buffered for later.
     pub async fn expect(
         &mut self,
