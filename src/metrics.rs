@@ -33,6 +33,8 @@ pub struct Metrics {
     pub pushes: IntCounter,
     pub repushes: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
+    pub media_bytes_received: IntCounter,
+    pub media_stored: IntCounter,
     pub send_seconds: Histogram,
     pub store_flush_seconds: Histogram,
 }
@@ -120,6 +122,15 @@ impl Metrics {
             "Connections closed because the client did not read its frames.",
         );
 
+        let media_bytes_received = counter(
+            "rookery_media_bytes_received_total",
+            "Bytes of upload chunks stored.",
+        );
+        let media_stored = counter(
+            "rookery_media_stored_total",
+            "Uploads completed (content verified and stored).",
+        );
+
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = must(Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(buckets),
@@ -154,6 +165,8 @@ impl Metrics {
             pushes,
             repushes,
             slow_consumer_disconnects,
+            media_bytes_received,
+            media_stored,
             send_seconds,
             store_flush_seconds,
         }

@@ -100,10 +100,12 @@ impl Node {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let handle = self.server.handle();
         let server = actix_rt::spawn(self.server);
+        let sweeper = actix_rt::spawn(crate::net::media::sweep_forever(self.router.clone()));
         shutdown.await;
         tracing::info!(node = %self.router.node(), "shutting down");
         handle.stop(true).await;
         let _ = server.await;
+        sweeper.abort();
         for arbiter in self.arbiters {
             arbiter.stop();
             let _ = arbiter.join();

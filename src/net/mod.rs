@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod media;
 pub mod protocol;
 pub mod server;
 pub mod ws;

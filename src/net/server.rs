@@ -11,7 +11,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App, HttpResponse};
 
 use crate::cluster::Router;
-use crate::net::{http, ws};
+use crate::net::{http, media, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
@@ -19,6 +19,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/token", web::post().to(http::token))
         .route("/v1/nodes", web::get().to(http::nodes))
         .route("/v1/route", web::get().to(http::route))
+        .route("/v1/uploads", web::post().to(media::start))
+        .route("/v1/uploads/{upload}", web::get().to(media::upload_status))
+        .route(
+            "/v1/uploads/{upload}/complete",
+            web::post().to(media::complete),
+        )
+        .route(
+            "/v1/uploads/{upload}/{index}",
+            web::put().to(media::put_chunk),
+        )
+        .route("/v1/media/{id}", web::get().to(media::download))
+        .route("/v1/media/{id}/thumb", web::get().to(media::thumbnail))
         .route(ws::WS_PATH, web::get().to(upgrade_required));
 }
 

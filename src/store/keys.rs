@@ -9,6 +9,10 @@
 //! | `conv_log`   | `p` conv                              | friendship of a direct pair (JSON)     |
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
+//! | `media`      | `m` media id                          | stored content (JSON)                  |
+//! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
+//! | `media`      | `u` upload id                         | unfinished upload (JSON)               |
+//! | `media`      | `p` owner `\0` sha256 `\0` size:u64    | upload id (resume by posting again)    |
 //!
 //! A message's dedupe entry is written before the message (see `Store::append`), and trusted only when the
 //! message at its seq carries the same sender and cid, so a crash between the two writes cannot duplicate or
@@ -16,6 +20,7 @@
 
 pub const CONV_LOG: &str = "conv_log";
 pub const USER_INDEX: &str = "user_index";
+pub const MEDIA: &str = "media";
 
 const MSG: u8 = b'm';
 const CID: u8 = b'c';
@@ -98,6 +103,29 @@ pub fn user_friend(user: &str, other: &str) -> Vec<u8> {
     let mut k = user_friend_prefix(user);
     k.extend_from_slice(other.as_bytes());
     k
+}
+
+pub fn media(id: &str) -> Vec<u8> {
+    key(b'm', &[id.as_bytes()])
+}
+
+pub fn media_by_hash(sha256: &str) -> Vec<u8> {
+    key(b'h', &[sha256.as_bytes()])
+}
+
+pub fn upload(id: &str) -> Vec<u8> {
+    key(b'u', &[id.as_bytes()])
+}
+
+pub fn upload_prefix() -> Vec<u8> {
+    vec![b'u']
+}
+
+pub fn pending_upload(owner: &str, sha256: &str, size: u64) -> Vec<u8> {
+    key(
+        b'p',
+        &[owner.as_bytes(), sha256.as_bytes(), &size.to_be_bytes()],
+    )
 }
 
 /// Two u64s, big-endian (seq and ts of a dedupe entry).

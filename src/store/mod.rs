@@ -5,6 +5,7 @@
 //! in-memory sled operations (microseconds); the fsync runs on the flusher thread, never on an actor thread.
 
 pub mod keys;
+pub mod media;
 pub mod writer;
 
 use std::path::Path;
@@ -21,6 +22,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt record under {0}")]
     Corrupt(String),
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -52,6 +55,7 @@ pub struct Store {
     db: sled::Db,
     conv_log: sled::Tree,
     user_index: sled::Tree,
+    media: media::MediaStore,
     flusher: Flusher,
 }
 
@@ -68,13 +72,20 @@ impl Store {
             .open()?;
         let conv_log = db.open_tree(keys::CONV_LOG)?;
         let user_index = db.open_tree(keys::USER_INDEX)?;
+        let media = media::MediaStore::open(dir, &db)?;
         let flusher = Flusher::start(db.clone(), durability, flush_seconds);
         Ok(Store {
             db,
             conv_log,
             user_index,
+            media,
             flusher,
         })
+    }
+
+    /// Uploads and stored media of this node.
+    pub fn media(&self) -> &media::MediaStore {
+        &self.media
     }
 
     pub fn flusher(&self) -> &Flusher {
