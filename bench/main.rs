@@ -68,6 +68,14 @@ enum Workload {
         #[arg(long, default_value_t = 2)]
         warmup: u64,
     },
+    /// Upload then download one file of `mib` MiB over HTTP; throughput and the server's peak memory.
+    Media {
+        #[arg(long, default_value_t = 100)]
+        mib: usize,
+        /// Chunks sent at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
     /// N authenticated idle connections; server memory per connection.
     Idle {
         #[arg(long, default_value_t = 19_000)]
@@ -424,6 +432,124 @@ async fn idle(server: &Server, connections: usize, sources: u8) -> anyhow::Resul
     }))
 }
 
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Samples a process's RSS every 20 ms until stopped; returns the peak.
+struct RssPeak {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssPeak {
+    fn start(pid: u32) -> RssPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_of(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        RssPeak { stop, thread }
+    }
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// Uploads `mib` MiB in chunks (`parallel` at a time), completes, downloads it back and checks it.
+fn media(addr: SocketAddr, pid: Option<u32>, mib: usize, parallel: usize) -> anyhow::Result<Value> {
+    use sha2::Digest;
+    let pid = pid.context("the media workload measures a node it starts itself")?;
+    let bearer = format!("Bearer {}", token("uploader")?);
+    // content that neither compresses nor repeats: a xorshift stream
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let bytes: Vec<u8> = (0..mib * (1 << 20) / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let base = format!("http://{addr}");
+    let rss_before = rss_of(pid).unwrap_or(0);
+
+    let started = Instant::now();
+    let peak = RssPeak::start(pid);
+    let body = json!({"size": bytes.len(), "sha256": sha, "mime": "video/mp4", "name": "bench.mp4"}).to_string();
+    let created: Value =
+        ureq::post(&format!("{base}/v1/uploads")).set("Authorization", &bearer).send_string(&body)?.into_string()?.parse()?;
+    let upload = created["upload"].as_str().context("upload id")?.to_string();
+    let chunk = usize::try_from(created["chunk_size"].as_u64().context("chunk size")?)?;
+    let chunks: Vec<(usize, &[u8])> = bytes.chunks(chunk).enumerate().collect();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = chunks
+            .chunks(chunks.len().div_ceil(parallel.max(1)))
+            .map(|part| {
+                let (base, upload, bearer) = (&base, &upload, &bearer);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for (i, data) in part {
+                        ureq::put(&format!("{base}/v1/uploads/{upload}/{i}"))
+                            .set("Authorization", bearer)
+                            .send_bytes(data)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("upload thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let done: Value = ureq::post(&format!("{base}/v1/uploads/{upload}/complete"))
+        .set("Authorization", &bearer)
+        .call()?
+        .into_string()?
+        .parse()?;
+    let upload_s = started.elapsed().as_secs_f64();
+    let rss_upload_peak = peak.finish();
+    let id = done["media"].as_str().context("media id")?.to_string();
+
+    let started = Instant::now();
+    let peak = RssPeak::start(pid);
+    let mut reader = ureq::get(&format!("{base}/v1/media/{id}")).set("Authorization", &bearer).call()?.into_reader();
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    let download_s = started.elapsed().as_secs_f64();
+    let rss_download_peak = peak.finish();
+    anyhow::ensure!(total == bytes.len() && hex::encode(hasher.finalize()) == sha, "download differs from upload");
+    let mib_f = (bytes.len() as f64) / f64::from(1 << 20);
+    Ok(json!({
+        "workload": "media",
+        "mib": mib,
+        "parallel": parallel,
+        "upload_mib_per_s": (mib_f / upload_s * 10.0).round() / 10.0,
+        "download_mib_per_s": (mib_f / download_s * 10.0).round() / 10.0,
+        "server_rss_before_mib": rss_before / (1 << 20),
+        "server_rss_peak_upload_mib": rss_upload_peak / (1 << 20),
+        "server_rss_peak_download_mib": rss_download_peak / (1 << 20),
+    }))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -444,6 +570,10 @@ fn main() -> anyhow::Result<()> {
                 connections,
                 sources,
             } => idle(&server, connections, sources).await?,
+            Workload::Media { mib, parallel } => {
+                let (addr, pid) = (server.addr, server.child.as_ref().map(Child::id));
+                tokio::task::spawn_blocking(move || media(addr, pid, mib, parallel)).await??
+            }
         };
         result["durability"] = json!(cli.durability);
         println!("{result}");

@@ -14,7 +14,8 @@
 //! - [`cluster`]: the consistent-hash [`cluster::ring`] and the [`cluster::router`], the one boundary through
 //!   which actors reach each other.
 //! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens.
-//! - [`store`]: the sled trees (catalogue in [`store::keys`]) and group commit ([`store::writer`]).
+//! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
+//!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
 //! - [`client`]: a small typed client (used by the tests and the load generator in `bench/`).
 //! - [`error`], [`ids`], [`metrics`]: the closed set of error codes, validated ids, Prometheus metrics.
 //!
