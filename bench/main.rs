@@ -434,7 +434,13 @@ async fn idle(server: &Server, connections: usize, sources: u8) -> anyhow::Resul
 
 fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -485,9 +491,14 @@ fn media(addr: SocketAddr, pid: Option<u32>, mib: usize, parallel: usize) -> any
 
     let started = Instant::now();
     let peak = RssPeak::start(pid);
-    let body = json!({"size": bytes.len(), "sha256": sha, "mime": "video/mp4", "name": "bench.mp4"}).to_string();
-    let created: Value =
-        ureq::post(&format!("{base}/v1/uploads")).set("Authorization", &bearer).send_string(&body)?.into_string()?.parse()?;
+    let body =
+        json!({"size": bytes.len(), "sha256": sha, "mime": "video/mp4", "name": "bench.mp4"})
+            .to_string();
+    let created: Value = ureq::post(&format!("{base}/v1/uploads"))
+        .set("Authorization", &bearer)
+        .send_string(&body)?
+        .into_string()?
+        .parse()?;
     let upload = created["upload"].as_str().context("upload id")?.to_string();
     let chunk = usize::try_from(created["chunk_size"].as_u64().context("chunk size")?)?;
     let chunks: Vec<(usize, &[u8])> = bytes.chunks(chunk).enumerate().collect();
@@ -507,7 +518,8 @@ fn media(addr: SocketAddr, pid: Option<u32>, mib: usize, parallel: usize) -> any
             })
             .collect();
         for w in workers {
-            w.join().map_err(|_| anyhow::anyhow!("upload thread panicked"))??;
+            w.join()
+                .map_err(|_| anyhow::anyhow!("upload thread panicked"))??;
         }
         Ok(())
     })?;
@@ -522,7 +534,10 @@ fn media(addr: SocketAddr, pid: Option<u32>, mib: usize, parallel: usize) -> any
 
     let started = Instant::now();
     let peak = RssPeak::start(pid);
-    let mut reader = ureq::get(&format!("{base}/v1/media/{id}")).set("Authorization", &bearer).call()?.into_reader();
+    let mut reader = ureq::get(&format!("{base}/v1/media/{id}"))
+        .set("Authorization", &bearer)
+        .call()?
+        .into_reader();
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0usize;
@@ -536,7 +551,10 @@ fn media(addr: SocketAddr, pid: Option<u32>, mib: usize, parallel: usize) -> any
     }
     let download_s = started.elapsed().as_secs_f64();
     let rss_download_peak = peak.finish();
-    anyhow::ensure!(total == bytes.len() && hex::encode(hasher.finalize()) == sha, "download differs from upload");
+    anyhow::ensure!(
+        total == bytes.len() && hex::encode(hasher.finalize()) == sha,
+        "download differs from upload"
+    );
     let mib_f = (bytes.len() as f64) / f64::from(1 << 20);
     Ok(json!({
         "workload": "media",

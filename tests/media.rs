@@ -484,3 +484,31 @@ async fn a_message_refers_to_media_by_id() {
     // on its own threads)
     assert_eq!(client(&node, "bob").get(&id, &[]).body, content(70_000, 8));
 }
+
+#[test]
+fn abandoned_uploads_are_removed_after_the_ttl() {
+    let node = TestNode::start_with("[media]\nchunk_bytes = 65536\nupload_ttl_s = 1");
+    let alice = client(&node, "alice");
+    let bytes = content(100_000, 6);
+    let upload = alice.start(&bytes, "video/mp4").json()["upload"]
+        .as_str()
+        .expect("upload")
+        .to_string();
+    assert_eq!(alice.put(&upload, 0, &bytes[..65536]).status, 204);
+    let mut gone = false;
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if alice.status(&upload).status == 404 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the abandoned upload was swept");
+    assert_eq!(
+        std::fs::read_dir(node.dir.join("media/uploads"))
+            .expect("uploads")
+            .count(),
+        0,
+        "chunks removed"
+    );
+}
