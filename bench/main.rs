@@ -142,16 +142,7 @@ impl Server {
 
     /// Resident memory of the started node, in bytes.
     fn rss(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        rss_of(self.child.as_ref()?.id())
     }
 }
 
@@ -432,6 +423,7 @@ async fn idle(server: &Server, connections: usize, sources: u8) -> anyhow::Resul
     }))
 }
 
+/// Resident memory of a process, in bytes (from `/proc/PID/status`).
 fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status

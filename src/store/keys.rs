@@ -136,6 +136,11 @@ pub fn two_u64(a: u64, b: u64) -> [u8; 16] {
     v
 }
 
+/// The two u64s of [`two_u64`].
+pub fn parse_two_u64(bytes: &[u8]) -> Option<(u64, u64)> {
+    Some((parse_u64(bytes, 0)?, parse_u64(bytes, 8)?))
+}
+
 pub fn parse_u64(bytes: &[u8], at: usize) -> Option<u64> {
     let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
     Some(u64::from_be_bytes(b))

@@ -125,7 +125,7 @@ impl Store {
         let v = self
             .conv_log
             .get(keys::cid(conv.as_str(), sender.as_str(), cid))?;
-        Ok(v.and_then(|v| Some((keys::parse_u64(&v, 0)?, keys::parse_u64(&v, 8)?))))
+        Ok(v.and_then(|v| keys::parse_two_u64(&v)))
     }
 
     /// Claims `cid` for `(seq, ts)` in one compare-and-swap: `None` when claimed, else the `(seq, ts)` it was
@@ -145,9 +145,7 @@ impl Store {
             Some(&keys::two_u64(seq, ts)[..]),
         )? {
             Ok(()) => Ok(None),
-            Err(e) => Ok(e
-                .current
-                .and_then(|v| Some((keys::parse_u64(&v, 0)?, keys::parse_u64(&v, 8)?)))),
+            Err(e) => Ok(e.current.and_then(|v| keys::parse_two_u64(&v))),
         }
     }
 
