@@ -476,3 +476,46 @@ async fn idle_actors_stop_and_come_back_with_their_state() {
     let again = send_text(&mut alice, &conv, "c1", "x").await;
     assert_eq!(again["seq"], 1, "dedupe survives the actor's restart");
 }
+
+#[tokio::test]
+async fn a_device_that_stops_acknowledging_gets_notify_and_pulls() {
+    let node = TestNode::start_with(
+        "[chat]\ndm_requires_friendship = false\n[limits]\nsends_per_s = 5000",
+    );
+    let conv = dm("alice", "bob");
+    let mut alice = node.login("alice", "phone").await;
+    let mut bob = node.login("bob", "phone").await;
+    const N: u64 = 600;
+    // in batches under the 256 requests a connection may have in flight
+    for batch in 0..N / 200 {
+        for i in batch * 200..(batch + 1) * 200 {
+            alice
+                .send(&json!({"type":"send","rid":format!("r{i}"),"cid":format!("c{i}"),"conv":conv,"body":{"i":i}}))
+                .await
+                .expect("send");
+        }
+        for i in batch * 200..(batch + 1) * 200 {
+            let reply = alice
+                .expect(move |f| f["rid"] == format!("r{i}").as_str(), WAIT)
+                .await
+                .expect("reply");
+            assert_eq!(reply["type"], "sent", "{reply}");
+        }
+    }
+    // bob reads but never acknowledges: after 512 unacknowledged pushes the rest become a notify
+    let notify = bob.expect_type("notify", WAIT).await.expect("notify");
+    assert_eq!(notify["conv"], conv.as_str());
+    assert!(notify["last_seq"].as_u64().expect("last_seq") > 512);
+    let pushed = bob.buffered().iter().filter(|f| f["type"] == "msg").count();
+    assert_eq!(pushed, 512, "pushes stopped at the limit");
+    // the device pulls what it missed
+    let all = bob
+        .call(json!({"type":"sync","conv":conv,"after":512,"limit":1000}))
+        .await
+        .expect("sync");
+    assert_eq!(
+        all["msgs"].as_array().expect("msgs").len(),
+        usize::try_from(N - 512).expect("fits")
+    );
+    assert_eq!(all["last_seq"], N);
+}
