@@ -6,7 +6,7 @@
 //! covers that batch, in seq order. So no member ever sees a seq that a crash could take back, and everyone
 //! sees the same seq for the same message. It must never push before the flush, nor write another node's keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::friendship::{self, FriendOp};
+use crate::actors::limits::Window;
 use crate::actors::session::Outbound;
 use crate::actors::user::{AddConv, SetFriend};
 use crate::actors::{now_ms, now_us};
@@ -24,7 +25,7 @@ use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{Cid, ConvId, DeviceId, UserId};
 use crate::net::protocol::{self, ConvSummary, Message as ChatMessage, ReceiptDetail, ServerFrame};
 use crate::net::ws::WireFrame;
-use crate::store::PairState;
+use crate::store::{GroupMeta, PairState};
 
 /// Post a message; answered with its seq and ts once it is durable.
 #[derive(Message)]
@@ -125,6 +126,20 @@ pub struct Friendship {
     pub op: FriendOp,
 }
 
+/// A message to store: see [`ConvActor::append`].
+pub(super) struct NewMessage {
+    pub seq: u64,
+    pub ts: u64,
+    pub from: UserId,
+    /// The device whose frame caused it (it gets no push of it).
+    pub device: Option<DeviceId>,
+    pub cid: Option<Cid>,
+    pub body: Option<Box<RawValue>>,
+    pub system: Option<serde_json::Value>,
+    /// Users who get it although they are no longer members (those a change removed).
+    pub also: Vec<UserId>,
+}
+
 /// The flusher made everything registered under `epoch` durable.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -135,13 +150,22 @@ enum Done {
     Posted {
         tx: oneshot::Sender<ChatResult<Posted>>,
         posted: Posted,
-        /// The push and who caused it; None for a duplicate `cid` (nothing new to push).
-        fanout: Option<(WireFrame, UserId, DeviceId)>,
+        /// The push, who caused it (the device, when a frame did) and non-members who get it too; None for
+        /// a duplicate `cid`.
+        fanout: Option<(WireFrame, UserId, Option<DeviceId>, Vec<UserId>)>,
     },
     Replied {
         tx: oneshot::Sender<ChatResult<()>>,
-        pushes: Vec<(UserId, Option<DeviceId>, WireFrame)>,
+        /// A frame for these users' devices, but the one that asked.
+        fanout: Option<Delivery>,
     },
+}
+
+/// A frame for these users' devices, but the one whose frame caused it.
+struct Delivery {
+    recipients: Vec<UserId>,
+    frame: WireFrame,
+    except: Option<(UserId, DeviceId)>,
 }
 
 struct PendingWrite {
@@ -150,14 +174,19 @@ struct PendingWrite {
 }
 
 pub struct ConvActor {
-    id: ConvId,
-    members: Vec<UserId>,
-    router: Router,
-    last_seq: u64,
+    pub(super) id: ConvId,
+    /// Who may read and post: the pair of a direct conversation, or a group's members (one stored key each).
+    pub(super) members: HashSet<UserId>,
+    /// A group's name and owner; `None` for a direct conversation and for a group that does not exist.
+    pub(super) group: Option<GroupMeta>,
+    pub(super) router: Router,
+    pub(super) last_seq: u64,
     last_ts: u64,
     last_activity_us: u64,
     last_json: Option<String>,
-    reads: HashMap<UserId, u64>,
+    /// The highest seq whose `sent` and pushes went out (what `notify` may announce).
+    published_seq: u64,
+    pub(super) reads: HashMap<UserId, u64>,
     /// Read positions advanced by sends and not yet written (written once per flush epoch).
     dirty_reads: Vec<UserId>,
     delivered: HashMap<UserId, u64>,
@@ -168,8 +197,30 @@ pub struct ConvActor {
     waiting: Option<u64>,
     /// The first message waits until both users have the conversation in their index.
     index_pending: bool,
-    last_active: Instant,
+    /// Deliveries not yet handed to sessions, in seq order; worked off `FANOUT_BATCH` recipients per turn.
+    fanout: VecDeque<FanoutJob>,
+    pumping: bool,
+    /// Large groups: at most one `notify` per window.
+    notify_window: Window,
+    notify_scheduled: bool,
+    pub(super) last_active: Instant,
 }
+
+/// Recipients handed to sessions per actor turn: a big group's fan-out yields to other work in between.
+const FANOUT_BATCH: usize = 512;
+
+/// One delivery to many users: `except` is the device whose frame caused it.
+struct FanoutJob {
+    recipients: Vec<UserId>,
+    next: usize,
+    out: Outbound,
+    except: Option<(UserId, DeviceId)>,
+}
+
+/// Continue a fan-out on the next turn.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pump;
 
 #[derive(Deserialize)]
 struct FromOnly {
@@ -178,11 +229,25 @@ struct FromOnly {
 
 impl ConvActor {
     pub fn new(id: ConvId, router: Router) -> ConvActor {
-        let members = match &id {
-            ConvId::Direct { a, b, .. } => vec![a.clone(), b.clone()],
-            ConvId::Group { .. } => Vec::new(),
-        };
         let store = router.store();
+        let (members, group) = match &id {
+            ConvId::Direct { a, b, .. } => ([a.clone(), b.clone()].into_iter().collect(), None),
+            ConvId::Group { .. } => match store.group(&id) {
+                Ok(Some(meta)) => (
+                    store
+                        .group_members(&id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                    Some(meta),
+                ),
+                Ok(None) => (HashSet::new(), None),
+                Err(e) => {
+                    tracing::error!(conv = %id, error = %e, "cannot load group");
+                    (HashSet::new(), None)
+                }
+            },
+        };
         let (last_seq, last_json) = match store.last_message(&id) {
             Ok(Some((seq, json))) => (seq, Some(json)),
             Ok(None) => (0, None),
@@ -201,14 +266,17 @@ impl ConvActor {
             .into_iter()
             .collect();
         let pair = store.pair(&id).unwrap_or_default();
+        let window = Duration::from_millis(router.config().chat.notify_window_ms);
         ConvActor {
             id,
             members,
+            group,
             router,
             last_seq,
             last_ts,
             last_activity_us: last_ts.saturating_mul(1000),
             last_json,
+            published_seq: last_seq,
             reads,
             dirty_reads: Vec::new(),
             delivered: HashMap::new(),
@@ -218,11 +286,21 @@ impl ConvActor {
             durable_epoch: 0,
             waiting: None,
             index_pending: false,
+            fanout: VecDeque::new(),
+            pumping: false,
+            notify_window: Window::new(window),
+            notify_scheduled: false,
             last_active: Instant::now(),
         }
     }
 
-    fn check_member(&self, user: &UserId) -> ChatResult<()> {
+    pub(super) fn check_member(&self, user: &UserId) -> ChatResult<()> {
+        if !self.id.is_direct() && self.group.is_none() {
+            return Err(ChatError::not_found(format!(
+                "group {} does not exist",
+                self.id
+            )));
+        }
         if self.members.contains(user) {
             Ok(())
         } else {
@@ -230,7 +308,13 @@ impl ConvActor {
         }
     }
 
-    fn touch(&mut self) {
+    /// Groups above `push_max_members` get `notify` instead of `msg`, and no typing.
+    pub(super) fn is_large(&self) -> bool {
+        self.group.is_some()
+            && self.members.len() as u64 > self.router.config().chat.push_max_members
+    }
+
+    pub(super) fn touch(&mut self) {
         self.last_active = Instant::now();
     }
 
@@ -238,7 +322,7 @@ impl ConvActor {
         self.router.push_to_user(user, &out, except.as_ref());
     }
 
-    fn frame(frame: &ServerFrame) -> WireFrame {
+    pub(super) fn frame(frame: &ServerFrame) -> WireFrame {
         WireFrame::text(frame.kind(), &frame.to_json())
     }
 
@@ -271,7 +355,7 @@ impl ConvActor {
         epoch
     }
 
-    fn drain(&mut self) {
+    fn drain(&mut self, ctx: &mut Context<Self>) {
         while let Some(front) = self.pending.front() {
             let blocked = self.index_pending
                 && matches!(
@@ -285,42 +369,116 @@ impl ConvActor {
                 break;
             }
             if let Some(p) = self.pending.pop_front() {
-                self.complete(p.done);
+                self.complete(ctx, p.done);
             }
         }
     }
 
-    fn complete(&mut self, done: Done) {
+    fn complete(&mut self, ctx: &mut Context<Self>, done: Done) {
         match done {
             Done::Posted { tx, posted, fanout } => {
-                if let Some((frame, from, device)) = fanout {
+                if let Some((frame, from, device, also)) = fanout {
                     self.router.metrics().messages_accepted.inc();
-                    for member in &self.members {
-                        let except = (*member == from).then(|| device.clone());
+                    self.published_seq = self.published_seq.max(posted.seq);
+                    if self.is_large() {
+                        self.notify_members(ctx);
+                    } else {
                         let out = Outbound::Push {
                             conv: self.id.clone(),
                             seq: posted.seq,
-                            frame: frame.clone(),
+                            frame,
                         };
-                        self.push_to(member, except, out);
+                        let recipients = self.members.iter().cloned().chain(also).collect();
+                        self.fan_out(ctx, recipients, out, device.map(|d| (from, d)));
                     }
                 }
                 let _ = tx.send(Ok(posted));
             }
-            Done::Replied { tx, pushes } => {
-                for (user, except, frame) in pushes {
-                    self.push_to(&user, except, Outbound::Frame(frame));
+            Done::Replied { tx, fanout } => {
+                if let Some(d) = fanout {
+                    self.fan_out(ctx, d.recipients, Outbound::Frame(d.frame), d.except);
                 }
                 let _ = tx.send(Ok(()));
             }
         }
     }
 
+    // ---- fan-out ----
+
+    /// Queues a delivery to `recipients`' connected devices (but `except`) behind earlier ones.
+    pub(super) fn fan_out(
+        &mut self,
+        ctx: &mut Context<Self>,
+        recipients: Vec<UserId>,
+        out: Outbound,
+        except: Option<(UserId, DeviceId)>,
+    ) {
+        self.fanout.push_back(FanoutJob {
+            recipients,
+            next: 0,
+            out,
+            except,
+        });
+        if !self.pumping {
+            self.pump(ctx);
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut budget = FANOUT_BATCH;
+        while budget > 0 {
+            let Some(job) = self.fanout.front_mut() else {
+                break;
+            };
+            while budget > 0 && job.next < job.recipients.len() {
+                let user = &job.recipients[job.next];
+                let except = job
+                    .except
+                    .as_ref()
+                    .filter(|(u, _)| u == user)
+                    .map(|(_, d)| d);
+                self.router.push_to_user(user, &job.out, except);
+                job.next += 1;
+                budget -= 1;
+            }
+            if job.next >= job.recipients.len() {
+                self.fanout.pop_front();
+            }
+        }
+        self.pumping = !self.fanout.is_empty();
+        if self.pumping {
+            ctx.notify(Pump);
+        }
+    }
+
+    /// A large group announces new messages with one `notify` per window to its online members.
+    fn notify_members(&mut self, ctx: &mut Context<Self>) {
+        if self.notify_window.allow(Instant::now()) {
+            let frame = Self::frame(&ServerFrame::Notify {
+                conv: self.id.clone(),
+                last_seq: self.published_seq,
+            });
+            let online = self.router.online_among(&self.members);
+            self.fan_out(ctx, online, Outbound::Frame(frame), None);
+            return;
+        }
+        if self.notify_scheduled {
+            return;
+        }
+        if let Some(at) = self.notify_window.next_allowed() {
+            self.notify_scheduled = true;
+            ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+                act.notify_scheduled = false;
+                act.notify_members(ctx);
+            });
+        }
+    }
+
     /// Makes sure both users list this conversation before its first message is acknowledged.
-    fn index_members(&mut self, ctx: &mut Context<Self>, wait: bool) {
+    pub(super) fn index_members(&mut self, ctx: &mut Context<Self>, wait: bool) {
         let router = self.router.clone();
         let conv = self.id.clone();
-        let members = self.members.clone();
+        let members: Vec<UserId> = self.members.iter().cloned().collect();
         let fut = async move {
             let asks = members
                 .iter()
@@ -333,13 +491,59 @@ impl ConvActor {
         };
         if wait {
             self.index_pending = true;
-            ctx.spawn(fut.into_actor(self).map(|_, act, _| {
+            ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
                 act.index_pending = false;
-                act.drain();
+                act.drain(ctx);
             }));
         } else {
             ctx.spawn(fut.into_actor(self));
         }
+    }
+
+    /// The seq and ts the next message gets.
+    pub(super) fn next_slot(&self) -> (u64, u64) {
+        (self.last_seq + 1, now_ms().max(self.last_ts))
+    }
+
+    /// Stores a message (a user's, or a system message) and answers `tx` once it is durable, then fans it out.
+    pub(super) fn append(
+        &mut self,
+        ctx: &mut Context<Self>,
+        tx: oneshot::Sender<ChatResult<Posted>>,
+        m: NewMessage,
+    ) -> ChatResult<()> {
+        let message = ChatMessage {
+            conv: self.id.clone(),
+            seq: m.seq,
+            from: m.from.clone(),
+            cid: m.cid,
+            ts: m.ts,
+            body: m.body,
+            recalled: false,
+            system: m.system,
+        };
+        let json = protocol::encode_message(&message);
+        self.router.store().append(&self.id, m.seq, &json)?;
+        self.last_seq = m.seq;
+        self.last_ts = m.ts;
+        self.last_activity_us = now_us().max(self.last_activity_us + 1);
+        // sending (or changing the group) advances one's own read position
+        self.reads.insert(m.from.clone(), m.seq);
+        if !self.dirty_reads.contains(&m.from) {
+            self.dirty_reads.push(m.from.clone());
+        }
+        let frame = WireFrame::text("msg", &protocol::msg_frame(&json));
+        self.last_json = Some(json);
+        if m.seq == 1 && self.id.is_direct() {
+            self.index_members(ctx, true);
+        }
+        let posted = Posted {
+            seq: m.seq,
+            ts: m.ts,
+        };
+        let fanout = Some((frame, m.from, m.device, m.also));
+        self.enqueue(ctx, Done::Posted { tx, posted, fanout });
+        Ok(())
     }
 
     /// Does stored message `seq` exist and come from `from` with `cid`? (Validates a dedupe entry.)
@@ -396,6 +600,13 @@ impl Actor for ConvActor {
     }
 }
 
+impl Handler<Pump> for ConvActor {
+    type Result = ();
+    fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
+        self.pump(ctx);
+    }
+}
+
 impl Handler<Flushed> for ConvActor {
     type Result = ();
     fn handle(&mut self, Flushed(epoch): Flushed, ctx: &mut Context<Self>) {
@@ -403,7 +614,7 @@ impl Handler<Flushed> for ConvActor {
         if self.waiting == Some(epoch) {
             self.waiting = None;
         }
-        self.drain();
+        self.drain(ctx);
         if self.waiting.is_none() && self.pending.iter().any(|p| p.epoch > self.durable_epoch) {
             self.register(ctx);
         }
@@ -433,8 +644,9 @@ impl Handler<Post> for ConvActor {
                     _ => Ok(None),
                 }
             };
-            let friends_needed =
-                self.router.config().chat.dm_requires_friendship && self.pair != PairState::Friends;
+            let friends_needed = self.id.is_direct()
+                && self.router.config().chat.dm_requires_friendship
+                && self.pair != PairState::Friends;
             let claimed = if friends_needed {
                 // Not allowed to post now, but a retry of a message accepted earlier still gets its `sent`.
                 let earlier = duplicate(self, store.cid(&self.id, &msg.from, msg.cid.as_str())?)?;
@@ -469,40 +681,17 @@ impl Handler<Post> for ConvActor {
                 );
                 return Ok(());
             }
-            let message = ChatMessage {
-                conv: self.id.clone(),
+            let message = NewMessage {
                 seq,
-                from: msg.from.clone(),
-                cid: Some(msg.cid.clone()),
                 ts,
+                from: msg.from,
+                device: Some(msg.device),
+                cid: Some(msg.cid),
                 body: Some(msg.body),
-                recalled: false,
                 system: None,
+                also: Vec::new(),
             };
-            let json = protocol::encode_message(&message);
-            store.append(&self.id, seq, &json)?;
-            self.last_seq = seq;
-            self.last_ts = ts;
-            self.last_activity_us = now_us().max(self.last_activity_us + 1);
-            self.reads.insert(msg.from.clone(), seq);
-            if !self.dirty_reads.contains(&msg.from) {
-                self.dirty_reads.push(msg.from.clone());
-            }
-            let frame = WireFrame::text("msg", &protocol::msg_frame(&json));
-            self.last_json = Some(json);
-            if seq == 1 {
-                self.index_members(ctx, true);
-            }
-            let fanout = Some((frame, msg.from, msg.device));
-            self.enqueue(
-                ctx,
-                Done::Posted {
-                    tx,
-                    posted: Posted { seq, ts },
-                    fanout,
-                },
-            );
-            Ok(())
+            self.append(ctx, tx, message)
         })();
         match result {
             Ok(()) => reply,
@@ -580,7 +769,7 @@ impl Handler<Summarize> for ConvActor {
 
 impl Handler<MarkRead> for ConvActor {
     type Result = ChatResult<()>;
-    fn handle(&mut self, msg: MarkRead, _: &mut Context<Self>) -> ChatResult<()> {
+    fn handle(&mut self, msg: MarkRead, ctx: &mut Context<Self>) -> ChatResult<()> {
         self.touch();
         self.check_member(&msg.user)?;
         let seq = msg.seq.min(self.last_seq);
@@ -594,10 +783,20 @@ impl Handler<MarkRead> for ConvActor {
             seq,
             by: msg.user.clone(),
         });
-        self.push_to(&msg.user, Some(msg.device), Outbound::Frame(frame.clone()));
-        if let Some(peer) = self.id.peer_of(&msg.user) {
-            self.push_to(peer, None, Outbound::Frame(frame));
-        }
+        // the user's other devices always; the other members in a direct conversation and small groups
+        let others_too = self.group.is_none()
+            || self.members.len() as u64 <= self.router.config().chat.receipt_push_max_members;
+        let recipients = if others_too {
+            self.members.iter().cloned().collect()
+        } else {
+            vec![msg.user.clone()]
+        };
+        self.fan_out(
+            ctx,
+            recipients,
+            Outbound::Frame(frame),
+            Some((msg.user, msg.device)),
+        );
         Ok(())
     }
 }
@@ -611,35 +810,43 @@ impl Handler<GetReceipts> for ConvActor {
         let sender = serde_json::from_str::<FromOnly>(&json)
             .map_err(|_| ChatError::internal("corrupt message"))?
             .from;
-        let (read, unread): (Vec<UserId>, Vec<UserId>) = self
-            .members
-            .iter()
-            .filter(|m| **m != sender)
-            .cloned()
-            .partition(|m| self.reads.get(m).copied().unwrap_or(0) >= msg.seq);
-        Ok(if msg.counts {
-            ReceiptDetail::Counts {
-                read_count: read.len() as u64,
-                unread_count: unread.len() as u64,
-            }
-        } else {
-            ReceiptDetail::Lists { read, unread }
-        })
+        let is_read = |m: &UserId| self.reads.get(m).copied().unwrap_or(0) >= msg.seq;
+        let others = self.members.iter().filter(|m| **m != sender);
+        if msg.counts {
+            let (read, total) =
+                others.fold((0u64, 0u64), |(r, t), m| (r + u64::from(is_read(m)), t + 1));
+            return Ok(ReceiptDetail::Counts {
+                read_count: read,
+                unread_count: total - read,
+            });
+        }
+        let (mut read, mut unread): (Vec<UserId>, Vec<UserId>) =
+            others.cloned().partition(|m| is_read(m));
+        read.sort();
+        unread.sort();
+        Ok(ReceiptDetail::Lists { read, unread })
     }
 }
 
 impl Handler<Typing> for ConvActor {
     type Result = ChatResult<()>;
-    fn handle(&mut self, msg: Typing, _: &mut Context<Self>) -> ChatResult<()> {
+    fn handle(&mut self, msg: Typing, ctx: &mut Context<Self>) -> ChatResult<()> {
         self.touch();
         self.check_member(&msg.user)?;
+        if self.is_large() {
+            return Ok(()); // not fanned out in groups over push_max_members
+        }
         let frame = Self::frame(&ServerFrame::Typing {
             conv: self.id.clone(),
             user: msg.user.clone(),
         });
-        for member in self.members.iter().filter(|m| **m != msg.user) {
-            self.push_to(member, None, Outbound::Frame(frame.clone()));
-        }
+        let others = self
+            .members
+            .iter()
+            .filter(|m| **m != msg.user)
+            .cloned()
+            .collect();
+        self.fan_out(ctx, others, Outbound::Frame(frame), None);
         Ok(())
     }
 }
@@ -678,19 +885,14 @@ impl Handler<Recall> for ConvActor {
                 seq: msg.seq,
                 by: msg.user.clone(),
             });
-            let pushes = self
-                .members
-                .iter()
-                .map(|m| {
-                    (
-                        m.clone(),
-                        (*m == msg.user).then(|| msg.device.clone()),
-                        frame.clone(),
-                    )
-                })
-                .collect();
+            let recipients = self.members.iter().cloned().collect();
+            let fanout = Some(Delivery {
+                recipients,
+                frame,
+                except: Some((msg.user.clone(), msg.device.clone())),
+            });
             let (tx, rx) = oneshot::channel();
-            self.enqueue(ctx, Done::Replied { tx, pushes });
+            self.enqueue(ctx, Done::Replied { tx, fanout });
             Ok(Some(rx))
         })();
         Box::pin(async move {

@@ -8,6 +8,7 @@
 pub mod conversation;
 pub mod delivery;
 pub mod friendship;
+pub mod group;
 pub mod limits;
 pub mod session;
 pub mod user;

@@ -18,6 +18,7 @@ use crate::actors::conversation::{
 };
 use crate::actors::delivery::{Track, Tracker};
 use crate::actors::friendship::FriendOp;
+use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, GroupView, LeaveGroup};
 use crate::actors::limits::{jittered, Deadline, TokenBucket, Window};
 use crate::actors::user::{Connect, Disconnect, ListConvs, ListFriends};
 use crate::cluster::Router;
@@ -454,6 +455,7 @@ impl SessionActor {
         };
         let (user, device) = (user.clone(), device.clone());
         let router = self.router.clone();
+        let frame_kind = frame.kind();
         match frame {
             ClientFrame::Ping => self.reply(ctx, ServerFrame::Pong { rid }),
             ClientFrame::Auth { .. } => {
@@ -653,13 +655,61 @@ impl SessionActor {
             | ClientFrame::GroupAdd { conv, .. }
             | ClientFrame::GroupRemove { conv, .. }
             | ClientFrame::GroupLeave { conv }
-            | ClientFrame::GroupInfo { conv, .. } => {
-                let e = if conv.is_direct() {
-                    ChatError::bad_request("group frames take a group id (g:NAME)")
-                } else {
-                    ChatError::not_found(format!("group {conv} does not exist"))
+            | ClientFrame::GroupInfo { conv, .. }
+                if conv.is_direct() =>
+            {
+                self.error(
+                    ctx,
+                    rid,
+                    &ChatError::bad_request("group frames take a group id (g:NAME)"),
+                );
+            }
+            ClientFrame::GroupCreate {
+                conv,
+                name,
+                members,
+            } => {
+                let create = CreateGroup {
+                    user,
+                    device,
+                    name,
+                    members,
                 };
-                self.error(ctx, rid, &e);
+                let fut = async move { router.ask_conv(&conv, create).await?.map(|v| (conv, v)) };
+                self.request(ctx, rid, fut, |act, ctx, rid, (conv, view)| {
+                    act.reply(ctx, group_frame(rid, conv, view))
+                });
+            }
+            ClientFrame::GroupAdd { conv, members }
+            | ClientFrame::GroupRemove { conv, members } => {
+                let add = matches!(frame_kind, "group_add");
+                let change = ChangeMembers {
+                    user,
+                    device,
+                    members,
+                    add,
+                };
+                let fut = async move { router.ask_conv(&conv, change).await?.map(|v| (conv, v)) };
+                self.request(ctx, rid, fut, |act, ctx, rid, (conv, view)| {
+                    act.reply(ctx, group_frame(rid, conv, view))
+                });
+            }
+            ClientFrame::GroupLeave { conv } => {
+                let fut = async move { router.ask_conv(&conv, LeaveGroup { user, device }).await? };
+                self.request(ctx, rid, fut, |act, ctx, rid, ()| {
+                    act.reply(ctx, ServerFrame::Ok { rid })
+                });
+            }
+            ClientFrame::GroupInfo { conv, members } => {
+                let fut = async move {
+                    router
+                        .ask_conv(&conv, DescribeGroup { user, members })
+                        .await?
+                        .map(|v| (conv, v))
+                };
+                self.request(ctx, rid, fut, |act, ctx, rid, (conv, view)| {
+                    act.reply(ctx, group_frame(rid, conv, view))
+                });
             }
             ClientFrame::Typing { conv } => {
                 if !self.sends.try_take(Instant::now()) {
@@ -698,6 +748,17 @@ impl SessionActor {
         self.request(ctx, rid, fut, |act, ctx, rid, ()| {
             act.reply(ctx, ServerFrame::Ok { rid })
         });
+    }
+}
+
+fn group_frame(rid: Option<Rid>, conv: ConvId, view: GroupView) -> ServerFrame {
+    ServerFrame::Group {
+        rid,
+        conv,
+        name: view.name,
+        owner: view.owner,
+        count: view.count,
+        members: view.members,
     }
 }
 

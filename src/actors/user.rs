@@ -38,6 +38,13 @@ pub struct AddConv {
     pub conv: ConvId,
 }
 
+/// The user is no longer in `conv` (left or removed); answered once durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoveConv {
+    pub conv: ConvId,
+}
+
 /// The user's conversations.
 #[derive(Message)]
 #[rtype(result = "Vec<ConvId>")]
@@ -205,6 +212,19 @@ impl Handler<AddConv> for UserActor {
         if self.convs().insert(msg.conv.clone()) {
             if let Err(e) = self.router.store().add_user_conv(&self.id, &msg.conv) {
                 tracing::error!(user = %self.id, conv = %msg.conv, error = %e, "cannot index conversation");
+            }
+        }
+        self.durable()
+    }
+}
+
+impl Handler<RemoveConv> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: RemoveConv, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        if self.convs().remove(&msg.conv) {
+            if let Err(e) = self.router.store().remove_user_conv(&self.id, &msg.conv) {
+                tracing::error!(user = %self.id, conv = %msg.conv, error = %e, "cannot unindex conversation");
             }
         }
         self.durable()

@@ -265,9 +265,6 @@ impl Router {
     }
 
     fn check_conv(&self, conv: &ConvId) -> ChatResult<()> {
-        if !conv.is_direct() {
-            return Err(ChatError::not_found(format!("group {conv} does not exist")));
-        }
         self.check_local(conv.as_str())
     }
 
@@ -338,6 +335,25 @@ impl Router {
             if Some(&s.device) != except {
                 s.addr.do_send(Deliver(out.clone()));
             }
+        }
+    }
+
+    /// The users among `members` with a session on this node (work in proportion to the connected users,
+    /// whatever the size of the group).
+    pub fn online_among(&self, members: &std::collections::HashSet<UserId>) -> Vec<UserId> {
+        let sessions = lock(&self.inner.sessions);
+        if sessions.len() <= members.len() {
+            sessions
+                .keys()
+                .filter(|u| members.contains(*u))
+                .cloned()
+                .collect()
+        } else {
+            members
+                .iter()
+                .filter(|u| sessions.contains_key(*u))
+                .cloned()
+                .collect()
         }
     }
 

@@ -7,6 +7,8 @@
 //! | `conv_log`   | `c` conv `\0` sender `\0` cid         | seq:u64 ts:u64 (dedupe of `send`)      |
 //! | `conv_log`   | `r` conv `\0` user                    | read position seq:u64                  |
 //! | `conv_log`   | `p` conv                              | friendship of a direct pair (JSON)     |
+//! | `conv_log`   | `G` conv                              | a group's name, owner (JSON)           |
+//! | `conv_log`   | `B` conv `\0` user                    | empty: the user belongs to the group   |
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
 //! | `media`      | `m` media id                          | stored content (JSON)                  |
@@ -79,6 +81,22 @@ pub fn read(conv: &str, user: &str) -> Vec<u8> {
 
 pub fn pair(conv: &str) -> Vec<u8> {
     key(PAIR, &[conv.as_bytes()])
+}
+
+pub fn group(conv: &str) -> Vec<u8> {
+    key(b'G', &[conv.as_bytes()])
+}
+
+pub fn member_prefix(conv: &str) -> Vec<u8> {
+    let mut k = key(b'B', &[conv.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn member(conv: &str, user: &str) -> Vec<u8> {
+    let mut k = member_prefix(conv);
+    k.extend_from_slice(user.as_bytes());
+    k
 }
 
 pub fn user_conv_prefix(user: &str) -> Vec<u8> {

@@ -41,6 +41,13 @@ pub enum PairState {
     Friends,
 }
 
+/// A group's description (its members are stored one key each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    pub name: String,
+    pub owner: UserId,
+}
+
 /// One entry of a user's friend index (derived from the pair states, kept by the user's owner).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -262,6 +269,50 @@ impl Store {
             let json =
                 serde_json::to_vec(state).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
             self.conv_log.insert(key, json)?;
+        }
+        Ok(())
+    }
+
+    // ---- groups ----
+
+    pub fn group(&self, conv: &ConvId) -> StoreResult<Option<GroupMeta>> {
+        match self.conv_log.get(keys::group(conv.as_str()))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(conv.to_string())),
+        }
+    }
+
+    pub fn set_group(&self, conv: &ConvId, meta: &GroupMeta) -> StoreResult<()> {
+        let json = serde_json::to_vec(meta).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
+        self.conv_log.insert(keys::group(conv.as_str()), json)?;
+        Ok(())
+    }
+
+    pub fn group_members(&self, conv: &ConvId) -> StoreResult<Vec<UserId>> {
+        let prefix = keys::member_prefix(conv.as_str());
+        let mut out = Vec::new();
+        for entry in self.conv_log.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            let user = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|u| UserId::parse(u).ok())
+                .ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
+            out.push(user);
+        }
+        Ok(out)
+    }
+
+    /// Adds or removes members: one key each, never a rewrite of the whole list.
+    pub fn set_members(&self, conv: &ConvId, users: &[UserId], member: bool) -> StoreResult<()> {
+        for user in users {
+            let key = keys::member(conv.as_str(), user.as_str());
+            if member {
+                self.conv_log.insert(key, &[][..])?;
+            } else {
+                self.conv_log.remove(key)?;
+            }
         }
         Ok(())
     }
