@@ -413,6 +413,14 @@ impl ConvActor {
         out: Outbound,
         except: Option<(UserId, DeviceId)>,
     ) {
+        if self.fanout.is_empty() && recipients.len() <= FANOUT_BATCH {
+            // nothing queued ahead and small enough for one turn: deliver now
+            for user in &recipients {
+                let skip = except.as_ref().filter(|(u, _)| u == user).map(|(_, d)| d);
+                self.router.push_to_user(user, &out, skip);
+            }
+            return;
+        }
         self.fanout.push_back(FanoutJob {
             recipients,
             next: 0,
