@@ -45,7 +45,10 @@ struct Cli {
     /// Durability of the node this bench starts: sync or os.
     #[arg(long, global = true, default_value = "sync")]
     durability: String,
-    /// Extra TOML for the started node's config (e.g. `[chat]` then `push_max_members = 20000`).
+    /// `chat.push_max_members` of the started node (groups above it get `notify` instead of `msg`).
+    #[arg(long, global = true, default_value_t = 500)]
+    push_max_members: u64,
+    /// Extra TOML for the started node's config (tables other than `[chat]`, e.g. `[limits]` then `sends_per_s = 1000`).
     #[arg(long, global = true, default_value = "")]
     extra_config: String,
     #[command(subcommand)]
@@ -75,6 +78,18 @@ enum Workload {
         /// Chunks sent at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+    },
+    /// One group of M connected members, one sender posting K messages: time to reach the last member.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Messages a second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        sources: u8,
     },
     /// N authenticated idle connections; server memory per connection.
     Idle {
@@ -112,9 +127,9 @@ impl Server {
             .port();
         let config = format!(
             "[auth]\ntoken_secret = \"{SECRET}\"\n[chat]\ndm_requires_friendship = false\nheartbeat_s = 600\n\
-             [store]\ndurability = \"{}\"\n{}\n[[nodes]]\nid = \"n1\"\nlisten = \"127.0.0.1:{port}\"\n\
-             peer = \"127.0.0.1:1\"\ndata_dir = \"data\"\n",
-            cli.durability, cli.extra_config
+             push_max_members = {}\n[store]\ndurability = \"{}\"\n{}\n[[nodes]]\nid = \"n1\"\n\
+             listen = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:1\"\ndata_dir = \"data\"\n",
+            cli.push_max_members, cli.durability, cli.extra_config
         );
         let path = dir.path().join("cluster.toml");
         std::fs::write(&path, config)?;
@@ -424,6 +439,150 @@ async fn idle(server: &Server, connections: usize, sources: u8) -> anyhow::Resul
 }
 
 /// Resident memory of a process, in bytes (from `/proc/PID/status`).
+/// A `msgs` reply, as far as the fan-out workload reads it.
+#[derive(serde::Deserialize)]
+struct MsgsReply {
+    msgs: Vec<PulledMsg>,
+}
+
+#[derive(serde::Deserialize)]
+struct PulledMsg {
+    seq: u64,
+    #[serde(default)]
+    body: Option<SentAt>,
+}
+
+/// One group of `members` connected members plus its owner posting `messages` at `rate` a second. For each
+/// message: the time until the last member has it (pushed, or pulled with `sync` after a `notify`).
+async fn fanout(
+    server: &Server,
+    members: usize,
+    messages: usize,
+    rate: f64,
+    sources: u8,
+) -> anyhow::Result<Value> {
+    let addr = server.addr;
+    let epoch = Instant::now();
+    let conv = "g:bench";
+    let mut owner = connect(addr, "owner", "d", source(0, sources)).await?;
+    let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
+    // create with up to 999 members, add the rest 1000 at a time
+    let first: Vec<&String> = names.iter().take(999).collect();
+    owner
+        .call(json!({"type":"group_create","conv":conv,"name":"Bench","members":first}))
+        .await?;
+    for chunk in names[first.len()..].chunks(1000) {
+        owner
+            .call(json!({"type":"group_add","conv":conv,"members":chunk}))
+            .await?;
+    }
+    let setup_seq = owner
+        .call(json!({"type":"sync","conv":conv,"after":0,"limit":1}))
+        .await?["last_seq"]
+        .as_u64()
+        .unwrap_or(0);
+    let clients: Vec<anyhow::Result<Client>> = stream::iter(names.iter().enumerate())
+        .map(|(i, name)| async move { connect(addr, name, "d", source(i + 1, sources)).await })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let clients: Vec<Client> = clients.into_iter().collect::<anyhow::Result<_>>()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            // (seq, latency µs) for every measured message this member got
+            let mut got: Vec<(u64, u64)> = Vec::new();
+            let mut have = setup_seq;
+            loop {
+                let text = tokio::select! {
+                    _ = stop.changed() => break,
+                    text = client.next_text() => text,
+                };
+                let Ok(Some(text)) = text else { break };
+                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+                let Ok(frame) = serde_json::from_str::<Incoming<'_>>(&text) else { continue };
+                match frame.kind {
+                    "msg" if frame.seq > have => {
+                        have = frame.seq;
+                        if let Some(b) = frame.body {
+                            got.push((frame.seq, now.saturating_sub(b.t)));
+                        }
+                        let ack = format!(r#"{{"type":"ack","conv":"g:bench","seq":{have}}}"#);
+                        let _ = client.send_text(ack).await;
+                    }
+                    "notify" => {
+                        let pull = format!(r#"{{"type":"sync","rid":1,"conv":"g:bench","after":{have},"limit":1000}}"#);
+                        let _ = client.send_text(pull).await;
+                    }
+                    "msgs" => {
+                        if let Ok(reply) = serde_json::from_str::<MsgsReply>(&text) {
+                            for m in reply.msgs {
+                                if m.seq <= have {
+                                    continue;
+                                }
+                                have = m.seq;
+                                if let Some(b) = m.body {
+                                    got.push((m.seq, now.saturating_sub(b.t)));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            got
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let started = Instant::now();
+    for i in 0..messages {
+        let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+        let frame = format!(
+            r#"{{"type":"send","rid":{i},"cid":"f{i}","conv":"{conv}","body":{{"t":{t}}}}}"#
+        );
+        owner.send_text(frame).await?;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            started + interval * u32::try_from(i + 1).unwrap_or(u32::MAX),
+        ))
+        .await;
+    }
+    let send_span = started.elapsed().as_secs_f64();
+    // let the last deliveries and pulls finish
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let mut last_member: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut deliveries = 0usize;
+    let mut complete_members = 0usize;
+    for task in tasks {
+        let got = task.await?;
+        deliveries += got.len();
+        if got.len() >= messages {
+            complete_members += 1;
+        }
+        for (seq, lat) in got {
+            let e = last_member.entry(seq).or_insert(0);
+            *e = (*e).max(lat);
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for lat in last_member.values() {
+        hist.record((*lat).max(1))?;
+    }
+    Ok(json!({
+        "workload": "fanout",
+        "members": members,
+        "messages": messages,
+        "rate": rate,
+        "members_with_every_message": complete_members,
+        "deliveries": deliveries,
+        "deliveries_per_s": (deliveries as f64 / send_span).round(),
+        "last_member_ms": quantiles(&hist),
+    }))
+}
+
 fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
@@ -580,6 +739,12 @@ fn main() -> anyhow::Result<()> {
                 connections,
                 sources,
             } => idle(&server, connections, sources).await?,
+            Workload::Fanout {
+                members,
+                messages,
+                rate,
+                sources,
+            } => fanout(&server, members, messages, rate, sources).await?,
             Workload::Media { mib, parallel } => {
                 let (addr, pid) = (server.addr, server.child.as_ref().map(Child::id));
                 tokio::task::spawn_blocking(move || media(addr, pid, mib, parallel)).await??

@@ -150,9 +150,8 @@ enum Done {
     Posted {
         tx: oneshot::Sender<ChatResult<Posted>>,
         posted: Posted,
-        /// The push, who caused it (the device, when a frame did) and non-members who get it too; None for
-        /// a duplicate `cid`.
-        fanout: Option<(WireFrame, UserId, Option<DeviceId>, Vec<UserId>)>,
+        /// What to publish; None for a duplicate `cid` (nothing new).
+        fanout: Option<Publish>,
     },
     Replied {
         tx: oneshot::Sender<ChatResult<()>>,
@@ -160,6 +159,22 @@ enum Done {
         fanout: Option<Delivery>,
     },
 }
+
+/// A new message, published once durable.
+struct Publish {
+    /// The `msg` push.
+    frame: WireFrame,
+    /// The stored JSON (for `convs` and for pulls of recent messages).
+    json: String,
+    from: UserId,
+    /// The device whose frame caused it.
+    device: Option<DeviceId>,
+    /// Non-members who get it too (those a membership change removed).
+    also: Vec<UserId>,
+}
+
+/// Published messages kept in memory for pulls: a notified large group pulls the same few messages at once.
+const RECENT: usize = 256;
 
 /// A frame for these users' devices, but the one whose frame caused it.
 struct Delivery {
@@ -184,8 +199,10 @@ pub struct ConvActor {
     last_ts: u64,
     last_activity_us: u64,
     last_json: Option<String>,
-    /// The highest seq whose `sent` and pushes went out (what `notify` may announce).
+    /// The highest seq whose `sent` and pushes went out: what `notify`, `sync` and `convs` may show (a
+    /// message written but not yet durable could still be lost to a crash).
     published_seq: u64,
+    recent: VecDeque<(u64, String)>,
     pub(super) reads: HashMap<UserId, u64>,
     /// Read positions advanced by sends and not yet written (written once per flush epoch).
     dirty_reads: Vec<UserId>,
@@ -277,6 +294,7 @@ impl ConvActor {
             last_activity_us: last_ts.saturating_mul(1000),
             last_json,
             published_seq: last_seq,
+            recent: VecDeque::new(),
             reads,
             dirty_reads: Vec::new(),
             delivered: HashMap::new(),
@@ -377,19 +395,24 @@ impl ConvActor {
     fn complete(&mut self, ctx: &mut Context<Self>, done: Done) {
         match done {
             Done::Posted { tx, posted, fanout } => {
-                if let Some((frame, from, device, also)) = fanout {
+                if let Some(p) = fanout {
                     self.router.metrics().messages_accepted.inc();
                     self.published_seq = self.published_seq.max(posted.seq);
+                    self.recent.push_back((posted.seq, p.json.clone()));
+                    if self.recent.len() > RECENT {
+                        self.recent.pop_front();
+                    }
+                    self.last_json = Some(p.json);
                     if self.is_large() {
                         self.notify_members(ctx);
                     } else {
                         let out = Outbound::Push {
                             conv: self.id.clone(),
                             seq: posted.seq,
-                            frame,
+                            frame: p.frame,
                         };
-                        let recipients = self.members.iter().cloned().chain(also).collect();
-                        self.fan_out(ctx, recipients, out, device.map(|d| (from, d)));
+                        let recipients = self.members.iter().cloned().chain(p.also).collect();
+                        self.fan_out(ctx, recipients, out, p.device.map(|d| (p.from, d)));
                     }
                 }
                 let _ = tx.send(Ok(posted));
@@ -541,7 +564,6 @@ impl ConvActor {
             self.dirty_reads.push(m.from.clone());
         }
         let frame = WireFrame::text("msg", &protocol::msg_frame(&json));
-        self.last_json = Some(json);
         if m.seq == 1 && self.id.is_direct() {
             self.index_members(ctx, true);
         }
@@ -549,7 +571,13 @@ impl ConvActor {
             seq: m.seq,
             ts: m.ts,
         };
-        let fanout = Some((frame, m.from, m.device, m.also));
+        let fanout = Some(Publish {
+            frame,
+            json,
+            from: m.from,
+            device: m.device,
+            also: m.also,
+        });
         self.enqueue(ctx, Done::Posted { tx, posted, fanout });
         Ok(())
     }
@@ -713,7 +741,7 @@ impl Handler<Ack> for ConvActor {
     fn handle(&mut self, msg: Ack, _: &mut Context<Self>) -> ChatResult<()> {
         self.touch();
         self.check_member(&msg.user)?;
-        let seq = msg.seq.min(self.last_seq);
+        let seq = msg.seq.min(self.published_seq);
         let current = self.delivered.entry(msg.user.clone()).or_insert(0);
         if seq <= *current {
             return Ok(());
@@ -736,15 +764,34 @@ impl Handler<Fetch> for ConvActor {
     fn handle(&mut self, msg: Fetch, _: &mut Context<Self>) -> ChatResult<Fetched> {
         self.touch();
         self.check_member(&msg.user)?;
-        let store = self.router.store();
+        let published = self.published_seq;
         let jsons = match msg.range {
-            Range::After(after) => store.messages_after(&self.id, after, msg.limit)?,
-            Range::Before(before) => store.messages_before(&self.id, before, msg.limit)?,
+            Range::After(after) if after >= published => Vec::new(),
+            Range::After(after) => {
+                let limit = msg
+                    .limit
+                    .min(usize::try_from(published - after).unwrap_or(usize::MAX));
+                match self.recent.front() {
+                    Some((first, _)) if *first <= after + 1 => self
+                        .recent
+                        .iter()
+                        .filter(|(seq, _)| *seq > after)
+                        .take(limit)
+                        .map(|(_, json)| json.clone())
+                        .collect(),
+                    _ => self.router.store().messages_after(&self.id, after, limit)?,
+                }
+            }
+            Range::Before(before) => self.router.store().messages_before(
+                &self.id,
+                before.min(published + 1),
+                msg.limit,
+            )?,
         };
         let msgs = jsons.into_iter().filter_map(protocol::raw).collect();
         Ok(Fetched {
             msgs,
-            last_seq: self.last_seq,
+            last_seq: published,
         })
     }
 }
@@ -753,7 +800,8 @@ impl Handler<Summarize> for ConvActor {
     type Result = Option<Summary>;
     fn handle(&mut self, msg: Summarize, _: &mut Context<Self>) -> Option<Summary> {
         self.touch();
-        if self.check_member(&msg.user).is_err() || self.last_seq == 0 {
+        let published = self.published_seq;
+        if self.check_member(&msg.user).is_err() || published == 0 {
             return None;
         }
         let read_seq = self
@@ -761,13 +809,13 @@ impl Handler<Summarize> for ConvActor {
             .get(&msg.user)
             .copied()
             .unwrap_or(0)
-            .min(self.last_seq);
+            .min(published);
         Some(Summary {
             entry: ConvSummary {
                 conv: self.id.clone(),
-                last_seq: self.last_seq,
+                last_seq: published,
                 read_seq,
-                unread: self.last_seq - read_seq,
+                unread: published - read_seq,
                 last: self.last_json.clone().and_then(protocol::raw),
             },
             last_activity_us: self.last_activity_us,
@@ -780,7 +828,7 @@ impl Handler<MarkRead> for ConvActor {
     fn handle(&mut self, msg: MarkRead, ctx: &mut Context<Self>) -> ChatResult<()> {
         self.touch();
         self.check_member(&msg.user)?;
-        let seq = msg.seq.min(self.last_seq);
+        let seq = msg.seq.min(self.published_seq);
         if seq <= self.reads.get(&msg.user).copied().unwrap_or(0) {
             return Ok(());
         }
@@ -885,7 +933,10 @@ impl Handler<Recall> for ConvActor {
             self.router
                 .store()
                 .replace_message(&self.id, msg.seq, &json)?;
-            if msg.seq == self.last_seq {
+            if let Some(entry) = self.recent.iter_mut().find(|(seq, _)| *seq == msg.seq) {
+                entry.1 = json.clone();
+            }
+            if msg.seq == self.published_seq {
                 self.last_json = Some(json);
             }
             let frame = Self::frame(&ServerFrame::Recalled {

@@ -329,14 +329,7 @@ impl SessionActor {
         T: 'static,
         F: Future<Output = ChatResult<T>> + 'static,
     {
-        if self.in_flight >= MAX_IN_FLIGHT {
-            self.error(
-                ctx,
-                rid,
-                &ChatError::new(ErrorCode::RateLimited, "too many requests in flight"),
-            );
-            return;
-        }
+        // `dispatch` refused the frame before enqueueing anything if the connection was at MAX_IN_FLIGHT
         self.in_flight += 1;
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight -= 1;
@@ -416,7 +409,8 @@ impl SessionActor {
             session_id: self.id,
             session: ctx.address().recipient(),
         };
-        let joined = async move { router.ask_user(&user, connect).await.map(|()| user) };
+        let reply = router.ask_user(&user, connect);
+        let joined = async move { reply.await.map(|()| user) };
         // `wait`: no other frame is processed until the user actor knows this device.
         ctx.wait(
             joined
@@ -456,6 +450,10 @@ impl SessionActor {
         let (user, device) = (user.clone(), device.clone());
         let router = self.router.clone();
         let frame_kind = frame.kind();
+        if self.in_flight >= MAX_IN_FLIGHT && !matches!(frame, ClientFrame::Ping) {
+            let e = ChatError::new(ErrorCode::RateLimited, "too many requests in flight");
+            return self.error(ctx, rid, &e);
+        }
         match frame {
             ClientFrame::Ping => self.reply(ctx, ServerFrame::Pong { rid }),
             ClientFrame::Auth { .. } => {
@@ -486,7 +484,9 @@ impl SessionActor {
                     cid: cid.clone(),
                     body,
                 };
-                let fut = async move { router.ask_conv(&conv, post).await?.map(|p| (conv, p)) };
+                // enqueued now, so a connection's sends are numbered in the order they arrived
+                let reply = router.ask_conv(&conv, post);
+                let fut = async move { reply.await?.map(|p| (conv, p)) };
                 self.request(ctx, rid, fut, move |act, ctx, rid, (conv, posted)| {
                     act.router
                         .metrics()
@@ -512,7 +512,8 @@ impl SessionActor {
                 let forwarded = self.acked.entry(conv.clone()).or_insert(0);
                 if seq > *forwarded {
                     *forwarded = seq;
-                    let fut = async move { router.ask_conv(&conv, Ack { user, seq }).await? };
+                    let reply = router.ask_conv(&conv, Ack { user, seq });
+                    let fut = async move { reply.await? };
                     self.request(ctx, rid, fut, |_, _, _, ()| {});
                 }
             }
@@ -545,12 +546,8 @@ impl SessionActor {
                     (after, None) => Range::After(after.unwrap_or(0)),
                 };
                 let limit = usize::try_from(limit).unwrap_or(1000);
-                let fut = async move {
-                    let fetched = router
-                        .ask_conv(&conv, Fetch { user, range, limit })
-                        .await??;
-                    Ok((conv, fetched))
-                };
+                let reply = router.ask_conv(&conv, Fetch { user, range, limit });
+                let fut = async move { Ok((conv, reply.await??)) };
                 self.request(ctx, rid, fut, |act, ctx, rid, (conv, f)| {
                     act.reply(
                         ctx,
@@ -586,20 +583,13 @@ impl SessionActor {
                 });
             }
             ClientFrame::Read { conv, seq } => {
-                let fut = async move {
-                    router
-                        .ask_conv(&conv, MarkRead { user, device, seq })
-                        .await?
-                };
+                let reply = router.ask_conv(&conv, MarkRead { user, device, seq });
+                let fut = async move { reply.await? };
                 self.request(ctx, rid, fut, |_, _, _, ()| {});
             }
             ClientFrame::Receipts { conv, seq, counts } => {
-                let fut = async move {
-                    let detail = router
-                        .ask_conv(&conv, GetReceipts { user, seq, counts })
-                        .await??;
-                    Ok((conv, detail))
-                };
+                let reply = router.ask_conv(&conv, GetReceipts { user, seq, counts });
+                let fut = async move { Ok((conv, reply.await??)) };
                 self.request(ctx, rid, fut, move |act, ctx, rid, (conv, detail)| {
                     act.reply(
                         ctx,
@@ -640,7 +630,7 @@ impl SessionActor {
                 self.friendship(ctx, rid, user, other, FriendOp::Remove)
             }
             ClientFrame::Friends => {
-                let fut = async move { router.ask_user(&user, ListFriends).await };
+                let fut = router.ask_user(&user, ListFriends);
                 self.request(ctx, rid, fut, |act, ctx, rid, list| {
                     let frame = ServerFrame::Friends {
                         rid,
@@ -675,7 +665,8 @@ impl SessionActor {
                     name,
                     members,
                 };
-                let fut = async move { router.ask_conv(&conv, create).await?.map(|v| (conv, v)) };
+                let reply = router.ask_conv(&conv, create);
+                let fut = async move { reply.await?.map(|v| (conv, v)) };
                 self.request(ctx, rid, fut, |act, ctx, rid, (conv, view)| {
                     act.reply(ctx, group_frame(rid, conv, view))
                 });
@@ -689,24 +680,22 @@ impl SessionActor {
                     members,
                     add,
                 };
-                let fut = async move { router.ask_conv(&conv, change).await?.map(|v| (conv, v)) };
+                let reply = router.ask_conv(&conv, change);
+                let fut = async move { reply.await?.map(|v| (conv, v)) };
                 self.request(ctx, rid, fut, |act, ctx, rid, (conv, view)| {
                     act.reply(ctx, group_frame(rid, conv, view))
                 });
             }
             ClientFrame::GroupLeave { conv } => {
-                let fut = async move { router.ask_conv(&conv, LeaveGroup { user, device }).await? };
+                let reply = router.ask_conv(&conv, LeaveGroup { user, device });
+                let fut = async move { reply.await? };
                 self.request(ctx, rid, fut, |act, ctx, rid, ()| {
                     act.reply(ctx, ServerFrame::Ok { rid })
                 });
             }
             ClientFrame::GroupInfo { conv, members } => {
-                let fut = async move {
-                    router
-                        .ask_conv(&conv, DescribeGroup { user, members })
-                        .await?
-                        .map(|v| (conv, v))
-                };
+                let reply = router.ask_conv(&conv, DescribeGroup { user, members });
+                let fut = async move { reply.await?.map(|v| (conv, v)) };
                 self.request(ctx, rid, fut, |act, ctx, rid, (conv, view)| {
                     act.reply(ctx, group_frame(rid, conv, view))
                 });
@@ -719,12 +708,13 @@ impl SessionActor {
                         &ChatError::new(ErrorCode::RateLimited, "too many events"),
                     );
                 }
-                let fut = async move { router.ask_conv(&conv, Typing { user }).await? };
+                let reply = router.ask_conv(&conv, Typing { user });
+                let fut = async move { reply.await? };
                 self.request(ctx, rid, fut, |_, _, _, ()| {});
             }
             ClientFrame::Recall { conv, seq } => {
-                let fut =
-                    async move { router.ask_conv(&conv, Recall { user, device, seq }).await? };
+                let reply = router.ask_conv(&conv, Recall { user, device, seq });
+                let fut = async move { reply.await? };
                 self.request(ctx, rid, fut, |act, ctx, rid, ()| {
                     act.reply(ctx, ServerFrame::Ok { rid })
                 });
@@ -744,7 +734,8 @@ impl SessionActor {
             return self.error(ctx, rid, &ChatError::bad_request("that is yourself"));
         };
         let router = self.router.clone();
-        let fut = async move { router.ask_conv(&conv, Friendship { user: me, op }).await? };
+        let reply = router.ask_conv(&conv, Friendship { user: me, op });
+        let fut = async move { reply.await? };
         self.request(ctx, rid, fut, |act, ctx, rid, ()| {
             act.reply(ctx, ServerFrame::Ok { rid })
         });

@@ -9,13 +9,14 @@
 //! the bounds are upstream (each session limits its requests in flight).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix::dev::channel::channel;
-use actix::dev::{Request, ToEnvelope};
+use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message, Recipient};
 
 use crate::actors::conversation::ConvActor;
@@ -183,19 +184,25 @@ impl Router {
     }
 
     /// Sends a request to `user`'s actor (spawning it if needed) and awaits the reply.
-    pub async fn ask_user<M>(&self, user: &UserId, msg: M) -> ChatResult<M::Result>
+    ///
+    /// The message is enqueued when this is called, not when the future is first polled: requests made one
+    /// after the other reach the actor in that order, however their futures are scheduled.
+    pub fn ask_user<M>(
+        &self,
+        user: &UserId,
+        msg: M,
+    ) -> impl Future<Output = ChatResult<M::Result>> + 'static
     where
         M: Message + Send + 'static,
         M::Result: Send,
         UserActor: Handler<M>,
         <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
     {
-        self.check_local(user.as_str())?;
-        let request: Request<UserActor, M> = {
+        let request = self.check_local(user.as_str()).map(|()| {
             let mut users = lock(&self.inner.users);
             self.user_entry(&mut users, user).send(msg)
-        };
-        Ok(request.timeout(LOCAL_DEADLINE).await?)
+        });
+        async move { Ok(request?.timeout(LOCAL_DEADLINE).await?) }
     }
 
     /// Delivers `msg` to `user`'s actor, spawning it if needed; no reply.
@@ -269,19 +276,24 @@ impl Router {
     }
 
     /// Sends a request to `conv`'s actor (spawning it if needed) and awaits the reply.
-    pub async fn ask_conv<M>(&self, conv: &ConvId, msg: M) -> ChatResult<M::Result>
+    ///
+    /// Enqueued when called, like [`Router::ask_user`]: a connection's requests keep their order.
+    pub fn ask_conv<M>(
+        &self,
+        conv: &ConvId,
+        msg: M,
+    ) -> impl Future<Output = ChatResult<M::Result>> + 'static
     where
         M: Message + Send + 'static,
         M::Result: Send,
         ConvActor: Handler<M>,
         <ConvActor as Actor>::Context: ToEnvelope<ConvActor, M>,
     {
-        self.check_conv(conv)?;
-        let request: Request<ConvActor, M> = {
+        let request = self.check_conv(conv).map(|()| {
             let mut convs = lock(&self.inner.convs);
             self.conv_entry(&mut convs, conv).send(msg)
-        };
-        Ok(request.timeout(LOCAL_DEADLINE).await?)
+        });
+        async move { Ok(request?.timeout(LOCAL_DEADLINE).await?) }
     }
 
     /// See [`Router::release_user`].
