@@ -9,7 +9,9 @@
 //! - [`node`]: start, run and stop a node (`main` and the tests use the same entry point).
 //! - [`config`]: the `cluster.toml` tree with defaults and validation.
 //! - [`actors`]: [`actors::session`] (one per WebSocket), [`actors::user`] (devices, presence, friend and
-//!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair), and
+//!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair, a
+//!   group's members; fan-out in bounded turns, `notify` for large groups), [`actors::group`] (group
+//!   operations on a conversation actor), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
 //! - [`cluster`]: the consistent-hash [`cluster::ring`] and the [`cluster::router`], the one boundary through
 //!   which actors reach each other.
