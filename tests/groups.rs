@@ -269,12 +269,14 @@ async fn large_groups_get_coalesced_notify_and_pull() {
         .await
         .expect("all sent");
     let burst = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for (name, client) in &mut members {
-        let _ = client
-            .expect_none(|_| false, Duration::from_millis(50))
-            .await;
-        let frames: Vec<Value> = client.buffered().drain(..).collect();
+        // the notify that covers the whole burst comes at most one window after the last message
+        let last = client
+            .expect(|f| f["type"] == "notify" && f["last_seq"] == 51, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut frames: Vec<Value> = client.buffered().drain(..).collect();
+        frames.push(last);
         let notifies: Vec<&Value> = frames.iter().filter(|f| f["type"] == "notify").collect();
         assert!(
             frames.iter().all(|f| f["type"] != "msg"),
@@ -429,9 +431,20 @@ async fn groups_survive_a_restart() {
         bob.send(&json!({"type":"read","conv":"g:team","seq":2}))
             .await
             .expect("read");
-        bob.call(json!({"type":"ping"}))
-            .await
-            .expect("read handled");
+        // `read` has no reply: wait until the group shows it before restarting
+        let mut applied = false;
+        for _ in 0..50 {
+            let r = alice
+                .call(json!({"type":"receipts","conv":"g:team","seq":2}))
+                .await
+                .expect("receipts");
+            if r["read"] == json!(["bob"]) {
+                applied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(applied, "the read was applied");
     }
     node.restart();
     let mut alice = node.login("alice", "phone").await;

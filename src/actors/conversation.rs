@@ -202,7 +202,8 @@ pub struct ConvActor {
     /// The highest seq whose `sent` and pushes went out: what `notify`, `sync` and `convs` may show (a
     /// message written but not yet durable could still be lost to a crash).
     published_seq: u64,
-    recent: VecDeque<(u64, String)>,
+    /// The last `RECENT` published messages, already validated as JSON (pulls copy them as they are).
+    recent: VecDeque<(u64, Box<RawValue>)>,
     pub(super) reads: HashMap<UserId, u64>,
     /// Read positions advanced by sends and not yet written (written once per flush epoch).
     dirty_reads: Vec<UserId>,
@@ -398,7 +399,9 @@ impl ConvActor {
                 if let Some(p) = fanout {
                     self.router.metrics().messages_accepted.inc();
                     self.published_seq = self.published_seq.max(posted.seq);
-                    self.recent.push_back((posted.seq, p.json.clone()));
+                    if let Some(raw) = protocol::raw(p.json.clone()) {
+                        self.recent.push_back((posted.seq, raw));
+                    }
                     if self.recent.len() > RECENT {
                         self.recent.pop_front();
                     }
@@ -765,7 +768,7 @@ impl Handler<Fetch> for ConvActor {
         self.touch();
         self.check_member(&msg.user)?;
         let published = self.published_seq;
-        let jsons = match msg.range {
+        let msgs = match msg.range {
             Range::After(after) if after >= published => Vec::new(),
             Range::After(after) => {
                 let limit = msg
@@ -777,23 +780,26 @@ impl Handler<Fetch> for ConvActor {
                         .iter()
                         .filter(|(seq, _)| *seq > after)
                         .take(limit)
-                        .map(|(_, json)| json.clone())
+                        .map(|(_, raw)| raw.clone())
                         .collect(),
-                    _ => self.router.store().messages_after(&self.id, after, limit)?,
+                    _ => raws(self.router.store().messages_after(&self.id, after, limit)?),
                 }
             }
-            Range::Before(before) => self.router.store().messages_before(
+            Range::Before(before) => raws(self.router.store().messages_before(
                 &self.id,
                 before.min(published + 1),
                 msg.limit,
-            )?,
+            )?),
         };
-        let msgs = jsons.into_iter().filter_map(protocol::raw).collect();
         Ok(Fetched {
             msgs,
             last_seq: published,
         })
     }
+}
+
+fn raws(jsons: Vec<String>) -> Vec<Box<RawValue>> {
+    jsons.into_iter().filter_map(protocol::raw).collect()
 }
 
 impl Handler<Summarize> for ConvActor {
@@ -934,7 +940,9 @@ impl Handler<Recall> for ConvActor {
                 .store()
                 .replace_message(&self.id, msg.seq, &json)?;
             if let Some(entry) = self.recent.iter_mut().find(|(seq, _)| *seq == msg.seq) {
-                entry.1 = json.clone();
+                if let Some(raw) = protocol::raw(json.clone()) {
+                    entry.1 = raw;
+                }
             }
             if msg.seq == self.published_seq {
                 self.last_json = Some(json);
