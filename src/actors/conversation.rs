@@ -399,8 +399,11 @@ impl ConvActor {
                 if let Some(p) = fanout {
                     self.router.metrics().messages_accepted.inc();
                     self.published_seq = self.published_seq.max(posted.seq);
-                    if let Some(raw) = protocol::raw(p.json.clone()) {
-                        self.recent.push_back((posted.seq, raw));
+                    // only groups are pulled by many members at once; a direct conversation reads the store
+                    if self.group.is_some() {
+                        if let Some(raw) = protocol::raw(p.json.clone()) {
+                            self.recent.push_back((posted.seq, raw));
+                        }
                     }
                     if self.recent.len() > RECENT {
                         self.recent.pop_front();
