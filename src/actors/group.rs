@@ -123,6 +123,39 @@ impl ConvActor {
     }
 }
 
+impl ConvActor {
+    /// Records a membership change (`changed`, added when `add`) as a system message by `user` and answers with
+    /// the group once that message is durable and the changed members' indexes are updated. Members a change
+    /// takes out still get its message.
+    fn announce(
+        &mut self,
+        ctx: &mut Context<Self>,
+        user: &UserId,
+        device: DeviceId,
+        event: &str,
+        changed: Vec<UserId>,
+        add: bool,
+    ) -> ResponseFuture<ChatResult<GroupView>> {
+        let also = if add { Vec::new() } else { changed.clone() };
+        let sent = match self.system_message(ctx, user, device, event, &changed, also) {
+            Ok(rx) => rx,
+            Err(e) => return failed(e),
+        };
+        let view = match self.view(false) {
+            Ok(v) => v,
+            Err(e) => return failed(e),
+        };
+        answer(
+            self.router.clone(),
+            self.id.clone(),
+            changed,
+            add,
+            sent,
+            view,
+        )
+    }
+}
+
 /// Adds `conv` to (or removes it from) each user's conversation index, concurrently.
 async fn index(router: &Router, conv: &ConvId, users: &[UserId], add: bool) {
     let asks = users.iter().map(|u| {
@@ -216,23 +249,7 @@ impl Handler<CreateGroup> for ConvActor {
         }
         self.group = Some(meta);
         self.members = members.iter().cloned().collect();
-        let sent =
-            match self.system_message(ctx, &msg.user, msg.device, "created", &members, vec![]) {
-                Ok(rx) => rx,
-                Err(e) => return failed(e),
-            };
-        let view = match self.view(false) {
-            Ok(v) => v,
-            Err(e) => return failed(e),
-        };
-        answer(
-            self.router.clone(),
-            self.id.clone(),
-            members,
-            true,
-            sent,
-            view,
-        )
+        self.announce(ctx, &msg.user, msg.device, "created", members, true)
     }
 }
 
@@ -281,27 +298,12 @@ impl Handler<ChangeMembers> for ConvActor {
                 self.members.remove(m);
             }
         }
-        let (event, also) = if msg.add {
-            ("members_added", vec![])
+        let event = if msg.add {
+            "members_added"
         } else {
-            ("members_removed", changed.clone())
+            "members_removed"
         };
-        let sent = match self.system_message(ctx, &msg.user, msg.device, event, &changed, also) {
-            Ok(rx) => rx,
-            Err(e) => return failed(e),
-        };
-        let view = match self.view(false) {
-            Ok(v) => v,
-            Err(e) => return failed(e),
-        };
-        answer(
-            self.router.clone(),
-            self.id.clone(),
-            changed,
-            msg.add,
-            sent,
-            view,
-        )
+        self.announce(ctx, &msg.user, msg.device, event, changed, msg.add)
     }
 }
 
@@ -321,25 +323,8 @@ impl Handler<LeaveGroup> for ConvActor {
             return failed(e.into());
         }
         self.members.remove(&msg.user);
-        let sent = match self.system_message(
-            ctx,
-            &msg.user,
-            msg.device,
-            "member_left",
-            &leaver,
-            leaver.clone(),
-        ) {
-            Ok(rx) => rx,
-            Err(e) => return failed(e),
-        };
-        answer(
-            self.router.clone(),
-            self.id.clone(),
-            leaver,
-            false,
-            sent,
-            (),
-        )
+        let done = self.announce(ctx, &msg.user, msg.device, "member_left", leaver, false);
+        Box::pin(async move { done.await.map(|_| ()) })
     }
 }
 
