@@ -72,11 +72,7 @@ impl Store {
         durability: Durability,
         flush_seconds: prometheus::Histogram,
     ) -> StoreResult<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = open_db(dir)?;
         let conv_log = db.open_tree(keys::CONV_LOG)?;
         let user_index = db.open_tree(keys::USER_INDEX)?;
         let media = media::MediaStore::open(dir, &db)?;
@@ -387,6 +383,31 @@ impl Store {
     }
 }
 
+/// How long to wait for a previous holder of the data directory (a node still shutting down) to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting up to `LOCK_WAIT` while another instance still holds the directory's lock (a node
+/// restarted right after the old one was told to stop). Two live nodes on one directory still fail.
+fn open_db(dir: &Path) -> StoreResult<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .flush_every_ms(Some(500));
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn utf8(v: sled::IVec, conv: &ConvId) -> StoreResult<String> {
     String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt(conv.to_string()))
 }
@@ -445,6 +466,18 @@ mod tests {
             vec![(a.clone(), 10)]
         );
         s.close().expect("close");
+    }
+
+    #[test]
+    fn a_second_open_waits_for_the_first_to_let_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = store(dir.path());
+        let path = dir.path().to_path_buf();
+        let second = std::thread::spawn(move || store(&path));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        first.close().expect("close");
+        drop(first);
+        second.join().expect("second open").close().expect("close");
     }
 
     #[test]
