@@ -227,17 +227,17 @@ impl Store {
 
     /// Every member's read position in `conv`.
     pub fn read_positions(&self, conv: &ConvId) -> StoreResult<Vec<(UserId, u64)>> {
-        let prefix = keys::read_prefix(conv.as_str());
-        let mut out = Vec::new();
-        for entry in self.conv_log.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            let user = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|u| UserId::parse(u).ok())
-                .ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
-            out.push((user, keys::parse_u64(&v, 0).unwrap_or(0)));
-        }
-        Ok(out)
+        scan(
+            &self.conv_log,
+            &keys::read_prefix(conv.as_str()),
+            conv.as_str(),
+            |user, v| {
+                Some((
+                    UserId::parse(user).ok()?,
+                    keys::parse_u64(v, 0).unwrap_or(0),
+                ))
+            },
+        )
     }
 
     pub fn set_read(&self, conv: &ConvId, user: &UserId, seq: u64) -> StoreResult<()> {
@@ -287,17 +287,12 @@ impl Store {
     }
 
     pub fn group_members(&self, conv: &ConvId) -> StoreResult<Vec<UserId>> {
-        let prefix = keys::member_prefix(conv.as_str());
-        let mut out = Vec::new();
-        for entry in self.conv_log.scan_prefix(&prefix) {
-            let (k, _) = entry?;
-            let user = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|u| UserId::parse(u).ok())
-                .ok_or_else(|| StoreError::Corrupt(conv.to_string()))?;
-            out.push(user);
-        }
-        Ok(out)
+        scan(
+            &self.conv_log,
+            &keys::member_prefix(conv.as_str()),
+            conv.as_str(),
+            |user, _| UserId::parse(user).ok(),
+        )
     }
 
     /// Adds or removes members: one key each, never a rewrite of the whole list.
@@ -316,17 +311,12 @@ impl Store {
     // ---- users ----
 
     pub fn user_convs(&self, user: &UserId) -> StoreResult<Vec<ConvId>> {
-        let prefix = keys::user_conv_prefix(user.as_str());
-        let mut out = Vec::new();
-        for entry in self.user_index.scan_prefix(&prefix) {
-            let (k, _) = entry?;
-            let conv = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|c| ConvId::parse(c).ok())
-                .ok_or_else(|| StoreError::Corrupt(user.to_string()))?;
-            out.push(conv);
-        }
-        Ok(out)
+        scan(
+            &self.user_index,
+            &keys::user_conv_prefix(user.as_str()),
+            user.as_str(),
+            |conv, _| ConvId::parse(conv).ok(),
+        )
     }
 
     pub fn add_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
@@ -342,20 +332,17 @@ impl Store {
     }
 
     pub fn friends(&self, user: &UserId) -> StoreResult<Vec<(UserId, FriendEntry)>> {
-        let prefix = keys::user_friend_prefix(user.as_str());
-        let mut out = Vec::new();
-        for entry in self.user_index.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            let other = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|u| UserId::parse(u).ok());
-            let entry = serde_json::from_slice::<FriendEntry>(&v).ok();
-            match (other, entry) {
-                (Some(other), Some(entry)) => out.push((other, entry)),
-                _ => return Err(StoreError::Corrupt(user.to_string())),
-            }
-        }
-        Ok(out)
+        scan(
+            &self.user_index,
+            &keys::user_friend_prefix(user.as_str()),
+            user.as_str(),
+            |other, v| {
+                Some((
+                    UserId::parse(other).ok()?,
+                    serde_json::from_slice::<FriendEntry>(v).ok()?,
+                ))
+            },
+        )
     }
 
     pub fn set_friend(
@@ -381,6 +368,25 @@ impl Store {
     pub fn durability(&self) -> Durability {
         self.flusher.durability()
     }
+}
+
+/// Every entry under `prefix`, its key's remainder (an id) and value parsed by `parse`; an entry that does not
+/// parse is a corrupt record of `owner`.
+fn scan<T>(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    owner: &str,
+    parse: impl Fn(&str, &[u8]) -> Option<T>,
+) -> StoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    for entry in tree.scan_prefix(prefix) {
+        let (k, v) = entry?;
+        let item = std::str::from_utf8(&k[prefix.len()..])
+            .ok()
+            .and_then(|id| parse(id, &v));
+        out.push(item.ok_or_else(|| StoreError::Corrupt(owner.to_string()))?);
+    }
+    Ok(out)
 }
 
 /// How long to wait for a previous holder of the data directory (a node still shutting down) to let go.
