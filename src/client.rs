@@ -81,6 +81,34 @@ impl Client {
         Ok((client, welcome))
     }
 
+    /// Logs in to the first node of `nodes` that accepts, starting at a random one and waiting a jittered,
+    /// growing delay after each full round that failed (so the clients of a node that died do not all land
+    /// on the same node at the same instant). Gives up after `rounds` rounds; returns the client, its
+    /// `welcome` and the node it reached. A client whose node closed it (crash or shutdown, close code 1012)
+    /// calls this with the other nodes, then pulls with `convs` and `sync`.
+    pub async fn login_any(
+        nodes: &[SocketAddr],
+        token: &str,
+        device: &str,
+        rounds: u32,
+    ) -> ClientResult<(Client, Value, SocketAddr)> {
+        let mut backoff =
+            crate::actors::limits::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let start = usize::try_from(rand::random::<u32>()).unwrap_or(0);
+        let mut last = ClientError::Timeout("a node to log in to".into());
+        for _ in 0..rounds {
+            for i in 0..nodes.len() {
+                let addr = nodes[(start + i) % nodes.len()];
+                match Self::login(addr, token, device).await {
+                    Ok((client, welcome)) => return Ok((client, welcome, addr)),
+                    Err(e) => last = e,
+                }
+            }
+            tokio::time::sleep(backoff.next(rand::random())).await;
+        }
+        Err(last)
+    }
+
     /// Sends `auth` and waits for `welcome` (an `error` is returned as [`ClientError::Refused`]).
     pub async fn auth(&mut self, token: &str, device: &str) -> ClientResult<Value> {
         self.send(&json!({"type":"auth","token":token,"device":device}))

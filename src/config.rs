@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::ids::{NodeId, UserId};
 
+/// The most nodes a cluster may list (the session directory keeps a bit per node).
+pub const MAX_NODES: usize = 64;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -310,6 +313,12 @@ impl Config {
         if self.limits.max_body_bytes > self.limits.max_frame_bytes {
             problems
                 .push("`limits.max_body_bytes` must not exceed `limits.max_frame_bytes`".into());
+        }
+        if self.nodes.len() > MAX_NODES {
+            problems.push(format!(
+                "`nodes`: at most {MAX_NODES} nodes, found {}",
+                self.nodes.len()
+            ));
         }
         if problems.is_empty() {
             Ok(())

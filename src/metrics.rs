@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ErrorCode;
@@ -37,6 +37,22 @@ pub struct Metrics {
     pub media_stored: IntCounter,
     pub send_seconds: Histogram,
     pub store_flush_seconds: Histogram,
+    peer_link_state: IntGaugeVec,
+    peer_envelopes: IntCounterVec,
+    peer_bytes: IntCounterVec,
+    remote_call_seconds: HistogramVec,
+}
+
+/// One peer link's metrics, resolved once per peer.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    /// 0 down, 1 up, 2 refused (the peer's cluster config differs).
+    pub state: IntGauge,
+    pub envelopes_sent: IntCounter,
+    pub envelopes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub call_seconds: Histogram,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -150,8 +166,42 @@ impl Metrics {
         let store_flush_seconds = histogram(
             "rookery_store_flush_seconds",
             "Duration of one group-commit flush (fsync).",
-            latency_buckets,
+            latency_buckets.clone(),
         );
+
+        let peer_link_state = must(IntGaugeVec::new(
+            Opts::new(
+                "rookery_peer_link_state",
+                "This node's link to each peer: 0 down, 1 up, 2 refused (different cluster config).",
+            ),
+            &["peer"],
+        ));
+        reg(Box::new(peer_link_state.clone()));
+        let peer_envelopes = must(IntCounterVec::new(
+            Opts::new(
+                "rookery_peer_envelopes_total",
+                "Envelopes (calls, replies, pushes, directory updates) exchanged with each peer.",
+            ),
+            &["peer", "direction"],
+        ));
+        reg(Box::new(peer_envelopes.clone()));
+        let peer_bytes = must(IntCounterVec::new(
+            Opts::new(
+                "rookery_peer_bytes_total",
+                "Bytes exchanged with each peer.",
+            ),
+            &["peer", "direction"],
+        ));
+        reg(Box::new(peer_bytes.clone()));
+        let remote_call_seconds = must(HistogramVec::new(
+            HistogramOpts::new(
+                "rookery_remote_call_seconds",
+                "Time from a call to an actor on another node to its reply.",
+            )
+            .buckets(latency_buckets),
+            &["peer"],
+        ));
+        reg(Box::new(remote_call_seconds.clone()));
 
         Metrics {
             registry,
@@ -169,6 +219,22 @@ impl Metrics {
             media_stored,
             send_seconds,
             store_flush_seconds,
+            peer_link_state,
+            peer_envelopes,
+            peer_bytes,
+            remote_call_seconds,
+        }
+    }
+
+    /// The metrics of the link to `peer`.
+    pub fn peer(&self, peer: &str) -> PeerMetrics {
+        PeerMetrics {
+            state: self.peer_link_state.with_label_values(&[peer]),
+            envelopes_sent: self.peer_envelopes.with_label_values(&[peer, "sent"]),
+            envelopes_received: self.peer_envelopes.with_label_values(&[peer, "received"]),
+            bytes_sent: self.peer_bytes.with_label_values(&[peer, "sent"]),
+            bytes_received: self.peer_bytes.with_label_values(&[peer, "received"]),
+            call_seconds: self.remote_call_seconds.with_label_values(&[peer]),
         }
     }
 
@@ -224,6 +290,10 @@ mod tests {
         m.error(ErrorCode::Forbidden);
         m.actor(ActorKind::User).inc();
         m.send_seconds.observe(0.001);
+        let p = m.peer("n2");
+        p.state.set(1);
+        p.envelopes_sent.inc();
+        p.call_seconds.observe(0.001);
         let text = m.render();
         for name in [
             "rookery_ws_connections",
@@ -236,6 +306,9 @@ mod tests {
             "rookery_pushes_total",
             "rookery_send_seconds_bucket",
             "rookery_store_flush_seconds_bucket",
+            "rookery_peer_link_state{peer=\"n2\"} 1",
+            "rookery_peer_envelopes_total{direction=\"sent\",peer=\"n2\"} 1",
+            "rookery_remote_call_seconds_bucket",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

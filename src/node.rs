@@ -1,13 +1,15 @@
-//! A node's lifecycle: start (open the store, start the arbiters, bind), run until a shutdown signal, stop
-//! (stop accepting, end the actors, flush the store). `main` and the tests use the same entry point.
+//! A node's lifecycle: start (open the store, start the arbiters, bind the client and peer addresses, dial
+//! the peers), run until a shutdown signal, stop (stop accepting, tell clients to reconnect elsewhere, end
+//! the actors, flush the store). `main` and the tests use the same entry point.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 
-use crate::cluster::Router;
+use crate::cluster::{peer, Router};
 use crate::config::{Config, ConfigError};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
@@ -30,8 +32,6 @@ pub enum NodeError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("this build serves single-node clusters only; `nodes` lists {0} (multi-node support is tracked separately)")]
-    MultiNode(usize),
     #[error("server failed: {0}")]
     Server(std::io::Error),
 }
@@ -43,15 +43,17 @@ pub struct Node {
     server: actix_server::Server,
     addr: SocketAddr,
     arbiters: Vec<Arbiter>,
+    /// The peer acceptor and one dialer per peer.
+    peer_tasks: Vec<actix_rt::task::JoinHandle<()>>,
 }
+
+/// How long a stopping node waits for its clients to take the hint and leave.
+const DRAIN: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Opens the store, starts one arbiter per core for user and conversation actors, binds `listen`.
     pub fn start(config: Config, node_id: Option<&str>) -> Result<Node, NodeError> {
         config.validate()?;
-        if config.nodes.len() > 1 {
-            return Err(NodeError::MultiNode(config.nodes.len()));
-        }
         let node = config.node(node_id)?.clone();
         let id = NodeId::parse(&node.id).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
         std::fs::create_dir_all(&node.data_dir).map_err(|source| NodeError::DataDir {
@@ -68,6 +70,7 @@ impl Node {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();
+        let config_nodes = config.nodes.len();
         let router = Router::new(id, Arc::new(config), store.clone(), metrics, handles);
 
         let (server, addr) =
@@ -76,13 +79,37 @@ impl Node {
                 source,
             })?;
         router.set_listen(addr);
-        tracing::info!(node = %router.node(), %addr, "node started");
+
+        let mut peer_tasks = Vec::new();
+        if !router.peers().is_empty() {
+            let bind = |listen: &str| -> std::io::Result<tokio::net::TcpListener> {
+                let listener = std::net::TcpListener::bind(listen)?;
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)
+            };
+            let listener = bind(&node.peer).map_err(|source| NodeError::Bind {
+                addr: node.peer.clone(),
+                source,
+            })?;
+            peer_tasks.push(actix_rt::spawn(peer::accept_forever(
+                router.clone(),
+                listener,
+            )));
+            for p in router.peers() {
+                peer_tasks.push(actix_rt::spawn(peer::dial_forever(
+                    router.clone(),
+                    p.clone(),
+                )));
+            }
+        }
+        tracing::info!(node = %router.node(), %addr, peer = %node.peer, nodes = config_nodes, "node started");
         Ok(Node {
             router,
             store,
             server,
             addr,
             arbiters,
+            peer_tasks,
         })
     }
 
@@ -95,15 +122,25 @@ impl Node {
         &self.router
     }
 
-    /// Serves until `shutdown` resolves, then stops cleanly: no new connections, connections closed, actors
-    /// stopped, store flushed.
+    /// Serves until `shutdown` resolves, then stops cleanly: no new connections, clients told to reconnect
+    /// elsewhere (close code 1012) and given up to 2 s to leave, peer links closed, actors stopped, store
+    /// flushed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let handle = self.server.handle();
         let server = actix_rt::spawn(self.server);
         let sweeper = actix_rt::spawn(crate::net::media::sweep_forever(self.router.clone()));
         shutdown.await;
         tracing::info!(node = %self.router.node(), "shutting down");
+        handle.pause().await;
+        let told = self.router.shutdown_sessions();
+        let deadline = Instant::now() + DRAIN;
+        while told > 0 && self.router.connections() > 0 && Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
         handle.stop(true).await;
+        for task in self.peer_tasks {
+            task.abort();
+        }
         let _ = server.await;
         sweeper.abort();
         for arbiter in self.arbiters {

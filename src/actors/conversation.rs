@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
@@ -28,7 +28,7 @@ use crate::net::ws::WireFrame;
 use crate::store::{GroupMeta, PairState};
 
 /// Post a message; answered with its seq and ts once it is durable.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<Posted>")]
 pub struct Post {
     pub from: UserId,
@@ -37,28 +37,28 @@ pub struct Post {
     pub body: Box<RawValue>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posted {
     pub seq: u64,
     pub ts: u64,
 }
 
 /// A device of `user` has received everything up to `seq`.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<()>")]
 pub struct Ack {
     pub user: UserId,
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Range {
     After(u64),
     Before(u64),
 }
 
 /// Messages for `sync`.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<Fetched>")]
 pub struct Fetch {
     pub user: UserId,
@@ -66,18 +66,20 @@ pub struct Fetch {
     pub limit: usize,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Fetched {
     pub msgs: Vec<Box<RawValue>>,
     pub last_seq: u64,
 }
 
 /// This conversation's entry in `user`'s `convs` (None if there is nothing to list).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Option<Summary>")]
 pub struct Summarize {
     pub user: UserId,
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Summary {
     pub entry: ConvSummary,
     /// When the last message was accepted, in microseconds (orders `convs`; finer than `ts`).
@@ -85,7 +87,7 @@ pub struct Summary {
 }
 
 /// `user` has read up to `seq`.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<()>")]
 pub struct MarkRead {
     pub user: UserId,
@@ -94,7 +96,7 @@ pub struct MarkRead {
 }
 
 /// Who has read message `seq`.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<ReceiptDetail>")]
 pub struct GetReceipts {
     pub user: UserId,
@@ -103,14 +105,14 @@ pub struct GetReceipts {
 }
 
 /// `user` is typing.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<()>")]
 pub struct Typing {
     pub user: UserId,
 }
 
 /// Recall message `seq` (its sender only, within the recall window).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<()>")]
 pub struct Recall {
     pub user: UserId,
@@ -119,7 +121,7 @@ pub struct Recall {
 }
 
 /// A friendship operation by `user` on this pair.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<()>")]
 pub struct Friendship {
     pub user: UserId,
@@ -434,7 +436,8 @@ impl ConvActor {
 
     // ---- fan-out ----
 
-    /// Queues a delivery to `recipients`' connected devices (but `except`) behind earlier ones.
+    /// Delivers to `recipients`' connected devices (but `except`): one envelope now to each other node
+    /// with recipients, and this node's sessions in turns, behind earlier deliveries.
     pub(super) fn fan_out(
         &mut self,
         ctx: &mut Context<Self>,
@@ -442,11 +445,12 @@ impl ConvActor {
         out: Outbound,
         except: Option<(UserId, DeviceId)>,
     ) {
+        let recipients = self.router.push_remote(&recipients, &out, except.as_ref());
         if self.fanout.is_empty() && recipients.len() <= FANOUT_BATCH {
             // nothing queued ahead and small enough for one turn: deliver now
             for user in &recipients {
                 let skip = except.as_ref().filter(|(u, _)| u == user).map(|(_, d)| d);
-                self.router.push_to_user(user, &out, skip);
+                self.router.push_local(user, &out, skip);
             }
             return;
         }
@@ -474,7 +478,7 @@ impl ConvActor {
                     .as_ref()
                     .filter(|(u, _)| u == user)
                     .map(|(_, d)| d);
-                self.router.push_to_user(user, &job.out, except);
+                self.router.push_local(user, &job.out, except);
                 job.next += 1;
                 budget -= 1;
             }

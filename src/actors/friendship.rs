@@ -7,7 +7,7 @@ use crate::ids::UserId;
 use crate::net::protocol::{FriendChange, ServerFrame};
 use crate::store::{FriendEntry, PairState};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FriendOp {
     Request { note: String },
     Accept,

@@ -9,6 +9,7 @@
 
 use actix::prelude::*;
 use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -25,7 +26,7 @@ pub const MAX_MEMBERS_PER_FRAME: usize = 1000;
 pub const MAX_GROUP_NAME: usize = 128;
 
 /// Create the group with `user` as owner; answered once the `created` message is durable.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<GroupView>")]
 pub struct CreateGroup {
     pub user: UserId,
@@ -35,7 +36,7 @@ pub struct CreateGroup {
 }
 
 /// Add (`add`) or remove members; owner only.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<GroupView>")]
 pub struct ChangeMembers {
     pub user: UserId,
@@ -45,7 +46,7 @@ pub struct ChangeMembers {
 }
 
 /// `user` leaves the group.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<()>")]
 pub struct LeaveGroup {
     pub user: UserId,
@@ -53,7 +54,7 @@ pub struct LeaveGroup {
 }
 
 /// The group's description (with its member list when `members`).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<GroupView>")]
 pub struct DescribeGroup {
     pub user: UserId,
@@ -61,7 +62,7 @@ pub struct DescribeGroup {
 }
 
 /// What a `group` frame shows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupView {
     pub name: String,
     pub owner: UserId,

@@ -105,9 +105,59 @@ pub fn jittered(base: Duration, fraction: f64, seed: u64) -> Duration {
     base.mul_f64(1.0 + fraction * unit)
 }
 
+/// Reconnect delays: exponential with jitter, so peers (or clients) that lost the same node do not come
+/// back in lockstep. Attempt `n` waits a time in `[d/2, d]` with `d = min(base * 2^n, max)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay; `random` is uniform in `[0, 1)`.
+    pub fn next(&mut self, random: f64) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
+    }
+
+    /// A connection succeeded: start again from `base`.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_jitters_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let lows: Vec<Duration> = (0..8).map(|_| b.next(0.0)).collect();
+        assert_eq!(lows[0], Duration::from_millis(50));
+        assert_eq!(lows[1], Duration::from_millis(100));
+        assert_eq!(
+            lows[7],
+            Duration::from_secs(1),
+            "capped at max, halved by jitter"
+        );
+        assert_eq!(b.next(0.999_999).as_millis(), 1999);
+        b.reset();
+        assert_eq!(b.next(1.0), Duration::from_millis(100));
+    }
 
     #[test]
     fn bucket_allows_burst_then_rate() {

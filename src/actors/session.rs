@@ -29,8 +29,8 @@ use crate::net::auth;
 use crate::net::protocol::{parse_client_frame, ClientFrame, Rid, ServerFrame};
 use crate::net::ws::{Incoming, OutQueue, WireFrame};
 
-/// Something for this connection's device.
-#[derive(Clone, Debug)]
+/// Something for this connection's device (serializable: it travels to other nodes in envelopes).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Outbound {
     /// A frame to write as is.
     Frame(WireFrame),
@@ -42,11 +42,16 @@ pub enum Outbound {
     },
     /// A newer connection of the same device replaced this one.
     Kicked,
+    /// This node is shutting down: close, telling the client to reconnect to another node.
+    Shutdown,
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver(pub Outbound);
+
+/// The close reason sent to clients when their node shuts down (close code 1012, "service restart").
+pub const SHUTDOWN_REASON: &str = "node shutting down: reconnect to another node";
 
 /// The first frame must arrive within this.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -407,7 +412,7 @@ impl SessionActor {
         let connect = Connect {
             device: device.clone(),
             session_id: self.id,
-            session: ctx.address().recipient(),
+            node: self.router.node().clone(),
         };
         let reply = router.ask_user(&user, connect);
         let joined = async move { reply.await.map(|()| user) };
@@ -865,6 +870,7 @@ impl Handler<Deliver> for SessionActor {
                 let _ = self.out.flush();
                 ctx.stop();
             }
+            Outbound::Shutdown => self.close(ctx, CloseCode::Restart, SHUTDOWN_REASON),
         }
     }
 }

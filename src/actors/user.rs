@@ -6,25 +6,28 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use crate::actors::session::{Deliver, Outbound};
+use crate::actors::session::Outbound;
 use crate::cluster::Router;
-use crate::ids::{ConvId, DeviceId, UserId};
+use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
 use crate::net::ws::WireFrame;
 use crate::store::FriendEntry;
 
-/// A session serving `device` came up; an older session of the same device is kicked.
-#[derive(Message)]
+/// A session serving `device` came up on `node`; an older session of the same device is kicked. Sent
+/// again for every live session when the user's node comes back (it lost what it knew): a session already
+/// known is not kicked.
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Connect {
     pub device: DeviceId,
     pub session_id: u64,
-    pub session: Recipient<Deliver>,
+    pub node: NodeId,
 }
 
 /// A session ended (ignored if the device is already served by a newer session).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Disconnect {
     pub device: DeviceId,
@@ -32,27 +35,27 @@ pub struct Disconnect {
 }
 
 /// The user is in `conv` (idempotent); answered once durable.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct AddConv {
     pub conv: ConvId,
 }
 
 /// The user is no longer in `conv` (left or removed); answered once durable.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct RemoveConv {
     pub conv: ConvId,
 }
 
 /// The user's conversations.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Vec<ConvId>")]
 pub struct ListConvs;
 
 /// Set the user's friend-index entry for `other` (from the pair's conversation), then push `push` to the
 /// user's devices; answered once durable.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct SetFriend {
     pub other: UserId,
@@ -61,11 +64,11 @@ pub struct SetFriend {
 }
 
 /// Friends and pending requests, for the `friends` frame.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "FriendsList")]
 pub struct ListFriends;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FriendsList {
     pub friends: Vec<UserId>,
     pub incoming: Vec<IncomingRequest>,
@@ -73,16 +76,18 @@ pub struct FriendsList {
 }
 
 /// A friend came online or went offline.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct PresenceChanged {
     pub user: UserId,
     pub online: bool,
 }
 
+/// Where a device's session runs.
+#[derive(PartialEq, Eq)]
 struct Device {
     session_id: u64,
-    session: Recipient<Deliver>,
+    node: NodeId,
 }
 
 pub struct UserActor {
@@ -113,11 +118,10 @@ impl UserActor {
         }
     }
 
-    fn push(&self, out: &Outbound, except: Option<&DeviceId>) {
-        for (device, d) in &self.devices {
-            if Some(device) != except {
-                d.session.do_send(Deliver(out.clone()));
-            }
+    /// Pushes to every connected device of the user, on whichever nodes they are.
+    fn push(&self, out: &Outbound) {
+        if !self.devices.is_empty() {
+            self.router.push_to_user(&self.id, out, None);
         }
     }
 
@@ -177,10 +181,12 @@ impl Handler<Connect> for UserActor {
         let first = self.devices.is_empty();
         let new = Device {
             session_id: msg.session_id,
-            session: msg.session,
+            node: msg.node,
         };
-        if let Some(old) = self.devices.insert(msg.device, new) {
-            old.session.do_send(Deliver(Outbound::Kicked));
+        if let Some(old) = self.devices.insert(msg.device.clone(), new) {
+            if self.devices.get(&msg.device) != Some(&old) {
+                self.router.kick(&old.node, &self.id, old.session_id);
+            }
         }
         if first {
             self.announce_presence(true);
@@ -255,7 +261,7 @@ impl Handler<SetFriend> for UserActor {
             None => self.friends.remove(&msg.other),
         };
         if let Some(frame) = msg.push {
-            self.push(&Outbound::Frame(frame), None);
+            self.push(&Outbound::Frame(frame));
         }
         self.durable()
     }
@@ -292,10 +298,10 @@ impl Handler<PresenceChanged> for UserActor {
                 user: msg.user,
                 online: msg.online,
             };
-            self.push(
-                &Outbound::Frame(WireFrame::text(frame.kind(), &frame.to_json())),
-                None,
-            );
+            self.push(&Outbound::Frame(WireFrame::text(
+                frame.kind(),
+                &frame.to_json(),
+            )));
         }
     }
 }

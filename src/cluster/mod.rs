@@ -1,7 +1,9 @@
 //! Placement and routing: the consistent-hash [`ring`] says which node owns a key; the [`router`] is the one
-//! boundary actors use to reach each other (it spawns local actors on demand and will forward to remote
-//! nodes once peer links exist).
+//! boundary actors use to reach each other, locally or over the [`peer`] links, with the messages and frames
+//! of [`remote`].
 
+pub mod peer;
+pub mod remote;
 pub mod ring;
 pub mod router;
 

@@ -1,8 +1,14 @@
 //! The routing boundary: the only way actors reach each other.
 //!
 //! Actors ask the router for "the conversation `dm:alice:bob`" or "the user `bob`", never for an address they
-//! cached. The router consults the ring, spawns the actor on demand (on an arbiter chosen by key hash) and
-//! enqueues the message. Every enqueue and every idle actor's removal happen under the registry lock, and a
+//! cached. The router consults the ring: a key owned by another node becomes a call on the peer link to that
+//! node (see [`super::peer`]), which hands it to its own router; a key owned here spawns the actor on demand
+//! (on an arbiter chosen by key hash) and enqueues the message.
+//!
+//! Pushes go to sessions, which live on whichever node their client reached. Every node keeps a session
+//! directory: its own sessions, and for each other node the users with a session there (each node announces
+//! its users' first connect and last disconnect to its peers, and a full list whenever a link comes up). A
+//! fan-out splits its recipients by node and sends one envelope per node, whatever the number of users. Every enqueue and every idle actor's removal happen under the registry lock, and a
 //! stopping actor drains its mailbox before it stops, so no message is lost to an actor going idle.
 //!
 //! Mailboxes are created large (`MAILBOX`), so `send` always enqueues at once and keeps the order of calls;
@@ -18,16 +24,23 @@ use std::time::Duration;
 use actix::dev::channel::channel;
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message, Recipient};
+use bytes::Bytes;
+use futures_util::future::Either;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::actors::conversation::ConvActor;
 use crate::actors::session::{Deliver, Outbound};
-use crate::actors::user::UserActor;
+use crate::actors::user::{Connect, UserActor};
 use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::metrics::{ActorKind, Metrics};
 use crate::store::Store;
 
+use super::peer::{LinkState, Peer};
+use super::remote::{self, PeerFrame, Remote, Target};
 use super::ring::Ring;
 
 /// Mailbox capacity of user and conversation actors (never reached in practice; see module docs).
@@ -61,6 +74,10 @@ struct Inner {
     /// The sessions connected to this node, by user: where pushes for a user are delivered. Sessions add
     /// themselves once their user actor knows them and remove themselves when they stop.
     sessions: Mutex<HashMap<UserId, Vec<LocalSession>>>,
+    /// Users with sessions on other nodes: a bit per node (by [`Peer::index`]).
+    remote_online: Mutex<HashMap<UserId, u64>>,
+    peers: Vec<Arc<Peer>>,
+    signature: String,
     next_session: AtomicU64,
     listen: std::sync::OnceLock<std::net::SocketAddr>,
 }
@@ -78,6 +95,25 @@ impl Router {
         arbiters: Vec<ArbiterHandle>,
     ) -> Router {
         let ring = Ring::new(&config);
+        let mut nodes: Vec<&crate::config::NodeConfig> = config.nodes.iter().collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let peers = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.id != node.as_str())
+            .filter_map(|(index, n)| {
+                let id = NodeId::parse(&n.id).ok()?;
+                let m = metrics.peer(&n.id);
+                Some(Arc::new(Peer::new(
+                    index,
+                    id,
+                    n.peer.clone(),
+                    n.listen.clone(),
+                    m,
+                )))
+            })
+            .collect();
+        let signature = format!("{:016x}", ring.signature());
         Router {
             inner: Arc::new(Inner {
                 node,
@@ -89,6 +125,9 @@ impl Router {
                 users: Mutex::new(HashMap::new()),
                 convs: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
+                remote_online: Mutex::new(HashMap::new()),
+                peers,
+                signature,
                 next_session: AtomicU64::new(1),
                 listen: std::sync::OnceLock::new(),
             }),
@@ -109,6 +148,67 @@ impl Router {
     }
     pub fn ring(&self) -> &Ring {
         &self.inner.ring
+    }
+
+    /// The hash of the cluster membership every peer must share (hex).
+    pub fn signature(&self) -> String {
+        self.inner.signature.clone()
+    }
+
+    /// The other nodes of the cluster.
+    pub fn peers(&self) -> &[Arc<Peer>] {
+        &self.inner.peers
+    }
+
+    pub fn peer(&self, id: &NodeId) -> Option<&Arc<Peer>> {
+        self.inner.peers.iter().find(|p| p.id == *id)
+    }
+
+    /// Open client connections on this node.
+    pub fn connections(&self) -> u64 {
+        u64::try_from(self.inner.metrics.ws_connections.get()).unwrap_or(0)
+    }
+
+    /// The node owning `key`, if it is another one.
+    fn remote_owner(&self, key: &str) -> Option<&NodeId> {
+        let owner = self.inner.ring.owner(key);
+        (*owner != self.inner.node).then_some(owner)
+    }
+
+    /// Sends `msg` to the actor `to` on node `owner` now, and returns its reply.
+    fn call_remote<M>(
+        &self,
+        owner: &NodeId,
+        to: Target,
+        msg: M,
+    ) -> impl Future<Output = ChatResult<M::Result>> + 'static
+    where
+        M: Remote,
+        M::Result: Serialize + DeserializeOwned + Send,
+    {
+        let peer = self.peer(owner).cloned();
+        let sent = match peer {
+            Some(peer) => remote::encode_message(&msg)
+                .and_then(|body| peer.call(to, M::NAME, body))
+                .map(|rx| (peer, rx)),
+            None => Err(ChatError::unavailable(format!("unknown node {owner}"))),
+        };
+        async move {
+            let (peer, rx) = sent?;
+            let started = std::time::Instant::now();
+            let reply = tokio::time::timeout(LOCAL_DEADLINE, rx).await;
+            peer.metrics
+                .call_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match reply {
+                Ok(Ok(Ok(body))) => remote::decode_reply(M::NAME, &body),
+                Ok(Ok(Err(e))) => Err(e),
+                Ok(Err(_)) | Err(_) => Err(ChatError::unavailable(format!(
+                    "node {} did not answer",
+                    peer.id
+                ))),
+            }
+        }
     }
 
     /// The address clients reach this node at (the bound one, which differs from the config with port 0).
@@ -135,17 +235,6 @@ impl Router {
         let n = self.inner.arbiters.len().max(1) as u64;
         let i = usize::try_from(h.finish() % n).unwrap_or(0);
         &self.inner.arbiters[i]
-    }
-
-    fn check_local(&self, key: &str) -> ChatResult<()> {
-        let owner = self.inner.ring.owner(key);
-        if *owner == self.inner.node {
-            Ok(())
-        } else {
-            Err(ChatError::unavailable(format!(
-                "{key} is owned by node {owner}, which this node cannot reach"
-            )))
-        }
     }
 
     fn spawn<A, F>(&self, key: &str, kind: ActorKind, make: F) -> Addr<A>
@@ -183,11 +272,31 @@ impl Router {
         addr
     }
 
-    /// Sends a request to `user`'s actor (spawning it if needed) and awaits the reply.
+    /// Sends a request to `user`'s actor (spawning it if needed), on whichever node owns it, and awaits the
+    /// reply. A user owned by an unreachable node gives `unavailable`.
     ///
-    /// The message is enqueued when this is called, not when the future is first polled: requests made one
-    /// after the other reach the actor in that order, however their futures are scheduled.
+    /// The message is enqueued (or sent on the peer link) when this is called, not when the future is first
+    /// polled: requests made one after the other reach the actor in that order, however their futures are
+    /// scheduled.
     pub fn ask_user<M>(
+        &self,
+        user: &UserId,
+        msg: M,
+    ) -> impl Future<Output = ChatResult<M::Result>> + 'static
+    where
+        M: Remote,
+        M::Result: Serialize + DeserializeOwned + Send,
+        UserActor: Handler<M>,
+        <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
+    {
+        match self.remote_owner(user.as_str()) {
+            Some(owner) => Either::Left(self.call_remote(owner, Target::User(user.clone()), msg)),
+            None => Either::Right(self.ask_local_user(user, msg)),
+        }
+    }
+
+    /// [`Router::ask_user`] for a user owned by this node (and for calls arriving from peers).
+    pub fn ask_local_user<M>(
         &self,
         user: &UserId,
         msg: M,
@@ -198,30 +307,40 @@ impl Router {
         UserActor: Handler<M>,
         <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
     {
-        let request = self.check_local(user.as_str()).map(|()| {
+        let request = {
             let mut users = lock(&self.inner.users);
             self.user_entry(&mut users, user).send(msg)
-        });
-        async move { Ok(request?.timeout(LOCAL_DEADLINE).await?) }
+        };
+        async move { Ok(request.timeout(LOCAL_DEADLINE).await?) }
     }
 
-    /// Delivers `msg` to `user`'s actor, spawning it if needed; no reply.
-    pub fn tell_user<M>(&self, user: &UserId, msg: M)
+    /// Delivers `msg` to `user`'s actor, on whichever node owns it, only if it is live (a user with connected
+    /// devices always is); no reply.
+    pub fn tell_live_user<M>(&self, user: &UserId, msg: M)
     where
-        M: Message<Result = ()> + Send + 'static,
+        M: Remote<Result = ()>,
         UserActor: Handler<M>,
         <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
     {
-        if self.check_local(user.as_str()).is_err() {
-            return;
+        match self.remote_owner(user.as_str()) {
+            Some(owner) => {
+                let frame = remote::encode_message(&msg).map(|body| PeerFrame::Tell {
+                    to: Target::User(user.clone()),
+                    name: M::NAME.to_owned(),
+                    body,
+                });
+                if let (Ok(frame), Some(peer)) = (frame, self.peer(owner)) {
+                    let _ = peer.send(&frame);
+                }
+            }
+            None => {
+                self.tell_local_live_user(user, msg);
+            }
         }
-        let mut users = lock(&self.inner.users);
-        self.user_entry(&mut users, user).do_send(msg);
     }
 
-    /// Delivers `msg` to `user`'s actor only if it is live (a user with connected devices always is).
-    /// Returns whether it was delivered.
-    pub fn tell_live_user<M>(&self, user: &UserId, msg: M) -> bool
+    /// [`Router::tell_live_user`] for a user owned by this node. Returns whether it was delivered.
+    pub fn tell_local_live_user<M>(&self, user: &UserId, msg: M) -> bool
     where
         M: Message<Result = ()> + Send + 'static,
         UserActor: Handler<M>,
@@ -271,14 +390,27 @@ impl Router {
         addr
     }
 
-    fn check_conv(&self, conv: &ConvId) -> ChatResult<()> {
-        self.check_local(conv.as_str())
+    /// Sends a request to `conv`'s actor (spawning it if needed), on whichever node owns it, and awaits the
+    /// reply. Sent when called, like [`Router::ask_user`]: a connection's requests keep their order.
+    pub fn ask_conv<M>(
+        &self,
+        conv: &ConvId,
+        msg: M,
+    ) -> impl Future<Output = ChatResult<M::Result>> + 'static
+    where
+        M: Remote,
+        M::Result: Serialize + DeserializeOwned + Send,
+        ConvActor: Handler<M>,
+        <ConvActor as Actor>::Context: ToEnvelope<ConvActor, M>,
+    {
+        match self.remote_owner(conv.as_str()) {
+            Some(owner) => Either::Left(self.call_remote(owner, Target::Conv(conv.clone()), msg)),
+            None => Either::Right(self.ask_local_conv(conv, msg)),
+        }
     }
 
-    /// Sends a request to `conv`'s actor (spawning it if needed) and awaits the reply.
-    ///
-    /// Enqueued when called, like [`Router::ask_user`]: a connection's requests keep their order.
-    pub fn ask_conv<M>(
+    /// [`Router::ask_conv`] for a conversation owned by this node (and for calls arriving from peers).
+    pub fn ask_local_conv<M>(
         &self,
         conv: &ConvId,
         msg: M,
@@ -289,11 +421,11 @@ impl Router {
         ConvActor: Handler<M>,
         <ConvActor as Actor>::Context: ToEnvelope<ConvActor, M>,
     {
-        let request = self.check_conv(conv).map(|()| {
+        let request = {
             let mut convs = lock(&self.inner.convs);
             self.conv_entry(&mut convs, conv).send(msg)
-        });
-        async move { Ok(request?.timeout(LOCAL_DEADLINE).await?) }
+        };
+        async move { Ok(request.timeout(LOCAL_DEADLINE).await?) }
     }
 
     /// See [`Router::release_user`].
@@ -310,7 +442,22 @@ impl Router {
 
     // ---- sessions ----
 
-    /// Makes a session of `user` reachable for pushes.
+    /// Tells every peer that `user`'s first session on this node came up or its last one ended.
+    fn announce(&self, user: &UserId, online: bool) {
+        if self.inner.peers.is_empty() {
+            return;
+        }
+        let frame = PeerFrame::Online {
+            users: vec![user.clone()],
+            online,
+            reset: false,
+        };
+        for peer in &self.inner.peers {
+            let _ = peer.send(&frame);
+        }
+    }
+
+    /// Makes a session of `user` reachable for pushes (from any node).
     pub fn register_session(
         &self,
         user: &UserId,
@@ -323,10 +470,13 @@ impl Router {
             id,
             addr,
         };
-        lock(&self.inner.sessions)
-            .entry(user.clone())
-            .or_default()
-            .push(session);
+        let mut sessions = lock(&self.inner.sessions);
+        let list = sessions.entry(user.clone()).or_default();
+        list.push(session);
+        if list.len() == 1 {
+            // under the lock: a link coming up sends either a list with this user or this update after it
+            self.announce(user, true);
+        }
     }
 
     pub fn unregister_session(&self, user: &UserId, id: u64) {
@@ -335,13 +485,130 @@ impl Router {
             list.retain(|s| s.id != id);
             if list.is_empty() {
                 sessions.remove(user);
+                self.announce(user, false);
             }
         }
     }
 
-    /// Pushes `out` to every connected device of `user` but `except`, straight to the sessions: a message
-    /// crosses no user actor on its way out.
+    /// The dialed link to `peer` is up: it carries the list of this node's users first, then every update.
+    pub fn link_up(&self, peer: &Peer, tx: mpsc::UnboundedSender<Bytes>) {
+        let sessions = lock(&self.inner.sessions);
+        let users = sessions.keys().cloned().collect();
+        peer.attach(
+            tx,
+            &PeerFrame::Online {
+                users,
+                online: true,
+                reset: true,
+            },
+        );
+    }
+
+    /// Registers this node's sessions again with the user actors `peer` owns: a node that restarted has
+    /// forgotten which devices are connected (for kicks and presence).
+    pub fn reregister_sessions(&self, peer: &Peer) {
+        let connects: Vec<(UserId, Connect)> = {
+            let sessions = lock(&self.inner.sessions);
+            sessions
+                .iter()
+                .filter(|(user, _)| self.inner.ring.owner(user.as_str()) == &peer.id)
+                .flat_map(|(user, list)| {
+                    list.iter().map(|s| {
+                        let connect = Connect {
+                            device: s.device.clone(),
+                            session_id: s.id,
+                            node: self.inner.node.clone(),
+                        };
+                        (user.clone(), connect)
+                    })
+                })
+                .collect()
+        };
+        for (user, connect) in connects {
+            let reply = self.ask_user(&user, connect);
+            actix_rt::spawn(async move {
+                if let Err(e) = reply.await {
+                    tracing::debug!(%user, error = %e, "cannot re-register a session");
+                }
+            });
+        }
+    }
+
+    /// What `peer`'s accepted link says about the users connected there.
+    pub fn set_remote_online(&self, index: usize, users: &[UserId], online: bool, reset: bool) {
+        let bit = 1u64 << index;
+        let mut map = lock(&self.inner.remote_online);
+        if reset {
+            map.retain(|_, bits| {
+                *bits &= !bit;
+                *bits != 0
+            });
+        }
+        for user in users {
+            if online {
+                *map.entry(user.clone()).or_insert(0) |= bit;
+            } else if let Some(bits) = map.get_mut(user) {
+                *bits &= !bit;
+                if *bits == 0 {
+                    map.remove(user);
+                }
+            }
+        }
+    }
+
+    /// `peer`'s link is gone: its sessions are unreachable (they reconnect, to it or elsewhere, and pull).
+    pub fn clear_remote_online(&self, index: usize) {
+        self.set_remote_online(index, &[], false, true);
+    }
+
+    /// Pushes `out` to every connected device of `user` but `except`, on every node.
     pub fn push_to_user(&self, user: &UserId, out: &Outbound, except: Option<&DeviceId>) {
+        let except = except.map(|d| (user.clone(), d.clone()));
+        for user in self.push_remote(std::slice::from_ref(user), out, except.as_ref()) {
+            self.push_local(&user, out, except.as_ref().map(|(_, d)| d));
+        }
+    }
+
+    /// Sends `out` for `users` to the other nodes, one envelope per node holding all of that node's users,
+    /// and returns the users with a session on this node (to push to with [`Router::push_local`]).
+    pub fn push_remote(
+        &self,
+        users: &[UserId],
+        out: &Outbound,
+        except: Option<&(UserId, DeviceId)>,
+    ) -> Vec<UserId> {
+        let mut local = Vec::new();
+        let mut per_node: Vec<Vec<UserId>> = vec![Vec::new(); self.inner.peers.len()];
+        {
+            let sessions = lock(&self.inner.sessions);
+            let remote = lock(&self.inner.remote_online);
+            for user in users {
+                if sessions.contains_key(user) {
+                    local.push(user.clone());
+                }
+                if let Some(bits) = remote.get(user) {
+                    for (i, peer) in self.inner.peers.iter().enumerate() {
+                        if bits & (1 << peer.index) != 0 {
+                            per_node[i].push(user.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (peer, users) in self.inner.peers.iter().zip(per_node) {
+            if !users.is_empty() {
+                let _ = peer.send(&PeerFrame::Push {
+                    users,
+                    except: except.cloned(),
+                    out: out.clone(),
+                });
+            }
+        }
+        local
+    }
+
+    /// Pushes `out` to the devices of `user` connected to this node, but `except`.
+    pub fn push_local(&self, user: &UserId, out: &Outbound, except: Option<&DeviceId>) {
         let sessions = lock(&self.inner.sessions);
         for s in sessions.get(user).into_iter().flatten() {
             if Some(&s.device) != except {
@@ -350,23 +617,79 @@ impl Router {
         }
     }
 
-    /// The users among `members` with a session on this node (work in proportion to the connected users,
+    /// An envelope from a peer: `out` to this node's sessions of `users`.
+    pub fn deliver_local(
+        &self,
+        users: &[UserId],
+        out: &Outbound,
+        except: Option<&(UserId, DeviceId)>,
+    ) {
+        for user in users {
+            let skip = except.filter(|(u, _)| u == user).map(|(_, d)| d);
+            self.push_local(user, out, skip);
+        }
+    }
+
+    /// Ends the session `session` of `user` on `node` (its device connected again).
+    pub fn kick(&self, node: &NodeId, user: &UserId, session: u64) {
+        if *node == self.inner.node {
+            self.kick_local(user, session);
+        } else if let Some(peer) = self.peer(node) {
+            let _ = peer.send(&PeerFrame::Kick {
+                user: user.clone(),
+                session,
+            });
+        }
+    }
+
+    pub fn kick_local(&self, user: &UserId, session: u64) {
+        let sessions = lock(&self.inner.sessions);
+        for s in sessions.get(user).into_iter().flatten() {
+            if s.id == session {
+                s.addr.do_send(Deliver(Outbound::Kicked));
+            }
+        }
+    }
+
+    /// Tells every session of this node to close with "reconnect elsewhere" (graceful shutdown). Returns
+    /// how many were told.
+    pub fn shutdown_sessions(&self) -> usize {
+        let sessions = lock(&self.inner.sessions);
+        let mut n = 0;
+        for s in sessions.values().flatten() {
+            s.addr.do_send(Deliver(Outbound::Shutdown));
+            n += 1;
+        }
+        n
+    }
+
+    /// The users among `members` with a session on any node (work in proportion to the connected users,
     /// whatever the size of the group).
     pub fn online_among(&self, members: &std::collections::HashSet<UserId>) -> Vec<UserId> {
         let sessions = lock(&self.inner.sessions);
-        if sessions.len() <= members.len() {
-            sessions
+        let remote = lock(&self.inner.remote_online);
+        let online = |u: &UserId| sessions.contains_key(u) || remote.contains_key(u);
+        if sessions.len() + remote.len() <= members.len() {
+            let mut list: Vec<UserId> = sessions
                 .keys()
                 .filter(|u| members.contains(*u))
                 .cloned()
-                .collect()
+                .collect();
+            list.extend(
+                remote
+                    .keys()
+                    .filter(|u| members.contains(*u) && !sessions.contains_key(*u))
+                    .cloned(),
+            );
+            list
         } else {
-            members
-                .iter()
-                .filter(|u| sessions.contains_key(*u))
-                .cloned()
-                .collect()
+            members.iter().filter(|u| online(u)).cloned().collect()
         }
+    }
+
+    /// Whether this node's link to `node` is up (this node itself always is).
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        *node == self.inner.node || self.peer(node).is_some_and(|p| p.state() == LinkState::Up)
     }
 
     /// Live actors by kind (users, conversations), for tests and diagnostics.

@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::cluster::peer::LinkState;
 use crate::cluster::Router;
 use crate::error::{ChatError, ErrorCode};
 use crate::ids::UserId;
@@ -71,6 +72,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Every node of the cluster as this node sees it: `up` is the state of this node's link to it (a node
+/// refused for a different config is not up), `connections` its client connections as last reported.
 pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
     let me = router.node().as_str();
     let list: Vec<_> = router
@@ -78,13 +81,17 @@ pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
         .nodes
         .iter()
         .map(|n| {
-            let local = n.id == me;
-            json!({
-                "id": n.id,
-                "listen": if local { router.listen().to_string() } else { n.listen.clone() },
-                "up": local,
-                "connections": if local { router.metrics().ws_connections.get() } else { 0 },
-            })
+            let peer = router.peers().iter().find(|p| p.id.as_str() == n.id);
+            let (listen, up, connections) = match peer {
+                Some(p) => (
+                    n.listen.clone(),
+                    p.state() == LinkState::Up,
+                    p.connections(),
+                ),
+                None if n.id == me => (router.listen().to_string(), true, router.connections()),
+                None => (n.listen.clone(), false, 0),
+            };
+            json!({ "id": n.id, "listen": listen, "up": up, "connections": connections })
         })
         .collect();
     HttpResponse::Ok().json(list)

@@ -254,7 +254,7 @@ pub struct Message {
 }
 
 /// One entry of a `convs` reply.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConvSummary {
     pub conv: ConvId,
     pub last_seq: u64,
@@ -263,13 +263,13 @@ pub struct ConvSummary {
     pub last: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IncomingRequest {
     pub from: UserId,
     pub note: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutgoingRequest {
     pub to: UserId,
     pub note: String,
@@ -384,7 +384,7 @@ pub enum ServerFrame {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReceiptDetail {
     Lists {

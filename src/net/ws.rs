@@ -216,6 +216,18 @@ impl WireFrame {
         }
     }
 
+    /// The frame's payload (for a text frame, the JSON text).
+    pub fn payload(&self) -> &[u8] {
+        let b = &self.bytes;
+        let start = match b.get(1).map(|l| l & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            Some(_) => 2,
+            None => b.len(),
+        };
+        b.get(start..).unwrap_or_default()
+    }
+
     pub fn pong(payload: &[u8]) -> WireFrame {
         let mut dst = BytesMut::with_capacity(payload.len() + 2);
         Parser::write_message(&mut dst, payload, OpCode::Pong, true, false);
@@ -583,5 +595,55 @@ mod tests {
         assert_eq!(f.bytes[0], 0x81);
         assert_eq!(usize::from(f.bytes[1]), "{\"type\":\"pong\"}".len());
         assert_eq!(&f.bytes[2..], b"{\"type\":\"pong\"}");
+    }
+}
+
+/// A text frame travels between nodes as `{"kind":K,"json":JSON}` (the JSON embedded as is) and is encoded
+/// again once on the receiving node.
+impl serde::Serialize for WireFrame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeStruct};
+        let text = std::str::from_utf8(self.payload()).map_err(S::Error::custom)?;
+        let json =
+            serde_json::value::RawValue::from_string(text.to_owned()).map_err(S::Error::custom)?;
+        let mut st = s.serialize_struct("WireFrame", 2)?;
+        st.serialize_field("kind", self.kind)?;
+        st.serialize_field("json", &json)?;
+        st.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WireFrame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Repr {
+            kind: String,
+            json: Box<serde_json::value::RawValue>,
+        }
+        let r = Repr::deserialize(d)?;
+        let kind = crate::net::protocol::SERVER_FRAME_KINDS
+            .iter()
+            .find(|k| **k == r.kind)
+            .copied()
+            .unwrap_or("other");
+        Ok(WireFrame::text(kind, r.json.get()))
+    }
+}
+
+#[cfg(test)]
+mod wire_frame_tests {
+    use super::WireFrame;
+
+    #[test]
+    fn text_frames_round_trip_through_json() {
+        for len in [10, 200, 70_000] {
+            let json = format!("{{\"type\":\"msg\",\"pad\":\"{}\"}}", "x".repeat(len));
+            let frame = WireFrame::text("msg", &json);
+            assert_eq!(frame.payload(), json.as_bytes());
+            let back: WireFrame =
+                serde_json::from_str(&serde_json::to_string(&frame).unwrap()).unwrap();
+            assert_eq!(back.kind, "msg");
+            assert_eq!(back.bytes, frame.bytes);
+        }
     }
 }

@@ -155,11 +155,30 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn start(config_path: &Path) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
-            .arg("--config")
-            .arg(config_path)
+        Self::start_node(config_path, None, None)
+    }
+
+    /// Starts node `node` of the config (the first when None), its log appended to `log`.
+    pub fn start_node(config_path: &Path, node: Option<&str>, log: Option<&Path>) -> NodeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rookery"));
+        cmd.arg("--config").arg(config_path);
+        if let Some(node) = node {
+            cmd.arg("--node").arg(node);
+        }
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("log file"),
+            ),
+            None => Stdio::null(),
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn rookery");
         let stdout = child.stdout.take().expect("stdout");
@@ -187,6 +206,145 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A cluster of real `rookery` processes on loopback, started from one config file (fixed free ports, one
+/// data directory per node), each node's log in `dir/ID.log`.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub ids: Vec<String>,
+    pub addrs: Vec<SocketAddr>,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (`n1`..) with `extra` config and waits until every node's links to the others are up.
+    pub async fn start(n: usize, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut text =
+            format!("[auth]\ntoken_secret = \"{SECRET}\"\nadmin_key = \"{ADMIN_KEY}\"\n{extra}\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[nodes]]\nid = \"{}\"\nlisten = \"{}\"\npeer = \"127.0.0.1:{}\"\ndata_dir = \"data/{}\"\n",
+                ids[i], addrs[i], peers[i], ids[i]
+            ));
+        }
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = Config::parse(&text).expect("cluster config");
+        let mut cluster = Cluster {
+            dir,
+            config_path,
+            config,
+            ids,
+            addrs,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let node = cluster.spawn(i);
+            cluster.nodes.push(Some(node));
+        }
+        cluster.wait_links().await;
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> NodeProcess {
+        let log = self.dir.path().join(format!("{}.log", self.ids[i]));
+        NodeProcess::start_node(&self.config_path, Some(&self.ids[i]), Some(&log))
+    }
+
+    /// Waits until every running node sees every other running node as up.
+    pub async fn wait_links(&self) {
+        let running: Vec<usize> = (0..self.ids.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        'outer: loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cluster links did not come up; logs in {}",
+                self.dir.path().display()
+            );
+            for &i in &running {
+                let nodes = self.nodes_view(i).await;
+                for &j in &running {
+                    if nodes[j]["up"] != true {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'outer;
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    /// `GET /v1/nodes` on node `i`.
+    pub async fn nodes_view(&self, i: usize) -> Vec<Value> {
+        let (status, body) = http_get(&self.url(i, "/v1/nodes")).await;
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).expect("nodes json")
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{}", self.addrs[i], path)
+    }
+
+    /// The index of the node that owns `key` (a user or conversation id).
+    pub fn owner(&self, key: &str) -> usize {
+        let ring = rookery::cluster::Ring::new(&self.config);
+        let id = ring.owner(key).to_string();
+        self.ids
+            .iter()
+            .position(|n| *n == id)
+            .expect("owner is a node")
+    }
+
+    /// A user id with `prefix` owned by node `i`.
+    pub fn user_on(&self, i: usize, prefix: &str) -> String {
+        (0..10_000)
+            .map(|k| format!("{prefix}{k}"))
+            .find(|u| self.owner(u) == i)
+            .expect("some user lands on every node")
+    }
+
+    pub async fn login(&self, i: usize, user: &str, device: &str) -> Client {
+        let (client, welcome) = Client::login(self.addrs[i], &token(user), device)
+            .await
+            .expect("login");
+        assert_eq!(welcome["node"], self.ids[i].as_str());
+        client
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            node.kill9();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut node = self.nodes[i].take().expect("running");
+        let pid = node.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        node.child.wait().expect("wait")
+    }
+
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let node = self.spawn(i);
+        self.nodes[i] = Some(node);
+        self.wait_links().await;
     }
 }
 

@@ -1,0 +1,191 @@
+//! What travels between nodes: the peer-link frames and the actor messages that may cross a node boundary.
+//!
+//! An actor message crosses as a `Call` (or a `Tell`, without reply) naming the target actor (a user or a
+//! conversation), the message type ([`Remote::NAME`]) and the message as JSON. The receiving node hands it to
+//! its own router, exactly as a local caller would, and answers with the handler's result as JSON. The table
+//! at the bottom of this file is the closed list of messages that may cross; everything else stays local.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix::Message;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::actors::conversation::{
+    Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Recall, Summarize, Typing,
+};
+use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup};
+use crate::actors::session::Outbound;
+use crate::actors::user::{
+    AddConv, Connect, Disconnect, ListConvs, ListFriends, PresenceChanged, RemoveConv, SetFriend,
+};
+use crate::error::{ChatError, ChatResult};
+use crate::ids::{ConvId, DeviceId, NodeId, UserId};
+
+use super::Router;
+
+/// The actor a call is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Target {
+    User(UserId),
+    Conv(ConvId),
+}
+
+/// One frame on a peer link: 4 bytes of big-endian length, then this as JSON.
+///
+/// The dialing node sends `Hello` (after the listener's `Challenge`), `Call`, `Tell`, `Push`, `Kick`,
+/// `Online` and `Ping`; the listening node sends `Challenge`, `Welcome` or `Refused`, `Reply` and `Pong`.
+/// Everything a node sends to a peer goes over its own link to that peer, so it arrives in the order sent.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerFrame {
+    Challenge {
+        nonce: String,
+    },
+    /// `proof` is HMAC-SHA256 over the nonce, the node id and the signature, keyed by the cluster's secret.
+    Hello {
+        node: NodeId,
+        signature: String,
+        proof: String,
+    },
+    Welcome {
+        node: NodeId,
+        signature: String,
+    },
+    Refused {
+        reason: String,
+    },
+    Call {
+        id: u64,
+        to: Target,
+        name: String,
+        body: Box<RawValue>,
+    },
+    Tell {
+        to: Target,
+        name: String,
+        body: Box<RawValue>,
+    },
+    Reply {
+        id: u64,
+        result: Result<Box<RawValue>, ChatError>,
+    },
+    /// Deliver `out` to every device connected to the receiving node of each of `users` (but `except`): one
+    /// envelope per node however many users.
+    Push {
+        users: Vec<UserId>,
+        except: Option<(UserId, DeviceId)>,
+        out: Outbound,
+    },
+    /// End the session `session` of `user` on the receiving node (its device connected again elsewhere).
+    Kick {
+        user: UserId,
+        session: u64,
+    },
+    /// Users whose first device connected to (`online`) or last device left (`!online`) the sending node.
+    /// With `reset`, the list replaces everything the receiver knew about the sender's sessions.
+    Online {
+        users: Vec<UserId>,
+        online: bool,
+        reset: bool,
+    },
+    Ping {
+        connections: u64,
+    },
+    Pong {
+        connections: u64,
+    },
+}
+
+/// An actor message that may be sent to an actor on another node.
+pub trait Remote: Message + Serialize + DeserializeOwned + Send + 'static
+where
+    Self::Result: Serialize + DeserializeOwned + Send,
+{
+    /// The message's name on the wire.
+    const NAME: &'static str;
+}
+
+pub type Answer = Pin<Box<dyn Future<Output = ChatResult<Box<RawValue>>>>>;
+
+fn encode<T: Serialize>(value: &T) -> ChatResult<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| ChatError::internal(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(name: &str, body: &RawValue) -> ChatResult<T> {
+    serde_json::from_str(body.get())
+        .map_err(|e| ChatError::internal(format!("peer sent a malformed {name}: {e}")))
+}
+
+/// Decodes a remote call's reply.
+pub fn decode_reply<T: DeserializeOwned>(name: &str, body: &RawValue) -> ChatResult<T> {
+    decode(name, body)
+}
+
+pub fn encode_message<T: Serialize>(value: &T) -> ChatResult<Box<RawValue>> {
+    encode(value)
+}
+
+macro_rules! remote_messages {
+    (
+        conv: [$($conv:ident),* $(,)?],
+        user: [$($user:ident),* $(,)?],
+        tell_user: [$($tell:ident),* $(,)?] $(,)?
+    ) => {
+        $(impl Remote for $conv { const NAME: &'static str = stringify!($conv); })*
+        $(impl Remote for $user { const NAME: &'static str = stringify!($user); })*
+        $(impl Remote for $tell { const NAME: &'static str = stringify!($tell); })*
+
+        /// Runs a call that arrived from a peer on this node's actors. The message is enqueued before this
+        /// returns (calls keep their arrival order); the answer is the handler's result as JSON.
+        pub fn dispatch(router: &Router, to: Target, name: &str, body: &RawValue) -> Answer {
+            match to {
+                Target::Conv(conv) => {
+                    $(if name == stringify!($conv) {
+                        let msg: $conv = match decode(name, body) {
+                            Ok(m) => m,
+                            Err(e) => return Box::pin(async move { Err(e) }),
+                        };
+                        let reply = router.ask_local_conv(&conv, msg);
+                        return Box::pin(async move { encode(&reply.await?) });
+                    })*
+                }
+                Target::User(user) => {
+                    $(if name == stringify!($user) {
+                        let msg: $user = match decode(name, body) {
+                            Ok(m) => m,
+                            Err(e) => return Box::pin(async move { Err(e) }),
+                        };
+                        let reply = router.ask_local_user(&user, msg);
+                        return Box::pin(async move { encode(&reply.await?) });
+                    })*
+                }
+            }
+            let name = name.to_owned();
+            Box::pin(async move { Err(ChatError::internal(format!("peer sent an unknown message {name}"))) })
+        }
+
+        /// A `Tell` from a peer: delivered to the user's actor only if it is live (see `Router::tell_live_user`).
+        pub fn dispatch_tell(router: &Router, to: Target, name: &str, body: &RawValue) {
+            if let Target::User(user) = to {
+                $(if name == stringify!($tell) {
+                    if let Ok(msg) = decode::<$tell>(name, body) {
+                        router.tell_local_live_user(&user, msg);
+                    }
+                    return;
+                })*
+            }
+            tracing::warn!(name, "peer sent an unknown tell");
+        }
+    };
+}
+
+remote_messages! {
+    conv: [
+        Post, Ack, Fetch, Summarize, MarkRead, GetReceipts, Typing, Recall, Friendship,
+        CreateGroup, ChangeMembers, LeaveGroup, DescribeGroup,
+    ],
+    user: [Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends],
+    tell_user: [Disconnect, PresenceChanged],
+}

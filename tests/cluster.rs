@@ -1,0 +1,301 @@
+//! Cluster: three real `rookery` processes from one config, clients on different nodes, a node killed with
+//! SIGKILL and restarted, and a node with a different config refused.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rookery::client::{Client, ClientError};
+use serde_json::json;
+
+/// A direct conversation and a group whose members sit on different nodes: pushes, `convs`, `sync`, reads
+/// and receipts cross the peer links; a second device on a third node gets the pushes too; a device that
+/// connects again on another node kicks its old session there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_span_nodes() {
+    let cluster = Cluster::start(3, "").await;
+    // each user owned by a different node, each client on yet another one
+    let alice = cluster.user_on(0, "alice");
+    let bob = cluster.user_on(1, "bob");
+    let carol = cluster.user_on(2, "carol");
+    let mut a = cluster.login(1, &alice, "phone").await;
+    let mut b = cluster.login(2, &bob, "phone").await;
+    let mut c = cluster.login(0, &carol, "phone").await;
+    let mut a2 = cluster.login(2, &alice, "laptop").await;
+
+    befriend(&mut a, &alice, &mut b, &bob).await;
+    let conv = dm(&alice, &bob);
+    for i in 1..=3u64 {
+        let sent = send_text(&mut a, &conv, &format!("c{i}"), &format!("hello {i}")).await;
+        assert_eq!(sent["seq"], i);
+    }
+    for i in 1..=3u64 {
+        let m = b.expect(is_msg(&conv, i), WAIT).await.expect("bob gets it");
+        assert_eq!(m["from"], alice.as_str());
+        a2.expect(is_msg(&conv, i), WAIT)
+            .await
+            .expect("alice's other device gets it");
+    }
+    b.send(&json!({"type":"ack","conv":conv,"seq":3}))
+        .await
+        .unwrap();
+    a.expect(
+        |f| f["type"] == "delivered" && f["conv"] == conv.as_str() && f["seq"] == 3,
+        WAIT,
+    )
+    .await
+    .expect("delivered crosses back");
+
+    let synced = b
+        .call(json!({"type":"sync","conv":conv,"after":0}))
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = synced["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+
+    // a group of three, members on three nodes
+    let group = "g:span";
+    let created = a
+        .call(json!({"type":"group_create","conv":group,"name":"Span","members":[bob, carol]}))
+        .await
+        .unwrap();
+    assert_eq!(created["count"], 3);
+    let sent = send_text(&mut c, group, "g1", "from carol").await;
+    let seq = sent["seq"].as_u64().unwrap();
+    for client in [&mut a, &mut b, &mut a2] {
+        client
+            .expect(is_msg(group, seq), WAIT)
+            .await
+            .expect("group message reaches every node");
+    }
+    let convs = b.call(json!({"type":"convs"})).await.unwrap();
+    let entry = convs["convs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["conv"] == group)
+        .cloned()
+        .expect("group listed for bob");
+    assert_eq!(entry["last_seq"], seq);
+    assert_eq!(entry["unread"], seq, "bob has read nothing in the group");
+
+    b.send(&json!({"type":"read","conv":group,"seq":seq}))
+        .await
+        .unwrap();
+    a.expect(|f| f["type"] == "read" && f["by"] == bob.as_str(), WAIT)
+        .await
+        .expect("read event crosses nodes (small group)");
+    let receipts = c
+        .call(json!({"type":"receipts","conv":group,"seq":seq}))
+        .await
+        .unwrap();
+    assert_eq!(receipts["read"], json!([bob]));
+    assert_eq!(receipts["unread"], json!([alice]));
+
+    // alice's phone connects again on node 0: the old session on node 1 is kicked
+    let _a3 = cluster.login(0, &alice, "phone").await;
+    a.expect(|f| f["type"] == "kicked", WAIT)
+        .await
+        .expect("old session kicked across nodes");
+}
+
+/// `/v1/nodes` lists every node up with its live connection count; `/v1/route` names the ring's owner, the
+/// same on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_route_agree() {
+    let cluster = Cluster::start(3, "").await;
+    let _x = cluster.login(1, "xavier", "d1").await;
+    let _y = cluster.login(1, "yolanda", "d1").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let nodes = cluster.nodes_view(0).await;
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes.iter().all(|n| n["up"] == true), "{nodes:?}");
+        if nodes[1]["connections"] == 2 {
+            assert_eq!(nodes[1]["listen"], cluster.addrs[1].to_string());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connection count not seen: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for user in ["alice", "bob", "carol", "dave", "u17"] {
+        let owner = cluster.owner(user);
+        for i in 0..3 {
+            let (status, body) = http_get(&cluster.url(i, &format!("/v1/route?user={user}"))).await;
+            assert_eq!(status, 200);
+            let route: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(route["node"], cluster.ids[owner].as_str());
+            assert_eq!(route["ws"], format!("ws://{}/ws", cluster.addrs[owner]));
+        }
+    }
+}
+
+/// SIGKILL one node: requests for what it owns fail with `unavailable` within 2 s, the rest keeps working,
+/// its clients log in elsewhere; restarted, it serves every message acknowledged before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_fails_fast_and_comes_back_whole() {
+    let mut cluster = Cluster::start(3, "[chat]\ndm_requires_friendship = false").await;
+    // users owned by nodes 0 and 1, one conversation owned by node 2 and one by a live node
+    let (u, v, w) = (0..10_000)
+        .map(|k| {
+            (
+                cluster.user_on(0, &format!("u{k}x")),
+                cluster.user_on(1, &format!("v{k}x")),
+                cluster.user_on(1, &format!("w{k}x")),
+            )
+        })
+        .find(|(u, v, w)| cluster.owner(&dm(u, v)) == 2 && cluster.owner(&dm(u, w)) != 2)
+        .expect("a pair whose conversation lands on node 2");
+    let doomed = dm(&u, &v);
+    let alive = dm(&u, &w);
+    let mut cu = cluster.login(0, &u, "d").await;
+    let mut cv = cluster.login(1, &v, "d").await;
+    let mut on_doomed = cluster.login(2, &w, "d").await;
+    for i in 1..=5u64 {
+        let sent = send_text(&mut cu, &doomed, &format!("k{i}"), "before").await;
+        assert_eq!(sent["seq"], i);
+    }
+    cv.expect(is_msg(&doomed, 5), WAIT).await.expect("pushed");
+
+    cluster.kill9(2);
+    let ended = on_doomed.expect_close(WAIT).await;
+    assert!(
+        !matches!(ended, Err(ClientError::Timeout(_))),
+        "the dead node's client sees its connection end"
+    );
+    let started = Instant::now();
+    let reply = cu
+        .request(json!({"type":"send","cid":"k6","conv":doomed,"body":{"text":"during"}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let sync = cu
+        .request(json!({"type":"sync","conv":doomed,"after":0}))
+        .await
+        .unwrap();
+    assert_eq!(sync["code"], "unavailable");
+
+    // keys on live nodes keep working; the dead node's client logs in elsewhere and pulls
+    let (mut cw, welcome, addr) = Client::login_any(&cluster.addrs, &token(&w), "d", 20)
+        .await
+        .unwrap();
+    assert_ne!(addr, cluster.addrs[2]);
+    assert_ne!(welcome["node"], "n3");
+    let sent = send_text(&mut cu, &alive, "a1", "still here").await;
+    assert_eq!(sent["seq"], 1);
+    cw.expect(is_msg(&alive, 1), WAIT)
+        .await
+        .expect("pushed to the moved client");
+
+    cluster.restart(2).await;
+    let sync = cv
+        .call(json!({"type":"sync","conv":doomed,"after":0}))
+        .await
+        .unwrap();
+    let bodies: Vec<(u64, String)> = sync["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["cid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = (1..=5).map(|i| (i, format!("k{i}"))).collect();
+    assert_eq!(
+        bodies, expected,
+        "every acknowledged message survived; the refused one was not stored"
+    );
+    let sent = send_text(&mut cu, &doomed, "k6", "after").await;
+    assert_eq!(sent["seq"], 6);
+    cv.expect(is_msg(&doomed, 6), WAIT)
+        .await
+        .expect("pushed after restart");
+}
+
+/// A node whose cluster config differs (here `vnodes`) is refused by its peers instead of sharing keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_with_a_different_config_is_refused() {
+    let mut cluster = Cluster::start(2, "").await;
+    cluster.kill9(1);
+    let text = std::fs::read_to_string(&cluster.config_path).unwrap();
+    let other = cluster.dir.path().join("other.toml");
+    std::fs::write(&other, format!("[cluster]\nvnodes = 32\n{text}")).unwrap();
+    let _n2 = NodeProcess::start_node(&other, Some("n2"), None);
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http_get(&cluster.url(0, "/metrics")).await;
+        if metrics.contains("rookery_peer_link_state{peer=\"n2\"} 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n2 not refused:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes = cluster.nodes_view(0).await;
+    assert_eq!(nodes[1]["up"], false);
+    // and n2's keys are unavailable from n1 rather than owned twice
+    let user = cluster.user_on(1, "r");
+    let err = Client::login(cluster.addrs[0], &token(&user), "d")
+        .await
+        .err()
+        .expect("login for a key of the refused node fails");
+    assert!(err.to_string().contains("unavailable"), "{err}");
+}
+
+/// SIGTERM: the node tells its clients to reconnect elsewhere (close 1012 with a reason), exits 0, and what
+/// it acknowledged is served again when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_clients_elsewhere() {
+    let mut cluster = Cluster::start(3, "[chat]\ndm_requires_friendship = false").await;
+    let (p, q) = (cluster.user_on(0, "p"), cluster.user_on(1, "q"));
+    let conv = dm(&p, &q);
+    let mut cp = cluster.login(0, &p, "d").await;
+    let mut leaving = cluster.login(2, &q, "d").await;
+    let sent = send_text(&mut cp, &conv, "t1", "one").await;
+    assert_eq!(sent["seq"], 1);
+    leaving
+        .expect(is_msg(&conv, 1), WAIT)
+        .await
+        .expect("pushed");
+
+    let status = cluster.terminate(2);
+    assert!(status.success(), "{status:?}");
+    let close = leaving
+        .expect_close(WAIT)
+        .await
+        .expect("closed by the server")
+        .expect("with a close frame");
+    assert_eq!(u16::from(close.code), 1012);
+    assert!(close.reason.contains("reconnect"), "{}", close.reason);
+
+    let others = [cluster.addrs[0], cluster.addrs[1]];
+    let (mut cq, _, _) = Client::login_any(&others, &token(&q), "d", 5)
+        .await
+        .unwrap();
+    let sync = cq
+        .call(json!({"type":"sync","conv":conv,"after":0}))
+        .await
+        .unwrap();
+    assert_eq!(sync["msgs"][0]["cid"], "t1");
+    cluster.restart(2).await;
+    let sent = send_text(&mut cp, &conv, "t2", "two").await;
+    assert_eq!(sent["seq"], 2);
+    cq.expect(is_msg(&conv, 2), WAIT).await.expect("pushed");
+}
