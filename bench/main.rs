@@ -1,7 +1,10 @@
 //! `rookery-bench`: a load generator that speaks the client contract and prints JSON results.
 //!
 //! It starts the real `rookery` binary (release build, next to this one) on a temporary config, unless
-//! `--addr` points at a running node, so the server's CPU and memory are its own process's.
+//! `--addr` points at a running node, so the server's CPU and memory are its own process's. With `--nodes N`
+//! it starts an N-node cluster from one config and spreads the clients over the nodes (`dm` puts each
+//! sender and its receiver on different nodes); the result then counts the peer envelopes of the measured
+//! period, which shows the per-node batching of fan-out.
 //!
 //! Workloads:
 //! - `dm`: P pairs; in each, one user sends to the other with W messages in flight, for T seconds (optionally
@@ -51,6 +54,9 @@ struct Cli {
     /// Extra TOML for the started node's config (tables other than `[chat]`, e.g. `[limits]` then `sends_per_s = 1000`).
     #[arg(long, global = true, default_value = "")]
     extra_config: String,
+    /// Start a cluster of this many nodes (on this machine) and spread the clients over them.
+    #[arg(long, global = true, default_value_t = 1)]
+    nodes: usize,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -101,11 +107,20 @@ enum Workload {
     },
 }
 
-/// The node under test: started here or given.
+/// The node (or nodes) under test: started here or given.
 struct Server {
     addr: SocketAddr,
+    /// Every node's client address (`addr` first).
+    addrs: Vec<SocketAddr>,
     child: Option<Child>,
+    others: Vec<Child>,
     _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Server {
@@ -113,7 +128,9 @@ impl Server {
         if let Some(addr) = cli.addr {
             return Ok(Server {
                 addr,
+                addrs: vec![addr],
                 child: None,
+                others: Vec::new(),
                 _dir: None,
             });
         }
@@ -122,40 +139,145 @@ impl Server {
             None => std::env::current_exe()?.with_file_name("rookery"),
         };
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = format!(
+        let mut config = format!(
             "[auth]\ntoken_secret = \"{SECRET}\"\n[chat]\ndm_requires_friendship = false\nheartbeat_s = 600\n\
-             push_max_members = {}\n[store]\ndurability = \"{}\"\n{}\n[[nodes]]\nid = \"n1\"\n\
-             listen = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:1\"\ndata_dir = \"data\"\n",
+             push_max_members = {}\n[store]\ndurability = \"{}\"\n{}\n",
             cli.push_max_members, cli.durability, cli.extra_config
         );
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for i in 1..=cli.nodes.max(1) {
+            let (port, peer) = (free_port()?, free_port()?);
+            config.push_str(&format!(
+                "[[nodes]]\nid = \"n{i}\"\nlisten = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{peer}\"\n\
+                 data_dir = \"data/n{i}\"\n"
+            ));
+            addrs.push(format!("127.0.0.1:{port}").parse()?);
+        }
         let path = dir.path().join("cluster.toml");
         std::fs::write(&path, config)?;
-        let mut child = Command::new(&binary)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        if !line.contains("listening") {
-            bail!("node did not start: {line}");
+        let mut children = Vec::new();
+        for i in 1..=addrs.len() {
+            let mut child = Command::new(&binary)
+                .arg("--config")
+                .arg(&path)
+                .arg("--node")
+                .arg(format!("n{i}"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let mut line = String::new();
+            let stdout = child.stdout.take().context("stdout")?;
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+            if !line.contains("listening") {
+                bail!("node did not start: {line}");
+            }
+            children.push(child);
         }
-        let addr = format!("127.0.0.1:{port}").parse()?;
-        Ok(Server {
-            addr,
-            child: Some(child),
+        let mut children = children.into_iter();
+        let server = Server {
+            addr: addrs[0],
+            addrs,
+            child: children.next(),
+            others: children.collect(),
             _dir: Some(dir),
+        };
+        server.wait_links()?;
+        Ok(server)
+    }
+
+    /// The node the `i`th client connects to.
+    fn node(&self, i: usize) -> SocketAddr {
+        self.addrs[i % self.addrs.len()]
+    }
+
+    /// Waits until every node sees all the others up.
+    fn wait_links(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in &self.addrs {
+            loop {
+                let text = ureq::get(&format!("http://{addr}/v1/nodes"))
+                    .call()?
+                    .into_string()?;
+                let nodes: Value = serde_json::from_str(&text)?;
+                let all_up = nodes
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|n| n["up"] == true));
+                if all_up {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("cluster links did not come up: {nodes}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Peer envelopes sent so far by kind, and `bytes`, summed over the nodes.
+    fn peer_traffic(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut total = std::collections::BTreeMap::new();
+        for addr in &self.addrs {
+            let Ok(text) = ureq::get(&format!("http://{addr}/metrics"))
+                .call()
+                .and_then(|r| r.into_string().map_err(Into::into))
+            else {
+                continue;
+            };
+            for line in text.lines().filter(|l| l.contains("direction=\"sent\"")) {
+                let value = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0) as u64;
+                let key = if line.starts_with("rookery_peer_bytes_total") {
+                    "bytes".to_string()
+                } else if let Some(kind) = line
+                    .strip_prefix("rookery_peer_envelopes_total")
+                    .and_then(|l| l.split("kind=\"").nth(1))
+                    .and_then(|l| l.split('"').next())
+                {
+                    kind.to_string()
+                } else {
+                    continue;
+                };
+                *total.entry(key).or_insert(0) += value;
+            }
+        }
+        total
+    }
+
+    /// The measured period's peer traffic (`before` from [`Server::peer_traffic`]), per message.
+    fn cluster_report(
+        &self,
+        before: std::collections::BTreeMap<String, u64>,
+        messages: u64,
+    ) -> Value {
+        if self.addrs.len() < 2 {
+            return Value::Null;
+        }
+        let after = self.peer_traffic();
+        let per_message: serde_json::Map<String, Value> = after
+            .iter()
+            .map(|(k, v)| {
+                let d = v - before.get(k).copied().unwrap_or(0);
+                (
+                    k.clone(),
+                    json!((d as f64 / messages.max(1) as f64 * 100.0).round() / 100.0),
+                )
+            })
+            .filter(|(_, v)| v.as_f64() != Some(0.0))
+            .collect();
+        json!({
+            "nodes": self.addrs.len(),
+            "messages": messages,
+            "peer_traffic_per_message": per_message,
         })
     }
 
-    /// Resident memory of the started node, in bytes.
+    /// Resident memory of the (first) started node, in bytes.
     fn rss(&self) -> Option<u64> {
         rss_of(self.child.as_ref()?.id())
     }
@@ -163,7 +285,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        for child in self.child.iter_mut().chain(self.others.iter_mut()) {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
@@ -246,15 +368,14 @@ async fn dm(
     rate: Option<u64>,
     warmup: u64,
 ) -> anyhow::Result<Value> {
-    let addr = server.addr;
     let epoch = Instant::now();
     let mut senders = Vec::with_capacity(pairs);
     let mut receivers = Vec::with_capacity(pairs);
     let connections: Vec<(usize, Client, Client)> = stream::iter(0..pairs)
         .map(|i| async move {
             let (a, b) = (format!("s{i}"), format!("r{i}"));
-            let sender = connect(addr, &a, "d", source(i, 20)).await?;
-            let receiver = connect(addr, &b, "d", source(i + 7, 20)).await?;
+            let sender = connect(server.node(i), &a, "d", source(i, 20)).await?;
+            let receiver = connect(server.node(i + 1), &b, "d", source(i + 7, 20)).await?;
             anyhow::Ok((i, sender, receiver))
         })
         .buffer_unordered(64)
@@ -371,8 +492,10 @@ async fn dm(
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let rss_before = server.rss();
+    let traffic_before = server.peer_traffic();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
+    let cluster = server.cluster_report(traffic_before, counters.accepted.load(Ordering::Relaxed));
     let elapsed = started.elapsed().as_secs_f64();
     let rss_during = server.rss();
     sending.store(false, Ordering::Relaxed);
@@ -397,6 +520,7 @@ async fn dm(
         "latency_ms": quantiles(&hist),
         "errors": counters.errors.load(Ordering::Relaxed),
         "server_rss_mib": rss_during.or(rss_before).map(|b| b / (1 << 20)),
+        "cluster": cluster,
     }))
 }
 
@@ -461,10 +585,9 @@ async fn fanout(
     rate: f64,
     sources: u8,
 ) -> anyhow::Result<Value> {
-    let addr = server.addr;
     let epoch = Instant::now();
     let conv = "g:bench";
-    let mut owner = connect(addr, "owner", "d", source(0, sources)).await?;
+    let mut owner = connect(server.node(0), "owner", "d", source(0, sources)).await?;
     let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
     // create with up to 999 members, add the rest 1000 at a time
     let first: Vec<&String> = names.iter().take(999).collect();
@@ -482,7 +605,9 @@ async fn fanout(
         .as_u64()
         .unwrap_or(0);
     let clients: Vec<anyhow::Result<Client>> = stream::iter(names.iter().enumerate())
-        .map(|(i, name)| async move { connect(addr, name, "d", source(i + 1, sources)).await })
+        .map(|(i, name)| async move {
+            connect(server.node(i + 1), name, "d", source(i + 1, sources)).await
+        })
         .buffer_unordered(256)
         .collect()
         .await;
@@ -536,6 +661,7 @@ async fn fanout(
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let traffic_before = server.peer_traffic();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let started = Instant::now();
     for i in 0..messages {
@@ -552,6 +678,7 @@ async fn fanout(
     let send_span = started.elapsed().as_secs_f64();
     // let the last deliveries and pulls finish
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cluster = server.cluster_report(traffic_before, messages as u64);
     let _ = stop_tx.send(true);
     let mut last_member: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut deliveries = 0usize;
@@ -580,6 +707,7 @@ async fn fanout(
         "deliveries": deliveries,
         "deliveries_per_s": (deliveries as f64 / send_span).round(),
         "last_member_ms": quantiles(&hist),
+        "cluster": cluster,
     }))
 }
 

@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::cluster::remote::PeerFrame;
 use crate::error::ErrorCode;
 use crate::net::protocol::{CLIENT_FRAME_KINDS, SERVER_FRAME_KINDS};
 
@@ -48,8 +49,9 @@ pub struct Metrics {
 pub struct PeerMetrics {
     /// 0 down, 1 up, 2 refused (the peer's cluster config differs).
     pub state: IntGauge,
-    pub envelopes_sent: IntCounter,
-    pub envelopes_received: IntCounter,
+    /// By frame kind, indexed like `PeerFrame::KINDS`.
+    pub envelopes_sent: Vec<IntCounter>,
+    pub envelopes_received: Vec<IntCounter>,
     pub bytes_sent: IntCounter,
     pub bytes_received: IntCounter,
     pub call_seconds: Histogram,
@@ -180,9 +182,9 @@ impl Metrics {
         let peer_envelopes = must(IntCounterVec::new(
             Opts::new(
                 "rookery_peer_envelopes_total",
-                "Envelopes (calls, replies, pushes, directory updates) exchanged with each peer.",
+                "Envelopes exchanged with each peer, by kind (call, reply, push, online, ...).",
             ),
-            &["peer", "direction"],
+            &["peer", "direction", "kind"],
         ));
         reg(Box::new(peer_envelopes.clone()));
         let peer_bytes = must(IntCounterVec::new(
@@ -230,8 +232,17 @@ impl Metrics {
     pub fn peer(&self, peer: &str) -> PeerMetrics {
         PeerMetrics {
             state: self.peer_link_state.with_label_values(&[peer]),
-            envelopes_sent: self.peer_envelopes.with_label_values(&[peer, "sent"]),
-            envelopes_received: self.peer_envelopes.with_label_values(&[peer, "received"]),
+            envelopes_sent: PeerFrame::KINDS
+                .iter()
+                .map(|k| self.peer_envelopes.with_label_values(&[peer, "sent", k]))
+                .collect(),
+            envelopes_received: PeerFrame::KINDS
+                .iter()
+                .map(|k| {
+                    self.peer_envelopes
+                        .with_label_values(&[peer, "received", k])
+                })
+                .collect(),
             bytes_sent: self.peer_bytes.with_label_values(&[peer, "sent"]),
             bytes_received: self.peer_bytes.with_label_values(&[peer, "received"]),
             call_seconds: self.remote_call_seconds.with_label_values(&[peer]),
@@ -292,7 +303,7 @@ mod tests {
         m.send_seconds.observe(0.001);
         let p = m.peer("n2");
         p.state.set(1);
-        p.envelopes_sent.inc();
+        p.envelopes_sent[7].inc();
         p.call_seconds.observe(0.001);
         let text = m.render();
         for name in [
@@ -307,7 +318,7 @@ mod tests {
             "rookery_send_seconds_bucket",
             "rookery_store_flush_seconds_bucket",
             "rookery_peer_link_state{peer=\"n2\"} 1",
-            "rookery_peer_envelopes_total{direction=\"sent\",peer=\"n2\"} 1",
+            "rookery_peer_envelopes_total{direction=\"sent\",kind=\"push\",peer=\"n2\"} 1",
             "rookery_remote_call_seconds_bucket",
         ] {
             assert!(text.contains(name), "missing {name}");

@@ -213,7 +213,7 @@ impl Peer {
 
     fn send_on(&self, tx: &mpsc::UnboundedSender<Bytes>, frame: &PeerFrame) -> ChatResult<()> {
         let bytes = encode(frame);
-        self.metrics.envelopes_sent.inc();
+        self.metrics.envelopes_sent[frame.kind()].inc();
         self.metrics.bytes_sent.inc_by(bytes.len() as u64);
         tx.send(bytes).map_err(|_| self.unavailable())
     }
@@ -393,7 +393,7 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
                 break;
             }
         };
-        peer.metrics.envelopes_received.inc();
+        peer.metrics.envelopes_received[frame.0.kind()].inc();
         peer.metrics.bytes_received.inc_by(frame.1 as u64);
         match frame.0 {
             PeerFrame::Reply { id, result } => {
@@ -495,7 +495,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
     let writer = actix_rt::spawn(write_loop(write, rx));
     let reply = |frame: &PeerFrame| {
         let bytes = encode(frame);
-        peer.metrics.envelopes_sent.inc();
+        peer.metrics.envelopes_sent[frame.kind()].inc();
         peer.metrics.bytes_sent.inc_by(bytes.len() as u64);
         let _ = tx.send(bytes);
     };
@@ -506,7 +506,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             Ok(Err(e)) => break Err(e),
             Err(_) => break Err(io_error("peer silent for peer_timeout_ms")),
         };
-        peer.metrics.envelopes_received.inc();
+        peer.metrics.envelopes_received[frame.kind()].inc();
         peer.metrics.bytes_received.inc_by(len as u64);
         match frame {
             PeerFrame::Call { id, to, name, body } => {
@@ -516,8 +516,9 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 let metrics = peer.metrics.clone();
                 actix_rt::spawn(async move {
                     let result = answer.await;
-                    let bytes = encode(&PeerFrame::Reply { id, result });
-                    metrics.envelopes_sent.inc();
+                    let reply = PeerFrame::Reply { id, result };
+                    let bytes = encode(&reply);
+                    metrics.envelopes_sent[reply.kind()].inc();
                     metrics.bytes_sent.inc_by(bytes.len() as u64);
                     let _ = tx.send(bytes);
                     tracing::trace!(name, elapsed = ?started.elapsed(), "served a remote call");

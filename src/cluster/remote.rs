@@ -98,6 +98,42 @@ pub enum PeerFrame {
     },
 }
 
+impl PeerFrame {
+    /// Every frame kind, for metrics labels.
+    pub const KINDS: [&'static str; 12] = [
+        "challenge",
+        "hello",
+        "welcome",
+        "refused",
+        "call",
+        "tell",
+        "reply",
+        "push",
+        "kick",
+        "online",
+        "ping",
+        "pong",
+    ];
+
+    /// This frame's index in [`PeerFrame::KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            PeerFrame::Challenge { .. } => 0,
+            PeerFrame::Hello { .. } => 1,
+            PeerFrame::Welcome { .. } => 2,
+            PeerFrame::Refused { .. } => 3,
+            PeerFrame::Call { .. } => 4,
+            PeerFrame::Tell { .. } => 5,
+            PeerFrame::Reply { .. } => 6,
+            PeerFrame::Push { .. } => 7,
+            PeerFrame::Kick { .. } => 8,
+            PeerFrame::Online { .. } => 9,
+            PeerFrame::Ping { .. } => 10,
+            PeerFrame::Pong { .. } => 11,
+        }
+    }
+}
+
 /// An actor message that may be sent to an actor on another node.
 pub trait Remote: Message + Serialize + DeserializeOwned + Send + 'static
 where
