@@ -13,8 +13,9 @@
 //!   group's members; fan-out in bounded turns, `notify` for large groups), [`actors::group`] (group
 //!   operations on a conversation actor), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
-//! - [`cluster`]: the consistent-hash [`cluster::ring`] and the [`cluster::router`], the one boundary through
-//!   which actors reach each other.
+//! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
+//!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
+//!   closed list of messages that may cross them ([`cluster::remote`]).
 //! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens.
 //! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
 //!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
@@ -23,14 +24,18 @@
 //!
 //! ## How a message travels
 //! 1. A session actor parses `send`, checks rate and size limits, and asks the router for the conversation.
-//! 2. The router finds (or spawns, on an arbiter chosen by key hash) the conversation actor and enqueues.
+//! 2. The router looks the conversation up on the ring. Owned here: it finds (or spawns, on an arbiter chosen
+//!    by key hash) the conversation actor and enqueues. Owned elsewhere: it sends a `Call` on this node's
+//!    link to the owner, whose router enqueues it the same way and sends back the `Reply`.
 //! 3. The conversation actor checks membership and friendship, claims the `cid` with one compare-and-swap
 //!    (a known `cid` is answered with its first `seq` and `ts`), assigns `seq = last + 1` and writes the
 //!    message. A dedupe entry is only trusted if the message at its `seq` carries that sender and `cid`, so a
 //!    crash between the two writes can neither duplicate nor misattribute a message.
 //! 4. The group-commit flusher fsyncs (one fsync covers every write made before it started, at most one
 //!    fsync per 500 µs under load) and tells the conversation; the conversation then answers `sent` and pushes
-//!    `msg` to every online device of every member but the sending one, in seq order.
+//!    `msg` to every online device of every member but the sending one, in seq order: one `Push` envelope
+//!    to each other node that has sessions of members (the node's session directory says which), and this
+//!    node's sessions directly.
 //! 5. Each session tracks its pushes until the device acknowledges them (cumulative `ack`) and pushes again
 //!    after `ack_timeout_ms`. A device that falls behind gets `notify` instead; one that stops reading is
 //!    disconnected. Offline devices get nothing pushed: they catch up with `convs` and `sync`.
@@ -44,8 +49,13 @@
 //!   restart); nothing is stored twice.
 //! - **Ownership**: the ring over the nodes of `cluster.toml` assigns every user and conversation to one node;
 //!   only that node's actor writes its keys. Actors stop when idle (`actors.idle_s`); their state stays in
-//!   sled, so memory follows the active set. This build serves single-node clusters; the router is where
-//!   remote delivery plugs in.
+//!   sled, so memory follows the active set. Nodes whose configs differ (membership, addresses or
+//!   `vnodes`) refuse each other's links rather than both owning a key.
+//! - **Failure**: a request for a key owned by an unreachable node fails with `unavailable` at once when its
+//!   link is known down, and within `peer_timeout_ms` when the node stops answering; a call that was in
+//!   flight when the link broke also gets `unavailable` (it may have been stored: retrying with the same
+//!   `cid` is safe). Keys of live nodes are unaffected. A restarted node serves its keys from its own sled
+//!   directory, with everything it acknowledged.
 //! - **Bounded memory per connection**: after the handshake a session owns its socket (see [`net::ws`]): it
 //!   reads into a short-lived 4 KiB buffer only when the socket is readable, skips an oversized frame as it
 //!   streams in (never buffering it whole), and keeps only the bytes the kernel would not take; a client that
