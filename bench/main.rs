@@ -220,9 +220,10 @@ impl Server {
     fn peer_traffic(&self) -> std::collections::BTreeMap<String, u64> {
         let mut total = std::collections::BTreeMap::new();
         for addr in &self.addrs {
-            let Ok(text) = ureq::get(&format!("http://{addr}/metrics"))
+            let Some(text) = ureq::get(&format!("http://{addr}/metrics"))
                 .call()
-                .and_then(|r| r.into_string().map_err(Into::into))
+                .ok()
+                .and_then(|r| r.into_string().ok())
             else {
                 continue;
             };
@@ -230,8 +231,8 @@ impl Server {
                 let value = line
                     .rsplit(' ')
                     .next()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0) as u64;
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
                 let key = if line.starts_with("rookery_peer_bytes_total") {
                     "bytes".to_string()
                 } else if let Some(kind) = line

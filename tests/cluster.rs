@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -298,4 +299,71 @@ async fn sigterm_sends_clients_elsewhere() {
     let sent = send_text(&mut cp, &conv, "t2", "two").await;
     assert_eq!(sent["seq"], 2);
     cq.expect(is_msg(&conv, 2), WAIT).await.expect("pushed");
+}
+
+/// Media uploaded to one node is found from any other: the node without it redirects (307) to the one that
+/// has it, and an HTTP client that follows redirects gets the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_found_from_any_node() {
+    use sha2::Digest;
+    let cluster = Cluster::start(3, "").await;
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let auth = format!("Bearer {}", token("mia"));
+    let (url0, url1, url2) = (cluster.url(0, ""), cluster.url(1, ""), cluster.url(2, ""));
+    tokio::task::spawn_blocking(move || {
+        let body = json!({"size":bytes.len(),"sha256":sha,"mime":"application/octet-stream"});
+        let start: serde_json::Value = serde_json::from_str(
+            &ureq::post(&format!("{url0}/v1/uploads"))
+                .set("Authorization", &auth)
+                .send_string(&body.to_string())
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let upload = start["upload"].as_str().unwrap().to_string();
+        ureq::put(&format!("{url0}/v1/uploads/{upload}/0"))
+            .set("Authorization", &auth)
+            .send_bytes(&bytes)
+            .unwrap();
+        let done: serde_json::Value = serde_json::from_str(
+            &ureq::post(&format!("{url0}/v1/uploads/{upload}/complete"))
+                .set("Authorization", &auth)
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let media = done["media"].as_str().unwrap().to_string();
+
+        let no_follow = ureq::AgentBuilder::new().redirects(0).build();
+        let resp = no_follow
+            .get(&format!("{url1}/v1/media/{media}"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap();
+        assert_eq!(resp.status(), 307);
+        let location = resp.header("Location").unwrap();
+        assert!(
+            location.starts_with(&format!("{url0}/v1/media/{media}?token=")),
+            "{location}"
+        );
+        let mut got = Vec::new();
+        ureq::get(&format!("{url2}/v1/media/{media}"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap()
+            .into_reader()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, bytes);
+        let missing = ureq::get(&format!("{url2}/v1/media/{}", "0".repeat(32)))
+            .set("Authorization", &auth)
+            .call();
+        assert!(matches!(missing, Err(ureq::Error::Status(404, _))));
+    })
+    .await
+    .unwrap();
 }

@@ -8,13 +8,14 @@
 
 use actix_files::NamedFile;
 use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::actors::now_ms;
+use crate::cluster::peer::LinkState;
 use crate::cluster::Router;
 use crate::error::{ChatError, ErrorCode};
 use crate::ids::UserId;
@@ -43,6 +44,29 @@ fn user(req: &HttpRequest, router: &Router) -> Result<UserId, ChatError> {
     auth::verify(&router.config().auth.token_secret, token).map_err(|_| unauthorized())
 }
 
+/// For downloads: the bearer token, or a `token` query parameter (what a redirect from another node
+/// carries, since clients drop `Authorization` when a redirect changes host; usable in `<img src>` too).
+fn reader(req: &HttpRequest, router: &Router) -> Result<UserId, ChatError> {
+    let from_query = || {
+        web::Query::<TokenQuery>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.into_inner().token)
+    };
+    match (bearer(req), from_query()) {
+        (None, Some(token)) => auth::verify(&router.config().auth.token_secret, &token)
+            .map_err(|_| ChatError::new(ErrorCode::Unauthorized, "a valid user token is required")),
+        _ => user(req, router),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// How long the token in a cross-node media redirect is valid.
+const REDIRECT_TOKEN_TTL_S: u64 = 60;
+
 /// Runs blocking store work off the worker thread.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::store::StoreResult<T> + Send + 'static,
@@ -69,6 +93,71 @@ async fn known_media(router: &Router, id: String) -> Result<Media, ChatError> {
     let store = router.store().clone();
     let media = blocking(move || store.media().media(&id)).await?;
     media.ok_or_else(|| ChatError::not_found("no such media"))
+}
+
+/// Marks a lookup one node makes on another's behalf (answered from local media only: no loops).
+const FORWARDED: &str = "x-rookery-forwarded";
+
+/// In a cluster, media lives on the node that received its upload. For media this node does not have, asks
+/// the live peers (a one-byte ranged GET with the client's own token) and redirects (307) to the one that
+/// has it; `None` if none has.
+async fn elsewhere(req: &HttpRequest, router: &Router, user: &UserId) -> Option<HttpResponse> {
+    if router.peers().is_empty() || req.headers().contains_key(FORWARDED) {
+        return None;
+    }
+    let secret = &router.config().auth.token_secret;
+    let auth = format!("Bearer {}", auth::mint(secret, user, REDIRECT_TOKEN_TTL_S));
+    let redirect_token = auth::mint(secret, user, REDIRECT_TOKEN_TTL_S);
+    let path = req.uri().path().to_owned();
+    let candidates: Vec<String> = router
+        .peers()
+        .iter()
+        .filter(|p| p.state() == LinkState::Up)
+        .map(|p| p.listen.clone())
+        .collect();
+    let timeout = router.config().cluster.peer_timeout();
+    let found = actix_web::web::block(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .redirects(0)
+            .build();
+        candidates
+            .into_iter()
+            .find(|listen| {
+                agent
+                    .get(&format!("http://{listen}{path}"))
+                    .set("Authorization", &auth)
+                    .set(FORWARDED, "1")
+                    .set("Range", "bytes=0-0")
+                    .call()
+                    .is_ok()
+            })
+            .map(|listen| format!("http://{listen}{path}?token={redirect_token}"))
+    })
+    .await
+    .ok()??;
+    Some(
+        HttpResponse::TemporaryRedirect()
+            .insert_header((header::LOCATION, found))
+            .finish(),
+    )
+}
+
+/// [`known_media`], or the redirect to the node that has it.
+async fn local_or_redirect(
+    req: &HttpRequest,
+    router: &Router,
+    user: &UserId,
+    id: String,
+) -> Result<Media, HttpResponse> {
+    match known_media(router, id).await {
+        Ok(media) => Ok(media),
+        Err(e) if e.code == ErrorCode::NotFound => match elsewhere(req, router, user).await {
+            Some(redirect) => Err(redirect),
+            None => Err(error_response(&e)),
+        },
+        Err(e) => Err(error_response(&e)),
+    }
 }
 
 /// Unwraps a step of a handler, answering its error as JSON with the code's status.
@@ -251,8 +340,11 @@ pub async fn download(
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    step!(user(&req, &router));
-    let media = step!(known_media(&router, path.into_inner()).await);
+    let user = step!(reader(&req, &router));
+    let media = match local_or_redirect(&req, &router, &user, path.into_inner()).await {
+        Ok(m) => m,
+        Err(response) => return response,
+    };
     let file = match NamedFile::open_async(router.store().media().blob_path(&media)).await {
         Ok(f) => f,
         Err(e) => return error_response(&internal(e)),
@@ -280,8 +372,11 @@ pub async fn thumbnail(
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    step!(user(&req, &router));
-    let media = step!(known_media(&router, path.into_inner()).await);
+    let user = step!(reader(&req, &router));
+    let media = match local_or_redirect(&req, &router, &user, path.into_inner()).await {
+        Ok(m) => m,
+        Err(response) => return response,
+    };
     let not_image = || status(415, ErrorCode::BadRequest, "this media is not an image");
     if !media.mime.starts_with("image/") {
         return not_image();
