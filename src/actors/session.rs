@@ -514,6 +514,11 @@ impl SessionActor {
                 if self.degraded.contains_key(&conv) && self.tracker.is_empty() {
                     self.degraded.remove(&conv);
                 }
+                // only a direct conversation reports acks (`delivered` to the other member); a group's
+                // acks end here, sparing its actor one message per member and message
+                if !conv.is_direct() {
+                    return;
+                }
                 let forwarded = self.acked.entry(conv.clone()).or_insert(0);
                 if seq > *forwarded {
                     *forwarded = seq;
