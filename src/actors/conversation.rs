@@ -7,6 +7,7 @@
 //! sees the same seq for the same message. It must never push before the flush, nor write another node's keys.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::friendship::{self, FriendOp};
 use crate::actors::limits::Window;
+use crate::actors::pull::PullView;
 use crate::actors::session::Outbound;
 use crate::actors::user::{AddConv, SetFriend};
 use crate::actors::{now_ms, now_us};
@@ -66,7 +68,7 @@ pub struct Fetch {
     pub limit: usize,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Fetched {
     pub msgs: Vec<Box<RawValue>>,
     pub last_seq: u64,
@@ -175,9 +177,6 @@ struct Publish {
     also: Vec<UserId>,
 }
 
-/// Published messages kept in memory for pulls: a notified large group pulls the same few messages at once.
-const RECENT: usize = 256;
-
 /// A frame for these users' devices, but the one whose frame caused it.
 struct Delivery {
     recipients: Vec<UserId>,
@@ -204,8 +203,9 @@ pub struct ConvActor {
     /// The highest seq whose `sent` and pushes went out: what `notify`, `sync` and `convs` may show (a
     /// message written but not yet durable could still be lost to a crash).
     published_seq: u64,
-    /// The last `RECENT` published messages, already validated as JSON (pulls copy them as they are).
-    recent: VecDeque<(u64, Box<RawValue>)>,
+    /// A group's members, published seq and recent messages, shared with the router so pulls are served
+    /// without this actor (see [`PullView`]); None for a direct conversation or a group that does not exist.
+    pub(super) view: Option<Arc<PullView>>,
     pub(super) reads: HashMap<UserId, u64>,
     /// Read positions advanced by sends and not yet written (written once per flush epoch).
     dirty_reads: Vec<UserId>,
@@ -287,6 +287,9 @@ impl ConvActor {
             .collect();
         let pair = store.pair(&id).unwrap_or_default();
         let window = Duration::from_millis(router.config().chat.notify_window_ms);
+        let view = group
+            .as_ref()
+            .map(|_| Arc::new(PullView::new(id.clone(), members.clone(), last_seq)));
         ConvActor {
             id,
             members,
@@ -297,7 +300,7 @@ impl ConvActor {
             last_activity_us: last_ts.saturating_mul(1000),
             last_json,
             published_seq: last_seq,
-            recent: VecDeque::new(),
+            view,
             reads,
             dirty_reads: Vec::new(),
             delivered: HashMap::new(),
@@ -333,6 +336,10 @@ impl ConvActor {
     pub(super) fn is_large(&self) -> bool {
         self.group.is_some()
             && self.members.len() as u64 > self.router.config().chat.push_max_members
+    }
+
+    pub(super) fn published_seq(&self) -> u64 {
+        self.published_seq
     }
 
     pub(super) fn touch(&mut self) {
@@ -402,13 +409,8 @@ impl ConvActor {
                     self.router.metrics().messages_accepted.inc();
                     self.published_seq = self.published_seq.max(posted.seq);
                     // only groups are pulled by many members at once; a direct conversation reads the store
-                    if self.group.is_some() {
-                        if let Some(raw) = protocol::raw(p.json.clone()) {
-                            self.recent.push_back((posted.seq, raw));
-                        }
-                    }
-                    if self.recent.len() > RECENT {
-                        self.recent.pop_front();
+                    if let Some(view) = &self.view {
+                        view.publish(posted.seq, protocol::raw(p.json.clone()));
                     }
                     self.last_json = Some(p.json);
                     if self.is_large() {
@@ -627,6 +629,9 @@ impl Actor for ConvActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(view) = &self.view {
+            self.router.register_view(&self.id, view.clone());
+        }
         if self.last_seq > 0 {
             // Repairs a member index that a crash interrupted before the first `sent` (idempotent).
             self.index_members(ctx, false);
@@ -773,6 +778,13 @@ impl Handler<Fetch> for ConvActor {
     type Result = ChatResult<Fetched>;
     fn handle(&mut self, msg: Fetch, _: &mut Context<Self>) -> ChatResult<Fetched> {
         self.touch();
+        if let Some(answer) = self
+            .view
+            .as_ref()
+            .and_then(|v| v.serve(&msg.user, msg.range, msg.limit))
+        {
+            return answer;
+        }
         self.check_member(&msg.user)?;
         let published = self.published_seq;
         let msgs = match msg.range {
@@ -781,16 +793,7 @@ impl Handler<Fetch> for ConvActor {
                 let limit = msg
                     .limit
                     .min(usize::try_from(published - after).unwrap_or(usize::MAX));
-                match self.recent.front() {
-                    Some((first, _)) if *first <= after + 1 => self
-                        .recent
-                        .iter()
-                        .filter(|(seq, _)| *seq > after)
-                        .take(limit)
-                        .map(|(_, raw)| raw.clone())
-                        .collect(),
-                    _ => raws(self.router.store().messages_after(&self.id, after, limit)?),
-                }
+                raws(self.router.store().messages_after(&self.id, after, limit)?)
             }
             Range::Before(before) => raws(self.router.store().messages_before(
                 &self.id,
@@ -946,10 +949,8 @@ impl Handler<Recall> for ConvActor {
             self.router
                 .store()
                 .replace_message(&self.id, msg.seq, &json)?;
-            if let Some(entry) = self.recent.iter_mut().find(|(seq, _)| *seq == msg.seq) {
-                if let Some(raw) = protocol::raw(json.clone()) {
-                    entry.1 = raw;
-                }
+            if let (Some(view), Some(raw)) = (&self.view, protocol::raw(json.clone())) {
+                view.replace(msg.seq, raw);
             }
             if msg.seq == self.published_seq {
                 self.last_json = Some(json);

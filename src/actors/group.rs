@@ -7,6 +7,8 @@
 //! (see `ConvActor::complete`); typing is not fanned out there, and read events reach other members only up
 //! to `receipt_push_max_members`.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::conversation::{ConvActor, NewMessage};
+use super::pull::PullView;
 use super::user::{AddConv, RemoveConv};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult, ErrorCode};
@@ -250,6 +253,13 @@ impl Handler<CreateGroup> for ConvActor {
         }
         self.group = Some(meta);
         self.members = members.iter().cloned().collect();
+        let view = Arc::new(PullView::new(
+            self.id.clone(),
+            self.members.clone(),
+            self.published_seq(),
+        ));
+        self.router.register_view(&self.id, view.clone());
+        self.view = Some(view);
         self.announce(ctx, &msg.user, msg.device, "created", members, true)
     }
 }
@@ -299,6 +309,9 @@ impl Handler<ChangeMembers> for ConvActor {
                 self.members.remove(m);
             }
         }
+        if let Some(view) = &self.view {
+            view.change_members(&changed, msg.add);
+        }
         let event = if msg.add {
             "members_added"
         } else {
@@ -324,6 +337,9 @@ impl Handler<LeaveGroup> for ConvActor {
             return failed(e.into());
         }
         self.members.remove(&msg.user);
+        if let Some(view) = &self.view {
+            view.change_members(&leaver, false);
+        }
         let done = self.announce(ctx, &msg.user, msg.device, "member_left", leaver, false);
         Box::pin(async move { done.await.map(|_| ()) })
     }

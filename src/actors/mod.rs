@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod friendship;
 pub mod group;
 pub mod limits;
+pub mod pull;
 pub mod session;
 pub mod user;
 

@@ -556,7 +556,7 @@ impl SessionActor {
                     (after, None) => Range::After(after.unwrap_or(0)),
                 };
                 let limit = usize::try_from(limit).unwrap_or(1000);
-                let reply = router.ask_conv(&conv, Fetch { user, range, limit });
+                let reply = router.fetch(&conv, Fetch { user, range, limit });
                 let fut = async move { Ok((conv, reply.await??)) };
                 self.request(ctx, rid, fut, |act, ctx, rid, (conv, f)| {
                     act.reply(

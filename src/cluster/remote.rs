@@ -176,6 +176,15 @@ macro_rules! remote_messages {
         /// Runs a call that arrived from a peer on this node's actors. The message is enqueued before this
         /// returns (calls keep their arrival order); the answer is the handler's result as JSON.
         pub fn dispatch(router: &Router, to: Target, name: &str, body: &RawValue) -> Answer {
+            // pulls may be answered without the actor (see `Router::fetch`)
+            if let (Target::Conv(conv), "Fetch") = (&to, name) {
+                let msg: Fetch = match decode(name, body) {
+                    Ok(m) => m,
+                    Err(e) => return Box::pin(async move { Err(e) }),
+                };
+                let reply = router.fetch(conv, msg);
+                return Box::pin(async move { encode(&reply.await?) });
+            }
             match to {
                 Target::Conv(conv) => {
                     $(if name == stringify!($conv) {

@@ -30,7 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::actors::conversation::ConvActor;
+use crate::actors::conversation::{ConvActor, Fetch, Fetched};
+use crate::actors::pull::PullView;
 use crate::actors::session::{Deliver, Outbound};
 use crate::actors::user::{Connect, UserActor};
 use crate::config::Config;
@@ -71,6 +72,8 @@ struct Inner {
     arbiters: Vec<ArbiterHandle>,
     users: Mutex<HashMap<UserId, Addr<UserActor>>>,
     convs: Mutex<HashMap<ConvId, Addr<ConvActor>>>,
+    /// Pull views of the groups whose actors run here (see [`PullView`]).
+    views: Mutex<HashMap<ConvId, Arc<PullView>>>,
     /// The sessions connected to this node, by user: where pushes for a user are delivered. Sessions add
     /// themselves once their user actor knows them and remove themselves when they stop.
     sessions: Mutex<HashMap<UserId, Vec<LocalSession>>>,
@@ -124,6 +127,7 @@ impl Router {
                 arbiters,
                 users: Mutex::new(HashMap::new()),
                 convs: Mutex::new(HashMap::new()),
+                views: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 remote_online: Mutex::new(HashMap::new()),
                 peers,
@@ -428,11 +432,33 @@ impl Router {
         async move { Ok(request.timeout(LOCAL_DEADLINE).await?) }
     }
 
+    /// Makes `view` answer the pulls of `conv` (its actor calls this when it starts or creates the group).
+    pub fn register_view(&self, conv: &ConvId, view: Arc<PullView>) {
+        lock(&self.inner.views).insert(conv.clone(), view);
+    }
+
+    /// A `sync`: answered from the group's [`PullView`] when this node owns it and the view covers the
+    /// range (no actor involved), else by the conversation's actor, wherever it is.
+    pub fn fetch(
+        &self,
+        conv: &ConvId,
+        msg: Fetch,
+    ) -> impl Future<Output = ChatResult<ChatResult<Fetched>>> + 'static {
+        if self.remote_owner(conv.as_str()).is_none() {
+            let view = lock(&self.inner.views).get(conv).cloned();
+            if let Some(answer) = view.and_then(|v| v.serve(&msg.user, msg.range, msg.limit)) {
+                return Either::Left(std::future::ready(Ok(answer)));
+            }
+        }
+        Either::Right(self.ask_conv(conv, msg))
+    }
+
     /// See [`Router::release_user`].
     pub fn release_conv(&self, conv: &ConvId, addr: &Addr<ConvActor>) -> bool {
         let mut convs = lock(&self.inner.convs);
         if convs.get(conv) == Some(addr) {
             convs.remove(conv);
+            lock(&self.inner.views).remove(conv);
             self.inner.metrics.actor(ActorKind::Conversation).dec();
             true
         } else {
