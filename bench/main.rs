@@ -96,6 +96,11 @@ enum Workload {
         rate: f64,
         #[arg(long, default_value_t = 20)]
         sources: u8,
+        /// Also run a `dm` workload at this many msgs/s while the group is busy (its latency is reported).
+        #[arg(long)]
+        dm_rate: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        dm_pairs: usize,
     },
     /// N authenticated idle connections; server memory per connection.
     Idle {
@@ -585,6 +590,7 @@ async fn fanout(
     messages: usize,
     rate: f64,
     sources: u8,
+    busy_dm: Option<(u64, usize)>,
 ) -> anyhow::Result<Value> {
     let epoch = Instant::now();
     let conv = "g:bench";
@@ -665,18 +671,34 @@ async fn fanout(
     let traffic_before = server.peer_traffic();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let started = Instant::now();
-    for i in 0..messages {
-        let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
-        let frame = format!(
-            r#"{{"type":"send","rid":{i},"cid":"f{i}","conv":"{conv}","body":{{"t":{t}}}}}"#
-        );
-        owner.send_text(frame).await?;
-        tokio::time::sleep_until(tokio::time::Instant::from_std(
-            started + interval * u32::try_from(i + 1).unwrap_or(u32::MAX),
-        ))
-        .await;
-    }
-    let send_span = started.elapsed().as_secs_f64();
+    let sending = async {
+        for i in 0..messages {
+            let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+            let frame = format!(
+                r#"{{"type":"send","rid":{i},"cid":"f{i}","conv":"{conv}","body":{{"t":{t}}}}}"#
+            );
+            owner.send_text(frame).await?;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(
+                started + interval * u32::try_from(i + 1).unwrap_or(u32::MAX),
+            ))
+            .await;
+        }
+        anyhow::Ok(started.elapsed().as_secs_f64())
+    };
+    // 1:1 traffic alongside: connects, warms up 1 s, then measures while the group is still busy
+    let dm_alongside = async {
+        match busy_dm {
+            Some((dm_rate, pairs)) => {
+                let busy_s = (messages as f64 / rate.max(0.001)) as u64;
+                let seconds = busy_s.saturating_sub(3).max(1);
+                Some(dm(server, pairs, 16, seconds, Some(dm_rate), 1).await)
+            }
+            None => None,
+        }
+    };
+    let (send_span, dm_result) = tokio::join!(sending, dm_alongside);
+    let send_span = send_span?;
+    let dm_result = dm_result.transpose()?;
     // let the last deliveries and pulls finish
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cluster = server.cluster_report(traffic_before, messages as u64);
@@ -709,6 +731,7 @@ async fn fanout(
         "deliveries_per_s": (deliveries as f64 / send_span).round(),
         "last_member_ms": quantiles(&hist),
         "cluster": cluster,
+        "dm_alongside": dm_result,
     }))
 }
 
@@ -873,7 +896,12 @@ fn main() -> anyhow::Result<()> {
                 messages,
                 rate,
                 sources,
-            } => fanout(&server, members, messages, rate, sources).await?,
+                dm_rate,
+                dm_pairs,
+            } => {
+                let busy_dm = dm_rate.map(|r| (r, dm_pairs));
+                fanout(&server, members, messages, rate, sources, busy_dm).await?
+            }
             Workload::Media { mib, parallel } => {
                 let (addr, pid) = (server.addr, server.child.as_ref().map(Child::id));
                 tokio::task::spawn_blocking(move || media(addr, pid, mib, parallel)).await??
