@@ -689,7 +689,7 @@ async fn fanout(
     let dm_alongside = async {
         match busy_dm {
             Some((dm_rate, pairs)) => {
-                let busy_s = (messages as f64 / rate.max(0.001)) as u64;
+                let busy_s = Duration::from_secs_f64(messages as f64 / rate.max(0.001)).as_secs();
                 let seconds = busy_s.saturating_sub(3).max(1);
                 Some(dm(server, pairs, 16, seconds, Some(dm_rate), 1).await)
             }
