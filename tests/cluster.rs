@@ -100,10 +100,22 @@ async fn conversations_span_nodes() {
     assert_eq!(receipts["unread"], json!([alice]));
 
     // alice's phone connects again on node 0: the old session on node 1 is kicked
-    let _a3 = cluster.login(0, &alice, "phone").await;
+    let mut a3 = cluster.login(0, &alice, "phone").await;
     a.expect(|f| f["type"] == "kicked", WAIT)
         .await
         .expect("old session kicked across nodes");
+
+    // bob's last device leaves node 2: his friend alice hears it on nodes 0 and 2 (bob's user is on node 1)
+    b.close().await;
+    for client in [&mut a3, &mut a2] {
+        client
+            .expect(
+                |f| f["type"] == "presence" && f["user"] == bob.as_str() && f["online"] == false,
+                WAIT,
+            )
+            .await
+            .expect("presence crosses nodes");
+    }
 }
 
 /// `/v1/nodes` lists every node up with its live connection count; `/v1/route` names the ring's owner, the
