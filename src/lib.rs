@@ -11,7 +11,8 @@
 //! - [`actors`]: [`actors::session`] (one per WebSocket), [`actors::user`] (devices, presence, friend and
 //!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair, a
 //!   group's members; fan-out in bounded turns, `notify` for large groups), [`actors::group`] (group
-//!   operations on a conversation actor), and
+//!   operations on a conversation actor), [`actors::pull`] (a group's pull view: `sync` answered without
+//!   the actor), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
 //! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
 //!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
