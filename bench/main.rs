@@ -192,6 +192,17 @@ impl Server {
         Ok(server)
     }
 
+    /// The same nodes, without owning their processes (for a workload on another thread).
+    fn view(&self) -> Server {
+        Server {
+            addr: self.addr,
+            addrs: self.addrs.clone(),
+            child: None,
+            others: Vec::new(),
+            _dir: None,
+        }
+    }
+
     /// The node the `i`th client connects to.
     fn node(&self, i: usize) -> SocketAddr {
         self.addrs[i % self.addrs.len()]
@@ -685,20 +696,30 @@ async fn fanout(
         }
         anyhow::Ok(started.elapsed().as_secs_f64())
     };
-    // 1:1 traffic alongside: connects, warms up 1 s, then measures while the group is still busy
-    let dm_alongside = async {
-        match busy_dm {
-            Some((dm_rate, pairs)) => {
-                let busy_s = Duration::from_secs_f64(messages as f64 / rate.max(0.001)).as_secs();
-                let seconds = busy_s.saturating_sub(3).max(1);
-                Some(dm(server, pairs, 16, seconds, Some(dm_rate), 1).await)
-            }
-            None => None,
-        }
+    // 1:1 traffic alongside: connects, warms up 1 s, then measures while the group is still busy. It runs
+    // on its own runtime thread, like separate devices would: in the group members' executor its receivers
+    // would queue behind 10,000 member tasks and measure the generator, not the server.
+    let dm_alongside = busy_dm.map(|(dm_rate, pairs)| {
+        let busy_s = Duration::from_secs_f64(messages as f64 / rate.max(0.001)).as_secs();
+        let seconds = busy_s.saturating_sub(3).max(1);
+        let view = server.view();
+        std::thread::spawn(move || -> anyhow::Result<Value> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(dm(&view, pairs, 16, seconds, Some(dm_rate), 1))
+        })
+    });
+    let send_span = sending.await?;
+    let dm_result = match dm_alongside {
+        Some(thread) => Some(
+            tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the dm thread panicked"))??,
+        ),
+        None => None,
     };
-    let (send_span, dm_result) = tokio::join!(sending, dm_alongside);
-    let send_span = send_span?;
-    let dm_result = dm_result.transpose()?;
     // let the last deliveries and pulls finish
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cluster = server.cluster_report(traffic_before, messages as u64);
