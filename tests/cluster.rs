@@ -379,3 +379,55 @@ async fn media_is_found_from_any_node() {
     .await
     .unwrap();
 }
+
+/// A node that stops answering (SIGSTOP) loses its links; messages for its connected devices meanwhile are
+/// stored, and when it answers again those devices get a `notify` (or the push) and pull them: nothing is
+/// lost for a device that stayed connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_behind_a_broken_link_are_told_to_pull() {
+    let cluster = Cluster::start(3, "[chat]\ndm_requires_friendship = false").await;
+    let (p, q) = (0..1000)
+        .map(|k| {
+            (
+                cluster.user_on(0, &format!("p{k}x")),
+                cluster.user_on(1, &format!("q{k}x")),
+            )
+        })
+        .find(|(p, q)| cluster.owner(&dm(p, q)) != 2)
+        .unwrap();
+    let conv = dm(&p, &q);
+    let mut cp = cluster.login(0, &p, "d").await;
+    let mut cq = cluster.login(2, &q, "d").await;
+    send_text(&mut cp, &conv, "s1", "before").await;
+    cq.expect(is_msg(&conv, 1), WAIT).await.expect("pushed");
+
+    cluster.signal(2, "STOP");
+    // the other nodes drop their links to node 2 after peer_timeout_ms (2 s)
+    let deadline = Instant::now() + WAIT;
+    while cluster.nodes_view(0).await[2]["up"] == true {
+        assert!(Instant::now() < deadline, "node 2 still up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = send_text(&mut cp, &conv, "s2", "while the link is down").await;
+    assert_eq!(sent["seq"], 2);
+    cluster.signal(2, "CONT");
+    cluster.wait_links().await;
+
+    let told = cq
+        .expect(
+            |f| {
+                f["conv"] == conv.as_str()
+                    && ((f["type"] == "notify" && f["last_seq"] == 2) || is_msg(&conv, 2)(f))
+            },
+            WAIT,
+        )
+        .await
+        .expect("the device hears of message 2");
+    if told["type"] == "notify" {
+        let sync = cq
+            .call(json!({"type":"sync","conv":conv,"after":1}))
+            .await
+            .unwrap();
+        assert_eq!(sync["msgs"][0]["cid"], "s2");
+    }
+}

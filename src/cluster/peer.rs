@@ -10,7 +10,7 @@
 //! Liveness: the dialer pings every `peer_timeout / 4`; a link silent for `peer_timeout` is dropped, its
 //! pending calls fail with `unavailable`, and the dialer reconnects with jittered exponential backoff.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::limits::Backoff;
 use crate::error::{ChatError, ChatResult};
-use crate::ids::NodeId;
+use crate::ids::{ConvId, NodeId, UserId};
 use crate::metrics::PeerMetrics;
 
 use super::remote::{self, PeerFrame, Target};
@@ -64,9 +64,21 @@ pub struct Peer {
     link: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
-    /// Bumped for every accepted link from this peer: only the newest one's end clears its directory entries.
-    inbound_generation: AtomicU64,
+    /// Message pushes for this peer's devices that could not be sent (the link was down): per conversation
+    /// the highest seq and the users. Sent as `notify` frames when the link is back, so a device that stayed
+    /// connected there pulls what it missed.
+    missed: Mutex<Missed>,
 }
+
+#[derive(Default)]
+struct Missed {
+    convs: HashMap<ConvId, (u64, HashSet<UserId>)>,
+    users: usize,
+    overflowed: bool,
+}
+
+/// The most (conversation, user) pairs a peer's missed pushes remember.
+const MAX_MISSED: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -171,7 +183,7 @@ impl Peer {
             link: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
-            inbound_generation: AtomicU64::new(0),
+            missed: Mutex::new(Missed::default()),
         }
     }
 
@@ -216,6 +228,34 @@ impl Peer {
         self.metrics.envelopes_sent[frame.kind()].inc();
         self.metrics.bytes_sent.inc_by(bytes.len() as u64);
         tx.send(bytes).map_err(|_| self.unavailable())
+    }
+
+    /// Remembers that message `seq` of `conv` could not be pushed to `users` on this peer.
+    pub fn record_missed(&self, conv: &ConvId, seq: u64, users: Vec<UserId>) {
+        let mut missed = lock(&self.missed);
+        if missed.users + users.len() > MAX_MISSED {
+            if !missed.overflowed {
+                tracing::warn!(peer = %self.id, "too many missed pushes to remember; their devices pull on their next notify or reconnect");
+                missed.overflowed = true;
+            }
+            return;
+        }
+        let entry = missed.convs.entry(conv.clone()).or_default();
+        entry.0 = entry.0.max(seq);
+        let before = entry.1.len();
+        entry.1.extend(users);
+        let added = entry.1.len() - before;
+        missed.users += added;
+    }
+
+    /// What [`Peer::record_missed`] remembered, forgotten here.
+    pub fn take_missed(&self) -> Vec<(ConvId, u64, Vec<UserId>)> {
+        let missed = std::mem::take(&mut *lock(&self.missed));
+        missed
+            .convs
+            .into_iter()
+            .map(|(conv, (seq, users))| (conv, seq, users.into_iter().collect()))
+            .collect()
     }
 
     /// Makes `tx` the link to this peer, sending `first` ahead of anything else.
@@ -488,8 +528,6 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             signature: router.signature(),
         }))
         .await?;
-    let generation = peer.inbound_generation.fetch_add(1, Ordering::SeqCst) + 1;
-
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let writer = actix_rt::spawn(write_loop(write, rx));
@@ -545,9 +583,8 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             }
         }
     };
-    if peer.inbound_generation.load(Ordering::SeqCst) == generation {
-        router.clear_remote_online(peer.index);
-    }
+    // The directory keeps what this peer last said about its users (it sends a new list when it is back):
+    // pushes for them meanwhile fail and are remembered as missed, not silently skipped.
     drop(tx);
     let _ = writer.await;
     result

@@ -8,7 +8,9 @@
 //! Pushes go to sessions, which live on whichever node their client reached. Every node keeps a session
 //! directory: its own sessions, and for each other node the users with a session there (each node announces
 //! its users' first connect and last disconnect to its peers, and a full list whenever a link comes up). A
-//! fan-out splits its recipients by node and sends one envelope per node, whatever the number of users. Every enqueue and every idle actor's removal happen under the registry lock, and a
+//! fan-out splits its recipients by node and sends one envelope per node, whatever the number of users. A
+//! message push that cannot be sent because the link is down is remembered and becomes a `notify` for those
+//! devices when the link is back (see [`Peer::record_missed`]). Every enqueue and every idle actor's removal happen under the registry lock, and a
 //! stopping actor drains its mailbox before it stops, so no message is lost to an actor going idle.
 //!
 //! Mailboxes are created large (`MAILBOX`), so `send` always enqueues at once and keeps the order of calls;
@@ -38,6 +40,8 @@ use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::metrics::{ActorKind, Metrics};
+use crate::net::protocol::ServerFrame;
+use crate::net::ws::WireFrame;
 use crate::store::Store;
 
 use super::peer::{LinkState, Peer};
@@ -528,6 +532,16 @@ impl Router {
                 reset: true,
             },
         );
+        drop(sessions);
+        // what could not be pushed while the link was down: a `notify` makes those devices pull
+        for (conv, last_seq, users) in peer.take_missed() {
+            let notify = ServerFrame::Notify { conv, last_seq };
+            let _ = peer.send(&PeerFrame::Push {
+                users,
+                except: None,
+                out: Outbound::Frame(WireFrame::text(notify.kind(), &notify.to_json())),
+            });
+        }
     }
 
     /// Registers this node's sessions again with the user actors `peer` owns: a node that restarted has
@@ -582,11 +596,6 @@ impl Router {
         }
     }
 
-    /// `peer`'s link is gone: its sessions are unreachable (they reconnect, to it or elsewhere, and pull).
-    pub fn clear_remote_online(&self, index: usize) {
-        self.set_remote_online(index, &[], false, true);
-    }
-
     /// Pushes `out` to every connected device of `user` but `except`, on every node.
     pub fn push_to_user(&self, user: &UserId, out: &Outbound, except: Option<&DeviceId>) {
         let except = except.map(|d| (user.clone(), d.clone()));
@@ -622,12 +631,20 @@ impl Router {
             }
         }
         for (peer, users) in self.inner.peers.iter().zip(per_node) {
-            if !users.is_empty() {
-                let _ = peer.send(&PeerFrame::Push {
-                    users,
-                    except: except.cloned(),
-                    out: out.clone(),
-                });
+            if users.is_empty() {
+                continue;
+            }
+            let frame = PeerFrame::Push {
+                users,
+                except: except.cloned(),
+                out: out.clone(),
+            };
+            if peer.send(&frame).is_err() {
+                if let (PeerFrame::Push { users, .. }, Outbound::Push { conv, seq, .. }) =
+                    (frame, out)
+                {
+                    peer.record_missed(conv, *seq, users);
+                }
             }
         }
         local

@@ -329,6 +329,17 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to node `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let node = self.nodes[i].as_ref().expect("running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(node.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
         let mut node = self.nodes[i].take().expect("running");
