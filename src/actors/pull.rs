@@ -16,6 +16,7 @@ use std::sync::{PoisonError, RwLock};
 use serde_json::value::RawValue;
 
 use crate::actors::conversation::{Fetched, Range};
+use crate::cluster::pulls::FetchedMany;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, UserId};
 
@@ -125,6 +126,30 @@ impl PullView {
     }
 }
 
+impl PullView {
+    /// [`PullView::serve`] for many users at once: the messages once, and the users that are not members.
+    pub fn serve_many(&self, users: &[UserId], range: Range, limit: usize) -> Option<FetchedMany> {
+        let member = users.iter().find(|u| self.read().members.contains(*u));
+        let fetched = match member {
+            Some(user) => self.serve(user, range, limit)?.ok()?,
+            None => Fetched {
+                msgs: Vec::new(),
+                last_seq: 0,
+            },
+        };
+        let inner = self.read();
+        let refused = users
+            .iter()
+            .filter(|u| !inner.members.contains(*u))
+            .map(|u| {
+                let e = ChatError::forbidden(format!("not a member of {}", self.conv));
+                (u.clone(), e)
+            })
+            .collect();
+        Some(FetchedMany { fetched, refused })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +191,12 @@ mod tests {
         assert_eq!(err.code, crate::error::ErrorCode::Forbidden);
         v.change_members(&[user("b")], false);
         assert!(v.serve(&user("b"), Range::After(0), 10).unwrap().is_err());
+        let many = v
+            .serve_many(&[user("b"), user("a"), user("c")], Range::After(1), 10)
+            .unwrap();
+        assert_eq!(seqs(&many.fetched), vec!["{\"seq\":2}", "{\"seq\":3}"]);
+        let refused: Vec<&str> = many.refused.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(refused, vec!["b", "c"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! of [`remote`].
 
 pub mod peer;
+pub mod pulls;
 pub mod remote;
 pub mod ring;
 pub mod router;

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::pulls::FetchMany;
 use crate::actors::conversation::{
     Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Recall, Summarize, Typing,
 };
@@ -176,6 +177,15 @@ macro_rules! remote_messages {
         /// Runs a call that arrived from a peer on this node's actors. The message is enqueued before this
         /// returns (calls keep their arrival order); the answer is the handler's result as JSON.
         pub fn dispatch(router: &Router, to: Target, name: &str, body: &RawValue) -> Answer {
+            // a node's batch of pulls (see `super::pulls`)
+            if let (Target::Conv(_), "FetchMany") = (&to, name) {
+                let msg: FetchMany = match decode(name, body) {
+                    Ok(m) => m,
+                    Err(e) => return Box::pin(async move { Err(e) }),
+                };
+                let reply = super::pulls::serve(router.clone(), msg);
+                return Box::pin(async move { encode(&reply.await) });
+            }
             // pulls may be answered without the actor (see `Router::fetch`)
             if let (Target::Conv(conv), "Fetch") = (&to, name) {
                 let msg: Fetch = match decode(name, body) {
@@ -224,6 +234,10 @@ macro_rules! remote_messages {
             tracing::warn!(name, "peer sent an unknown tell");
         }
     };
+}
+
+impl Remote for FetchMany {
+    const NAME: &'static str = "FetchMany";
 }
 
 remote_messages! {

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,11 +29,12 @@ use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, ArbiterHandle, Context, Handler, Message, Recipient};
 use bytes::Bytes;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::actors::conversation::{ConvActor, Fetch, Fetched};
+use crate::actors::conversation::{ConvActor, Fetch, Fetched, Range};
 use crate::actors::pull::PullView;
 use crate::actors::session::{Deliver, Outbound};
 use crate::actors::user::{Connect, UserActor};
@@ -45,6 +47,7 @@ use crate::net::ws::WireFrame;
 use crate::store::Store;
 
 use super::peer::{LinkState, Peer};
+use super::pulls::{FetchMany, FetchedMany, PullBatches};
 use super::remote::{self, PeerFrame, Remote, Target};
 use super::ring::Ring;
 
@@ -78,6 +81,8 @@ struct Inner {
     convs: Mutex<HashMap<ConvId, Addr<ConvActor>>>,
     /// Pull views of the groups whose actors run here (see [`PullView`]).
     views: Mutex<HashMap<ConvId, Arc<PullView>>>,
+    /// This node's pulls of conversations owned elsewhere, batched.
+    pulls: PullBatches,
     /// The sessions connected to this node, by user: where pushes for a user are delivered. Sessions add
     /// themselves once their user actor knows them and remove themselves when they stop.
     sessions: Mutex<HashMap<UserId, Vec<LocalSession>>>,
@@ -132,6 +137,7 @@ impl Router {
                 users: Mutex::new(HashMap::new()),
                 convs: Mutex::new(HashMap::new()),
                 views: Mutex::new(HashMap::new()),
+                pulls: PullBatches::default(),
                 sessions: Mutex::new(HashMap::new()),
                 remote_online: Mutex::new(HashMap::new()),
                 peers,
@@ -441,20 +447,53 @@ impl Router {
         lock(&self.inner.views).insert(conv.clone(), view);
     }
 
+    /// The pull view of `conv`, if its actor runs here.
+    pub fn pull_view(&self, conv: &ConvId) -> Option<Arc<PullView>> {
+        lock(&self.inner.views).get(conv).cloned()
+    }
+
     /// A `sync`: answered from the group's [`PullView`] when this node owns it and the view covers the
-    /// range (no actor involved), else by the conversation's actor, wherever it is.
+    /// range (no actor involved); for a group owned elsewhere, batched with this node's other pulls of the
+    /// same range (see [`super::pulls`]); else by the conversation's actor, wherever it is.
     pub fn fetch(
         &self,
         conv: &ConvId,
         msg: Fetch,
-    ) -> impl Future<Output = ChatResult<ChatResult<Fetched>>> + 'static {
-        if self.remote_owner(conv.as_str()).is_none() {
-            let view = lock(&self.inner.views).get(conv).cloned();
-            if let Some(answer) = view.and_then(|v| v.serve(&msg.user, msg.range, msg.limit)) {
-                return Either::Left(std::future::ready(Ok(answer)));
+    ) -> Pin<Box<dyn Future<Output = ChatResult<ChatResult<Fetched>>>>> {
+        match (self.remote_owner(conv.as_str()), msg.range) {
+            (None, range) => {
+                let answer = self
+                    .pull_view(conv)
+                    .and_then(|v| v.serve(&msg.user, range, msg.limit));
+                if let Some(answer) = answer {
+                    return Box::pin(std::future::ready(Ok(answer)));
+                }
             }
+            (Some(_), Range::After(after)) if !conv.is_direct() => {
+                let rx = self
+                    .inner
+                    .pulls
+                    .pull(self, conv, msg.user, after, msg.limit);
+                return Box::pin(async move {
+                    rx.await
+                        .map_err(|_| ChatError::unavailable("the pull was dropped"))
+                });
+            }
+            (Some(_), _) => {}
         }
-        Either::Right(self.ask_conv(conv, msg))
+        Box::pin(self.ask_conv(conv, msg))
+    }
+
+    /// Sends a batch of pulls to the node that owns `conv`.
+    pub fn call_conv_node(
+        &self,
+        conv: &ConvId,
+        msg: FetchMany,
+    ) -> impl Future<Output = ChatResult<ChatResult<FetchedMany>>> + 'static {
+        match self.remote_owner(conv.as_str()) {
+            Some(owner) => Either::Left(self.call_remote(owner, Target::Conv(conv.clone()), msg)),
+            None => Either::Right(super::pulls::serve(self.clone(), msg).map(Ok)),
+        }
     }
 
     /// See [`Router::release_user`].
