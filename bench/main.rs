@@ -234,6 +234,49 @@ impl Server {
 
     /// Peer envelopes sent so far by kind, and `bytes`, summed over the nodes.
     fn peer_traffic(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counters(|line| {
+            if !line.contains("direction=\"sent\"") {
+                None
+            } else if line.starts_with("rookery_peer_bytes_total") {
+                Some("bytes".to_string())
+            } else {
+                line.strip_prefix("rookery_peer_envelopes_total")
+                    .and_then(|l| l.split("kind=\"").nth(1))
+                    .and_then(|l| l.split('"').next())
+                    .map(str::to_string)
+            }
+        })
+    }
+
+    /// Client frames received (`in.<type>`) and sent (`out.<type>`) so far, summed over the nodes.
+    fn client_frames(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counters(|line| {
+            let (dir, rest) = if let Some(rest) = line.strip_prefix("rookery_frames_in_total") {
+                ("in", rest)
+            } else {
+                ("out", line.strip_prefix("rookery_frames_out_total")?)
+            };
+            let kind = rest.split("type=\"").nth(1)?.split('"').next()?;
+            Some(format!("{dir}.{kind}"))
+        })
+    }
+
+    /// `rookery_send_seconds` bucket counts so far (`le` in seconds, cumulative), summed over the nodes.
+    fn send_seconds(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counters(|line| {
+            let le = line
+                .strip_prefix("rookery_send_seconds_bucket{le=\"")?
+                .split('"')
+                .next()?;
+            Some(le.to_string())
+        })
+    }
+
+    /// Sums over the nodes' `/metrics` of the samples `pick` names (lines it maps to `None` are skipped).
+    fn counters(
+        &self,
+        pick: impl Fn(&str) -> Option<String>,
+    ) -> std::collections::BTreeMap<String, u64> {
         let mut total = std::collections::BTreeMap::new();
         for addr in &self.addrs {
             let Some(text) = ureq::get(&format!("http://{addr}/metrics"))
@@ -243,23 +286,13 @@ impl Server {
             else {
                 continue;
             };
-            for line in text.lines().filter(|l| l.contains("direction=\"sent\"")) {
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some(key) = pick(line) else { continue };
                 let value = line
                     .rsplit(' ')
                     .next()
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
-                let key = if line.starts_with("rookery_peer_bytes_total") {
-                    "bytes".to_string()
-                } else if let Some(kind) = line
-                    .strip_prefix("rookery_peer_envelopes_total")
-                    .and_then(|l| l.split("kind=\"").nth(1))
-                    .and_then(|l| l.split('"').next())
-                {
-                    kind.to_string()
-                } else {
-                    continue;
-                };
                 *total.entry(key).or_insert(0) += value;
             }
         }
@@ -680,6 +713,8 @@ async fn fanout(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let traffic_before = server.peer_traffic();
+    let frames_before = server.client_frames();
+    let send_before = server.send_seconds();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let started = Instant::now();
     let sending = async {
@@ -723,6 +758,16 @@ async fn fanout(
     // let the last deliveries and pulls finish
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cluster = server.cluster_report(traffic_before, messages as u64);
+    let frames_per_delivery: serde_json::Map<String, Value> = server
+        .client_frames()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let d = v - frames_before.get(&k).copied().unwrap_or(0);
+            let per = d as f64 / (messages.max(1) * members.max(1)) as f64;
+            (per >= 0.005).then(|| (k, json!((per * 100.0).round() / 100.0)))
+        })
+        .collect();
+    let server_send_ms = histogram_quantiles(&send_before, &server.send_seconds());
     let _ = stop_tx.send(true);
     let mut last_member: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut deliveries = 0usize;
@@ -751,9 +796,47 @@ async fn fanout(
         "deliveries": deliveries,
         "deliveries_per_s": (deliveries as f64 / send_span).round(),
         "last_member_ms": quantiles(&hist),
+        "frames_per_delivery": frames_per_delivery,
+        "server_send_to_sent_ms": server_send_ms,
         "cluster": cluster,
         "dm_alongside": dm_result,
     }))
+}
+
+/// p50 and p99 (the upper bound of the bucket they fall in, in ms) of the observations a Prometheus
+/// histogram gained between two scrapes of its cumulative buckets.
+fn histogram_quantiles(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> Value {
+    let mut buckets: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            (bound, n - before.get(le).copied().unwrap_or(0))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0, |b| b.1);
+    // the observation at rank ceil(total * per_mille / 1000)
+    let at = |per_mille: u64| {
+        let rank = (total * per_mille).div_ceil(1000);
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= rank.max(1))
+            .map(|(le, _)| {
+                if le.is_finite() {
+                    json!(le * 1000.0)
+                } else {
+                    json!("inf")
+                }
+            })
+    };
+    json!({"count": total, "p50_le": at(500), "p99_le": at(990)})
 }
 
 fn rss_of(pid: u32) -> Option<u64> {

@@ -130,6 +130,53 @@ async fn small_groups_push_to_every_device_in_order() {
     );
 }
 
+/// A group of more than 512 members reaches this node's sessions through the workers' lanes
+/// (`actors::lane`): every device still gets every message once, in order.
+#[tokio::test]
+async fn big_groups_in_push_mode_deliver_in_order_through_the_lanes() {
+    let node = TestNode::start_with("[chat]\npush_max_members = 2000");
+    let mut alice = node.login("alice", "phone").await;
+    let mut devices = vec![
+        ("alice laptop", node.login("alice", "laptop").await),
+        ("bob phone", node.login("bob", "phone").await),
+        ("bob tablet", node.login("bob", "tablet").await),
+        ("carol phone", node.login("carol", "phone").await),
+    ];
+    let mut names: Vec<String> = vec!["bob".into(), "carol".into()];
+    names.extend((0..997).map(|i| format!("m{i}")));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let created = create(&mut alice, "g:big", &names).await;
+    assert_eq!(created["count"], 1000, "{created}");
+    for i in 0..40 {
+        let frame = json!({"type":"send","rid":format!("r{i}"),"cid":format!("c{i}"),"conv":"g:big","body":{"i":i}});
+        alice.send(&frame).await.expect("send");
+    }
+    alice
+        .expect(|f| f["rid"] == "r39", WAIT)
+        .await
+        .expect("all sent");
+    for (name, client) in &mut devices {
+        let mut seqs = Vec::new();
+        while seqs.last() != Some(&41) {
+            let f = client
+                .expect(|f| f["type"] == "msg" && f["conv"] == "g:big", WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e} after {seqs:?}"));
+            let seq = f["seq"].as_u64().expect("seq");
+            seqs.push(seq);
+            client
+                .send(&json!({"type":"ack","conv":"g:big","seq":seq}))
+                .await
+                .expect("ack");
+        }
+        assert_eq!(
+            seqs,
+            (1..=41).collect::<Vec<u64>>(),
+            "{name}: each once, in order"
+        );
+    }
+}
+
 #[tokio::test]
 async fn owner_rules_and_membership_changes() {
     let node = TestNode::start();

@@ -235,6 +235,26 @@ struct FanoutJob {
     next: usize,
     out: Outbound,
     except: Option<(UserId, DeviceId)>,
+    /// Through the workers' lanes.
+    bulk: bool,
+}
+
+/// Hands `out` to this node's sessions of `users` (but `except`), through their workers' lanes if `bulk`.
+fn deliver(
+    router: &Router,
+    users: &[UserId],
+    out: &Outbound,
+    except: Option<&(UserId, DeviceId)>,
+    bulk: bool,
+) {
+    if bulk {
+        router.push_bulk(users, out, except);
+        return;
+    }
+    for user in users {
+        let skip = except.filter(|(u, _)| u == user).map(|(_, d)| d);
+        router.push_local(user, out, skip);
+    }
 }
 
 /// Continue a fan-out on the next turn.
@@ -439,7 +459,9 @@ impl ConvActor {
     // ---- fan-out ----
 
     /// Delivers to `recipients`' connected devices (but `except`): one envelope now to each other node
-    /// with recipients, and this node's sessions in turns, behind earlier deliveries.
+    /// with recipients, and this node's sessions in turns, behind earlier deliveries. A group of more than
+    /// [`FANOUT_BATCH`] members always goes through the workers' lanes (so its pushes stay in order), a
+    /// smaller conversation never (its pushes are the latency-sensitive ones).
     pub(super) fn fan_out(
         &mut self,
         ctx: &mut Context<Self>,
@@ -447,13 +469,13 @@ impl ConvActor {
         out: Outbound,
         except: Option<(UserId, DeviceId)>,
     ) {
-        let recipients = self.router.push_remote(&recipients, &out, except.as_ref());
+        let bulk = self.members.len() > FANOUT_BATCH;
+        let recipients = self
+            .router
+            .push_remote(&recipients, &out, except.as_ref(), bulk);
         if self.fanout.is_empty() && recipients.len() <= FANOUT_BATCH {
             // nothing queued ahead and small enough for one turn: deliver now
-            for user in &recipients {
-                let skip = except.as_ref().filter(|(u, _)| u == user).map(|(_, d)| d);
-                self.router.push_local(user, &out, skip);
-            }
+            deliver(&self.router, &recipients, &out, except.as_ref(), bulk);
             return;
         }
         self.fanout.push_back(FanoutJob {
@@ -461,6 +483,7 @@ impl ConvActor {
             next: 0,
             out,
             except,
+            bulk,
         });
         if !self.pumping {
             self.pump(ctx);
@@ -473,17 +496,11 @@ impl ConvActor {
             let Some(job) = self.fanout.front_mut() else {
                 break;
             };
-            while budget > 0 && job.next < job.recipients.len() {
-                let user = &job.recipients[job.next];
-                let except = job
-                    .except
-                    .as_ref()
-                    .filter(|(u, _)| u == user)
-                    .map(|(_, d)| d);
-                self.router.push_local(user, &job.out, except);
-                job.next += 1;
-                budget -= 1;
-            }
+            let end = job.recipients.len().min(job.next + budget);
+            let turn = &job.recipients[job.next..end];
+            budget -= turn.len();
+            job.next = end;
+            deliver(&self.router, turn, &job.out, job.except.as_ref(), job.bulk);
             if job.next >= job.recipients.len() {
                 self.fanout.pop_front();
             }

@@ -9,6 +9,7 @@ pub mod conversation;
 pub mod delivery;
 pub mod friendship;
 pub mod group;
+pub mod lane;
 pub mod limits;
 pub mod pull;
 pub mod session;

@@ -19,6 +19,7 @@ use crate::actors::conversation::{
 use crate::actors::delivery::{Track, Tracker};
 use crate::actors::friendship::FriendOp;
 use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, GroupView, LeaveGroup};
+use crate::actors::lane::Lane;
 use crate::actors::limits::{jittered, Deadline, TokenBucket, Window};
 use crate::actors::user::{Connect, Disconnect, ListConvs, ListFriends};
 use crate::cluster::Router;
@@ -435,6 +436,7 @@ impl SessionActor {
                             &device,
                             act.id,
                             ctx.address().recipient(),
+                            Lane::current(),
                         );
                         act.registered = Some(user.clone());
                         act.state = State::Active { user, device };

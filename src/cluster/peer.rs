@@ -563,9 +563,12 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 });
             }
             PeerFrame::Tell { to, name, body } => remote::dispatch_tell(router, to, &name, &body),
-            PeerFrame::Push { users, except, out } => {
-                router.deliver_local(&users, &out, except.as_ref());
-            }
+            PeerFrame::Push {
+                users,
+                except,
+                out,
+                bulk,
+            } => router.deliver_local(&users, &out, except.as_ref(), bulk),
             PeerFrame::Kick { user, session } => router.kick_local(&user, session),
             PeerFrame::Online {
                 users,

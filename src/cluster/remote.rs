@@ -78,6 +78,9 @@ pub enum PeerFrame {
         users: Vec<UserId>,
         except: Option<(UserId, DeviceId)>,
         out: Outbound,
+        /// Hand it to the sessions through their workers' lanes (a large fan-out; see `actors::lane`).
+        #[serde(default)]
+        bulk: bool,
     },
     /// End the session `session` of `user` on the receiving node (its device connected again elsewhere).
     Kick {

@@ -35,6 +35,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::actors::conversation::{ConvActor, Fetch, Fetched, Range};
+use crate::actors::lane::Lane;
 use crate::actors::pull::PullView;
 use crate::actors::session::{Deliver, Outbound};
 use crate::actors::user::{Connect, UserActor};
@@ -62,6 +63,8 @@ struct LocalSession {
     device: DeviceId,
     id: u64,
     addr: Recipient<Deliver>,
+    /// The lane of the worker thread the session runs on.
+    lane: Lane,
 }
 
 /// Everything a node's actors share. Cheap to clone.
@@ -533,11 +536,13 @@ impl Router {
         device: &DeviceId,
         id: u64,
         addr: Recipient<Deliver>,
+        lane: Lane,
     ) {
         let session = LocalSession {
             device: device.clone(),
             id,
             addr,
+            lane,
         };
         let mut sessions = lock(&self.inner.sessions);
         let list = sessions.entry(user.clone()).or_default();
@@ -579,6 +584,7 @@ impl Router {
                 users,
                 except: None,
                 out: Outbound::Frame(WireFrame::text(notify.kind(), &notify.to_json())),
+                bulk: true,
             });
         }
     }
@@ -638,18 +644,20 @@ impl Router {
     /// Pushes `out` to every connected device of `user` but `except`, on every node.
     pub fn push_to_user(&self, user: &UserId, out: &Outbound, except: Option<&DeviceId>) {
         let except = except.map(|d| (user.clone(), d.clone()));
-        for user in self.push_remote(std::slice::from_ref(user), out, except.as_ref()) {
+        for user in self.push_remote(std::slice::from_ref(user), out, except.as_ref(), false) {
             self.push_local(&user, out, except.as_ref().map(|(_, d)| d));
         }
     }
 
     /// Sends `out` for `users` to the other nodes, one envelope per node holding all of that node's users,
-    /// and returns the users with a session on this node (to push to with [`Router::push_local`]).
+    /// and returns the users with a session on this node (to push to with [`Router::push_local`], or
+    /// [`Router::push_bulk`] if `bulk`, as the receiving nodes will).
     pub fn push_remote(
         &self,
         users: &[UserId],
         out: &Outbound,
         except: Option<&(UserId, DeviceId)>,
+        bulk: bool,
     ) -> Vec<UserId> {
         let mut local = Vec::new();
         let mut per_node: Vec<Vec<UserId>> = vec![Vec::new(); self.inner.peers.len()];
@@ -677,6 +685,7 @@ impl Router {
                 users,
                 except: except.cloned(),
                 out: out.clone(),
+                bulk,
             };
             if peer.send(&frame).is_err() {
                 if let (PeerFrame::Push { users, .. }, Outbound::Push { conv, seq, .. }) =
@@ -699,13 +708,44 @@ impl Router {
         }
     }
 
+    /// Pushes `out` to the devices of `users` connected to this node (but `except`) through their workers'
+    /// lanes: one batch per worker thread, handed out a turn at a time (see [`crate::actors::lane`]).
+    pub fn push_bulk(&self, users: &[UserId], out: &Outbound, except: Option<&(UserId, DeviceId)>) {
+        let mut per_lane: Vec<(Lane, Vec<Recipient<Deliver>>)> = Vec::new();
+        {
+            let sessions = lock(&self.inner.sessions);
+            for user in users {
+                let skip = except.filter(|(u, _)| u == user).map(|(_, d)| d);
+                for s in sessions.get(user).into_iter().flatten() {
+                    if Some(&s.device) == skip {
+                        continue;
+                    }
+                    match per_lane
+                        .iter_mut()
+                        .find(|(lane, _)| lane.id() == s.lane.id())
+                    {
+                        Some((_, targets)) => targets.push(s.addr.clone()),
+                        None => per_lane.push((s.lane.clone(), vec![s.addr.clone()])),
+                    }
+                }
+            }
+        }
+        for (lane, targets) in per_lane {
+            lane.send(out.clone(), targets);
+        }
+    }
+
     /// An envelope from a peer: `out` to this node's sessions of `users`.
     pub fn deliver_local(
         &self,
         users: &[UserId],
         out: &Outbound,
         except: Option<&(UserId, DeviceId)>,
+        bulk: bool,
     ) {
+        if bulk {
+            return self.push_bulk(users, out, except);
+        }
         for user in users {
             let skip = except.filter(|(u, _)| u == user).map(|(_, d)| d);
             self.push_local(user, out, skip);
