@@ -12,7 +12,7 @@
 //!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair, a
 //!   group's members; fan-out in bounded turns, `notify` for large groups), [`actors::group`] (group
 //!   operations on a conversation actor), [`actors::pull`] (a group's pull view: `sync` answered without
-//!   the actor), and
+//!   the actor), [`actors::lane`] (each session worker's low-priority lane for large fan-outs), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
 //! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
 //!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
