@@ -220,6 +220,9 @@ pub struct ConvActor {
     /// Deliveries not yet handed to sessions, in seq order; worked off `FANOUT_BATCH` recipients per turn.
     fanout: VecDeque<FanoutJob>,
     pumping: bool,
+    /// Fan-outs go through the workers' lanes: set once the group has more than [`FANOUT_BATCH`]
+    /// members, and kept while the actor lives, so a shrinking group's pushes cannot overtake each other.
+    lanes: bool,
     /// Large groups: at most one `notify` per window.
     notify_window: Window,
     notify_scheduled: bool,
@@ -332,6 +335,7 @@ impl ConvActor {
             index_pending: false,
             fanout: VecDeque::new(),
             pumping: false,
+            lanes: false,
             notify_window: Window::new(window),
             notify_scheduled: false,
             last_active: Instant::now(),
@@ -460,8 +464,8 @@ impl ConvActor {
 
     /// Delivers to `recipients`' connected devices (but `except`): one envelope now to each other node
     /// with recipients, and this node's sessions in turns, behind earlier deliveries. A group of more than
-    /// [`FANOUT_BATCH`] members always goes through the workers' lanes (so its pushes stay in order), a
-    /// smaller conversation never (its pushes are the latency-sensitive ones).
+    /// [`FANOUT_BATCH`] members goes through the workers' lanes from then on (so its pushes stay in order),
+    /// a smaller conversation never (its pushes are the latency-sensitive ones).
     pub(super) fn fan_out(
         &mut self,
         ctx: &mut Context<Self>,
@@ -469,7 +473,8 @@ impl ConvActor {
         out: Outbound,
         except: Option<(UserId, DeviceId)>,
     ) {
-        let bulk = self.members.len() > FANOUT_BATCH;
+        self.lanes |= self.members.len() > FANOUT_BATCH;
+        let bulk = self.lanes;
         let recipients = self
             .router
             .push_remote(&recipients, &out, except.as_ref(), bulk);
