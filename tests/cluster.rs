@@ -99,6 +99,31 @@ async fn conversations_span_nodes() {
     assert_eq!(receipts["read"], json!([bob]));
     assert_eq!(receipts["unread"], json!([alice]));
 
+    // pulls of the group from the other nodes (batched per node): members get the history, an outsider
+    // pulling in the same moment on the same node is refused
+    let owner = cluster.owner(group);
+    let members = [(1, &mut a), (2, &mut b), (0, &mut c)];
+    for (node, member) in members.into_iter().filter(|(n, _)| *n != owner) {
+        let outsider_name = cluster.user_on(node, &format!("mallory{node}"));
+        let mut outsider = cluster.login(node, &outsider_name, "d").await;
+        let pull = json!({"type":"sync","rid":"p","conv":group,"after":0});
+        member.send(&pull).await.unwrap();
+        outsider.send(&pull).await.unwrap();
+        let refused = outsider.expect(|f| f["rid"] == "p", WAIT).await.unwrap();
+        assert_eq!(
+            refused["code"], "forbidden",
+            "outsider on node {node}: {refused}"
+        );
+        let pulled = member.expect(|f| f["rid"] == "p", WAIT).await.unwrap();
+        let seqs: Vec<u64> = pulled["msgs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("member on node {node}: {pulled}"))
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, seq], "member on node {node}");
+    }
+
     // alice's phone connects again on node 0: the old session on node 1 is kicked
     let mut a3 = cluster.login(0, &alice, "phone").await;
     a.expect(|f| f["type"] == "kicked", WAIT)
