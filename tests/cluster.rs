@@ -124,6 +124,43 @@ async fn conversations_span_nodes() {
         assert_eq!(seqs, vec![1, seq], "member on node {node}");
     }
 
+    // older than the owner's pull view (its last 256 messages): the batch is served by the group's actor
+    // (two fresh connections of 150 sends each: within the per-connection send rate's burst)
+    for device in ["bulk1", "bulk2"] {
+        let mut sender = cluster.login(0, &carol, device).await;
+        for i in 0..150 {
+            let frame = json!({"type":"send","rid":format!("old{i}"),"cid":format!("{device}-{i}"),"conv":group,"body":{"i":i}});
+            sender.send(&frame).await.unwrap();
+        }
+        for i in 0..150 {
+            let rid = format!("old{i}");
+            let reply = sender
+                .expect(|f| f["rid"] == rid.as_str(), WAIT)
+                .await
+                .unwrap();
+            assert_eq!(reply["type"], "sent", "{reply}");
+        }
+    }
+    let node = (0..3).find(|n| *n != owner).unwrap();
+    let member_name = [&carol, &alice, &bob][node];
+    let mut member = cluster.login(node, member_name, "puller").await;
+    let mut outsider = cluster
+        .login(node, &cluster.user_on(node, "trudy"), "d")
+        .await;
+    let pull = json!({"type":"sync","rid":"old","conv":group,"after":0,"limit":1000});
+    member.send(&pull).await.unwrap();
+    outsider.send(&pull).await.unwrap();
+    let refused = outsider.expect(|f| f["rid"] == "old", WAIT).await.unwrap();
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let pulled = member.expect(|f| f["rid"] == "old", WAIT).await.unwrap();
+    let seqs: Vec<u64> = pulled["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seq + 300).collect::<Vec<u64>>());
+
     // alice's phone connects again on node 0: the old session on node 1 is kicked
     let mut a3 = cluster.login(0, &alice, "phone").await;
     a.expect(|f| f["type"] == "kicked", WAIT)

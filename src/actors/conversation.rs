@@ -22,6 +22,7 @@ use crate::actors::pull::PullView;
 use crate::actors::session::Outbound;
 use crate::actors::user::{AddConv, SetFriend};
 use crate::actors::{now_ms, now_us};
+use crate::cluster::pulls::{FetchMany, FetchedMany};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{Cid, ConvId, DeviceId, UserId};
@@ -827,6 +828,37 @@ impl Handler<Fetch> for ConvActor {
             msgs,
             last_seq: published,
         })
+    }
+}
+
+/// A node's batch of pulls when the pull view does not cover them: the messages read once, for the first
+/// member among the users; the others are refused with the reason [`Handler<Fetch>`] would give.
+impl Handler<FetchMany> for ConvActor {
+    type Result = ChatResult<FetchedMany>;
+    fn handle(&mut self, msg: FetchMany, ctx: &mut Context<Self>) -> ChatResult<FetchedMany> {
+        let mut refused = Vec::new();
+        let mut reader = None;
+        for user in msg.users {
+            match self.check_member(&user) {
+                Ok(()) => reader = reader.or(Some(user)),
+                Err(e) => refused.push((user, e)),
+            }
+        }
+        let fetched = match reader {
+            Some(user) => {
+                let fetch = Fetch {
+                    user,
+                    range: Range::After(msg.after),
+                    limit: msg.limit,
+                };
+                self.handle(fetch, ctx)?
+            }
+            None => Fetched {
+                msgs: Vec::new(),
+                last_seq: 0,
+            },
+        };
+        Ok(FetchedMany { fetched, refused })
     }
 }
 

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::actors::conversation::{Fetch, Fetched, Range};
+use crate::actors::conversation::{Fetched, Range};
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, UserId};
 
 use super::Router;
 
-/// `sync` for many users at once (`after`, `limit` as in [`Fetch`]).
+/// `sync` for many users at once (`after`, `limit` as in [`crate::actors::conversation::Fetch`]).
 #[derive(actix::Message, Serialize, Deserialize)]
 #[rtype(result = "ChatResult<FetchedMany>")]
 pub struct FetchMany {
@@ -138,7 +138,7 @@ fn answer(waiting: Vec<Waiter>, result: ChatResult<FetchedMany>) {
 }
 
 /// Serves a [`FetchMany`] on the node that owns the conversation: from the group's pull view when it covers
-/// the range, else one [`Fetch`] per user.
+/// the range, else by the conversation's actor (one read of the store for the whole batch).
 pub async fn serve(router: Router, msg: FetchMany) -> ChatResult<FetchedMany> {
     if let Some(many) = router
         .pull_view(&msg.conv)
@@ -146,33 +146,6 @@ pub async fn serve(router: Router, msg: FetchMany) -> ChatResult<FetchedMany> {
     {
         return Ok(many);
     }
-    let fetches: Vec<_> = msg
-        .users
-        .iter()
-        .map(|user| {
-            let fetch = Fetch {
-                user: user.clone(),
-                range: Range::After(msg.after),
-                limit: msg.limit,
-            };
-            router.fetch(&msg.conv, fetch)
-        })
-        .collect();
-    let mut fetched = None;
-    let mut refused = Vec::new();
-    for (user, result) in msg
-        .users
-        .into_iter()
-        .zip(futures_util::future::join_all(fetches).await)
-    {
-        match result.and_then(|r| r) {
-            Ok(f) => fetched = fetched.or(Some(f)),
-            Err(e) => refused.push((user, e)),
-        }
-    }
-    let fetched = fetched.unwrap_or(Fetched {
-        msgs: Vec::new(),
-        last_seq: 0,
-    });
-    Ok(FetchedMany { fetched, refused })
+    let conv = msg.conv.clone();
+    router.ask_local_conv(&conv, msg).await?
 }
