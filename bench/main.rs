@@ -308,18 +308,7 @@ impl Server {
         if self.addrs.len() < 2 {
             return Value::Null;
         }
-        let after = self.peer_traffic();
-        let per_message: serde_json::Map<String, Value> = after
-            .iter()
-            .map(|(k, v)| {
-                let d = v - before.get(k).copied().unwrap_or(0);
-                (
-                    k.clone(),
-                    json!((d as f64 / messages.max(1) as f64 * 100.0).round() / 100.0),
-                )
-            })
-            .filter(|(_, v)| v.as_f64() != Some(0.0))
-            .collect();
+        let per_message = per_unit(&before, &self.peer_traffic(), messages);
         json!({
             "nodes": self.addrs.len(),
             "messages": messages,
@@ -758,15 +747,11 @@ async fn fanout(
     // let the last deliveries and pulls finish
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cluster = server.cluster_report(traffic_before, messages as u64);
-    let frames_per_delivery: serde_json::Map<String, Value> = server
-        .client_frames()
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let d = v - frames_before.get(&k).copied().unwrap_or(0);
-            let per = d as f64 / (messages.max(1) * members.max(1)) as f64;
-            (per >= 0.005).then(|| (k, json!((per * 100.0).round() / 100.0)))
-        })
-        .collect();
+    let frames_per_delivery = per_unit(
+        &frames_before,
+        &server.client_frames(),
+        (messages * members) as u64,
+    );
     let server_send_ms = histogram_quantiles(&send_before, &server.send_seconds());
     let _ = stop_tx.send(true);
     let mut last_member: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
@@ -801,6 +786,23 @@ async fn fanout(
         "cluster": cluster,
         "dm_alongside": dm_result,
     }))
+}
+
+/// How much each counter grew from `before` to `after`, divided by `units`, to two decimals (counters that
+/// did not grow by at least 0.005 per unit are left out).
+fn per_unit(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    units: u64,
+) -> serde_json::Map<String, Value> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let grew = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+            let per = (grew as f64 / units.max(1) as f64 * 100.0).round() / 100.0;
+            (per != 0.0).then(|| (k.clone(), json!(per)))
+        })
+        .collect()
 }
 
 /// p50 and p99 (the upper bound of the bucket they fall in, in ms) of the observations a Prometheus
