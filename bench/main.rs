@@ -261,13 +261,11 @@ impl Server {
         })
     }
 
-    /// `rookery_send_seconds` bucket counts so far (`le` in seconds, cumulative), summed over the nodes.
-    fn send_seconds(&self) -> std::collections::BTreeMap<String, u64> {
+    /// The bucket counts of histogram `name` so far (`le` in seconds, cumulative), summed over the nodes.
+    fn histogram(&self, name: &str) -> std::collections::BTreeMap<String, u64> {
+        let prefix = format!("{name}_bucket{{le=\"");
         self.counters(|line| {
-            let le = line
-                .strip_prefix("rookery_send_seconds_bucket{le=\"")?
-                .split('"')
-                .next()?;
+            let le = line.strip_prefix(&prefix)?.split('"').next()?;
             Some(le.to_string())
         })
     }
@@ -703,7 +701,8 @@ async fn fanout(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let traffic_before = server.peer_traffic();
     let frames_before = server.client_frames();
-    let send_before = server.send_seconds();
+    let send_before = server.histogram(SEND_SECONDS);
+    let flush_before = server.histogram(FLUSH_SECONDS);
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let started = Instant::now();
     let sending = async {
@@ -752,7 +751,8 @@ async fn fanout(
         &server.client_frames(),
         (messages * members) as u64,
     );
-    let server_send_ms = histogram_quantiles(&send_before, &server.send_seconds());
+    let server_send_ms = histogram_quantiles(&send_before, &server.histogram(SEND_SECONDS));
+    let server_flush_ms = histogram_quantiles(&flush_before, &server.histogram(FLUSH_SECONDS));
     let _ = stop_tx.send(true);
     let mut last_member: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut deliveries = 0usize;
@@ -783,6 +783,7 @@ async fn fanout(
         "last_member_ms": quantiles(&hist),
         "frames_per_delivery": frames_per_delivery,
         "server_send_to_sent_ms": server_send_ms,
+        "server_flush_ms": server_flush_ms,
         "cluster": cluster,
         "dm_alongside": dm_result,
     }))
@@ -804,6 +805,10 @@ fn per_unit(
         })
         .collect()
 }
+
+/// The server's histograms the `fanout` report reads.
+const SEND_SECONDS: &str = "rookery_send_seconds";
+const FLUSH_SECONDS: &str = "rookery_store_flush_seconds";
 
 /// p50 and p99 (the upper bound of the bucket they fall in, in ms) of the observations a Prometheus
 /// histogram gained between two scrapes of its cumulative buckets.
