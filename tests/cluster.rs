@@ -52,12 +52,7 @@ async fn conversations_span_nodes() {
         .call(json!({"type":"sync","conv":conv,"after":0}))
         .await
         .unwrap();
-    let seqs: Vec<u64> = synced["msgs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = msg_seqs(&synced);
     assert_eq!(seqs, vec![1, 2, 3]);
 
     // a group of three, members on three nodes
@@ -115,12 +110,7 @@ async fn conversations_span_nodes() {
             "outsider on node {node}: {refused}"
         );
         let pulled = member.expect(|f| f["rid"] == "p", WAIT).await.unwrap();
-        let seqs: Vec<u64> = pulled["msgs"]
-            .as_array()
-            .unwrap_or_else(|| panic!("member on node {node}: {pulled}"))
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let seqs = msg_seqs(&pulled);
         assert_eq!(seqs, vec![1, seq], "member on node {node}");
     }
 
@@ -153,12 +143,7 @@ async fn conversations_span_nodes() {
     let refused = outsider.expect(|f| f["rid"] == "old", WAIT).await.unwrap();
     assert_eq!(refused["code"], "forbidden", "{refused}");
     let pulled = member.expect(|f| f["rid"] == "old", WAIT).await.unwrap();
-    let seqs: Vec<u64> = pulled["msgs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = msg_seqs(&pulled);
     assert_eq!(seqs, (1..=seq + 300).collect::<Vec<u64>>());
 
     // alice's phone connects again on node 0: the old session on node 1 is kicked

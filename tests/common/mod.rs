@@ -404,6 +404,16 @@ pub fn is_msg(conv: &str, seq: u64) -> impl Fn(&Value) -> bool {
     move |f: &Value| f["type"] == "msg" && f["conv"] == conv.as_str() && f["seq"] == seq
 }
 
+/// The seqs of a `msgs` reply's messages, in order (panics with the frame if it is not one).
+pub fn msg_seqs(reply: &Value) -> Vec<u64> {
+    reply["msgs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a msgs reply: {reply}"))
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
 pub fn is_error(code: &str) -> impl Fn(&Value) -> bool {
     let code = code.to_string();
     move |f: &Value| f["type"] == "error" && f["code"] == code.as_str()
