@@ -96,20 +96,49 @@ impl PullView {
     pub fn serve(&self, user: &UserId, range: Range, limit: usize) -> Option<ChatResult<Fetched>> {
         let inner = self.read();
         if !inner.members.contains(user) {
-            return Some(Err(ChatError::forbidden(format!(
-                "not a member of {}",
-                self.conv
-            ))));
+            return Some(Err(self.not_member()));
         }
-        let published = inner.published_seq;
+        inner.window(range, limit).map(Ok)
+    }
+
+    /// [`PullView::serve`] for many users at once: the messages once, and the users that are not members
+    /// (all of it under one look at the view).
+    pub fn serve_many(&self, users: &[UserId], range: Range, limit: usize) -> Option<FetchedMany> {
+        let inner = self.read();
+        let (members, outsiders): (Vec<&UserId>, Vec<&UserId>) =
+            users.iter().partition(|u| inner.members.contains(*u));
+        let fetched = if members.is_empty() {
+            Fetched {
+                msgs: Vec::new(),
+                last_seq: 0,
+            }
+        } else {
+            inner.window(range, limit)?
+        };
+        let refused = outsiders
+            .into_iter()
+            .map(|u| (u.clone(), self.not_member()))
+            .collect();
+        Some(FetchedMany { fetched, refused })
+    }
+
+    fn not_member(&self) -> ChatError {
+        ChatError::forbidden(format!("not a member of {}", self.conv))
+    }
+}
+
+impl Inner {
+    /// The published messages after `range`'s start, up to `limit`, if the window covers them.
+    fn window(&self, range: Range, limit: usize) -> Option<Fetched> {
         let Range::After(after) = range else {
             return None;
         };
+        let published = self.published_seq;
         let msgs = if after >= published {
             Vec::new()
         } else {
-            match inner.recent.front() {
-                Some((first, _)) if *first <= after + 1 => inner
+            match self.recent.front() {
+                Some((first, _)) if *first <= after + 1 => self
                     .recent
                     .iter()
                     .filter(|(seq, _)| *seq > after)
@@ -119,34 +148,10 @@ impl PullView {
                 _ => return None,
             }
         };
-        Some(Ok(Fetched {
+        Some(Fetched {
             msgs,
             last_seq: published,
-        }))
-    }
-}
-
-impl PullView {
-    /// [`PullView::serve`] for many users at once: the messages once, and the users that are not members.
-    pub fn serve_many(&self, users: &[UserId], range: Range, limit: usize) -> Option<FetchedMany> {
-        let member = users.iter().find(|u| self.read().members.contains(*u));
-        let fetched = match member {
-            Some(user) => self.serve(user, range, limit)?.ok()?,
-            None => Fetched {
-                msgs: Vec::new(),
-                last_seq: 0,
-            },
-        };
-        let inner = self.read();
-        let refused = users
-            .iter()
-            .filter(|u| !inner.members.contains(*u))
-            .map(|u| {
-                let e = ChatError::forbidden(format!("not a member of {}", self.conv));
-                (u.clone(), e)
-            })
-            .collect();
-        Some(FetchedMany { fetched, refused })
+        })
     }
 }
 
