@@ -25,6 +25,8 @@ use actix_http::{h1, Request, Response, StatusCode};
 use actix_rt::net::TcpStream;
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::{SinkExt, Stream};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::actors::session::SessionActor;
 use crate::cluster::Router;
@@ -76,26 +78,29 @@ pub async fn accept(
     let parts = framed.into_parts();
     // Keep only the bytes a client pipelined after its handshake, not the dispatcher's buffers.
     let leftover = (!parts.read_buf.is_empty()).then(|| Bytes::copy_from_slice(&parts.read_buf));
-    let stream = Rc::new(parts.io);
+    let (read_half, write_half) = parts.io.into_split();
     let reader = FrameReader::new(
-        TcpReader::new(Rc::clone(&stream), leftover),
+        TcpReader::new(read_half, leftover),
         router.config().limits.max_frame_bytes,
     );
     SessionActor::create(move |ctx| {
         actix::AsyncContext::add_stream(ctx, reader);
-        SessionActor::new(router, OutQueue::new(stream))
+        SessionActor::new(router, OutQueue::new(write_half))
     });
     Ok(())
 }
 
 /// The socket's incoming bytes as a stream of chunks, holding no buffer between reads.
+///
+/// Reads through tokio's `AsyncRead`, which takes a read that did not fill the buffer as proof that the
+/// socket is drained: a client frame costs one `recvfrom`, not a second one that answers `EAGAIN`.
 pub struct TcpReader {
-    stream: Rc<TcpStream>,
+    stream: OwnedReadHalf,
     leftover: Option<Bytes>,
 }
 
 impl TcpReader {
-    pub fn new(stream: Rc<TcpStream>, leftover: Option<Bytes>) -> TcpReader {
+    pub fn new(stream: OwnedReadHalf, leftover: Option<Bytes>) -> TcpReader {
         TcpReader { stream, leftover }
     }
 }
@@ -108,17 +113,12 @@ impl Stream for TcpReader {
         if let Some(bytes) = this.leftover.take() {
             return Poll::Ready(Some(Ok(bytes)));
         }
-        loop {
-            if let Err(e) = std::task::ready!(this.stream.poll_read_ready(cx)) {
-                return Poll::Ready(Some(Err(e)));
-            }
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            match this.stream.try_read_buf(&mut buf) {
-                Ok(0) => return Poll::Ready(None),
-                Ok(_) => return Poll::Ready(Some(Ok(buf.freeze()))),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Some(Err(e))),
-            }
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut buf)) {
+            Err(e) => Poll::Ready(Some(Err(e))),
+            Ok(()) if buf.filled().is_empty() => Poll::Ready(None),
+            Ok(()) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
         }
     }
 }
@@ -126,15 +126,15 @@ impl Stream for TcpReader {
 /// A connection's outgoing frames: written straight to the socket (many frames per `writev`); what the
 /// kernel does not take waits here, counted in bytes so the session can tell a slow reader from a dead one.
 pub struct OutQueue {
-    stream: Rc<TcpStream>,
+    stream: Rc<OwnedWriteHalf>,
     frames: VecDeque<Bytes>,
     queued: usize,
 }
 
 impl OutQueue {
-    pub fn new(stream: Rc<TcpStream>) -> OutQueue {
+    pub fn new(stream: OwnedWriteHalf) -> OutQueue {
         OutQueue {
-            stream,
+            stream: Rc::new(stream),
             frames: VecDeque::new(),
             queued: 0,
         }
