@@ -729,6 +729,7 @@ async fn fanout(
         std::thread::spawn(move || -> anyhow::Result<Value> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
+                .thread_name("bench-dm")
                 .enable_all()
                 .build()?;
             runtime.block_on(dm(&view, pairs, 16, seconds, Some(dm_rate), 1))
