@@ -25,7 +25,6 @@ use actix_http::{h1, Request, Response, StatusCode};
 use actix_rt::net::TcpStream;
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::{SinkExt, Stream};
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::actors::session::SessionActor;
@@ -113,12 +112,15 @@ impl Stream for TcpReader {
         if let Some(bytes) = this.leftover.take() {
             return Poll::Ready(Some(Ok(bytes)));
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut chunk);
-        match std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut buf)) {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        match std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut this.stream),
+            cx,
+            &mut buf
+        )) {
             Err(e) => Poll::Ready(Some(Err(e))),
-            Ok(()) if buf.filled().is_empty() => Poll::Ready(None),
-            Ok(()) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
+            Ok(0) => Poll::Ready(None),
+            Ok(_) => Poll::Ready(Some(Ok(buf.freeze()))),
         }
     }
 }
