@@ -825,7 +825,10 @@ fn histogram_quantiles(
             } else {
                 le.parse().unwrap_or(f64::INFINITY)
             };
-            (bound, n - before.get(le).copied().unwrap_or(0))
+            (
+                bound,
+                n.saturating_sub(before.get(le).copied().unwrap_or(0)),
+            )
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
