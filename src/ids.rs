@@ -87,7 +87,7 @@ name_id!(
 );
 
 /// A client-chosen message id, unique per sender and conversation (1 to 64 characters, any text).
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct Cid(Arc<str>);
 
 impl Cid {

@@ -72,6 +72,7 @@ pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod state;
 pub mod store;
 
 pub use config::Config;

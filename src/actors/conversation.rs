@@ -1,12 +1,14 @@
-//! `ConvActor`: one per direct conversation (`dm:A:B`), on the node that owns it. Owns the conversation's
-//! sequence numbers, its messages, `cid` dedupe, read and delivery positions, and the pair's friendship.
+//! `ConvActor`: one per conversation (`dm:A:B`, and groups: see `group.rs`), on the node that owns it. Owns
+//! the conversation's sequence numbers, its messages, `cid` dedupe, read and delivery positions, and the
+//! pair's friendship. The rules of every state change are the pure core's ([`crate::state::conv`]): the
+//! actor turns requests into [`ConvCommand`]s, makes the writes the core lists, and publishes the outcomes.
 //!
 //! Order and durability: a `send` gets the next seq and its message, dedupe entry and the sender's read
-//! position are written in one batch; `sent` and the pushes go out only after the group-commit flush that
+//! position are written together; `sent` and the pushes go out only after the group-commit flush that
 //! covers that batch, in seq order. So no member ever sees a seq that a crash could take back, and everyone
 //! sees the same seq for the same message. It must never push before the flush, nor write another node's keys.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::actors::friendship::{self, FriendOp};
+use crate::actors::friendship::FriendOp;
 use crate::actors::limits::Window;
 use crate::actors::pull::PullView;
 use crate::actors::session::Outbound;
@@ -24,11 +26,13 @@ use crate::actors::user::{AddConv, SetFriend};
 use crate::actors::{now_ms, now_us};
 use crate::cluster::pulls::{FetchMany, FetchedMany};
 use crate::cluster::Router;
-use crate::error::{ChatError, ChatResult, ErrorCode};
+use crate::error::{ChatError, ChatResult};
 use crate::ids::{Cid, ConvId, DeviceId, UserId};
-use crate::net::protocol::{self, ConvSummary, Message as ChatMessage, ReceiptDetail, ServerFrame};
+use crate::net::protocol::{self, ConvSummary, ReceiptDetail, ServerFrame};
 use crate::net::ws::WireFrame;
-use crate::store::{GroupMeta, PairState};
+pub use crate::state::conv::Posted;
+use crate::state::conv::{Appended, ConvCommand, ConvState, Outcome, Rules, Write};
+use crate::store::ConvHistory;
 
 /// Post a message; answered with its seq and ts once it is durable.
 #[derive(Message, Serialize, Deserialize)]
@@ -38,12 +42,6 @@ pub struct Post {
     pub device: DeviceId,
     pub cid: Cid,
     pub body: Box<RawValue>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Posted {
-    pub seq: u64,
-    pub ts: u64,
 }
 
 /// A device of `user` has received everything up to `seq`.
@@ -131,20 +129,6 @@ pub struct Friendship {
     pub op: FriendOp,
 }
 
-/// A message to store: see [`ConvActor::append`].
-pub(super) struct NewMessage {
-    pub seq: u64,
-    pub ts: u64,
-    pub from: UserId,
-    /// The device whose frame caused it (it gets no push of it).
-    pub device: Option<DeviceId>,
-    pub cid: Option<Cid>,
-    pub body: Option<Box<RawValue>>,
-    pub system: Option<serde_json::Value>,
-    /// Users who get it although they are no longer members (those a change removed).
-    pub also: Vec<UserId>,
-}
-
 /// The flusher made everything registered under `epoch` durable.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -191,14 +175,10 @@ struct PendingWrite {
 }
 
 pub struct ConvActor {
-    pub(super) id: ConvId,
-    /// Who may read and post: the pair of a direct conversation, or a group's members (one stored key each).
-    pub(super) members: HashSet<UserId>,
-    /// A group's name and owner; `None` for a direct conversation and for a group that does not exist.
-    pub(super) group: Option<GroupMeta>,
+    /// Sequence, members, read positions, friendship: changed only by [`ConvActor::execute`].
+    pub(super) state: ConvState,
+    rules: Rules,
     pub(super) router: Router,
-    pub(super) last_seq: u64,
-    last_ts: u64,
     last_activity_us: u64,
     last_json: Option<String>,
     /// The highest seq whose `sent` and pushes went out: what `notify`, `sync` and `convs` may show (a
@@ -207,11 +187,9 @@ pub struct ConvActor {
     /// A group's members, published seq and recent messages, shared with the router so pulls are served
     /// without this actor (see [`PullView`]); None for a direct conversation or a group that does not exist.
     pub(super) view: Option<Arc<PullView>>,
-    pub(super) reads: HashMap<UserId, u64>,
     /// Read positions advanced by sends and not yet written (written once per flush epoch).
     dirty_reads: Vec<UserId>,
     delivered: HashMap<UserId, u64>,
-    pair: PairState,
     pending: VecDeque<PendingWrite>,
     epoch: u64,
     durable_epoch: u64,
@@ -277,61 +255,29 @@ struct FromOnly {
 impl ConvActor {
     pub fn new(id: ConvId, router: Router) -> ConvActor {
         let store = router.store();
-        let (members, group) = match &id {
-            ConvId::Direct { a, b, .. } => ([a.clone(), b.clone()].into_iter().collect(), None),
-            ConvId::Group { .. } => match store.group(&id) {
-                Ok(Some(meta)) => (
-                    store
-                        .group_members(&id)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect(),
-                    Some(meta),
-                ),
-                Ok(None) => (HashSet::new(), None),
-                Err(e) => {
-                    tracing::error!(conv = %id, error = %e, "cannot load group");
-                    (HashSet::new(), None)
-                }
-            },
+        let state = store.conv_state(&id).unwrap_or_else(|e| {
+            tracing::error!(conv = %id, error = %e, "cannot load conversation");
+            ConvState::empty(id.clone())
+        });
+        let last_json = match state.last_seq {
+            0 => None,
+            seq => store.message(&id, seq).ok().flatten(),
         };
-        let (last_seq, last_json) = match store.last_message(&id) {
-            Ok(Some((seq, json))) => (seq, Some(json)),
-            Ok(None) => (0, None),
-            Err(e) => {
-                tracing::error!(conv = %id, error = %e, "cannot load conversation");
-                (0, None)
-            }
-        };
-        let last_ts = last_json
-            .as_deref()
-            .and_then(|j| serde_json::from_str::<ChatMessage>(j).ok())
-            .map_or(0, |m| m.ts);
-        let reads = store
-            .read_positions(&id)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let pair = store.pair(&id).unwrap_or_default();
         let window = Duration::from_millis(router.config().chat.notify_window_ms);
-        let view = group
+        let view = state
+            .group
             .as_ref()
-            .map(|_| Arc::new(PullView::new(id.clone(), members.clone(), last_seq)));
+            .map(|_| Arc::new(PullView::new(id, state.members.clone(), state.last_seq)));
         ConvActor {
-            id,
-            members,
-            group,
+            rules: Rules::from_config(&router.config().chat),
             router,
-            last_seq,
-            last_ts,
-            last_activity_us: last_ts.saturating_mul(1000),
+            last_activity_us: state.last_ts.saturating_mul(1000),
             last_json,
-            published_seq: last_seq,
+            published_seq: state.last_seq,
+            state,
             view,
-            reads,
             dirty_reads: Vec::new(),
             delivered: HashMap::new(),
-            pair,
             pending: VecDeque::new(),
             epoch: 0,
             durable_epoch: 0,
@@ -347,23 +293,42 @@ impl ConvActor {
     }
 
     pub(super) fn check_member(&self, user: &UserId) -> ChatResult<()> {
-        if !self.id.is_direct() && self.group.is_none() {
-            return Err(ChatError::not_found(format!(
-                "group {} does not exist",
-                self.id
-            )));
+        self.state.check_member(user)
+    }
+
+    /// Applies `cmd` through the conversation's core and makes its writes (a read position advanced by a
+    /// post rides on the next flush). A store failure leaves the state as the store has it.
+    pub(super) fn execute(&mut self, cmd: ConvCommand) -> ChatResult<Outcome> {
+        let store = self.router.store();
+        let mut writes = Vec::new();
+        let id = self.state.id.clone();
+        let history = ConvHistory { store, conv: &id };
+        let outcome = self.state.apply(cmd, &self.rules, &history, &mut writes)?;
+        writes.retain(|w| match w {
+            Write::SenderRead { user, .. } => {
+                if !self.dirty_reads.contains(user) {
+                    self.dirty_reads.push(user.clone());
+                }
+                false
+            }
+            _ => true,
+        });
+        if let Err(e) = store.write_conv(&self.state.id, &writes) {
+            match store.conv_state(&self.state.id) {
+                Ok(state) => self.state = state,
+                Err(e) => {
+                    tracing::error!(conv = %self.state.id, error = %e, "cannot reload conversation")
+                }
+            }
+            return Err(e.into());
         }
-        if self.members.contains(user) {
-            Ok(())
-        } else {
-            Err(ChatError::forbidden(format!("not a member of {}", self.id)))
-        }
+        Ok(outcome)
     }
 
     /// Groups above `push_max_members` get `notify` instead of `msg`, and no typing.
     pub(super) fn is_large(&self) -> bool {
-        self.group.is_some()
-            && self.members.len() as u64 > self.router.config().chat.push_max_members
+        self.state.group.is_some()
+            && self.state.members.len() as u64 > self.router.config().chat.push_max_members
     }
 
     pub(super) fn published_seq(&self) -> u64 {
@@ -395,9 +360,9 @@ impl ConvActor {
     fn register(&mut self, ctx: &mut Context<Self>) -> u64 {
         // Read positions advanced since the last epoch ride on this flush.
         for user in std::mem::take(&mut self.dirty_reads) {
-            let seq = self.reads.get(&user).copied().unwrap_or(0);
-            if let Err(e) = self.router.store().set_read(&self.id, &user, seq) {
-                tracing::error!(conv = %self.id, error = %e, "cannot write read position");
+            let seq = self.state.reads.get(&user).copied().unwrap_or(0);
+            if let Err(e) = self.router.store().set_read(&self.state.id, &user, seq) {
+                tracing::error!(conv = %self.state.id, error = %e, "cannot write read position");
             }
         }
         self.epoch += 1;
@@ -445,11 +410,11 @@ impl ConvActor {
                         self.notify_members(ctx);
                     } else {
                         let out = Outbound::Push {
-                            conv: self.id.clone(),
+                            conv: self.state.id.clone(),
                             seq: posted.seq,
                             frame: p.frame,
                         };
-                        let recipients = self.members.iter().cloned().chain(p.also).collect();
+                        let recipients = self.state.members.iter().cloned().chain(p.also).collect();
                         self.fan_out(ctx, recipients, out, p.device.map(|d| (p.from, d)));
                     }
                 }
@@ -477,7 +442,7 @@ impl ConvActor {
         out: Outbound,
         except: Option<(UserId, DeviceId)>,
     ) {
-        self.lanes |= self.members.len() > FANOUT_BATCH;
+        self.lanes |= self.state.members.len() > FANOUT_BATCH;
         let bulk = self.lanes;
         let recipients = self
             .router
@@ -524,10 +489,10 @@ impl ConvActor {
     fn notify_members(&mut self, ctx: &mut Context<Self>) {
         if self.notify_window.allow(Instant::now()) {
             let frame = Self::frame(&ServerFrame::Notify {
-                conv: self.id.clone(),
+                conv: self.state.id.clone(),
                 last_seq: self.published_seq,
             });
-            let online = self.router.online_among(&self.members);
+            let online = self.router.online_among(&self.state.members);
             self.fan_out(ctx, online, Outbound::Frame(frame), None);
             return;
         }
@@ -546,8 +511,8 @@ impl ConvActor {
     /// Makes sure both users list this conversation before its first message is acknowledged.
     pub(super) fn index_members(&mut self, ctx: &mut Context<Self>, wait: bool) {
         let router = self.router.clone();
-        let conv = self.id.clone();
-        let members: Vec<UserId> = self.members.iter().cloned().collect();
+        let conv = self.state.id.clone();
+        let members: Vec<UserId> = self.state.members.iter().cloned().collect();
         let fut = async move {
             let asks = members
                 .iter()
@@ -569,85 +534,42 @@ impl ConvActor {
         }
     }
 
-    /// The seq and ts the next message gets.
-    pub(super) fn next_slot(&self) -> (u64, u64) {
-        (self.last_seq + 1, now_ms().max(self.last_ts))
-    }
-
-    /// Stores a message (a user's, or a system message) and answers `tx` once it is durable, then fans it out.
-    pub(super) fn append(
+    /// A message the core appended: `tx` gets its `sent` once it is durable, then it is fanned out (but to
+    /// `device`, whose frame caused it).
+    pub(super) fn accepted(
         &mut self,
         ctx: &mut Context<Self>,
         tx: oneshot::Sender<ChatResult<Posted>>,
-        m: NewMessage,
-    ) -> ChatResult<()> {
-        let message = ChatMessage {
-            conv: self.id.clone(),
-            seq: m.seq,
-            from: m.from.clone(),
-            cid: m.cid,
-            ts: m.ts,
-            body: m.body,
-            recalled: false,
-            system: m.system,
-        };
-        let json = protocol::encode_message(&message);
-        self.router.store().append(&self.id, m.seq, &json)?;
-        self.last_seq = m.seq;
-        self.last_ts = m.ts;
+        appended: Appended,
+        device: Option<DeviceId>,
+    ) {
         self.last_activity_us = now_us().max(self.last_activity_us + 1);
-        // sending (or changing the group) advances one's own read position
-        self.reads.insert(m.from.clone(), m.seq);
-        if !self.dirty_reads.contains(&m.from) {
-            self.dirty_reads.push(m.from.clone());
-        }
-        let frame = WireFrame::text("msg", &protocol::msg_frame(&json));
-        if m.seq == 1 && self.id.is_direct() {
+        let frame = WireFrame::text("msg", &protocol::msg_frame(&appended.json));
+        if appended.posted.seq == 1 && self.state.id.is_direct() {
             self.index_members(ctx, true);
         }
-        let posted = Posted {
-            seq: m.seq,
-            ts: m.ts,
-        };
         let fanout = Some(Publish {
             frame,
-            json,
-            from: m.from,
-            device: m.device,
-            also: m.also,
+            json: appended.json,
+            from: appended.from,
+            device,
+            also: appended.also,
         });
+        let posted = appended.posted;
         self.enqueue(ctx, Done::Posted { tx, posted, fanout });
-        Ok(())
-    }
-
-    /// Does stored message `seq` exist and come from `from` with `cid`? (Validates a dedupe entry.)
-    fn is_message_of(&self, seq: u64, from: &UserId, cid: &Cid) -> ChatResult<bool> {
-        if seq == 0 || seq > self.last_seq {
-            return Ok(false);
-        }
-        let Some(json) = self.router.store().message(&self.id, seq)? else {
-            return Ok(false);
-        };
-        #[derive(Deserialize)]
-        struct Origin {
-            from: UserId,
-            cid: Option<Cid>,
-        }
-        Ok(serde_json::from_str::<Origin>(&json)
-            .is_ok_and(|o| o.from == *from && o.cid.as_ref() == Some(cid)))
     }
 
     fn stored(&self, seq: u64) -> ChatResult<String> {
-        if seq == 0 || seq > self.last_seq {
+        if seq == 0 || seq > self.state.last_seq {
             return Err(ChatError::not_found(format!(
                 "no message {seq} in {}",
-                self.id
+                self.state.id
             )));
         }
         self.router
             .store()
-            .message(&self.id, seq)?
-            .ok_or_else(|| ChatError::not_found(format!("no message {seq} in {}", self.id)))
+            .message(&self.state.id, seq)?
+            .ok_or_else(|| ChatError::not_found(format!("no message {seq} in {}", self.state.id)))
     }
 }
 
@@ -656,9 +578,9 @@ impl Actor for ConvActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(view) = &self.view {
-            self.router.register_view(&self.id, view.clone());
+            self.router.register_view(&self.state.id, view.clone());
         }
-        if self.last_seq > 0 {
+        if self.state.last_seq > 0 {
             // Repairs a member index that a crash interrupted before the first `sent` (idempotent).
             self.index_members(ctx, false);
         }
@@ -669,7 +591,7 @@ impl Actor for ConvActor {
                 && act.dirty_reads.is_empty()
                 && !act.index_pending
                 && act.last_active.elapsed() >= idle
-                && act.router.release_conv(&act.id, &ctx.address())
+                && act.router.release_conv(&act.state.id, &ctx.address())
             {
                 ctx.stop();
             }
@@ -703,77 +625,34 @@ impl Handler<Post> for ConvActor {
 
     fn handle(&mut self, msg: Post, ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
+        let cmd = ConvCommand::Post {
+            from: msg.from,
+            cid: msg.cid,
+            ts: now_ms(),
+            body: msg.body,
+        };
         let (tx, rx) = oneshot::channel();
-        let reply = Box::pin(async move {
+        match self.execute(cmd) {
+            Ok(Outcome::Appended(appended)) => self.accepted(ctx, tx, appended, Some(msg.device)),
+            Ok(Outcome::Duplicate(posted)) => {
+                // answered after the flush too: the first `sent` may still be waiting for it
+                let done = Done::Posted {
+                    tx,
+                    posted,
+                    fanout: None,
+                };
+                self.enqueue(ctx, done);
+            }
+            Ok(other) => {
+                tracing::error!(conv = %self.state.id, outcome = ?other, "unexpected outcome of a post");
+                return Box::pin(async { Err(ChatError::internal("unexpected outcome")) });
+            }
+            Err(e) => return Box::pin(async move { Err(e) }),
+        }
+        Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
-        });
-        let result = (|| -> ChatResult<()> {
-            self.check_member(&msg.from)?;
-            let store = self.router.store();
-            let seq = self.last_seq + 1;
-            let ts = now_ms().max(self.last_ts);
-            let duplicate = |act: &Self, found: Option<(u64, u64)>| -> ChatResult<Option<Posted>> {
-                match found {
-                    Some((seq, ts)) if act.is_message_of(seq, &msg.from, &msg.cid)? => {
-                        Ok(Some(Posted { seq, ts }))
-                    }
-                    _ => Ok(None),
-                }
-            };
-            let friends_needed = self.id.is_direct()
-                && self.router.config().chat.dm_requires_friendship
-                && self.pair != PairState::Friends;
-            let claimed = if friends_needed {
-                // Not allowed to post now, but a retry of a message accepted earlier still gets its `sent`.
-                let earlier = duplicate(self, store.cid(&self.id, &msg.from, msg.cid.as_str())?)?;
-                let Some(posted) = earlier else {
-                    return Err(ChatError::new(
-                        ErrorCode::NotFriends,
-                        "a direct message needs friendship",
-                    ));
-                };
-                Some(posted)
-            } else {
-                match store.claim_cid(&self.id, &msg.from, msg.cid.as_str(), seq, ts)? {
-                    None => None,
-                    Some(found) => match duplicate(self, Some(found))? {
-                        Some(posted) => Some(posted),
-                        None => {
-                            // A crash took that message but left its dedupe entry: this retry is new.
-                            store.set_cid(&self.id, &msg.from, msg.cid.as_str(), seq, ts)?;
-                            None
-                        }
-                    },
-                }
-            };
-            if let Some(posted) = claimed {
-                self.enqueue(
-                    ctx,
-                    Done::Posted {
-                        tx,
-                        posted,
-                        fanout: None,
-                    },
-                );
-                return Ok(());
-            }
-            let message = NewMessage {
-                seq,
-                ts,
-                from: msg.from,
-                device: Some(msg.device),
-                cid: Some(msg.cid),
-                body: Some(msg.body),
-                system: None,
-                also: Vec::new(),
-            };
-            self.append(ctx, tx, message)
-        })();
-        match result {
-            Ok(()) => reply,
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+        })
     }
 }
 
@@ -788,9 +667,9 @@ impl Handler<Ack> for ConvActor {
             return Ok(());
         }
         *current = seq;
-        if let Some(peer) = self.id.peer_of(&msg.user) {
+        if let Some(peer) = self.state.id.peer_of(&msg.user) {
             let frame = Self::frame(&ServerFrame::Delivered {
-                conv: self.id.clone(),
+                conv: self.state.id.clone(),
                 seq,
                 by: msg.user.clone(),
             });
@@ -819,10 +698,14 @@ impl Handler<Fetch> for ConvActor {
                 let limit = msg
                     .limit
                     .min(usize::try_from(published - after).unwrap_or(usize::MAX));
-                raws(self.router.store().messages_after(&self.id, after, limit)?)
+                raws(
+                    self.router
+                        .store()
+                        .messages_after(&self.state.id, after, limit)?,
+                )
             }
             Range::Before(before) => raws(self.router.store().messages_before(
-                &self.id,
+                &self.state.id,
                 before.min(published + 1),
                 msg.limit,
             )?),
@@ -878,6 +761,7 @@ impl Handler<Summarize> for ConvActor {
             return None;
         }
         let read_seq = self
+            .state
             .reads
             .get(&msg.user)
             .copied()
@@ -885,7 +769,7 @@ impl Handler<Summarize> for ConvActor {
             .min(published);
         Some(Summary {
             entry: ConvSummary {
-                conv: self.id.clone(),
+                conv: self.state.id.clone(),
                 last_seq: published,
                 read_seq,
                 unread: published - read_seq,
@@ -900,23 +784,25 @@ impl Handler<MarkRead> for ConvActor {
     type Result = ChatResult<()>;
     fn handle(&mut self, msg: MarkRead, ctx: &mut Context<Self>) -> ChatResult<()> {
         self.touch();
-        self.check_member(&msg.user)?;
-        let seq = msg.seq.min(self.published_seq);
-        if seq <= self.reads.get(&msg.user).copied().unwrap_or(0) {
+        // a read position never passes what has been published (durable)
+        let cmd = ConvCommand::Read {
+            user: msg.user.clone(),
+            seq: msg.seq.min(self.published_seq),
+        };
+        let Outcome::Read { seq } = self.execute(cmd)? else {
             return Ok(());
-        }
-        self.router.store().set_read(&self.id, &msg.user, seq)?;
-        self.reads.insert(msg.user.clone(), seq);
+        };
         let frame = Self::frame(&ServerFrame::Read {
-            conv: self.id.clone(),
+            conv: self.state.id.clone(),
             seq,
             by: msg.user.clone(),
         });
         // the user's other devices always; the other members in a direct conversation and small groups
-        let others_too = self.group.is_none()
-            || self.members.len() as u64 <= self.router.config().chat.receipt_push_max_members;
+        let others_too = self.state.group.is_none()
+            || self.state.members.len() as u64
+                <= self.router.config().chat.receipt_push_max_members;
         let recipients = if others_too {
-            self.members.iter().cloned().collect()
+            self.state.members.iter().cloned().collect()
         } else {
             vec![msg.user.clone()]
         };
@@ -939,8 +825,8 @@ impl Handler<GetReceipts> for ConvActor {
         let sender = serde_json::from_str::<FromOnly>(&json)
             .map_err(|_| ChatError::internal("corrupt message"))?
             .from;
-        let is_read = |m: &UserId| self.reads.get(m).copied().unwrap_or(0) >= msg.seq;
-        let others = self.members.iter().filter(|m| **m != sender);
+        let is_read = |m: &UserId| self.state.reads.get(m).copied().unwrap_or(0) >= msg.seq;
+        let others = self.state.members.iter().filter(|m| **m != sender);
         if msg.counts {
             let (read, total) =
                 others.fold((0u64, 0u64), |(r, t), m| (r + u64::from(is_read(m)), t + 1));
@@ -966,10 +852,11 @@ impl Handler<Typing> for ConvActor {
             return Ok(()); // not fanned out in groups over push_max_members
         }
         let frame = Self::frame(&ServerFrame::Typing {
-            conv: self.id.clone(),
+            conv: self.state.id.clone(),
             user: msg.user.clone(),
         });
         let others = self
+            .state
             .members
             .iter()
             .filter(|m| **m != msg.user)
@@ -984,56 +871,37 @@ impl Handler<Recall> for ConvActor {
     type Result = ResponseFuture<ChatResult<()>>;
     fn handle(&mut self, msg: Recall, ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
-        let result = (|| -> ChatResult<Option<oneshot::Receiver<ChatResult<()>>>> {
-            self.check_member(&msg.user)?;
-            let json = self.stored(msg.seq)?;
-            let mut message: ChatMessage =
-                serde_json::from_str(&json).map_err(|_| ChatError::internal("corrupt message"))?;
-            if message.from != msg.user {
-                return Err(ChatError::forbidden("only the sender can recall a message"));
-            }
-            let window = self.router.config().chat.recall_window();
-            let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-            if now_ms().saturating_sub(message.ts) > window_ms {
-                return Err(ChatError::forbidden("the recall window has passed"));
-            }
-            if message.recalled {
-                return Ok(None);
-            }
-            message.body = None;
-            message.recalled = true;
-            let json = protocol::encode_message(&message);
-            self.router
-                .store()
-                .replace_message(&self.id, msg.seq, &json)?;
-            if let (Some(view), Some(raw)) = (&self.view, protocol::raw(json.clone())) {
-                view.replace(msg.seq, raw);
-            }
-            if msg.seq == self.published_seq {
-                self.last_json = Some(json);
-            }
-            let frame = Self::frame(&ServerFrame::Recalled {
-                conv: self.id.clone(),
-                seq: msg.seq,
-                by: msg.user.clone(),
-            });
-            let recipients = self.members.iter().cloned().collect();
-            let fanout = Some(Delivery {
-                recipients,
-                frame,
-                except: Some((msg.user.clone(), msg.device.clone())),
-            });
-            let (tx, rx) = oneshot::channel();
-            self.enqueue(ctx, Done::Replied { tx, fanout });
-            Ok(Some(rx))
-        })();
+        let cmd = ConvCommand::Recall {
+            user: msg.user.clone(),
+            seq: msg.seq,
+            now: now_ms(),
+        };
+        let (seq, json) = match self.execute(cmd) {
+            Ok(Outcome::Recalled { seq, json }) => (seq, json),
+            Ok(_) => return Box::pin(async { Ok(()) }),
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        if let (Some(view), Some(raw)) = (&self.view, protocol::raw(json.clone())) {
+            view.replace(seq, raw);
+        }
+        if seq == self.published_seq {
+            self.last_json = Some(json);
+        }
+        let frame = Self::frame(&ServerFrame::Recalled {
+            conv: self.state.id.clone(),
+            seq,
+            by: msg.user.clone(),
+        });
+        let fanout = Some(Delivery {
+            recipients: self.state.members.iter().cloned().collect(),
+            frame,
+            except: Some((msg.user, msg.device)),
+        });
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(ctx, Done::Replied { tx, fanout });
         Box::pin(async move {
-            match result? {
-                None => Ok(()),
-                Some(rx) => rx
-                    .await
-                    .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped"))),
-            }
+            rx.await
+                .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
         })
     }
 }
@@ -1042,19 +910,15 @@ impl Handler<Friendship> for ConvActor {
     type Result = ResponseFuture<ChatResult<()>>;
     fn handle(&mut self, msg: Friendship, _: &mut Context<Self>) -> Self::Result {
         self.touch();
-        let Some(other) = self.id.peer_of(&msg.user).cloned() else {
-            return Box::pin(async { Err(ChatError::forbidden("not a member of this pair")) });
+        let cmd = ConvCommand::Friend {
+            user: msg.user,
+            op: msg.op,
         };
-        let transition = match friendship::apply(&self.pair, &msg.user, &other, msg.op) {
-            Ok(t) => t,
+        let transition = match self.execute(cmd) {
+            Ok(Outcome::Friendship(t)) => t,
+            Ok(_) => return Box::pin(async { Err(ChatError::internal("unexpected outcome")) }),
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        if transition.state != self.pair {
-            if let Err(e) = self.router.store().set_pair(&self.id, &transition.state) {
-                return Box::pin(async move { Err(ChatError::from(e)) });
-            }
-            self.pair = transition.state.clone();
-        }
         let router = self.router.clone();
         Box::pin(async move {
             let mut pushes = transition.pushes;

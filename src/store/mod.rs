@@ -4,6 +4,7 @@
 //! key catalogue is in [`keys`]; durability (group commit) is in [`writer`]. Reads and single-batch writes are
 //! in-memory sled operations (microseconds); the fsync runs on the flusher thread, never on an actor thread.
 
+mod conv;
 pub mod keys;
 pub mod media;
 pub mod writer;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Durability;
 use crate::ids::{ConvId, UserId};
+pub use conv::ConvHistory;
 pub use writer::Flusher;
 
 #[derive(Debug, thiserror::Error)]
@@ -131,27 +133,6 @@ impl Store {
         Ok(v.and_then(|v| keys::parse_two_u64(&v)))
     }
 
-    /// Claims `cid` for `(seq, ts)` in one compare-and-swap: `None` when claimed, else the `(seq, ts)` it was
-    /// claimed with before (left unchanged). One operation instead of a lookup and an insert.
-    pub fn claim_cid(
-        &self,
-        conv: &ConvId,
-        sender: &UserId,
-        cid: &str,
-        seq: u64,
-        ts: u64,
-    ) -> StoreResult<Option<(u64, u64)>> {
-        let key = keys::cid(conv.as_str(), sender.as_str(), cid);
-        match self.conv_log.compare_and_swap(
-            key,
-            None as Option<&[u8]>,
-            Some(&keys::two_u64(seq, ts)[..]),
-        )? {
-            Ok(()) => Ok(None),
-            Err(e) => Ok(e.current.and_then(|v| keys::parse_two_u64(&v))),
-        }
-    }
-
     /// Points `cid` at `(seq, ts)` whatever it held (replaces an entry whose message never reached disk).
     pub fn set_cid(
         &self,
@@ -168,18 +149,12 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a message. Its dedupe entry was claimed first ([`Store::claim_cid`]), so a crash between the two
-    /// leaves at worst an entry whose message is missing, which the conversation detects before trusting an
-    /// entry. No `sled::Batch` here: in sled 0.34 every batch forces two log writes (`pin_log` rolls the log
-    /// buffer before and after), which costs more than everything else a message does.
+    /// Writes a message (new, or replacing a recalled one). Its dedupe entry is written first
+    /// ([`Store::set_cid`]), so a crash between the two leaves at worst an entry whose message is missing,
+    /// which the conversation's core detects before trusting an entry. No `sled::Batch` here: in sled 0.34
+    /// every batch forces two log writes (`pin_log` rolls the log buffer before and after), which costs more
+    /// than everything else a message does.
     pub fn append(&self, conv: &ConvId, seq: u64, json: &str) -> StoreResult<()> {
-        self.conv_log
-            .insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
-        Ok(())
-    }
-
-    /// Rewrites a stored message in place (recall).
-    pub fn replace_message(&self, conv: &ConvId, seq: u64, json: &str) -> StoreResult<()> {
         self.conv_log
             .insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
         Ok(())
@@ -438,18 +413,10 @@ mod tests {
             let s = store(dir.path());
             for seq in 1..=10u64 {
                 let json = format!("{{\"seq\":{seq}}}");
-                assert_eq!(
-                    s.claim_cid(&conv, &a, &format!("c{seq}"), seq, 100 + seq)
-                        .expect("claim"),
-                    None
-                );
+                s.set_cid(&conv, &a, &format!("c{seq}"), seq, 100 + seq)
+                    .expect("cid");
                 s.append(&conv, seq, &json).expect("append");
             }
-            assert_eq!(
-                s.claim_cid(&conv, &a, "c3", 11, 1).expect("claim"),
-                Some((3, 103)),
-                "first claim kept"
-            );
             s.append(&other, 1, "{}").expect("append");
             s.close().expect("close");
         }

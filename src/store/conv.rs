@@ -1,0 +1,63 @@
+//! A conversation's state as the [`crate::state::conv`] core sees it: loaded from the `conv_log` tree, and the
+//! core's [`Write`]s applied to it. The core reads dedupe entries and messages through [`ConvHistory`].
+
+use super::{Store, StoreResult};
+use crate::error::ChatResult;
+use crate::ids::{Cid, ConvId, UserId};
+use crate::net::protocol::Message as ChatMessage;
+use crate::state::conv::{ConvState, History, Write};
+
+impl Store {
+    /// The state of `conv` as its last applied writes left it (an empty state for a new conversation).
+    pub fn conv_state(&self, conv: &ConvId) -> StoreResult<ConvState> {
+        let mut state = ConvState::empty(conv.clone());
+        if !conv.is_direct() {
+            state.group = self.group(conv)?;
+            if state.group.is_some() {
+                state.members = self.group_members(conv)?.into_iter().collect();
+            }
+        }
+        if let Some((seq, json)) = self.last_message(conv)? {
+            state.last_seq = seq;
+            state.last_ts = serde_json::from_str::<ChatMessage>(&json).map_or(0, |m| m.ts);
+        }
+        state.reads = self.read_positions(conv)?.into_iter().collect();
+        state.pair = self.pair(conv)?;
+        Ok(state)
+    }
+
+    /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]).
+    pub fn write_conv(&self, conv: &ConvId, writes: &[Write]) -> StoreResult<()> {
+        for write in writes {
+            match write {
+                Write::Cid { from, cid, seq, ts } => {
+                    self.set_cid(conv, from, cid.as_str(), *seq, *ts)?
+                }
+                Write::Message { seq, json } => self.append(conv, *seq, json)?,
+                Write::Read { user, seq } | Write::SenderRead { user, seq } => {
+                    self.set_read(conv, user, *seq)?;
+                }
+                Write::Pair(pair) => self.set_pair(conv, pair)?,
+                Write::Group(meta) => self.set_group(conv, meta)?,
+                Write::Members { users, member } => self.set_members(conv, users, *member)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stored history of one conversation, for [`ConvState::apply`].
+pub struct ConvHistory<'a> {
+    pub store: &'a Store,
+    pub conv: &'a ConvId,
+}
+
+impl History for ConvHistory<'_> {
+    fn cid(&self, from: &UserId, cid: &Cid) -> ChatResult<Option<(u64, u64)>> {
+        Ok(self.store.cid(self.conv, from, cid.as_str())?)
+    }
+
+    fn message(&self, seq: u64) -> ChatResult<Option<String>> {
+        Ok(self.store.message(self.conv, seq)?)
+    }
+}
