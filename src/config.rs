@@ -157,13 +157,25 @@ impl Default for MediaConfig {
 pub struct ClusterConfig {
     pub vnodes: usize,
     pub peer_timeout_ms: u64,
+    /// Copies of every key (taken as the node count when larger).
+    pub replicas: usize,
+    /// Keys hash into this many partitions; fixed once a node's data is created.
+    pub partitions: u32,
+    /// A partition whose leader has been silent this long elects another.
+    pub election_timeout_ms: u64,
 }
+
+/// The most partitions a cluster may have.
+pub const MAX_PARTITIONS: u32 = 65_536;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             vnodes: 64,
             peer_timeout_ms: 2000,
+            replicas: 3,
+            partitions: 256,
+            election_timeout_ms: 1000,
         }
     }
 }
@@ -171,6 +183,10 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
     }
 }
 
@@ -293,6 +309,12 @@ impl Config {
             ("media.chunk_bytes", self.media.chunk_bytes),
             ("cluster.vnodes", self.cluster.vnodes as u64),
             ("cluster.peer_timeout_ms", self.cluster.peer_timeout_ms),
+            ("cluster.replicas", self.cluster.replicas as u64),
+            ("cluster.partitions", u64::from(self.cluster.partitions)),
+            (
+                "cluster.election_timeout_ms",
+                self.cluster.election_timeout_ms,
+            ),
             ("actors.idle_s", self.actors.idle_s),
             (
                 "actors.session_queue_bytes",
@@ -303,6 +325,11 @@ impl Config {
             if value == 0 {
                 problems.push(format!("`{key}` must be greater than 0"));
             }
+        }
+        if self.cluster.partitions > MAX_PARTITIONS {
+            problems.push(format!(
+                "`cluster.partitions` must be at most {MAX_PARTITIONS}"
+            ));
         }
         if self.auth.token_secret.is_empty() {
             problems.push("`auth.token_secret` must not be empty".into());

@@ -34,6 +34,11 @@ pub enum NodeError {
     },
     #[error("server failed: {0}")]
     Server(std::io::Error),
+    #[error(
+        "`cluster.partitions` is {configured}, but this node's data was created with {stored}: the partition \
+         count is fixed once a cluster holds data (every key would hash to another partition); set it back to {stored}"
+    )]
+    Partitions { configured: u32, stored: u32 },
 }
 
 /// A started node. Must be created inside an actix `System`.
@@ -67,6 +72,13 @@ impl Node {
             config.store.durability,
             metrics.store_flush_seconds.clone(),
         )?;
+        if let Some(stored) = store.fix_partitions(config.cluster.partitions)? {
+            store.close()?;
+            return Err(NodeError::Partitions {
+                configured: config.cluster.partitions,
+                stored,
+            });
+        }
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();

@@ -48,6 +48,11 @@ impl Ring {
         self.ring.get(key)
     }
 
+    /// Distinct nodes in ring order from `key`'s point: the replication candidates for `key`.
+    pub fn candidates<'a>(&'a self, key: &'a str) -> impl Iterator<Item = NodeId> + 'a {
+        self.ring.replicas(key).cloned()
+    }
+
     pub fn signature(&self) -> u64 {
         self.signature
     }

@@ -15,6 +15,7 @@
 //! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
 //! | `media`      | `u` upload id                         | unfinished upload (JSON)               |
 //! | `media`      | `p` owner `\0` sha256 `\0` size:u64    | upload id (resume by posting again)    |
+//! | `meta`       | `partitions`                          | the partition count u32 the data was created with |
 //!
 //! A message's dedupe entry is written before the message (see `Store::append`), and trusted only when the
 //! message at its seq carries the same sender and cid, so a crash between the two writes cannot duplicate or
@@ -23,6 +24,10 @@
 pub const CONV_LOG: &str = "conv_log";
 pub const USER_INDEX: &str = "user_index";
 pub const MEDIA: &str = "media";
+pub const META: &str = "meta";
+
+/// `meta`: the partition count this node's data was created with.
+pub const META_PARTITIONS: &[u8] = b"partitions";
 
 const MSG: u8 = b'm';
 const CID: u8 = b'c';

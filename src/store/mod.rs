@@ -104,6 +104,31 @@ impl Store {
         Ok(())
     }
 
+    /// Records `partitions` as this data's partition count on first use; afterwards answers the recorded
+    /// count when `partitions` differs from it (keys would hash elsewhere: the node must not start).
+    pub fn fix_partitions(&self, partitions: u32) -> StoreResult<Option<u32>> {
+        let meta = self.db.open_tree(keys::META)?;
+        let value = partitions.to_be_bytes();
+        match meta.compare_and_swap(
+            keys::META_PARTITIONS,
+            None as Option<&[u8]>,
+            Some(&value[..]),
+        )? {
+            Ok(()) => {
+                self.db.flush()?;
+                Ok(None)
+            }
+            Err(e) => {
+                let stored = e
+                    .current
+                    .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("meta/partitions".into()))?;
+                Ok((stored != partitions).then_some(stored))
+            }
+        }
+    }
+
     // ---- conversations ----
 
     /// The highest seq of `conv` and that message's JSON.
