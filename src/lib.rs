@@ -72,6 +72,7 @@ pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod raft;
 pub mod state;
 pub mod store;
 

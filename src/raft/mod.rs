@@ -1,0 +1,45 @@
+//! Consensus for replicated partitions: one Raft group per partition, run by tikv's `raft` crate (raft-rs,
+//! pinned exactly in `Cargo.toml`), never by code of our own.
+//!
+//! raft-rs is a pure state machine: it never reads a clock, never sends, never writes. That is why it was
+//! chosen over openraft, whose groups each run their own task and timers: a node here keeps hundreds of
+//! groups (one per partition it replicates), and [`multi::MultiRaft`] drives them all from one tick and
+//! coalesces their traffic, so a tick costs one frame per other node however many groups exchange
+//! heartbeats (TiKV's multi-raft shape).
+//!
+//! What is here so far (see the README's "Replication" status): the multi-raft engine over raft-rs's
+//! in-memory storage, with pre-vote, check-quorum, leader transfer, proposal and commit, tested on a
+//! simulated network that drops, partitions and kills nodes. Still to come before partitions are
+//! replicated: the durable log (a file per node with group commit), snapshots of a partition's keys, the
+//! transport over the authenticated peer links, and the actors running on their partition's leader with
+//! every state change applied through [`crate::state`] on each replica.
+
+pub mod multi;
+
+/// raft-rs logs through `slog`; this forwards its records to `tracing` (raft's own `info` is chatty, so
+/// it becomes `debug`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let message = record.msg().to_string();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{message}")
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{message}"),
+            slog::Level::Info => tracing::debug!(target: "raft", "{message}"),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// The logger raft-rs gets.
+pub fn logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}

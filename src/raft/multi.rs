@@ -1,0 +1,625 @@
+//! [`MultiRaft`]: every Raft group (one per partition) that this node replicates, driven together.
+//!
+//! The owner calls [`MultiRaft::tick`] on one timer for all groups, feeds in what peers sent with
+//! [`MultiRaft::step`], proposes with [`MultiRaft::propose`], and after each of these calls
+//! [`MultiRaft::poll`], which persists what the groups produced, and hands back one [`Batch`] of messages
+//! per destination node (every group's heartbeats and appends to that node together), the entries that
+//! became committed, in log order per group, and the groups whose leader or term changed.
+//!
+//! Every group runs with pre-vote and check-quorum: a node that comes back from a partition cannot depose
+//! a healthy leader, and a leader cut off from its majority steps down instead of serving stale state.
+//!
+//! Storage here is raft-rs's `MemStorage`; the durable log replaces it before partitions are replicated in a
+//! running node (see the [module docs](super)).
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+
+use fnv::FnvHasher;
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+
+use crate::cluster::placement::PartitionId;
+use crate::ids::NodeId;
+
+/// Ticks per election timeout and per heartbeat (the tick interval is the election timeout divided by
+/// `ELECTION_TICKS`; raft-rs randomizes each election between 1x and 2x).
+pub const ELECTION_TICKS: usize = 10;
+pub const HEARTBEAT_TICKS: usize = 2;
+
+/// A node's Raft id: a stable hash of its id (raft-rs wants a non-zero u64).
+pub fn raft_id(node: &NodeId) -> u64 {
+    let mut h = FnvHasher::default();
+    h.write(node.as_str().as_bytes());
+    h.finish().max(1)
+}
+
+/// What a group can refuse a proposal for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("partition {0} is not replicated here")]
+    UnknownPartition(PartitionId),
+    /// Only the leader takes proposals; `leader` is the one this node knows of.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("raft refused the proposal: {0}")]
+    Raft(String),
+}
+
+/// Every message of every group for one other node, produced by one [`MultiRaft::poll`].
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub to: u64,
+    pub messages: Vec<(PartitionId, Message)>,
+}
+
+/// A normal entry that a majority has stored, in log order per group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub partition: PartitionId,
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+}
+
+/// A group's leadership as this node sees it, reported when it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub partition: PartitionId,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// This node leads the group.
+    pub local: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Output {
+    /// At most one batch per destination node.
+    pub batches: Vec<Batch>,
+    pub committed: Vec<Committed>,
+    pub leadership: Vec<Leadership>,
+}
+
+struct Group {
+    node: RawNode<MemStorage>,
+    /// The leadership last reported.
+    seen: Leadership,
+}
+
+/// The groups this node replicates.
+pub struct MultiRaft {
+    id: u64,
+    groups: BTreeMap<PartitionId, Group>,
+}
+
+impl MultiRaft {
+    /// A node with Raft id `id` in `groups` (each partition with its voters, `id` among them): every replica
+    /// starts from the same configuration, so the first election needs no bootstrapping leader.
+    pub fn new(
+        id: u64,
+        groups: impl IntoIterator<Item = (PartitionId, Vec<u64>)>,
+        logger: &slog::Logger,
+    ) -> Result<MultiRaft, raft::Error> {
+        let mut built = BTreeMap::new();
+        for (partition, voters) in groups {
+            let config = raft::Config {
+                id,
+                election_tick: ELECTION_TICKS,
+                heartbeat_tick: HEARTBEAT_TICKS,
+                pre_vote: true,
+                check_quorum: true,
+                max_size_per_msg: 1 << 20,
+                max_inflight_msgs: 256,
+                ..raft::Config::default()
+            };
+            let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
+            let node = RawNode::new(
+                &config,
+                storage,
+                &logger.new(slog::o!("partition" => partition)),
+            )?;
+            let seen = Leadership {
+                partition,
+                leader: None,
+                term: 0,
+                local: false,
+            };
+            built.insert(partition, Group { node, seen });
+        }
+        Ok(MultiRaft { id, groups: built })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Advances every group's clock by one tick.
+    pub fn tick(&mut self) {
+        for group in self.groups.values_mut() {
+            group.node.tick();
+        }
+    }
+
+    /// Hands a peer's message to its group (a message for a group not replicated here is dropped: the
+    /// sender's layout differs, and raft retries).
+    pub fn step(&mut self, partition: PartitionId, message: Message) {
+        if let Some(group) = self.groups.get_mut(&partition) {
+            if let Err(e) = group.node.step(message) {
+                tracing::debug!(partition, error = %e, "raft message refused");
+            }
+        }
+    }
+
+    /// Appends `data` to the group's log if this node leads it; committed entries come out of [`poll`].
+    ///
+    /// [`poll`]: MultiRaft::poll
+    pub fn propose(&mut self, partition: PartitionId, data: Vec<u8>) -> Result<(), ProposeError> {
+        let group = self
+            .groups
+            .get_mut(&partition)
+            .ok_or(ProposeError::UnknownPartition(partition))?;
+        if group.node.raft.state != StateRole::Leader {
+            let leader = Some(group.node.raft.leader_id).filter(|l| *l != 0);
+            return Err(ProposeError::NotLeader { leader });
+        }
+        group.node.propose(Vec::new(), data).map_err(|e| match e {
+            raft::Error::ProposalDropped => ProposeError::NotLeader { leader: None },
+            e => ProposeError::Raft(e.to_string()),
+        })
+    }
+
+    /// Asks the group's leader (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, partition: PartitionId, to: u64) {
+        if let Some(group) = self.groups.get_mut(&partition) {
+            group.node.transfer_leader(to);
+        }
+    }
+
+    /// The group's leader as this node knows it.
+    pub fn leader(&self, partition: PartitionId) -> Option<u64> {
+        let group = self.groups.get(&partition)?;
+        Some(group.node.raft.leader_id).filter(|l| *l != 0)
+    }
+
+    pub fn is_leader(&self, partition: PartitionId) -> bool {
+        self.groups
+            .get(&partition)
+            .is_some_and(|g| g.node.raft.state == StateRole::Leader)
+    }
+
+    pub fn term(&self, partition: PartitionId) -> Option<u64> {
+        self.groups.get(&partition).map(|g| g.node.raft.term)
+    }
+
+    /// The partitions this node leads.
+    pub fn led(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.node.raft.state == StateRole::Leader)
+            .map(|(p, _)| *p)
+    }
+
+    /// Persists and collects what every group produced since the last poll.
+    pub fn poll(&mut self) -> Output {
+        let mut out = Output::default();
+        let mut outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>> = BTreeMap::new();
+        for (&partition, group) in &mut self.groups {
+            if group.node.has_ready() {
+                handle_ready(
+                    partition,
+                    &mut group.node,
+                    &mut outgoing,
+                    &mut out.committed,
+                );
+            }
+            let now = Leadership {
+                partition,
+                leader: Some(group.node.raft.leader_id).filter(|l| *l != 0),
+                term: group.node.raft.term,
+                local: group.node.raft.state == StateRole::Leader,
+            };
+            if now != group.seen {
+                group.seen = now;
+                out.leadership.push(now);
+            }
+        }
+        out.batches = outgoing
+            .into_iter()
+            .map(|(to, messages)| Batch { to, messages })
+            .collect();
+        out
+    }
+}
+
+/// One group's `Ready`: raft-rs's order (send what needs no persistence, apply a snapshot, persist entries
+/// and hard state, then send what had to wait for that, then the entries the advance made committed).
+fn handle_ready(
+    partition: PartitionId,
+    node: &mut RawNode<MemStorage>,
+    outgoing: &mut BTreeMap<u64, Vec<(PartitionId, Message)>>,
+    committed: &mut Vec<Committed>,
+) {
+    let store = node.raft.raft_log.store.clone();
+    let mut ready = node.ready();
+    route(partition, ready.take_messages(), outgoing);
+    if !ready.snapshot().is_empty() {
+        if let Err(e) = store.wl().apply_snapshot(ready.snapshot().clone()) {
+            tracing::error!(partition, error = %e, "cannot apply raft snapshot");
+        }
+    }
+    collect(partition, ready.take_committed_entries(), committed);
+    if let Err(e) = store.wl().append(ready.entries()) {
+        tracing::error!(partition, error = %e, "cannot append raft entries");
+    }
+    if let Some(hs) = ready.hs() {
+        store.wl().set_hardstate(hs.clone());
+    }
+    route(partition, ready.take_persisted_messages(), outgoing);
+    let mut light = node.advance(ready);
+    if let Some(commit) = light.commit_index() {
+        store.wl().mut_hard_state().set_commit(commit);
+    }
+    route(partition, light.take_messages(), outgoing);
+    collect(partition, light.take_committed_entries(), committed);
+    node.advance_apply();
+}
+
+fn route(
+    partition: PartitionId,
+    messages: Vec<Message>,
+    outgoing: &mut BTreeMap<u64, Vec<(PartitionId, Message)>>,
+) {
+    for m in messages {
+        outgoing.entry(m.to).or_default().push((partition, m));
+    }
+}
+
+fn collect(partition: PartitionId, entries: Vec<Entry>, committed: &mut Vec<Committed>) {
+    for e in entries {
+        // a new leader's empty entry and configuration changes carry no command
+        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+            continue;
+        }
+        committed.push(Committed {
+            partition,
+            index: e.index,
+            term: e.term,
+            data: e.data.to_vec(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use super::*;
+
+    /// Nodes on a simulated network that can kill nodes and cut links; messages are delivered at once.
+    struct Sim {
+        nodes: BTreeMap<u64, MultiRaft>,
+        down: BTreeSet<u64>,
+        cut: BTreeSet<(u64, u64)>,
+        /// Every node's committed entries in the order it saw them.
+        applied: HashMap<u64, Vec<Committed>>,
+        /// Frames (batches) sent per (from, to) in the last round.
+        frames: HashMap<(u64, u64), usize>,
+    }
+
+    const IDS: [u64; 3] = [1, 2, 3];
+
+    impl Sim {
+        fn new(nodes: &[u64], partitions: u32) -> Sim {
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let built = nodes
+                .iter()
+                .map(|&id| {
+                    let groups = (0..partitions).map(|p| (p, nodes.to_vec()));
+                    (id, MultiRaft::new(id, groups, &logger).expect("multiraft"))
+                })
+                .collect();
+            Sim {
+                nodes: built,
+                down: BTreeSet::new(),
+                cut: BTreeSet::new(),
+                applied: HashMap::new(),
+                frames: HashMap::new(),
+            }
+        }
+
+        fn linked(&self, a: u64, b: u64) -> bool {
+            !self.down.contains(&a)
+                && !self.down.contains(&b)
+                && !self.cut.contains(&(a, b))
+                && !self.cut.contains(&(b, a))
+        }
+
+        /// Polls every live node until no message is in flight; counts frames.
+        fn settle(&mut self) {
+            for _ in 0..100 {
+                let mut moved = false;
+                let ids: Vec<u64> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    if self.down.contains(&id) {
+                        continue;
+                    }
+                    let out = self.nodes.get_mut(&id).expect("node").poll();
+                    self.applied.entry(id).or_default().extend(out.committed);
+                    for batch in out.batches {
+                        moved = true;
+                        *self.frames.entry((id, batch.to)).or_default() += 1;
+                        if !self.linked(id, batch.to) {
+                            continue;
+                        }
+                        let to = self.nodes.get_mut(&batch.to).expect("destination");
+                        for (p, m) in batch.messages {
+                            to.step(p, m);
+                        }
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// One tick of every live node, then delivery until quiet.
+        fn round(&mut self) {
+            self.frames.clear();
+            for (id, node) in &mut self.nodes {
+                if !self.down.contains(id) {
+                    node.tick();
+                }
+            }
+            self.settle();
+        }
+
+        fn rounds(&mut self, n: usize) {
+            for _ in 0..n {
+                self.round();
+            }
+        }
+
+        /// The leader of `p` that every live node agrees on, if there is one.
+        fn leader(&self, p: PartitionId) -> Option<u64> {
+            let leaders: BTreeSet<u64> = self
+                .nodes
+                .iter()
+                .filter(|(id, _)| !self.down.contains(id))
+                .filter(|(_, n)| n.is_leader(p))
+                .map(|(id, _)| *id)
+                .collect();
+            let leader = *leaders.iter().next()?;
+            (leaders.len() == 1).then_some(leader)
+        }
+
+        /// Rounds until `p` has a live leader; how many it took.
+        fn elect(&mut self, p: PartitionId) -> usize {
+            for n in 1..=20 * ELECTION_TICKS {
+                self.round();
+                if self.leader(p).is_some_and(|l| !self.down.contains(&l)) {
+                    return n;
+                }
+            }
+            panic!("no leader for partition {p}");
+        }
+
+        fn propose(&mut self, p: PartitionId, data: &str) -> Result<(), ProposeError> {
+            let leader = self
+                .leader(p)
+                .ok_or(ProposeError::NotLeader { leader: None })?;
+            let result = self
+                .nodes
+                .get_mut(&leader)
+                .expect("leader")
+                .propose(p, data.as_bytes().to_vec());
+            self.settle();
+            result
+        }
+
+        fn log(&self, node: u64, p: PartitionId) -> Vec<String> {
+            self.applied
+                .get(&node)
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter(|c| c.partition == p)
+                        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn every_partition_elects_one_leader_and_heartbeats_are_coalesced_per_node_pair() {
+        let mut sim = Sim::new(&IDS, 64);
+        sim.rounds(4 * ELECTION_TICKS);
+        for p in 0..64 {
+            assert!(sim.leader(p).is_some(), "partition {p} has a leader");
+        }
+        // A quiet round of heartbeats from 64 groups whose leaders are spread over the nodes: each node sends
+        // each other node one frame with its groups' heartbeats and one with its answers to the heartbeats it
+        // got, whatever the number of groups.
+        sim.round();
+        assert_eq!(
+            sim.frames.len(),
+            IDS.len() * (IDS.len() - 1),
+            "{:?}",
+            sim.frames
+        );
+        assert!(sim.frames.values().all(|n| *n <= 2), "{:?}", sim.frames);
+    }
+
+    #[test]
+    fn proposals_commit_in_the_same_order_on_every_replica() {
+        let mut sim = Sim::new(&IDS, 4);
+        for p in 0..4 {
+            sim.elect(p);
+        }
+        for i in 0..50 {
+            let p = i % 4;
+            sim.propose(p, &format!("m{i}")).expect("proposed");
+        }
+        sim.rounds(2);
+        for p in 0..4 {
+            let want: Vec<String> = (0..50)
+                .filter(|i| i % 4 == p)
+                .map(|i| format!("m{i}"))
+                .collect();
+            for id in IDS {
+                assert_eq!(sim.log(id, p), want, "node {id} partition {p}");
+            }
+        }
+        // only the leader takes proposals, and says who leads
+        let leader = sim.leader(0).expect("leader");
+        let follower = IDS
+            .iter()
+            .copied()
+            .find(|id| *id != leader)
+            .expect("follower");
+        let refused = sim
+            .nodes
+            .get_mut(&follower)
+            .expect("node")
+            .propose(0, b"x".to_vec());
+        assert_eq!(
+            refused,
+            Err(ProposeError::NotLeader {
+                leader: Some(leader)
+            })
+        );
+    }
+
+    #[test]
+    fn a_dead_leader_is_replaced_and_nothing_committed_is_lost() {
+        let mut sim = Sim::new(&IDS, 1);
+        sim.elect(0);
+        for i in 0..10 {
+            sim.propose(0, &format!("a{i}")).expect("proposed");
+        }
+        let old = sim.leader(0).expect("leader");
+        sim.down.insert(old);
+        let rounds = sim.elect(0);
+        assert!(rounds <= 3 * ELECTION_TICKS, "elected after {rounds} ticks");
+        let new = sim.leader(0).expect("new leader");
+        assert_ne!(new, old);
+        sim.propose(0, "b0").expect("proposed to the new leader");
+        let survivors: Vec<u64> = IDS.iter().copied().filter(|id| *id != old).collect();
+        let mut want: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+        want.push("b0".into());
+        for id in &survivors {
+            assert_eq!(sim.log(*id, 0), want);
+        }
+        // the old leader comes back, follows, and catches up
+        sim.down.remove(&old);
+        sim.rounds(3 * ELECTION_TICKS);
+        assert_eq!(
+            sim.leader(0),
+            Some(new),
+            "the returning node does not depose the leader"
+        );
+        assert_eq!(sim.log(old, 0), want);
+    }
+
+    #[test]
+    fn a_leader_cut_off_from_its_majority_cannot_commit() {
+        let mut sim = Sim::new(&IDS, 1);
+        sim.elect(0);
+        let old = sim.leader(0).expect("leader");
+        let others: Vec<u64> = IDS.iter().copied().filter(|id| *id != old).collect();
+        for o in &others {
+            sim.cut.insert((old, *o));
+        }
+        // the stale leader still accepts a proposal, but it never commits anywhere
+        let _ = sim
+            .nodes
+            .get_mut(&old)
+            .expect("node")
+            .propose(0, b"stale".to_vec());
+        sim.rounds(4 * ELECTION_TICKS);
+        assert!(
+            !sim.nodes[&old].is_leader(0),
+            "check-quorum made the isolated leader step down"
+        );
+        let new = others
+            .iter()
+            .copied()
+            .find(|id| sim.nodes[id].is_leader(0))
+            .expect("the majority elected a leader");
+        sim.nodes
+            .get_mut(&new)
+            .expect("node")
+            .propose(0, b"fresh".to_vec())
+            .expect("proposed");
+        sim.settle();
+        sim.cut.clear();
+        sim.rounds(3 * ELECTION_TICKS);
+        for id in IDS {
+            assert_eq!(
+                sim.log(id, 0),
+                vec!["fresh".to_string()],
+                "node {id}: no split brain"
+            );
+        }
+    }
+
+    #[test]
+    fn pre_vote_keeps_a_rejoining_node_from_deposing_the_leader() {
+        let mut sim = Sim::new(&IDS, 1);
+        sim.elect(0);
+        let leader = sim.leader(0).expect("leader");
+        let term = sim.nodes[&leader].term(0);
+        let loner = IDS
+            .iter()
+            .copied()
+            .find(|id| *id != leader)
+            .expect("follower");
+        for o in IDS.iter().filter(|id| **id != loner) {
+            sim.cut.insert((loner, *o));
+        }
+        sim.rounds(6 * ELECTION_TICKS);
+        assert_eq!(
+            sim.nodes[&loner].term(0),
+            term,
+            "pre-vote: no term inflation while alone"
+        );
+        sim.cut.clear();
+        sim.rounds(2 * ELECTION_TICKS);
+        assert_eq!(sim.leader(0), Some(leader));
+        assert_eq!(sim.nodes[&leader].term(0), term);
+    }
+
+    #[test]
+    fn leadership_is_handed_over_on_request() {
+        let mut sim = Sim::new(&IDS, 1);
+        sim.elect(0);
+        let leader = sim.leader(0).expect("leader");
+        let to = IDS
+            .iter()
+            .copied()
+            .find(|id| *id != leader)
+            .expect("follower");
+        sim.nodes
+            .get_mut(&leader)
+            .expect("node")
+            .transfer_leader(0, to);
+        sim.settle();
+        sim.rounds(2);
+        assert_eq!(sim.leader(0), Some(to));
+        let out = sim.nodes.get_mut(&to).expect("node").poll();
+        assert!(
+            out.leadership.is_empty(),
+            "reported already during the hand-over"
+        );
+    }
+
+    #[test]
+    fn raft_ids_are_stable_and_non_zero() {
+        let id = raft_id(&NodeId::parse("n1").expect("id"));
+        assert_eq!(id, raft_id(&NodeId::parse("n1").expect("id")));
+        assert_ne!(id, raft_id(&NodeId::parse("n2").expect("id")));
+        assert_ne!(id, 0);
+    }
+}
