@@ -14,6 +14,7 @@
 //! transport over the authenticated peer links, and the actors running on their partition's leader with
 //! every state change applied through [`crate::state`] on each replica.
 
+pub mod log;
 pub mod multi;
 
 /// raft-rs logs through `slog`; this forwards its records to `tracing` (raft's own `info` is chatty, so

@@ -9,17 +9,22 @@
 //! Every group runs with pre-vote and check-quorum: a node that comes back from a partition cannot depose
 //! a healthy leader, and a leader cut off from its majority steps down instead of serving stale state.
 //!
-//! Storage here is raft-rs's `MemStorage`; the durable log replaces it before partitions are replicated in a
-//! running node (see the [module docs](super)).
+//! Each group serves raft-rs from a `MemStorage`; with a [`RaftLog`] (see [`MultiRaft::open`]) every entry
+//! and hard state is also appended to the node's log file, and one fsync per poll makes the round durable
+//! before any message that depends on it leaves (group commit across every group of the node). A node
+//! reopened on the same directory rebuilds its groups from the file; entries committed before are handed
+//! out again by its first polls (whoever applies them skips what it already applied).
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
+use std::path::Path;
 
 use fnv::FnvHasher;
 use raft::eraftpb::{ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 
+use super::log::{LogResult, RaftLog};
 use crate::cluster::placement::PartitionId;
 use crate::ids::NodeId;
 
@@ -91,6 +96,30 @@ struct Group {
 pub struct MultiRaft {
     id: u64,
     groups: BTreeMap<PartitionId, Group>,
+    /// Where entries and hard states are made durable; `None` keeps them in memory only (tests).
+    log: Option<RaftLog>,
+}
+
+fn config(id: u64) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..raft::Config::default()
+    }
+}
+
+fn unseen(partition: PartitionId) -> Leadership {
+    Leadership {
+        partition,
+        leader: None,
+        term: 0,
+        local: false,
+    }
 }
 
 impl MultiRaft {
@@ -103,31 +132,66 @@ impl MultiRaft {
     ) -> Result<MultiRaft, raft::Error> {
         let mut built = BTreeMap::new();
         for (partition, voters) in groups {
-            let config = raft::Config {
-                id,
-                election_tick: ELECTION_TICKS,
-                heartbeat_tick: HEARTBEAT_TICKS,
-                pre_vote: true,
-                check_quorum: true,
-                max_size_per_msg: 1 << 20,
-                max_inflight_msgs: 256,
-                ..raft::Config::default()
-            };
             let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
             let node = RawNode::new(
-                &config,
+                &config(id),
                 storage,
                 &logger.new(slog::o!("partition" => partition)),
             )?;
-            let seen = Leadership {
+            built.insert(
                 partition,
-                leader: None,
-                term: 0,
-                local: false,
-            };
-            built.insert(partition, Group { node, seen });
+                Group {
+                    node,
+                    seen: unseen(partition),
+                },
+            );
         }
-        Ok(MultiRaft { id, groups: built })
+        Ok(MultiRaft {
+            id,
+            groups: built,
+            log: None,
+        })
+    }
+
+    /// Like [`MultiRaft::new`], durable in `dir`'s log file: groups the file knows resume from it, new ones
+    /// start from their voters (recorded in the file first).
+    pub fn open(
+        dir: &Path,
+        fsync: bool,
+        id: u64,
+        groups: impl IntoIterator<Item = (PartitionId, Vec<u64>)>,
+        logger: &slog::Logger,
+    ) -> LogResult<MultiRaft> {
+        let (mut log, mut stored) = RaftLog::open(dir, fsync)?;
+        let mut built = BTreeMap::new();
+        for (partition, voters) in groups {
+            let storage = match stored.remove(&partition) {
+                Some(storage) => storage,
+                None => {
+                    let conf = ConfState::from((voters, vec![]));
+                    log.set_conf_state(partition, &conf)?;
+                    MemStorage::new_with_conf_state(conf)
+                }
+            };
+            let node = RawNode::new(
+                &config(id),
+                storage,
+                &logger.new(slog::o!("partition" => partition)),
+            )?;
+            built.insert(
+                partition,
+                Group {
+                    node,
+                    seen: unseen(partition),
+                },
+            );
+        }
+        log.sync()?;
+        Ok(MultiRaft {
+            id,
+            groups: built,
+            log: Some(log),
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -200,19 +264,70 @@ impl MultiRaft {
             .map(|(p, _)| *p)
     }
 
-    /// Persists and collects what every group produced since the last poll.
-    pub fn poll(&mut self) -> Output {
+    /// Persists and collects what every group produced since the last poll: every group's new entries and
+    /// hard state are written first and made durable with one sync, then the messages that had to wait for
+    /// that are released. A failed write or sync is returned: the node cannot go on safely.
+    pub fn poll(&mut self) -> LogResult<Output> {
         let mut out = Output::default();
         let mut outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>> = BTreeMap::new();
+        let mut waiting = Vec::new();
         for (&partition, group) in &mut self.groups {
-            if group.node.has_ready() {
-                handle_ready(
-                    partition,
-                    &mut group.node,
-                    &mut outgoing,
-                    &mut out.committed,
-                );
+            if !group.node.has_ready() {
+                continue;
             }
+            let mut ready = group.node.ready();
+            route(partition, ready.take_messages(), &mut outgoing);
+            let store = group.node.raft.raft_log.store.clone();
+            if !ready.snapshot().is_empty() {
+                store.wl().apply_snapshot(ready.snapshot().clone())?;
+            }
+            collect(
+                partition,
+                ready.take_committed_entries(),
+                &mut out.committed,
+            );
+            store.wl().append(ready.entries())?;
+            if let Some(log) = &mut self.log {
+                log.append(partition, ready.entries())?;
+            }
+            if let Some(hs) = ready.hs() {
+                store.wl().set_hardstate(hs.clone());
+                if let Some(log) = &mut self.log {
+                    log.set_hard_state(partition, hs)?;
+                }
+            }
+            waiting.push((partition, ready));
+        }
+        if let Some(log) = &mut self.log {
+            if !waiting.is_empty() {
+                log.sync()?;
+            }
+        }
+        for (partition, mut ready) in waiting {
+            let Some(group) = self.groups.get_mut(&partition) else {
+                continue;
+            };
+            route(partition, ready.take_persisted_messages(), &mut outgoing);
+            let mut light = group.node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                group
+                    .node
+                    .raft
+                    .raft_log
+                    .store
+                    .wl()
+                    .mut_hard_state()
+                    .set_commit(commit);
+            }
+            route(partition, light.take_messages(), &mut outgoing);
+            collect(
+                partition,
+                light.take_committed_entries(),
+                &mut out.committed,
+            );
+            group.node.advance_apply();
+        }
+        for (&partition, group) in &mut self.groups {
             let now = Leadership {
                 partition,
                 leader: Some(group.node.raft.leader_id).filter(|l| *l != 0),
@@ -228,41 +343,8 @@ impl MultiRaft {
             .into_iter()
             .map(|(to, messages)| Batch { to, messages })
             .collect();
-        out
+        Ok(out)
     }
-}
-
-/// One group's `Ready`: raft-rs's order (send what needs no persistence, apply a snapshot, persist entries
-/// and hard state, then send what had to wait for that, then the entries the advance made committed).
-fn handle_ready(
-    partition: PartitionId,
-    node: &mut RawNode<MemStorage>,
-    outgoing: &mut BTreeMap<u64, Vec<(PartitionId, Message)>>,
-    committed: &mut Vec<Committed>,
-) {
-    let store = node.raft.raft_log.store.clone();
-    let mut ready = node.ready();
-    route(partition, ready.take_messages(), outgoing);
-    if !ready.snapshot().is_empty() {
-        if let Err(e) = store.wl().apply_snapshot(ready.snapshot().clone()) {
-            tracing::error!(partition, error = %e, "cannot apply raft snapshot");
-        }
-    }
-    collect(partition, ready.take_committed_entries(), committed);
-    if let Err(e) = store.wl().append(ready.entries()) {
-        tracing::error!(partition, error = %e, "cannot append raft entries");
-    }
-    if let Some(hs) = ready.hs() {
-        store.wl().set_hardstate(hs.clone());
-    }
-    route(partition, ready.take_persisted_messages(), outgoing);
-    let mut light = node.advance(ready);
-    if let Some(commit) = light.commit_index() {
-        store.wl().mut_hard_state().set_commit(commit);
-    }
-    route(partition, light.take_messages(), outgoing);
-    collect(partition, light.take_committed_entries(), committed);
-    node.advance_apply();
 }
 
 fn route(
@@ -305,6 +387,9 @@ mod tests {
         applied: HashMap<u64, Vec<Committed>>,
         /// Frames (batches) sent per (from, to) in the last round.
         frames: HashMap<(u64, u64), usize>,
+        /// Each node's data directory when the nodes are durable.
+        dirs: BTreeMap<u64, tempfile::TempDir>,
+        partitions: u32,
     }
 
     const IDS: [u64; 3] = [1, 2, 3];
@@ -325,7 +410,31 @@ mod tests {
                 cut: BTreeSet::new(),
                 applied: HashMap::new(),
                 frames: HashMap::new(),
+                dirs: BTreeMap::new(),
+                partitions,
             }
+        }
+
+        /// Nodes that keep their log in a directory each.
+        fn durable(nodes: &[u64], partitions: u32) -> Sim {
+            let mut sim = Sim::new(nodes, partitions);
+            for &id in nodes {
+                sim.dirs.insert(id, tempfile::tempdir().expect("tempdir"));
+                sim.reopen(id);
+            }
+            sim
+        }
+
+        /// The node starts again from its directory (as after a kill -9: whatever the last poll synced); its
+        /// record of applied entries starts empty, as a restarted state machine's would.
+        fn reopen(&mut self, id: u64) {
+            let dir = self.dirs[&id].path().to_path_buf();
+            let voters: Vec<u64> = self.nodes.keys().copied().collect();
+            let groups = (0..self.partitions).map(|p| (p, voters.clone()));
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let node = MultiRaft::open(&dir, true, id, groups, &logger).expect("open");
+            self.nodes.insert(id, node);
+            self.applied.remove(&id);
         }
 
         fn linked(&self, a: u64, b: u64) -> bool {
@@ -344,7 +453,7 @@ mod tests {
                     if self.down.contains(&id) {
                         continue;
                     }
-                    let out = self.nodes.get_mut(&id).expect("node").poll();
+                    let out = self.nodes.get_mut(&id).expect("node").poll().expect("poll");
                     self.applied.entry(id).or_default().extend(out.committed);
                     for batch in out.batches {
                         moved = true;
@@ -608,11 +717,58 @@ mod tests {
         sim.settle();
         sim.rounds(2);
         assert_eq!(sim.leader(0), Some(to));
-        let out = sim.nodes.get_mut(&to).expect("node").poll();
+        let out = sim.nodes.get_mut(&to).expect("node").poll().expect("poll");
         assert!(
             out.leadership.is_empty(),
             "reported already during the hand-over"
         );
+    }
+
+    #[test]
+    fn a_restarted_node_recovers_its_log_and_catches_up() {
+        let mut sim = Sim::durable(&IDS, 2);
+        for p in 0..2 {
+            sim.elect(p);
+        }
+        for i in 0..20 {
+            sim.propose(i % 2, &format!("a{i}")).expect("proposed");
+        }
+        let old = sim.leader(0).expect("leader");
+        sim.down.insert(old);
+        sim.reopen(old);
+        sim.elect(0);
+        sim.propose(0, "b0")
+            .expect("proposed while the old leader is away");
+        sim.down.remove(&old);
+        sim.rounds(3 * ELECTION_TICKS);
+        let mut want: Vec<String> = (0..20)
+            .filter(|i| i % 2 == 0)
+            .map(|i| format!("a{i}"))
+            .collect();
+        want.push("b0".into());
+        for id in IDS {
+            assert_eq!(sim.log(id, 0), want, "node {id}");
+        }
+    }
+
+    #[test]
+    fn a_whole_cluster_killed_at_once_keeps_every_committed_entry() {
+        let mut sim = Sim::durable(&IDS, 1);
+        sim.elect(0);
+        for i in 0..10 {
+            sim.propose(0, &format!("m{i}")).expect("proposed");
+        }
+        for id in IDS {
+            sim.reopen(id);
+        }
+        sim.elect(0);
+        sim.propose(0, "after").expect("proposed after the restart");
+        sim.rounds(2);
+        let mut want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        want.push("after".into());
+        for id in IDS {
+            assert_eq!(sim.log(id, 0), want, "node {id}");
+        }
     }
 
     #[test]
