@@ -102,6 +102,17 @@ enum Workload {
         #[arg(long, default_value_t = 100)]
         dm_pairs: usize,
     },
+    /// The Raft log's write path alone (no server): `entries` entries of `bytes` bytes, made durable
+    /// `batch` at a time (one fsync per batch, as a poll does), in the project's log file and, for the
+    /// comparison the replication issue asks for, in a sled 0.34 tree flushed the same way.
+    Raftlog {
+        #[arg(long, default_value_t = 20_000)]
+        entries: u64,
+        #[arg(long, default_value_t = 256)]
+        bytes: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: u64,
+    },
     /// N authenticated idle connections; server memory per connection.
     Idle {
         #[arg(long, default_value_t = 19_000)]
@@ -986,8 +997,90 @@ fn media(addr: SocketAddr, pid: Option<u32>, mib: usize, parallel: usize) -> any
     }))
 }
 
+/// Entries a second and bytes on disk for the Raft log file and for a sled tree, same entries and syncs.
+fn raftlog(entries: u64, bytes: usize, batch: u64) -> anyhow::Result<Value> {
+    use protobuf::Message as _;
+    use raft::eraftpb::Entry;
+    let batch = batch.max(1);
+    let entry = |index: u64| Entry {
+        index,
+        term: 1,
+        data: vec![b'x'; bytes].into(),
+        ..Entry::default()
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut log, _) = rookery::raft::log::RaftLog::open(dir.path(), true)?;
+    let started = Instant::now();
+    let mut index = 1;
+    while index <= entries {
+        let round: Vec<Entry> = (index..(index + batch).min(entries + 1))
+            .map(entry)
+            .collect();
+        index += round.len() as u64;
+        log.append(0, &round)?;
+        log.sync()?;
+    }
+    let log_secs = started.elapsed().as_secs_f64();
+    let log_bytes = log.len();
+    drop(log);
+
+    let sled_dir = tempfile::tempdir()?;
+    let db = sled::open(sled_dir.path())?;
+    let tree = db.open_tree("raft_log")?;
+    let started = Instant::now();
+    let mut index = 1;
+    while index <= entries {
+        let end = (index + batch).min(entries + 1);
+        for i in index..end {
+            tree.insert(i.to_be_bytes(), entry(i).write_to_bytes()?)?;
+        }
+        index = end;
+        db.flush()?;
+    }
+    let sled_secs = started.elapsed().as_secs_f64();
+    drop(tree);
+    drop(db);
+    let sled_bytes = dir_bytes(sled_dir.path());
+    let per_s = |secs: f64| (entries as f64 / secs).round();
+    Ok(json!({
+        "workload": "raftlog",
+        "entries": entries,
+        "entry_bytes": bytes,
+        "entries_per_sync": batch,
+        "log_entries_per_s": per_s(log_secs),
+        "log_mib_on_disk": log_bytes as f64 / f64::from(1 << 20),
+        "sled_entries_per_s": per_s(sled_secs),
+        "sled_mib_on_disk": sled_bytes as f64 / f64::from(1 << 20),
+    }))
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Workload::Raftlog {
+        entries,
+        bytes,
+        batch,
+    } = cli.workload
+    {
+        println!("{}", raftlog(entries, bytes, batch)?);
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1017,6 +1110,7 @@ fn main() -> anyhow::Result<()> {
                 let busy_dm = dm_rate.map(|r| (r, dm_pairs));
                 fanout(&server, members, messages, rate, sources, busy_dm).await?
             }
+            Workload::Raftlog { .. } => unreachable!("run before the server starts"),
             Workload::Media { mib, parallel } => {
                 let (addr, pid) = (server.addr, server.child.as_ref().map(Child::id));
                 tokio::task::spawn_blocking(move || media(addr, pid, mib, parallel)).await??
