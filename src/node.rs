@@ -64,7 +64,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(
             &node.data_dir,
-            config.store.durability,
+            &config.store,
             metrics.store_flush_seconds.clone(),
         )?;
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
