@@ -63,6 +63,8 @@
 //!   leaves more than `actors.session_queue_bytes` unread for 2 s is disconnected. An idle authenticated
 //!   connection costs the server about 4 KB.
 
+#![forbid(unsafe_code)]
+
 pub mod actors;
 pub mod client;
 pub mod cluster;

@@ -1,5 +1,7 @@
 //! The `rookery` command: start a node, or mint a client token.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
