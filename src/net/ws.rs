@@ -739,8 +739,8 @@ mod fuzz {
     /// Lengths where an off-by-one or an overflow would show.
     fn length() -> impl Strategy<Value = u64> {
         prop_oneof![
-            0u64..=130,
-            prop::sample::select(vec![
+            4 => 0u64..=130,
+            3 => prop::sample::select(vec![
                 125,
                 126,
                 127,
@@ -757,12 +757,49 @@ mod fuzz {
                 u64::MAX - 1,
                 u64::MAX,
             ]),
-            any::<u64>(),
+            2 => (0u64..2000).prop_map(|d| u64::MAX - d),
+            1 => any::<u64>(),
         ]
     }
 
+    /// Encodes a frame header and payload: `encoding` picks the 7-bit, 16-bit or 64-bit length form when
+    /// the length fits it; the payload is as long as declared when that is small, else whatever was given.
+    fn encode(
+        fin: bool,
+        rsv: bool,
+        opcode: u8,
+        len: u64,
+        encoding: u8,
+        masked: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | (if rsv { 0x40 } else { 0 }) | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match (encoding, u8::try_from(len), u16::try_from(len)) {
+            (0, Ok(n), _) if n < 126 => out.push(mask_bit | n),
+            (0 | 1, _, Ok(n)) => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            _ => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend_from_slice(&[7, 0, 255, 3]);
+        }
+        match usize::try_from(len) {
+            Ok(n) if n <= 300 => {
+                out.extend((0..n).map(|i| payload.get(i).copied().unwrap_or(b'a')))
+            }
+            _ => out.extend_from_slice(payload),
+        }
+        out
+    }
+
     /// One frame as a client might write it, honest or not: any opcode, any declared length (in any of the
-    /// three encodings that can hold it), a payload that may be shorter than declared, masked or not.
+    /// three encodings that can hold it), masked or not, reserved bits now and then.
     fn frame() -> impl Strategy<Value = Vec<u8>> {
         (
             any::<bool>(),
@@ -782,27 +819,22 @@ mod fuzz {
             prop::collection::vec(any::<u8>(), 0..200),
         )
             .prop_map(|(fin, opcode, len, encoding, masked, rsv, payload)| {
-                let mut out =
-                    vec![(if fin { 0x80 } else { 0 }) | (if rsv { 0x40 } else { 0 }) | opcode];
-                let mask_bit = if masked { 0x80 } else { 0 };
-                match (encoding, u8::try_from(len), u16::try_from(len)) {
-                    (0, Ok(n), _) if n < 126 => out.push(mask_bit | n),
-                    (0 | 1, _, Ok(n)) => {
-                        out.push(mask_bit | 126);
-                        out.extend_from_slice(&n.to_be_bytes());
-                    }
-                    _ => {
-                        out.push(mask_bit | 127);
-                        out.extend_from_slice(&len.to_be_bytes());
-                    }
+                encode(fin, rsv, opcode, len, encoding, masked, &payload)
+            })
+    }
+
+    /// An honest first fragment, then continuations of any declared length (the shape of finding 1).
+    fn fragmented() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(OP_TEXT), Just(OP_BINARY)],
+            0u64..=130,
+            prop::collection::vec((any::<bool>(), length(), 0u8..3), 1..4),
+        )
+            .prop_map(|(opcode, first, rest)| {
+                let mut out = encode(false, false, opcode, first, 0, true, b"");
+                for (fin, len, encoding) in rest {
+                    out.extend(encode(fin, false, OP_CONT, len, encoding, true, b""));
                 }
-                if masked {
-                    out.extend_from_slice(&[7, 0, 255, 3]);
-                }
-                let take = usize::try_from(len)
-                    .unwrap_or(usize::MAX)
-                    .min(payload.len());
-                out.extend_from_slice(&payload[..take]);
                 out
             })
     }
@@ -812,7 +844,8 @@ mod fuzz {
         (
             prop::collection::vec(
                 prop_oneof![
-                    8 => frame(),
+                    6 => frame(),
+                    3 => fragmented(),
                     1 => prop::collection::vec(any::<u8>(), 0..20),
                 ],
                 0..8,
