@@ -5,6 +5,9 @@
 //! Status codes beyond the contract's: 400 for a bad body, index or chunk length; 404 for an unknown upload or
 //! media id; 413 for a declared size over `media.max_bytes`; 415 for a thumbnail of content that is not a
 //! decodable image. Error bodies are `{"error":CODE,"message":TEXT}`.
+//!
+//! Content that only other users have stored is answered with a proof-of-possession challenge, never its
+//! id (`prove`); names are checked at upload and sent back RFC 6266/8187-encoded ([`content_disposition`]).
 
 use actix_files::NamedFile;
 use actix_web::http::header::HeaderValue;
