@@ -12,6 +12,8 @@
 //! - `idle`: N authenticated idle connections, spread over several loopback source addresses; reports the
 //!   server's resident memory per connection.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -42,6 +42,9 @@ pub struct Config {
 pub struct AuthConfig {
     pub token_secret: String,
     pub admin_key: String,
+    /// The longest validity a minted token may have (`POST /v1/token` `ttl_s`, `rookery token --ttl`):
+    /// without a bound, `ttl_s` = 2^64-1 minted a token that never expires.
+    pub max_token_ttl_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -49,6 +52,7 @@ impl Default for AuthConfig {
         Self {
             token_secret: "change-me".into(),
             admin_key: "change-me-too".into(),
+            max_token_ttl_s: 2_592_000,
         }
     }
 }
@@ -124,13 +128,23 @@ pub enum Durability {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub durability: Durability,
+    /// sled's page cache in MiB (its own default, 256 MiB, was more than a small node should give a cache).
+    pub cache_mb: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             durability: Durability::Sync,
+            cache_mb: 64,
         }
+    }
+}
+
+impl StoreConfig {
+    /// The page cache in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mb.saturating_mul(1 << 20)
     }
 }
 
@@ -298,6 +312,8 @@ impl Config {
             }
         }
         let positive = [
+            ("auth.max_token_ttl_s", self.auth.max_token_ttl_s),
+            ("store.cache_mb", self.store.cache_mb),
             ("chat.heartbeat_s", self.chat.heartbeat_s),
             ("chat.max_group_members", self.chat.max_group_members),
             ("chat.notify_window_ms", self.chat.notify_window_ms),
@@ -399,6 +415,8 @@ mod tests {
         assert_eq!(c.media.chunk_bytes, 1_048_576);
         assert_eq!(c.cluster.vnodes, 64);
         assert_eq!(c.chat.ack_timeout(), Duration::from_secs(5));
+        assert_eq!(c.auth.max_token_ttl_s, 2_592_000);
+        assert_eq!(c.store.cache_bytes(), 64 << 20);
     }
 
     #[test]
@@ -427,5 +445,132 @@ mod tests {
         let err = Config::parse("[store]\ndurability = 'maybe'\n[[nodes]]\nid='a'\nlisten='127.0.0.1:1'\npeer='127.0.0.1:2'\ndata_dir='d'\n")
             .expect_err("bad durability");
         assert!(err.contains("durability"), "{err}");
+    }
+}
+
+/// Fuzzing config parsing (issue 13): arbitrary text and TOML-ish text built from the real sections and keys
+/// with values of every type never panic, and whatever parses has passed validation. Longer:
+/// `PROPTEST_CASES=100000 cargo test --release fuzz`.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    const SECTIONS: [&str; 9] = [
+        "[auth]",
+        "[chat]",
+        "[limits]",
+        "[store]",
+        "[media]",
+        "[cluster]",
+        "[actors]",
+        "[[nodes]]",
+        "[bogus]",
+    ];
+    const KEYS: [&str; 24] = [
+        "token_secret",
+        "admin_key",
+        "max_token_ttl_s",
+        "heartbeat_s",
+        "dm_requires_friendship",
+        "max_group_members",
+        "push_max_members",
+        "notify_window_ms",
+        "ack_timeout_ms",
+        "max_frame_bytes",
+        "max_body_bytes",
+        "sends_per_s",
+        "durability",
+        "cache_mb",
+        "max_bytes",
+        "chunk_bytes",
+        "vnodes",
+        "peer_timeout_ms",
+        "idle_s",
+        "session_queue_bytes",
+        "id",
+        "listen",
+        "peer",
+        "data_dir",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop::sample::select(vec![
+                "0",
+                "1",
+                "-1",
+                "65535",
+                "4294967296",
+                "18446744073709551615",
+                "18446744073709551616",
+                "9223372036854775807",
+                "-9223372036854775808",
+                "1e999",
+                "nan",
+                "inf",
+                "0x10",
+                "true",
+                "\"sync\"",
+                "\"os\"",
+                "\"n1\"",
+                "\"127.0.0.1:0\"",
+                "\"[::1]:7\"",
+                "\"d\"",
+                "\"\"",
+                "[]",
+                "{}",
+                "[1, \"a\"]",
+                "'''x'''",
+                "\"\\u0000\"",
+            ])
+            .prop_map(str::to_string),
+            "\"[ -~]{0,10}\"",
+        ]
+    }
+
+    fn toml_ish() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(SECTIONS.to_vec()).prop_map(str::to_string),
+                (prop::sample::select(KEYS.to_vec()), value())
+                    .prop_map(|(k, v)| format!("{k} = {v}")),
+                ".{0,20}",
+            ],
+            0..24,
+        )
+        .prop_map(|lines| lines.join("\n"))
+    }
+
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        if let Ok(config) = Config::parse(text) {
+            prop_assert!(config.validate().is_ok());
+            prop_assert!(!config.nodes.is_empty());
+            prop_assert!(config.media.chunk_bytes > 0 && config.cluster.vnodes > 0);
+            prop_assert!(config.auth.max_token_ttl_s > 0 && config.store.cache_mb > 0);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn fuzz_config_any_text(text in ".{0,300}") {
+            check(&text)?;
+        }
+
+        #[test]
+        fn fuzz_config_toml_ish(text in toml_ish()) {
+            check(&text)?;
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The `rookery` command: start a node, or mint a client token.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -32,9 +34,9 @@ enum Command {
     /// Print a client token for USER, signed with the config's secret.
     Token {
         user: String,
-        /// Validity in seconds.
-        #[arg(long, default_value_t = auth::DEFAULT_TTL_S)]
-        ttl: u64,
+        /// Validity in seconds (default 86400, or `auth.max_token_ttl_s` when that is lower).
+        #[arg(long)]
+        ttl: Option<u64>,
     },
 }
 
@@ -50,7 +52,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token { user, ttl }) => {
             let user = UserId::parse(&user)?;
-            anyhow::ensure!(ttl > 0, "--ttl must be at least 1");
+            let max = config.auth.max_token_ttl_s;
+            let ttl = ttl.unwrap_or(auth::DEFAULT_TTL_S.min(max));
+            auth::check_ttl(ttl, max).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
             println!("{}", auth::mint(&config.auth.token_secret, &user, ttl));
             Ok(())
         }

@@ -69,7 +69,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(
             &node.data_dir,
-            config.store.durability,
+            &config.store,
             metrics.store_flush_seconds.clone(),
         )?;
         if let Some(stored) = store.fix_partitions(config.cluster.partitions)? {

@@ -259,6 +259,24 @@ fn token_subcommand_prints_only_the_token() {
     assert!(!bad.status.success());
 }
 
+/// Issue 13, finding 4: `rookery token --ttl` obeys `auth.max_token_ttl_s` too, with a clear error.
+#[test]
+fn token_subcommand_refuses_a_ttl_over_the_maximum() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), "");
+    for ttl in ["18446744073709551615", "2592001"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
+            .args(["token", "alice", "--ttl", ttl, "--config"])
+            .arg(&config)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "--ttl {ttl} accepted");
+        assert!(out.stdout.is_empty(), "no token printed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("max_token_ttl_s"), "{stderr}");
+    }
+}
+
 #[test]
 fn config_errors_name_the_key_and_stop_startup() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -294,8 +312,9 @@ async fn dedupe_entries_without_their_message_are_not_trusted() {
     {
         let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
             .expect("hist");
-        let store = rookery::store::Store::open(&node.dir, rookery::config::Durability::Sync, hist)
-            .expect("open");
+        let store =
+            rookery::store::Store::open(&node.dir, &rookery::config::StoreConfig::default(), hist)
+                .expect("open");
         let conv = rookery::ids::ConvId::parse(&conv_text).expect("conv");
         let alice = rookery::ids::UserId::parse("alice").expect("user");
         store

@@ -84,6 +84,48 @@ async fn tokens_are_minted_with_the_admin_key() {
     );
 }
 
+/// Issue 13, finding 4: `ttl_s` = 2^64-1 minted a token with `exp` = u64::MAX, one that never expires.
+/// TTLs over `auth.max_token_ttl_s` (default 30 days) are refused with 400; the limit itself is fine.
+#[tokio::test]
+async fn token_ttls_over_the_configured_maximum_are_refused() {
+    let node = TestNode::start();
+    let url = node.url("/v1/token");
+    for ttl in [u64::MAX, u64::MAX / 2, 2_592_001] {
+        let body = format!(r#"{{"user":"alice","ttl_s":{ttl}}}"#);
+        let (status, reply) = http("POST", &url, Some(ADMIN_KEY), Some(&body)).await;
+        assert_eq!(status, 400, "ttl {ttl}: {reply}");
+        let reply: Value = serde_json::from_str(&reply).expect("json");
+        assert_eq!(reply["error"], "bad_request");
+        assert!(
+            reply["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("max_token_ttl_s")),
+            "{reply}"
+        );
+    }
+    let (status, body) = http(
+        "POST",
+        &url,
+        Some(ADMIN_KEY),
+        Some(r#"{"user":"alice","ttl_s":2592000}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // extra config lands right after the harness's own `[auth]` keys
+    let small = TestNode::start_with("max_token_ttl_s = 60");
+    let url = small.url("/v1/token");
+    let ask = |ttl: u64| format!(r#"{{"user":"alice","ttl_s":{ttl}}}"#);
+    assert_eq!(
+        http("POST", &url, Some(ADMIN_KEY), Some(&ask(61))).await.0,
+        400
+    );
+    assert_eq!(
+        http("POST", &url, Some(ADMIN_KEY), Some(&ask(60))).await.0,
+        200
+    );
+}
+
 #[tokio::test]
 async fn nodes_and_route() {
     let node = TestNode::start();

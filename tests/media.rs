@@ -219,18 +219,153 @@ fn chunked_upload_in_shuffled_order_then_download_with_ranges() {
     assert_eq!(alice.status(&upload).status, 404);
 }
 
+impl Media<'_> {
+    /// `POST /v1/uploads` for `bytes` with `extra` fields (a `name`, a `proof`) merged into the body.
+    fn start_with(&self, bytes: &[u8], extra: Value) -> Resp {
+        let mut body = json!({"size": bytes.len(), "sha256": sha(bytes), "mime": "audio/ogg"});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        send(
+            "POST",
+            &self.node.url("/v1/uploads"),
+            Some(&self.token),
+            Some(body.to_string().as_bytes()),
+            &[],
+        )
+    }
+}
+
+/// The proof for a challenge `{"offset":O,"length":L}`: the sha256 of those bytes of the file.
+fn answer(bytes: &[u8], challenge: &Value) -> String {
+    let offset = usize::try_from(challenge["offset"].as_u64().expect("offset")).expect("fits");
+    let length = usize::try_from(challenge["length"].as_u64().expect("length")).expect("fits");
+    sha(&bytes[offset..offset + length])
+}
+
+/// Own content is an instant upload; content only another user stored is never answered with its id from
+/// the hash alone (issue 13, finding 5; PROTOCOL.md media): bob gets a proof-of-possession challenge, the
+/// right proof gets the same id (stored once), a wrong one 403, and then he is a holder (instant).
 #[test]
-fn known_content_is_an_instant_upload_stored_once() {
+fn known_content_needs_a_proof_of_possession_from_other_users() {
     let node = TestNode::start_with(MEDIA);
     let bytes = content(100_000, 1);
-    let id = client(&node, "alice").upload(&bytes, "audio/ogg", &[1, 0]);
-    let again = client(&node, "bob").start(&bytes, "audio/ogg");
-    assert_eq!(again.status, 200, "instant upload");
-    assert_eq!(again.json(), json!({"media": id}));
+    let alice = client(&node, "alice");
+    let id = alice.upload(&bytes, "audio/ogg", &[1, 0]);
+    let again = alice.start(&bytes, "audio/ogg");
+    assert_eq!(
+        (again.status, again.json()),
+        (200, json!({"media": id})),
+        "own content: instant"
+    );
+
+    let bob = client(&node, "bob");
+    let asked = bob.start_with(&bytes, json!({}));
+    assert_eq!(asked.status, 200);
+    let challenge = asked.json()["proof"].clone();
+    assert!(asked.json().get("media").is_none(), "{}", asked.json());
+    let length = challenge["length"].as_u64().expect("length");
+    let offset = challenge["offset"].as_u64().expect("offset");
+    assert_eq!(length, 65536, "min(size, 64 KiB)");
+    assert!(offset + length <= 100_000, "{challenge}");
+
+    // a wrong proof is 403 and uses the challenge up
+    let wrong = bob.start_with(&bytes, json!({"proof": sha(b"guess")}));
+    assert_eq!(
+        wrong.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&wrong.body)
+    );
+    let stale = bob.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
+    assert_eq!(stale.status, 200);
+    assert!(
+        stale.json().get("proof").is_some() && stale.json().get("media").is_none(),
+        "a proof with no challenge pending gets a fresh challenge: {}",
+        stale.json()
+    );
+
+    // the right proof for the pending challenge gets the same id
+    let challenge = stale.json()["proof"].clone();
+    let proven = bob.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
+    assert_eq!(
+        (proven.status, proven.json()),
+        (200, json!({"media": id})),
+        "{challenge}"
+    );
+    // once proven, bob holds it: instant from now on
+    assert_eq!(bob.start(&bytes, "audio/ogg").json(), json!({"media": id}));
     let blobs = std::fs::read_dir(node.dir.join("media/blobs"))
         .expect("blobs")
         .count();
-    assert_eq!(blobs, 1);
+    assert_eq!(blobs, 1, "stored once");
+
+    // a third user's proof for a challenge given to bob proves nothing
+    let carol = client(&node, "carol");
+    let carols = carol.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
+    assert!(carols.json().get("media").is_none(), "{}", carols.json());
+}
+
+/// A small file's challenge covers all of it (length = size, offset 0).
+#[test]
+fn a_small_files_challenge_is_the_whole_file() {
+    let node = TestNode::start_with(MEDIA);
+    let bytes = content(1000, 8);
+    client(&node, "alice").upload(&bytes, "text/plain", &[0]);
+    let bob = client(&node, "bob");
+    let asked = bob.start_with(&bytes, json!({}));
+    assert_eq!(asked.json()["proof"], json!({"offset": 0, "length": 1000}));
+    let proven = bob.start_with(&bytes, json!({"proof": sha(&bytes)}));
+    assert_eq!(proven.status, 200);
+    assert!(proven.json()["media"].is_string(), "{}", proven.json());
+}
+
+/// Issue 13, finding 3: a `name` with quotes and CR/LF was stored, then every download answered 500
+/// (`failed to parse header value`). Control characters are refused at upload (400); any other name,
+/// quotes and non-ASCII included, downloads with an RFC 6266/8187 `Content-Disposition`.
+#[test]
+fn upload_names_are_validated_and_downloads_encode_them() {
+    let node = TestNode::start_with(MEDIA);
+    let alice = client(&node, "alice");
+    let bytes = content(2000, 11);
+    for name in [
+        "evil\"\r\nX-Injected: 1.png",
+        "tab\there",
+        "nul\u{0}",
+        "del\u{7f}",
+    ] {
+        let refused = alice.start_with(&bytes, json!({"name": name}));
+        assert_eq!(refused.status, 400, "{name:?}");
+        let message = refused.json()["message"].as_str().unwrap_or("").to_string();
+        assert!(message.contains("control characters"), "{message}");
+    }
+
+    let name = "résumé \"final\"; v2 100%.pdf";
+    let started = alice.start_with(&bytes, json!({"name": name}));
+    assert_eq!(
+        started.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&started.body)
+    );
+    let upload = started.json()["upload"]
+        .as_str()
+        .expect("upload")
+        .to_string();
+    assert_eq!(alice.put(&upload, 0, &bytes).status, 204);
+    let id = alice.complete(&upload).json()["media"]
+        .as_str()
+        .expect("media")
+        .to_string();
+    let got = alice.get(&id, &[]);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, bytes);
+    let disposition = got.header("content-disposition").expect("disposition");
+    assert_eq!(
+        disposition,
+        "inline; filename=\"r_sum_ _final_; v2 100%.pdf\"; \
+         filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22%3B%20v2%20100%25.pdf"
+    );
 }
 
 #[test]

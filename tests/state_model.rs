@@ -9,7 +9,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use rookery::actors::friendship::FriendOp;
-use rookery::config::Durability;
+use rookery::config::StoreConfig;
 use rookery::error::ErrorCode;
 use rookery::ids::{Cid, ConvId, UserId};
 use rookery::state::conv::{ConvCommand, ConvState, Outcome, Rules, Write};
@@ -335,7 +335,7 @@ struct Live {
 fn open(dir: &Path) -> Store {
     let hist =
         prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).expect("hist");
-    Store::open(dir, Durability::Sync, hist).expect("open store")
+    Store::open(dir, &StoreConfig::default(), hist).expect("open store")
 }
 
 fn user(i: usize) -> UserId {

@@ -3,6 +3,8 @@
 //!
 //!     rookery-client --addr 127.0.0.1:7001 --token "$(rookery token alice)" --device laptop
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -32,12 +32,32 @@ pub fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
-/// Signs a token for `user` valid for `ttl_s` seconds.
+/// Checks a requested token validity against `auth.max_token_ttl_s`; the error names the key.
+pub fn check_ttl(ttl_s: u64, max_ttl_s: u64) -> Result<(), String> {
+    if ttl_s == 0 {
+        return Err("the ttl must be at least 1 second".into());
+    }
+    if ttl_s > max_ttl_s {
+        return Err(format!(
+            "a ttl of {ttl_s} s is over auth.max_token_ttl_s ({max_ttl_s} s)"
+        ));
+    }
+    Ok(())
+}
+
+/// The `exp` of a token minted at `now` for `ttl_s` seconds; `None` when it would not fit a u64.
+pub fn expiry(now: u64, ttl_s: u64) -> Option<u64> {
+    now.checked_add(ttl_s)
+}
+
+/// Signs a token for `user` valid for `ttl_s` seconds. Callers that take the TTL from outside check it with
+/// [`check_ttl`] first; a TTL whose expiry would overflow yields a token that has already expired (fail
+/// closed), never one with `exp` = u64::MAX.
 pub fn mint(secret: &str, user: &UserId, ttl_s: u64) -> String {
     let now = now_s();
     let claims = Claims {
         sub: user.as_str().to_owned(),
-        exp: now.saturating_add(ttl_s),
+        exp: expiry(now, ttl_s).unwrap_or(0),
         iat: now,
     };
     // HS256 encoding of a plain struct cannot fail.
@@ -89,6 +109,23 @@ mod tests {
             verify("s3cret", &expired),
             Err(AuthError::Invalid),
             "expired"
+        );
+    }
+
+    #[test]
+    fn ttls_are_bounded_and_expiry_never_overflows() {
+        assert!(check_ttl(60, 60).is_ok());
+        assert!(check_ttl(61, 60).is_err_and(|e| e.contains("auth.max_token_ttl_s")));
+        assert!(check_ttl(0, 60).is_err());
+        assert!(check_ttl(u64::MAX, 2_592_000).is_err());
+        assert_eq!(expiry(10, u64::MAX), None);
+        assert_eq!(expiry(10, 5), Some(15));
+        let alice = UserId::parse("alice").expect("valid");
+        let never = mint("s3cret", &alice, u64::MAX);
+        assert_eq!(
+            verify("s3cret", &never),
+            Err(AuthError::Invalid),
+            "an overflowing ttl mints an expired token"
         );
     }
 }

@@ -60,11 +60,14 @@ pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
         Ok(u) => u,
         Err(e) => return error_response(&ChatError::from(e)),
     };
-    let ttl = request.ttl_s.unwrap_or(auth::DEFAULT_TTL_S);
-    if ttl == 0 {
-        return error_response(&ChatError::bad_request("ttl_s must be at least 1"));
+    let config = &router.config().auth;
+    let ttl = request
+        .ttl_s
+        .unwrap_or(auth::DEFAULT_TTL_S.min(config.max_token_ttl_s));
+    if let Err(e) = auth::check_ttl(ttl, config.max_token_ttl_s) {
+        return error_response(&ChatError::bad_request(format!("ttl_s: {e}")));
     }
-    let token = auth::mint(&router.config().auth.token_secret, &user, ttl);
+    let token = auth::mint(&config.token_secret, &user, ttl);
     HttpResponse::Ok().json(json!({ "token": token }))
 }
 

@@ -5,9 +5,12 @@
 //! Status codes beyond the contract's: 400 for a bad body, index or chunk length; 404 for an unknown upload or
 //! media id; 413 for a declared size over `media.max_bytes`; 415 for a thumbnail of content that is not a
 //! decodable image. Error bodies are `{"error":CODE,"message":TEXT}`.
+//!
+//! Content that only other users have stored is answered with a proof-of-possession challenge, never its
+//! id (`prove`); names are checked at upload and sent back RFC 6266/8187-encoded ([`content_disposition`]).
 
 use actix_files::NamedFile;
-use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
+use actix_web::http::header::HeaderValue;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -21,7 +24,7 @@ use crate::error::{ChatError, ErrorCode};
 use crate::ids::UserId;
 use crate::net::auth;
 use crate::net::http::{bearer, error_response};
-use crate::store::media::{Completed, Media, Started, Upload};
+use crate::store::media::{Challenge, Completed, Media, Started, Upload};
 
 /// The longest `mime` and `name` accepted.
 const MAX_MIME: usize = 255;
@@ -177,6 +180,53 @@ pub struct StartUpload {
     mime: String,
     #[serde(default)]
     name: String,
+    /// The answer to a proof-of-possession challenge: the sha256 (hex) of the range it named.
+    #[serde(default)]
+    proof: Option<String>,
+}
+
+/// A file name as stored: at most 255 characters and no control characters. A name is sent back in
+/// `Content-Disposition`, and a line break there once made every download of the file a 500.
+fn check_name(name: &str) -> Result<(), ChatError> {
+    if name.chars().count() > MAX_NAME {
+        return Err(ChatError::bad_request("name is over 255 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ChatError::bad_request(
+            "name must not contain control characters (line breaks, tabs, NUL, DEL...)",
+        ));
+    }
+    Ok(())
+}
+
+/// `Content-Disposition: inline` naming the file as RFC 6266 and RFC 8187 say: `filename*=UTF-8''...`
+/// percent-encoded, and a `filename="..."` fallback of printable ASCII (anything else, quotes and
+/// backslashes included, becomes `_`). Valid for any stored name, even one stored before names were
+/// checked, so no name can turn a download into a 5xx.
+pub fn content_disposition(name: &str) -> HeaderValue {
+    if name.is_empty() {
+        return HeaderValue::from_static("inline");
+    }
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            ' ' => ' ',
+            '"' | '\\' => '_',
+            c if c.is_ascii_graphic() => c,
+            _ => '_',
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len());
+    for b in name.bytes() {
+        // RFC 8187 attr-char: ALPHA / DIGIT / "!" / "#" / "$" / "&" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~"
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let value = format!("inline; filename=\"{fallback}\"; filename*=UTF-8''{encoded}");
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("inline"))
 }
 
 /// `POST /v1/uploads`: the stored content's id (200) or an upload to send chunks to (201).
@@ -203,12 +253,18 @@ pub async fn start(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
             "mime must be a media type like image/png",
         ));
     }
-    if r.name.chars().count() > MAX_NAME {
-        return error_response(&ChatError::bad_request("name is over 255 characters"));
+    if let Err(e) = check_name(&r.name) {
+        return error_response(&e);
+    }
+    if r.proof
+        .as_deref()
+        .is_some_and(|p| p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return error_response(&ChatError::bad_request("proof must be 64 hex digits"));
     }
     let request = Upload {
         id: String::new(),
-        owner: user,
+        owner: user.clone(),
         size: r.size,
         sha256,
         mime: r.mime,
@@ -220,19 +276,57 @@ pub async fn start(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
     let started = blocking(move || store.media().start(request)).await;
     match started {
         Err(e) => error_response(&e),
-        Ok(Started::Known(media)) if media.size != r.size => status(
-            422,
-            ErrorCode::BadRequest,
-            "the declared size does not match the stored content",
-        ),
+        Ok(Started::Known(media) | Started::KnownToOthers(media)) if media.size != r.size => {
+            status(
+                422,
+                ErrorCode::BadRequest,
+                "the declared size does not match the stored content",
+            )
+        }
         Ok(Started::Known(media)) => HttpResponse::Ok().json(json!({"media": media.id})),
+        Ok(Started::KnownToOthers(media)) => prove(&router, user, media, r.proof).await,
         Ok(Started::Upload(upload, received)) => HttpResponse::Created().json(
             json!({"upload": upload.id, "chunk_size": upload.chunk_size, "received": received}),
         ),
     }
 }
 
-/// `PUT /v1/uploads/{upload}/{index}`: stores one chunk of exactly the expected length (idempotent).
+/// Content only other users have stored (PROTOCOL.md media): never its id from the hash alone. Without a
+/// proof, or with one but no challenge pending (none asked, expired, already answered, or the node
+/// restarted), the answer is a fresh challenge: `200 {"proof":{"offset":O,"length":L}}`. A proof for the
+/// pending challenge is checked against the stored bytes: right, `200 {"media":ID}` and the user becomes
+/// a holder (instant from then on); wrong, 403. Either way the challenge is used up.
+async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String>) -> HttpResponse {
+    let pending = proof
+        .as_ref()
+        .and_then(|_| router.store().media().take_challenge(&user, &media.sha256));
+    let (Some(given), Some(challenge)) = (proof, pending) else {
+        let challenge: Challenge = router.store().media().challenge(&user, &media);
+        return HttpResponse::Ok().json(json!({ "proof": challenge }));
+    };
+    let store = router.store().clone();
+    let id = media.id.clone();
+    let verified = blocking(move || {
+        let expected = store.media().range_sha256(&media, challenge)?;
+        let right = expected.eq_ignore_ascii_case(&given);
+        if right {
+            store.media().add_holder(&media.sha256, &user)?;
+        }
+        Ok(right)
+    })
+    .await;
+    match verified {
+        Err(e) => error_response(&e),
+        Ok(true) => HttpResponse::Ok().json(json!({ "media": id })),
+        Ok(false) => error_response(&ChatError::forbidden(
+            "the proof does not match the requested range of the content; ask again for a new challenge",
+        )),
+    }
+}
+
+/// `PUT /v1/uploads/{upload}/{index}`: stores one chunk of exactly the expected length (idempotent). The
+/// index and the lengths come from the request: the arithmetic on them is checked.
+#[deny(clippy::arithmetic_side_effects)]
 pub async fn put_chunk(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -248,7 +342,7 @@ pub async fn put_chunk(
     if index >= upload.chunks() {
         let message = format!(
             "chunk index {index} is out of range (0 to {})",
-            upload.chunks() - 1
+            upload.chunks().saturating_sub(1)
         );
         return error_response(&ChatError::bad_request(message));
     }
@@ -271,7 +365,7 @@ pub async fn put_chunk(
         let Ok(part) = part else {
             return error_response(&ChatError::bad_request("the request body broke off"));
         };
-        if bytes.len() + part.len() > expected {
+        if bytes.len().saturating_add(part.len()) > expected {
             return wrong_length();
         }
         bytes.extend_from_slice(&part);
@@ -286,7 +380,7 @@ pub async fn put_chunk(
             router
                 .metrics()
                 .media_bytes_received
-                .inc_by(expected as u64);
+                .inc_by(u64::try_from(expected).unwrap_or(u64::MAX));
             HttpResponse::NoContent().finish()
         }
         Err(e) => error_response(&e),
@@ -353,17 +447,15 @@ pub async fn download(
         .mime
         .parse::<mime::Mime>()
         .unwrap_or(mime::APPLICATION_OCTET_STREAM);
-    let disposition = ContentDisposition {
-        disposition: DispositionType::Inline,
-        parameters: if media.name.is_empty() {
-            vec![]
-        } else {
-            vec![DispositionParam::Filename(media.name.clone())]
-        },
-    };
-    file.set_content_type(mime)
-        .set_content_disposition(disposition)
-        .into_response(&req)
+    let mut response = file
+        .set_content_type(mime)
+        .disable_content_disposition()
+        .into_response(&req);
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(&media.name),
+    );
+    response
 }
 
 /// `GET /v1/media/{id}/thumb`: a PNG of at most 256 px a side, for images; made once, then cached.
@@ -406,6 +498,139 @@ pub async fn sweep_forever(router: Router) {
             Ok(Ok(n)) => tracing::info!(removed = n, "removed abandoned uploads"),
             Ok(Err(e)) => tracing::error!(error = %e, "upload sweep failed"),
             Err(e) => tracing::error!(error = %e, "upload sweep failed"),
+        }
+    }
+}
+
+/// Fuzzing the media request parsing (issue 13): the `Range` header as downloads parse it (actix-files'
+/// `HttpRange`, which `NamedFile` uses), file names into `Content-Disposition`, and the chunk arithmetic
+/// on indices from the request path. Longer: `PROPTEST_CASES=100000 cargo test --release fuzz`.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn size() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..2000,
+            prop::sample::select(vec![
+                1,
+                65535,
+                65536,
+                1 << 32,
+                (1 << 63) - 1,
+                1 << 63,
+                u64::MAX - 1,
+                u64::MAX
+            ]),
+            any::<u64>(),
+        ]
+    }
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            size().prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("99999999999999999999999".to_string()),
+            Just("-1".to_string()),
+            Just(String::new()),
+        ]
+    }
+
+    /// `bytes=a-b, c-, -d` with numbers at every boundary, plus arbitrary text.
+    fn range_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(
+                (number(), number(), 0u8..3).prop_map(|(a, b, form)| match form {
+                    0 => format!("{a}-{b}"),
+                    1 => format!("{a}-"),
+                    _ => format!("-{b}"),
+                }),
+                0..4,
+            )
+            .prop_map(|specs| format!("bytes={}", specs.join(","))),
+            ".{0,40}",
+        ]
+    }
+
+    /// Percent-decodes an RFC 8187 value (for checking the round trip).
+    fn decode(value: &str) -> Vec<u8> {
+        let bytes = value.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                out.push(u8::from_str_radix(&value[i + 1..i + 3], 16).expect("hex"));
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Every range handed to the file server lies inside the file.
+        #[test]
+        fn fuzz_range_header(header in range_header(), size in size()) {
+            if let Ok(ranges) = actix_files::HttpRange::parse(&header, size) {
+                for r in ranges {
+                    prop_assert!(r.start.checked_add(r.length).is_some_and(|end| end <= size), "{r:?} of {size}");
+                }
+            }
+        }
+
+        /// Any name, control characters included (stored before names were checked), gives a valid header
+        /// whose `filename*` decodes back to the name.
+        #[test]
+        fn fuzz_content_disposition(name in prop_oneof![".{0,40}", any::<String>(), "[\"\\\\\r\n;%' ]{0,10}"]) {
+            let value = content_disposition(&name);
+            let text = value.to_str().expect("visible ASCII");
+            if name.is_empty() {
+                prop_assert_eq!(text, "inline");
+            } else {
+                let encoded = text.split("filename*=UTF-8''").nth(1).expect("extended parameter");
+                prop_assert_eq!(decode(encoded), name.as_bytes());
+                prop_assert_eq!(text.matches('"').count(), 2, "only the fallback's quotes");
+            }
+            prop_assert_eq!(check_name(&name).is_ok(), name.chars().count() <= MAX_NAME && !name.chars().any(char::is_control));
+        }
+
+        /// Chunk counts and lengths for any size, chunk size and index: no overflow, and the chunks add up.
+        #[test]
+        fn fuzz_chunk_arithmetic(size in size(), chunk in size(), index in size()) {
+            let upload = Upload {
+                id: String::new(),
+                owner: UserId::parse("a").expect("valid"),
+                size,
+                sha256: String::new(),
+                mime: String::new(),
+                name: String::new(),
+                chunk_size: chunk,
+                created_ms: 0,
+            };
+            let chunks = upload.chunks();
+            let len = upload.chunk_len(index);
+            prop_assert!(len <= chunk);
+            if index >= chunks {
+                prop_assert_eq!(len, 0);
+            } else {
+                prop_assert!(len > 0);
+            }
+            if chunk > 0 && chunks > 0 {
+                let last = upload.chunk_len(chunks - 1);
+                prop_assert_eq!(u128::from(chunks - 1) * u128::from(chunk) + u128::from(last), u128::from(size));
+            }
         }
     }
 }

@@ -271,21 +271,24 @@ struct Header {
     mask: Option<[u8; 4]>,
 }
 
+/// Parses a frame header from the front of `buf`: `Ok(None)` until it is all there. Every length comes from
+/// the network, so none is trusted: a 64-bit length with its top bit set breaks RFC 6455 5.2 and is an
+/// error, and offsets are computed with checked arithmetic.
+#[deny(clippy::arithmetic_side_effects)]
 fn parse_header(buf: &[u8]) -> Result<Option<Header>, String> {
-    if buf.len() < 2 {
+    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
-    }
-    let (b0, b1) = (buf[0], buf[1]);
+    };
     if b0 & 0x70 != 0 {
         return Err("reserved bits set".into());
     }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
     let masked = b1 & 0x80 != 0;
-    let (payload, mut len) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
+    let (payload, len): (u64, usize) = match b1 & 0x7f {
+        126 => match buf.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
             None => return Ok(None),
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            Some(b) => (u64::from(u16::from_be_bytes(b)), 4),
         },
         127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
             None => return Ok(None),
@@ -293,26 +296,31 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, String> {
         },
         n => (u64::from(n), 2),
     };
+    if payload > MAX_PAYLOAD {
+        return Err("frame length has its most significant bit set".into());
+    }
     let mask = if masked {
         let Some(m) = buf
-            .get(len..len + 4)
+            .get(len..len.saturating_add(4))
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
         else {
             return Ok(None);
         };
-        len += 4;
         Some(m)
     } else {
         None
     };
     Ok(Some(Header {
-        len,
+        len: if masked { len.saturating_add(4) } else { len },
         fin,
         opcode,
         payload,
         mask,
     }))
 }
+
+/// The largest payload length RFC 6455 allows (the 64-bit length's top bit must be 0).
+const MAX_PAYLOAD: u64 = i64::MAX as u64;
 
 fn unmask(data: &mut [u8], mask: [u8; 4]) {
     for (i, b) in data.iter_mut().enumerate() {
@@ -355,14 +363,14 @@ impl<S> FrameReader<S> {
     }
 
     /// Parses one item from the buffer, if a whole one is there.
+    ///
+    /// Lengths and offsets here come from the network: all arithmetic on them is checked (an overflow in the
+    /// running length of a fragmented message once panicked the reader before `auth`).
+    #[deny(clippy::arithmetic_side_effects)]
     fn next_item(&mut self) -> Option<Incoming> {
         loop {
             if self.skip > 0 {
-                let n = usize::try_from(self.skip)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
-                let _ = self.buf.split_to(n);
-                self.skip -= n as u64;
+                self.skip_buffered();
                 if self.skip > 0 {
                     return None;
                 }
@@ -386,7 +394,6 @@ impl<S> FrameReader<S> {
                 return Some(Incoming::ProtocolError("invalid control frame".into()));
             }
             if is_data {
-                let so_far = self.fragment.as_ref().map_or(0, |f| f.1.len()) as u64;
                 if header.opcode == OP_CONT && self.fragment.is_none() && !self.discarding {
                     return Some(Incoming::ProtocolError(
                         "continuation without a first frame".into(),
@@ -397,7 +404,13 @@ impl<S> FrameReader<S> {
                         "new message inside a fragmented one".into(),
                     ));
                 }
-                if self.discarding || so_far + header.payload > self.max as u64 {
+                let so_far = self.fragment.as_ref().map_or(0, |f| f.1.len());
+                let total = u64::try_from(so_far)
+                    .ok()
+                    .and_then(|n| n.checked_add(header.payload));
+                let within =
+                    total.is_some_and(|t| t <= u64::try_from(self.max).unwrap_or(u64::MAX));
+                if self.discarding || !within {
                     let _ = self.buf.split_to(header.len);
                     self.skip = header.payload;
                     let first_notice = !self.discarding;
@@ -409,9 +422,15 @@ impl<S> FrameReader<S> {
                     continue;
                 }
             }
-            let payload = usize::try_from(header.payload).unwrap_or(usize::MAX);
-            if self.buf.len() < header.len + payload {
-                self.buf.reserve(header.len + payload - self.buf.len());
+            // within `max` (data) or 125 bytes (control) by now, so it fits a usize
+            let Ok(payload) = usize::try_from(header.payload) else {
+                return Some(Incoming::ProtocolError("frame length out of range".into()));
+            };
+            let Some(frame_len) = header.len.checked_add(payload) else {
+                return Some(Incoming::ProtocolError("frame length out of range".into()));
+            };
+            if let Some(missing) = frame_len.checked_sub(self.buf.len()).filter(|m| *m > 0) {
+                self.buf.reserve(missing);
                 return None;
             }
             let _ = self.buf.split_to(header.len);
@@ -443,6 +462,18 @@ impl<S> FrameReader<S> {
             }
         }
     }
+
+    /// Drops buffered bytes of an oversized payload being skipped.
+    #[deny(clippy::arithmetic_side_effects)]
+    fn skip_buffered(&mut self) {
+        let n = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        let _ = self.buf.split_to(n);
+        self.skip = self
+            .skip
+            .saturating_sub(u64::try_from(n).unwrap_or(u64::MAX));
+    }
 }
 
 fn message(text: bool, data: BytesMut) -> Incoming {
@@ -455,6 +486,7 @@ fn message(text: bool, data: BytesMut) -> Incoming {
     }
 }
 
+#[deny(clippy::arithmetic_side_effects)]
 impl<S, E> Stream for FrameReader<S>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -489,7 +521,9 @@ where
                             .unwrap_or(usize::MAX)
                             .min(chunk.len());
                         let _ = chunk.split_to(n);
-                        this.skip -= n as u64;
+                        this.skip = this
+                            .skip
+                            .saturating_sub(u64::try_from(n).unwrap_or(u64::MAX));
                     }
                     if this.buf.is_empty() {
                         // the common case: take the chunk's buffer instead of copying it
@@ -591,6 +625,40 @@ mod tests {
         assert!(matches!(items[0], Incoming::ProtocolError(_)));
     }
 
+    /// Issue 13, finding 1: a text fragment, then a continuation declaring a length near 2^64, before
+    /// `auth`. The running-length check overflowed (`split_to out of bounds`); now the stream ends with
+    /// a protocol error (a 64-bit length with its top bit set breaks RFC 6455 5.2) and nothing panics.
+    #[test]
+    fn continuation_with_a_length_near_2_64_is_a_protocol_error_not_a_panic() {
+        for declared in [u64::MAX, u64::MAX - 4, 1 << 63] {
+            let mut bytes = client_frame(false, OP_TEXT, b"hello");
+            bytes.push(OP_CONT | 0x80);
+            bytes.push(0x80 | 127);
+            bytes.extend_from_slice(&declared.to_be_bytes());
+            bytes.extend_from_slice(&[1, 2, 3, 4]);
+            bytes.extend_from_slice(b"tail");
+            let items = read_all(vec![bytes], 65536);
+            assert_eq!(items.len(), 1, "{declared}: {items:?}");
+            assert!(
+                matches!(items[0], Incoming::ProtocolError(_)),
+                "{declared}: {items:?}"
+            );
+        }
+    }
+
+    /// A continuation whose length is legal but takes the message over the limit is `too_large`, skipped.
+    #[test]
+    fn continuation_over_the_limit_is_too_large() {
+        let mut bytes = client_frame(false, OP_TEXT, b"hello");
+        bytes.push(OP_CONT | 0x80);
+        bytes.push(0x80 | 127);
+        bytes.extend_from_slice(&((1u64 << 63) - 1).to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        bytes.extend_from_slice(b"tail");
+        let items = read_all(vec![bytes], 65536);
+        assert_eq!(items, vec![Incoming::TooLarge]);
+    }
+
     #[test]
     fn wire_frames_are_unmasked_rfc6455() {
         let f = WireFrame::text("pong", "{\"type\":\"pong\"}");
@@ -646,6 +714,260 @@ mod wire_frame_tests {
                 serde_json::from_str(&serde_json::to_string(&frame).unwrap()).unwrap();
             assert_eq!(back.kind, "msg");
             assert_eq!(back.bytes, frame.bytes);
+        }
+    }
+}
+
+/// Fuzzing the frame reader (issue 13): random byte streams split at random points, with declared lengths at
+/// every integer boundary the header can express, fragments and control frames. `PROPTEST_CASES=100000 cargo
+/// test --release fuzz` runs it longer.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use futures_util::StreamExt;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1000;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Lengths where an off-by-one or an overflow would show.
+    fn length() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => 0u64..=130,
+            3 => prop::sample::select(vec![
+                125,
+                126,
+                127,
+                999,
+                1000,
+                1001,
+                65535,
+                65536,
+                (1 << 32) - 1,
+                1 << 32,
+                (1 << 63) - 1,
+                1 << 63,
+                (1 << 63) + 1,
+                u64::MAX - 1,
+                u64::MAX,
+            ]),
+            2 => (0u64..2000).prop_map(|d| u64::MAX - d),
+            1 => any::<u64>(),
+        ]
+    }
+
+    /// Encodes a frame header and payload: `encoding` picks the 7-bit, 16-bit or 64-bit length form when
+    /// the length fits it; the payload is as long as declared when that is small, else whatever was given.
+    fn encode(
+        fin: bool,
+        rsv: bool,
+        opcode: u8,
+        len: u64,
+        encoding: u8,
+        masked: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | (if rsv { 0x40 } else { 0 }) | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match (encoding, u8::try_from(len), u16::try_from(len)) {
+            (0, Ok(n), _) if n < 126 => out.push(mask_bit | n),
+            (0 | 1, _, Ok(n)) => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            _ => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend_from_slice(&[7, 0, 255, 3]);
+        }
+        match usize::try_from(len) {
+            Ok(n) if n <= 300 => {
+                out.extend((0..n).map(|i| payload.get(i).copied().unwrap_or(b'a')))
+            }
+            _ => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    /// One frame as a client might write it, honest or not: any opcode, any declared length (in any of the
+    /// three encodings that can hold it), masked or not, reserved bits now and then.
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            prop_oneof![
+                Just(0u8),
+                Just(1),
+                Just(2),
+                Just(8),
+                Just(9),
+                Just(10),
+                0u8..16
+            ],
+            length(),
+            0u8..3,
+            prop::bool::weighted(0.95),
+            prop::bool::weighted(0.05),
+            prop::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_map(|(fin, opcode, len, encoding, masked, rsv, payload)| {
+                encode(fin, rsv, opcode, len, encoding, masked, &payload)
+            })
+    }
+
+    /// An honest first fragment, then continuations of any declared length (the shape of finding 1).
+    fn fragmented() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(OP_TEXT), Just(OP_BINARY)],
+            0u64..=130,
+            prop::collection::vec((any::<bool>(), length(), 0u8..3), 1..4),
+        )
+            .prop_map(|(opcode, first, rest)| {
+                let mut out = encode(false, false, opcode, first, 0, true, b"");
+                for (fin, len, encoding) in rest {
+                    out.extend(encode(fin, false, OP_CONT, len, encoding, true, b""));
+                }
+                out
+            })
+    }
+
+    /// A byte stream and the points it arrives split at.
+    fn stream() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
+        (
+            prop::collection::vec(
+                prop_oneof![
+                    6 => frame(),
+                    3 => fragmented(),
+                    1 => prop::collection::vec(any::<u8>(), 0..20),
+                ],
+                0..8,
+            ),
+            prop::collection::vec(0usize..4096, 0..8),
+        )
+            .prop_map(|(frames, cuts)| (frames.concat(), cuts))
+    }
+
+    fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for p in points.into_iter().chain([bytes.len()]) {
+            out.push(bytes[from..p].to_vec());
+            from = p;
+        }
+        out
+    }
+
+    fn read(chunks: Vec<Vec<u8>>) -> Vec<Incoming> {
+        let stream =
+            futures_util::stream::iter(chunks.into_iter().map(|c| Ok::<_, ()>(Bytes::from(c))));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(FrameReader::new(stream, MAX).collect())
+    }
+
+    /// A well-formed client message: text or binary, in 1 to 4 fragments, with a ping between fragments.
+    fn message() -> impl Strategy<Value = (Vec<u8>, Incoming)> {
+        (
+            "[a-z\u{e9}\u{1f600} ]{0,300}",
+            any::<bool>(),
+            prop::collection::vec(0usize..400, 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(text, binary, cuts, ping)| {
+                let bytes = text.as_bytes();
+                let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+                points.sort_unstable();
+                points.push(bytes.len());
+                let mut out = Vec::new();
+                let mut from = 0;
+                for (i, p) in points.iter().enumerate() {
+                    let opcode = match (i, binary) {
+                        (0, true) => OP_BINARY,
+                        (0, false) => OP_TEXT,
+                        _ => OP_CONT,
+                    };
+                    out.extend(tests_frame(i + 1 == points.len(), opcode, &bytes[from..*p]));
+                    if ping && i == 0 {
+                        out.extend(tests_frame(true, OP_PING, b"p"));
+                    }
+                    from = *p;
+                }
+                let expected = match (binary, bytes.len() > MAX) {
+                    (_, true) => Incoming::TooLarge,
+                    (true, false) => Incoming::Binary,
+                    (false, false) => Incoming::Text(text),
+                };
+                (out, expected)
+            })
+    }
+
+    fn tests_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        match u8::try_from(len) {
+            Ok(n) if n < 126 => out.push(0x80 | n),
+            _ => match u16::try_from(len) {
+                Ok(n) => {
+                    out.push(0x80 | 126);
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
+                Err(_) => {
+                    out.push(0x80 | 127);
+                    out.extend_from_slice(&len.to_be_bytes());
+                }
+            },
+        }
+        let mask = [9u8, 8, 7, 6];
+        out.extend_from_slice(&mask);
+        let mut p = payload.to_vec();
+        unmask(&mut p, mask);
+        out.extend(p);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Any bytes, split anywhere: no panic; text within the limit; nothing after the end of the stream.
+        #[test]
+        fn fuzz_frame_reader_never_panics((bytes, cuts) in stream()) {
+            let items = read(split(&bytes, &cuts));
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Incoming::Text(t) => prop_assert!(t.len() <= MAX),
+                    Incoming::Ping(p) => prop_assert!(p.len() <= 125),
+                    Incoming::ProtocolError(_) | Incoming::Close(_) => {
+                        prop_assert_eq!(i + 1, items.len(), "the stream ends after {:?}", item)
+                    }
+                    Incoming::Binary | Incoming::Pong | Incoming::TooLarge => {}
+                }
+            }
+        }
+
+        /// Well-formed messages arrive whole and in order however the bytes are split.
+        #[test]
+        fn fuzz_frame_reader_reassembles_messages(
+            messages in prop::collection::vec(message(), 1..5),
+            cuts in prop::collection::vec(0usize..8192, 0..10),
+        ) {
+            let bytes: Vec<u8> = messages.iter().flat_map(|(b, _)| b.clone()).collect();
+            let items: Vec<Incoming> = read(split(&bytes, &cuts))
+                .into_iter()
+                .filter(|i| !matches!(i, Incoming::Ping(_)))
+                .collect();
+            let expected: Vec<&Incoming> = messages.iter().map(|(_, e)| e).collect();
+            prop_assert_eq!(items.iter().collect::<Vec<_>>(), expected);
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
 //! | `media`      | `u` upload id                         | unfinished upload (JSON)               |
 //! | `media`      | `p` owner `\0` sha256 `\0` size:u64    | upload id (resume by posting again)    |
+//! | `media`      | `o` sha256 `\0` user                  | empty: the user has stored or proven it |
 //! | `meta`       | `partitions`                          | the partition count u32 the data was created with |
 //!
 //! A message's dedupe entry is written before the message (see `Store::append`), and trusted only when the
@@ -149,6 +150,11 @@ pub fn pending_upload(owner: &str, sha256: &str, size: u64) -> Vec<u8> {
         b'p',
         &[owner.as_bytes(), sha256.as_bytes(), &size.to_be_bytes()],
     )
+}
+
+/// A user who uploaded this content, or proved they have it (their instant uploads need no proof).
+pub fn media_holder(sha256: &str, user: &str) -> Vec<u8> {
+    key(b'o', &[sha256.as_bytes(), user.as_bytes()])
 }
 
 /// Two u64s, big-endian (seq and ts of a dedupe entry).

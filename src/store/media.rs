@@ -10,9 +10,12 @@
 //! A crash can leave a stray file in `tmp/` but never a half file behind a valid id or chunk index. Every
 //! method here blocks (file IO, hashing, image decoding): callers run them off the actor and HTTP threads.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,12 @@ use crate::ids::UserId;
 
 /// Largest thumbnail side.
 pub const THUMB_PX: u32 = 256;
+/// The most bytes a proof of possession covers (the whole file when it is smaller).
+pub const PROOF_BYTES: u64 = 64 * 1024;
+/// How long a proof challenge stays answerable.
+const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// The most challenges remembered at once (each a few hundred bytes); beyond it, the oldest are forgotten.
+const MAX_CHALLENGES: usize = 100_000;
 
 /// An unfinished upload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,18 +48,53 @@ pub struct Upload {
 }
 
 impl Upload {
+    /// How many chunks the upload has (0 for a record with no chunk size, which the HTTP layer never makes).
+    #[deny(clippy::arithmetic_side_effects)]
     pub fn chunks(&self) -> u64 {
-        self.size.div_ceil(self.chunk_size)
-    }
-
-    /// The exact length chunk `index` must have.
-    pub fn chunk_len(&self, index: u64) -> u64 {
-        if index + 1 == self.chunks() {
-            self.size - index * self.chunk_size
-        } else {
-            self.chunk_size
+        match (
+            self.size.checked_div(self.chunk_size),
+            self.size.checked_rem(self.chunk_size),
+        ) {
+            (Some(whole), Some(rest)) => whole.saturating_add(u64::from(rest != 0)),
+            _ => 0,
         }
     }
+
+    /// The exact length chunk `index` must have (0 for an index out of range). The index comes from the
+    /// request path, so the arithmetic is checked.
+    #[deny(clippy::arithmetic_side_effects)]
+    pub fn chunk_len(&self, index: u64) -> u64 {
+        let Some(start) = index.checked_mul(self.chunk_size) else {
+            return 0;
+        };
+        self.size.saturating_sub(start).min(self.chunk_size)
+    }
+}
+
+/// A range of a stored file that a user must hash to prove they have it (PROTOCOL.md media: content only
+/// other users have stored is never answered with its id from the hash alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Challenge {
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Challenge {
+    /// A random range of `min(size, PROOF_BYTES)` bytes of a file of `size` bytes.
+    #[deny(clippy::arithmetic_side_effects)]
+    pub fn random(size: u64) -> Challenge {
+        let length = size.min(PROOF_BYTES);
+        let room = size.saturating_sub(length);
+        let offset = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=room);
+        Challenge { offset, length }
+    }
+}
+
+/// Challenges handed out and not yet answered, per (user, sha256). In memory: a node restart forgets
+/// them, and the client's next answer gets a fresh challenge.
+#[derive(Default)]
+struct Challenges {
+    pending: HashMap<(UserId, String), (Challenge, Instant)>,
 }
 
 /// Stored content.
@@ -65,8 +109,10 @@ pub struct Media {
 
 /// What `POST /v1/uploads` resolves to.
 pub enum Started {
-    /// The content is already stored.
+    /// The content is already stored, and this user stored (or proved) it.
     Known(Media),
+    /// The content is stored, but only other users have stored it: the user must prove they have it.
+    KnownToOthers(Media),
     /// An upload to continue (new, or this user's unfinished one for the same content).
     Upload(Upload, Vec<u64>),
 }
@@ -83,6 +129,7 @@ pub enum Completed {
 pub struct MediaStore {
     root: PathBuf,
     tree: sled::Tree,
+    challenges: Arc<Mutex<Challenges>>,
 }
 
 fn random_id() -> String {
@@ -110,6 +157,7 @@ impl MediaStore {
         Ok(MediaStore {
             root,
             tree: db.open_tree(keys::MEDIA)?,
+            challenges: Arc::default(),
         })
     }
 
@@ -164,7 +212,10 @@ impl MediaStore {
         if let Some(id) = self.tree.get(keys::media_by_hash(sha256))? {
             let id = std::str::from_utf8(&id).map_err(|_| corrupt("media hash index"))?;
             if let Some(media) = self.media(id)? {
-                return Ok(Started::Known(media));
+                if self.is_holder(sha256, &request.owner)? {
+                    return Ok(Started::Known(media));
+                }
+                return Ok(Started::KnownToOthers(media));
             }
         }
         let pending = keys::pending_upload(request.owner.as_str(), sha256, request.size);
@@ -262,8 +313,78 @@ impl MediaStore {
                 media
             }
         };
+        self.add_holder(&media.sha256, &upload.owner)?;
         self.discard(upload)?;
         Ok(Completed::Stored(media))
+    }
+
+    /// Has `user` stored (or proven they have) the content `sha256`?
+    pub fn is_holder(&self, sha256: &str, user: &UserId) -> StoreResult<bool> {
+        Ok(self
+            .tree
+            .contains_key(keys::media_holder(sha256, user.as_str()))?)
+    }
+
+    /// Records that `user` has the content `sha256`: their next instant upload of it needs no proof.
+    pub fn add_holder(&self, sha256: &str, user: &UserId) -> StoreResult<()> {
+        self.tree
+            .insert(keys::media_holder(sha256, user.as_str()), &[])?;
+        Ok(())
+    }
+
+    /// Hands `user` a fresh challenge for `media`, replacing any earlier one for the same content.
+    pub fn challenge(&self, user: &UserId, media: &Media) -> Challenge {
+        let challenge = Challenge::random(media.size);
+        let now = Instant::now();
+        let mut challenges = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pending = &mut challenges.pending;
+        if pending.len() >= MAX_CHALLENGES {
+            pending.retain(|_, (_, at)| now.duration_since(*at) < CHALLENGE_TTL);
+        }
+        if pending.len() >= MAX_CHALLENGES {
+            if let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                pending.remove(&oldest);
+            }
+        }
+        pending.insert((user.clone(), media.sha256.clone()), (challenge, now));
+        challenge
+    }
+
+    /// The challenge pending for `user` and `sha256`, forgotten here (one answer per challenge, right or
+    /// wrong); `None` when there is none or it has expired.
+    pub fn take_challenge(&self, user: &UserId, sha256: &str) -> Option<Challenge> {
+        let mut challenges = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (challenge, at) = challenges
+            .pending
+            .remove(&(user.clone(), sha256.to_string()))?;
+        (at.elapsed() < CHALLENGE_TTL).then_some(challenge)
+    }
+
+    /// The sha256 (hex) of `challenge`'s range of the stored content.
+    pub fn range_sha256(&self, media: &Media, challenge: Challenge) -> StoreResult<String> {
+        let mut file = File::open(self.blob(&media.sha256)).map_err(StoreError::Io)?;
+        file.seek(io::SeekFrom::Start(challenge.offset))
+            .map_err(StoreError::Io)?;
+        let mut hasher = Sha256::new();
+        let copied = io::copy(
+            &mut file.take(challenge.length),
+            &mut HashWriter(&mut hasher),
+        )
+        .map_err(StoreError::Io)?;
+        if copied != challenge.length {
+            return Err(corrupt("media blob shorter than its record"));
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 
     /// Streams the chunks in order into `dest` (one 64 KiB buffer) and returns the sha256 hex.
@@ -352,6 +473,19 @@ impl MediaStore {
     }
 }
 
+/// Feeds what is written into a hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = File::create(path)?;
     file.write_all(bytes)?;
@@ -386,6 +520,44 @@ mod tests {
         assert_eq!((u.chunk_len(0), u.chunk_len(1), u.chunk_len(2)), (4, 4, 2));
         let exact = upload(8, 4);
         assert_eq!((exact.chunks(), exact.chunk_len(1)), (2, 4));
+    }
+
+    #[test]
+    fn chunk_arithmetic_never_overflows() {
+        let u = upload(u64::MAX, 4);
+        assert_eq!(u.chunks(), u64::MAX / 4 + 1);
+        assert_eq!(u.chunk_len(u64::MAX), 0, "index * chunk_size overflows");
+        assert_eq!(u.chunk_len(u64::MAX / 4), 3);
+        assert_eq!(upload(10, 0).chunks(), 0);
+        assert_eq!(upload(10, 4).chunk_len(3), 0, "past the end");
+    }
+
+    #[test]
+    fn challenges_cover_the_file() {
+        assert_eq!(
+            Challenge::random(10),
+            Challenge {
+                offset: 0,
+                length: 10
+            }
+        );
+        assert_eq!(
+            Challenge::random(PROOF_BYTES),
+            Challenge {
+                offset: 0,
+                length: PROOF_BYTES
+            }
+        );
+        for size in [PROOF_BYTES + 1, 1 << 20, u64::MAX] {
+            for _ in 0..100 {
+                let c = Challenge::random(size);
+                assert_eq!(c.length, PROOF_BYTES);
+                assert!(c
+                    .offset
+                    .checked_add(c.length)
+                    .is_some_and(|end| end <= size));
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Durability;
+use crate::config::{Durability, StoreConfig};
 use crate::ids::{ConvId, UserId};
 pub use conv::ConvHistory;
 pub use writer::Flusher;
@@ -71,10 +71,11 @@ pub struct Store {
 impl Store {
     pub fn open(
         dir: &Path,
-        durability: Durability,
+        config: &StoreConfig,
         flush_seconds: prometheus::Histogram,
     ) -> StoreResult<Store> {
-        let db = open_db(dir)?;
+        let durability = config.durability;
+        let db = open_db(dir, config.cache_bytes())?;
         let conv_log = db.open_tree(keys::CONV_LOG)?;
         let user_index = db.open_tree(keys::USER_INDEX)?;
         let media = media::MediaStore::open(dir, &db)?;
@@ -394,12 +395,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens sled, waiting up to `LOCK_WAIT` while another instance still holds the directory's lock (a node
 /// restarted right after the old one was told to stop). Two live nodes on one directory still fail.
-fn open_db(dir: &Path) -> StoreResult<sled::Db> {
+fn open_db(dir: &Path, cache_bytes: u64) -> StoreResult<sled::Db> {
     let started = std::time::Instant::now();
     loop {
         let config = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500));
         match config.open() {
             Ok(db) => return Ok(db),
@@ -425,7 +426,7 @@ mod tests {
     fn store(dir: &Path) -> Store {
         let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
             .expect("hist");
-        Store::open(dir, Durability::Sync, hist).expect("open")
+        Store::open(dir, &StoreConfig::default(), hist).expect("open")
     }
 
     #[test]
