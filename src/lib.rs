@@ -14,9 +14,17 @@
 //!   operations on a conversation actor), [`actors::pull`] (a group's pull view: `sync` answered without
 //!   the actor), [`actors::lane`] (each session worker's low-priority lane for large fan-outs), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
+//! - [`state`]: the pure, deterministic core of durable state changes ([`state::conv`]: a conversation's
+//!   commands, applied to its state with the writes they need listed in order). The conversation actor is a
+//!   shell around it; replicas will apply the same commands in the same order.
 //! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
 //!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
-//!   closed list of messages that may cross them ([`cluster::remote`]).
+//!   closed list of messages that may cross them ([`cluster::remote`]), and the replicated layout
+//!   ([`cluster::placement`]: key → partition → replicas).
+//! - [`raft`]: consensus for replicated partitions on tikv's raft-rs: [`raft::multi`] drives every group
+//!   of a node from one tick and coalesces their traffic per node pair; [`raft::log`] is the node's durable
+//!   Raft log (one file, group commit across groups). Built and tested; not yet wired into a running node
+//!   (see the README's status).
 //! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens.
 //! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
 //!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
