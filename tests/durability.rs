@@ -248,7 +248,7 @@ fn token_subcommand_prints_only_the_token() {
         stdout.ends_with('\n') && stdout.lines().count() == 1,
         "{stdout:?}"
     );
-    let user = rookery::net::auth::verify(SECRET, stdout.trim()).expect("valid token");
+    let user = rookery::net::auth::verify(SECRET, 2_592_000, stdout.trim()).expect("valid token");
     assert_eq!(user.as_str(), "alice");
     let bad = Command::new(env!("CARGO_BIN_EXE_rookery"))
         .args(["token", "not valid"])

@@ -269,7 +269,9 @@ fn known_content_needs_a_proof_of_possession_from_other_users() {
     assert_eq!(length, 65536, "min(size, 64 KiB)");
     assert!(offset + length <= 100_000, "{challenge}");
 
-    // a wrong proof is 403 and uses the challenge up
+    // asking again gives the same range: nothing to re-roll
+    assert_eq!(bob.start_with(&bytes, json!({})).json()["proof"], challenge);
+    // a wrong proof is 403
     let wrong = bob.start_with(&bytes, json!({"proof": sha(b"guess")}));
     assert_eq!(
         wrong.status,
@@ -277,16 +279,7 @@ fn known_content_needs_a_proof_of_possession_from_other_users() {
         "{}",
         String::from_utf8_lossy(&wrong.body)
     );
-    let stale = bob.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
-    assert_eq!(stale.status, 200);
-    assert!(
-        stale.json().get("proof").is_some() && stale.json().get("media").is_none(),
-        "a proof with no challenge pending gets a fresh challenge: {}",
-        stale.json()
-    );
-
-    // the right proof for the pending challenge gets the same id
-    let challenge = stale.json()["proof"].clone();
+    // the right proof gets the same id
     let proven = bob.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
     assert_eq!(
         (proven.status, proven.json()),
@@ -300,24 +293,43 @@ fn known_content_needs_a_proof_of_possession_from_other_users() {
         .count();
     assert_eq!(blobs, 1, "stored once");
 
-    // a third user's proof for a challenge given to bob proves nothing
+    // carol has a range of her own: bob's answer proves nothing for her
     let carol = client(&node, "carol");
-    let carols = carol.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
-    assert!(carols.json().get("media").is_none(), "{}", carols.json());
+    let hers = carol.start_with(&bytes, json!({})).json()["proof"].clone();
+    assert_ne!(hers, challenge, "per-user ranges");
+    let replayed = carol.start_with(&bytes, json!({"proof": answer(&bytes, &challenge)}));
+    assert_eq!(
+        replayed.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&replayed.body)
+    );
 }
 
-/// A small file's challenge covers all of it (length = size, offset 0).
+/// Content of at most 64 KiB is never answered with a challenge (its only range would be the whole file,
+/// whose sha256 the caller already sent): the bytes are asked for, and `complete` answers with the stored
+/// copy's id, kept once.
 #[test]
-fn a_small_files_challenge_is_the_whole_file() {
+fn small_known_content_asks_for_the_bytes() {
     let node = TestNode::start_with(MEDIA);
     let bytes = content(1000, 8);
-    client(&node, "alice").upload(&bytes, "text/plain", &[0]);
+    let id = client(&node, "alice").upload(&bytes, "text/plain", &[0]);
     let bob = client(&node, "bob");
-    let asked = bob.start_with(&bytes, json!({}));
-    assert_eq!(asked.json()["proof"], json!({"offset": 0, "length": 1000}));
-    let proven = bob.start_with(&bytes, json!({"proof": sha(&bytes)}));
-    assert_eq!(proven.status, 200);
-    assert!(proven.json()["media"].is_string(), "{}", proven.json());
+    let asked = bob.start_with(&bytes, json!({"proof": sha(&bytes)}));
+    assert_eq!(
+        asked.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&asked.body)
+    );
+    assert!(asked.json().get("media").is_none(), "{}", asked.json());
+    let upload = asked.json()["upload"].as_str().expect("upload").to_string();
+    assert_eq!(bob.put(&upload, 0, &bytes).status, 204);
+    assert_eq!(bob.complete(&upload).json(), json!({"media": id}));
+    let blobs = std::fs::read_dir(node.dir.join("media/blobs"))
+        .expect("blobs")
+        .count();
+    assert_eq!(blobs, 1, "stored once");
 }
 
 /// Issue 13, finding 3: a `name` with quotes and CR/LF was stored, then every download answered 500

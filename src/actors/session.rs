@@ -398,7 +398,11 @@ impl SessionActor {
             Ok(d) => d,
             Err(e) => return self.refuse(ctx, rid, &ChatError::from(e)),
         };
-        let user = match auth::verify(&self.router.config().auth.token_secret, token) {
+        let user = match auth::verify(
+            &self.router.config().auth.token_secret,
+            self.router.config().auth.max_token_ttl_s,
+            token,
+        ) {
             Ok(u) => u,
             Err(e) => {
                 return self.refuse(

@@ -69,8 +69,10 @@ pub fn mint(secret: &str, user: &UserId, ttl_s: u64) -> String {
     .unwrap_or_default()
 }
 
-/// Checks signature, algorithm and expiry (no leeway) and returns the user.
-pub fn verify(secret: &str, token: &str) -> Result<UserId, AuthError> {
+/// Checks signature, algorithm and expiry (no leeway) and returns the user. A token whose `exp` lies further
+/// ahead than `max_ttl_s` is refused too: one minted before the limit existed (or under a larger one) does
+/// not outlive it.
+pub fn verify(secret: &str, max_ttl_s: u64, token: &str) -> Result<UserId, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
@@ -80,6 +82,9 @@ pub fn verify(secret: &str, token: &str) -> Result<UserId, AuthError> {
         &validation,
     )
     .map_err(|_| AuthError::Invalid)?;
+    if data.claims.exp > now_s().saturating_add(max_ttl_s) {
+        return Err(AuthError::Invalid);
+    }
     UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
 }
 
@@ -87,13 +92,39 @@ pub fn verify(secret: &str, token: &str) -> Result<UserId, AuthError> {
 mod tests {
     use super::*;
 
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn a_token_that_outlives_the_ttl_limit_is_refused() {
+        let alice = UserId::parse("alice").expect("valid");
+        let forever = Claims {
+            sub: "alice".into(),
+            exp: u64::MAX,
+            iat: now_s(),
+        };
+        let forever = encode(
+            &Header::default(),
+            &forever,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("encode");
+        assert_eq!(verify("s3cret", DAY, &forever), Err(AuthError::Invalid));
+        let week = mint("s3cret", &alice, 7 * DAY);
+        assert_eq!(
+            verify("s3cret", DAY, &week),
+            Err(AuthError::Invalid),
+            "limit lowered since"
+        );
+        assert_eq!(verify("s3cret", 7 * DAY, &week), Ok(alice));
+    }
+
     #[test]
     fn mint_and_verify() {
         let alice = UserId::parse("alice").expect("valid");
         let t = mint("s3cret", &alice, 60);
-        assert_eq!(verify("s3cret", &t), Ok(alice.clone()));
-        assert_eq!(verify("other", &t), Err(AuthError::Invalid));
-        assert_eq!(verify("s3cret", "garbage"), Err(AuthError::Invalid));
+        assert_eq!(verify("s3cret", DAY, &t), Ok(alice.clone()));
+        assert_eq!(verify("other", DAY, &t), Err(AuthError::Invalid));
+        assert_eq!(verify("s3cret", DAY, "garbage"), Err(AuthError::Invalid));
         let expired = Claims {
             sub: "alice".into(),
             exp: now_s() - 10,
@@ -106,7 +137,7 @@ mod tests {
         )
         .expect("encode");
         assert_eq!(
-            verify("s3cret", &expired),
+            verify("s3cret", DAY, &expired),
             Err(AuthError::Invalid),
             "expired"
         );
@@ -123,7 +154,7 @@ mod tests {
         let alice = UserId::parse("alice").expect("valid");
         let never = mint("s3cret", &alice, u64::MAX);
         assert_eq!(
-            verify("s3cret", &never),
+            verify("s3cret", DAY, &never),
             Err(AuthError::Invalid),
             "an overflowing ttl mints an expired token"
         );

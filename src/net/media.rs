@@ -44,7 +44,12 @@ fn internal(e: impl std::fmt::Display) -> ChatError {
 fn user(req: &HttpRequest, router: &Router) -> Result<UserId, ChatError> {
     let unauthorized = || ChatError::new(ErrorCode::Unauthorized, "a valid user token is required");
     let token = bearer(req).ok_or_else(unauthorized)?;
-    auth::verify(&router.config().auth.token_secret, token).map_err(|_| unauthorized())
+    auth::verify(
+        &router.config().auth.token_secret,
+        router.config().auth.max_token_ttl_s,
+        token,
+    )
+    .map_err(|_| unauthorized())
 }
 
 /// For downloads: the bearer token, or a `token` query parameter (what a redirect from another node
@@ -56,8 +61,12 @@ fn reader(req: &HttpRequest, router: &Router) -> Result<UserId, ChatError> {
             .and_then(|q| q.into_inner().token)
     };
     match (bearer(req), from_query()) {
-        (None, Some(token)) => auth::verify(&router.config().auth.token_secret, &token)
-            .map_err(|_| ChatError::new(ErrorCode::Unauthorized, "a valid user token is required")),
+        (None, Some(token)) => auth::verify(
+            &router.config().auth.token_secret,
+            router.config().auth.max_token_ttl_s,
+            &token,
+        )
+        .map_err(|_| ChatError::new(ErrorCode::Unauthorized, "a valid user token is required")),
         _ => user(req, router),
     }
 }
@@ -291,17 +300,18 @@ pub async fn start(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
     }
 }
 
-/// Content only other users have stored (PROTOCOL.md media): never its id from the hash alone. Without a
-/// proof, or with one but no challenge pending (none asked, expired, already answered, or the node
-/// restarted), the answer is a fresh challenge: `200 {"proof":{"offset":O,"length":L}}`. A proof for the
-/// pending challenge is checked against the stored bytes: right, `200 {"media":ID}` and the user becomes
-/// a holder (instant from then on); wrong, 403. Either way the challenge is used up.
+/// Content (over [`PROOF_BYTES`]) only other users have stored (PROTOCOL.md media): never its id from the
+/// hash alone. Without a proof the answer is the user's challenge, `200 {"proof":{"offset":O,"length":L}}`:
+/// a range of the content keyed by the cluster's secret, the user and the content (see
+/// [`Challenge::for_user`]), the same each time and on every node. With a proof, that range of the stored
+/// bytes is hashed: right, `200 {"media":ID}` and the user becomes a holder (instant from then on); wrong,
+/// 403.
+///
+/// [`PROOF_BYTES`]: crate::store::media::PROOF_BYTES
 async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String>) -> HttpResponse {
-    let pending = proof
-        .as_ref()
-        .and_then(|_| router.store().media().take_challenge(&user, &media.sha256));
-    let (Some(given), Some(challenge)) = (proof, pending) else {
-        let challenge: Challenge = router.store().media().challenge(&user, &media);
+    let secret = &router.config().auth.token_secret;
+    let challenge = Challenge::for_user(secret, &user, &media.sha256, media.size);
+    let Some(given) = proof else {
         return HttpResponse::Ok().json(json!({ "proof": challenge }));
     };
     let store = router.store().clone();
@@ -319,7 +329,7 @@ async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String
         Err(e) => error_response(&e),
         Ok(true) => HttpResponse::Ok().json(json!({ "media": id })),
         Ok(false) => error_response(&ChatError::forbidden(
-            "the proof does not match the requested range of the content; ask again for a new challenge",
+            "the proof does not match the requested range of the content",
         )),
     }
 }

@@ -10,12 +10,9 @@
 //! A crash can leave a stray file in `tmp/` but never a half file behind a valid id or chunk index. Every
 //! method here blocks (file IO, hashing, image decoding): callers run them off the actor and HTTP threads.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -27,12 +24,9 @@ use crate::ids::UserId;
 
 /// Largest thumbnail side.
 pub const THUMB_PX: u32 = 256;
-/// The most bytes a proof of possession covers (the whole file when it is smaller).
+/// The bytes a proof of possession covers. Content of at most this size is never answered with a challenge
+/// (its only range would be the whole file, whose sha256 the caller already sent): its bytes are asked for.
 pub const PROOF_BYTES: u64 = 64 * 1024;
-/// How long a proof challenge stays answerable.
-const CHALLENGE_TTL: Duration = Duration::from_secs(600);
-/// The most challenges remembered at once (each a few hundred bytes); beyond it, the oldest are forgotten.
-const MAX_CHALLENGES: usize = 100_000;
 
 /// An unfinished upload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,21 +74,31 @@ pub struct Challenge {
 }
 
 impl Challenge {
-    /// A random range of `min(size, PROOF_BYTES)` bytes of a file of `size` bytes.
+    /// `user`'s range of content `sha256` of `size` (more than [`PROOF_BYTES`]) bytes: [`PROOF_BYTES`] long,
+    /// at an offset keyed by the cluster's secret, the user and the content. Each user gets their own range
+    /// (one user's answer proves nothing for another), always the same one (asking again re-rolls nothing,
+    /// and no challenge is kept in memory: any node checks any answer).
     #[deny(clippy::arithmetic_side_effects)]
-    pub fn random(size: u64) -> Challenge {
+    pub fn for_user(secret: &str, user: &UserId, sha256: &str, size: u64) -> Challenge {
+        use hmac::{Hmac, Mac};
         let length = size.min(PROOF_BYTES);
         let room = size.saturating_sub(length);
-        let offset = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=room);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+            .unwrap_or_else(|_| unreachable!("hmac takes a key of any length"));
+        for part in ["rookery proof of possession", user.as_str(), sha256] {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        let digest = mac.finalize().into_bytes();
+        let first: [u8; 8] = digest
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 8]);
+        let offset = u64::from_be_bytes(first)
+            .checked_rem(room.saturating_add(1))
+            .unwrap_or(0);
         Challenge { offset, length }
     }
-}
-
-/// Challenges handed out and not yet answered, per (user, sha256). In memory: a node restart forgets
-/// them, and the client's next answer gets a fresh challenge.
-#[derive(Default)]
-struct Challenges {
-    pending: HashMap<(UserId, String), (Challenge, Instant)>,
 }
 
 /// Stored content.
@@ -111,7 +115,8 @@ pub struct Media {
 pub enum Started {
     /// The content is already stored, and this user stored (or proved) it.
     Known(Media),
-    /// The content is stored, but only other users have stored it: the user must prove they have it.
+    /// The content (larger than [`PROOF_BYTES`]) is stored, but only other users have stored it: the user
+    /// must prove they have it.
     KnownToOthers(Media),
     /// An upload to continue (new, or this user's unfinished one for the same content).
     Upload(Upload, Vec<u64>),
@@ -129,7 +134,6 @@ pub enum Completed {
 pub struct MediaStore {
     root: PathBuf,
     tree: sled::Tree,
-    challenges: Arc<Mutex<Challenges>>,
 }
 
 fn random_id() -> String {
@@ -157,7 +161,6 @@ impl MediaStore {
         Ok(MediaStore {
             root,
             tree: db.open_tree(keys::MEDIA)?,
-            challenges: Arc::default(),
         })
     }
 
@@ -215,7 +218,10 @@ impl MediaStore {
                 if self.is_holder(sha256, &request.owner)? {
                     return Ok(Started::Known(media));
                 }
-                return Ok(Started::KnownToOthers(media));
+                if media.size > PROOF_BYTES {
+                    return Ok(Started::KnownToOthers(media));
+                }
+                // small content: its bytes are the proof (`complete` keeps the stored copy once)
             }
         }
         let pending = keys::pending_upload(request.owner.as_str(), sha256, request.size);
@@ -330,44 +336,6 @@ impl MediaStore {
         self.tree
             .insert(keys::media_holder(sha256, user.as_str()), &[])?;
         Ok(())
-    }
-
-    /// Hands `user` a fresh challenge for `media`, replacing any earlier one for the same content.
-    pub fn challenge(&self, user: &UserId, media: &Media) -> Challenge {
-        let challenge = Challenge::random(media.size);
-        let now = Instant::now();
-        let mut challenges = self
-            .challenges
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pending = &mut challenges.pending;
-        if pending.len() >= MAX_CHALLENGES {
-            pending.retain(|_, (_, at)| now.duration_since(*at) < CHALLENGE_TTL);
-        }
-        if pending.len() >= MAX_CHALLENGES {
-            if let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                pending.remove(&oldest);
-            }
-        }
-        pending.insert((user.clone(), media.sha256.clone()), (challenge, now));
-        challenge
-    }
-
-    /// The challenge pending for `user` and `sha256`, forgotten here (one answer per challenge, right or
-    /// wrong); `None` when there is none or it has expired.
-    pub fn take_challenge(&self, user: &UserId, sha256: &str) -> Option<Challenge> {
-        let mut challenges = self
-            .challenges
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (challenge, at) = challenges
-            .pending
-            .remove(&(user.clone(), sha256.to_string()))?;
-        (at.elapsed() < CHALLENGE_TTL).then_some(challenge)
     }
 
     /// The sha256 (hex) of `challenge`'s range of the stored content.
@@ -533,31 +501,38 @@ mod tests {
     }
 
     #[test]
-    fn challenges_cover_the_file() {
-        assert_eq!(
-            Challenge::random(10),
-            Challenge {
-                offset: 0,
-                length: 10
-            }
+    fn challenges_are_per_user_stable_and_inside_the_file() {
+        let (alice, bob) = (
+            UserId::parse("alice").expect("valid"),
+            UserId::parse("bob").expect("valid"),
         );
-        assert_eq!(
-            Challenge::random(PROOF_BYTES),
-            Challenge {
-                offset: 0,
-                length: PROOF_BYTES
-            }
-        );
+        let sha = "ab".repeat(32);
         for size in [PROOF_BYTES + 1, 1 << 20, u64::MAX] {
-            for _ in 0..100 {
-                let c = Challenge::random(size);
-                assert_eq!(c.length, PROOF_BYTES);
-                assert!(c
-                    .offset
-                    .checked_add(c.length)
-                    .is_some_and(|end| end <= size));
-            }
+            let c = Challenge::for_user("secret", &alice, &sha, size);
+            assert_eq!(c.length, PROOF_BYTES);
+            assert!(c
+                .offset
+                .checked_add(c.length)
+                .is_some_and(|end| end <= size));
+            assert_eq!(
+                c,
+                Challenge::for_user("secret", &alice, &sha, size),
+                "stable"
+            );
         }
+        let size = 1 << 30;
+        let a = Challenge::for_user("secret", &alice, &sha, size);
+        assert_ne!(
+            a,
+            Challenge::for_user("secret", &bob, &sha, size),
+            "per user"
+        );
+        assert_ne!(
+            a,
+            Challenge::for_user("other", &alice, &sha, size),
+            "keyed by the secret"
+        );
+        assert!(Challenge::for_user("s", &alice, &sha, PROOF_BYTES + 1).offset <= 1);
     }
 
     #[test]
