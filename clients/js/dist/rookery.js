@@ -841,13 +841,21 @@ var RookeryClient = class {
     return this.request({ type: "friend_remove", user });
   }
   groupCreate(conv, name, members) {
-    return this.request({ type: "group_create", conv, name, members });
+    return this.request({ type: "group_create", conv, name, members }).then((g) => this.pulled(conv, g));
   }
   groupAdd(conv, members) {
-    return this.request({ type: "group_add", conv, members });
+    return this.request({ type: "group_add", conv, members }).then((g) => this.pulled(conv, g));
   }
   groupRemove(conv, members) {
-    return this.request({ type: "group_remove", conv, members });
+    return this.request({ type: "group_remove", conv, members }).then((g) => this.pulled(conv, g));
+  }
+  /**
+   * A change this device made stored a system message that is not pushed to this device: pull it, so it comes
+   * as a `message` event like everyone else's copy.
+   */
+  pulled(conv, reply) {
+    this.run(this.sync.onNotify(conv, this.sync.have(conv) + 1));
+    return reply;
   }
   groupLeave(conv) {
     return this.request({ type: "group_leave", conv });

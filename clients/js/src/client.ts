@@ -630,13 +630,21 @@ export class RookeryClient {
     return this.request({ type: 'friend_remove', user });
   }
   groupCreate(conv: string, name: string, members: string[]): Promise<Group> {
-    return this.request({ type: 'group_create', conv, name, members });
+    return this.request<Group>({ type: 'group_create', conv, name, members }).then((g) => this.pulled(conv, g));
   }
   groupAdd(conv: string, members: string[]): Promise<Group> {
-    return this.request({ type: 'group_add', conv, members });
+    return this.request<Group>({ type: 'group_add', conv, members }).then((g) => this.pulled(conv, g));
   }
   groupRemove(conv: string, members: string[]): Promise<Group> {
-    return this.request({ type: 'group_remove', conv, members });
+    return this.request<Group>({ type: 'group_remove', conv, members }).then((g) => this.pulled(conv, g));
+  }
+  /**
+   * A change this device made stored a system message that is not pushed to this device: pull it, so it comes
+   * as a `message` event like everyone else's copy.
+   */
+  private pulled<T>(conv: string, reply: T): T {
+    this.run(this.sync.onNotify(conv, this.sync.have(conv) + 1));
+    return reply;
   }
   groupLeave(conv: string): Promise<Frame> {
     return this.request({ type: 'group_leave', conv });
