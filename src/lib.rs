@@ -17,7 +17,9 @@
 //! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
 //!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
 //!   closed list of messages that may cross them ([`cluster::remote`]).
-//! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens.
+//! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens, and the
+//!   browser client ([`net::web`]: `GET /` the web chat app, `/app.js`, `/app.css`, `GET /sdk/rookery.js`
+//!   the JavaScript SDK), embedded at build time from the committed `web/dist/` and `clients/js/dist/`.
 //! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
 //!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
 //! - [`client`]: a small typed client (used by the tests and the load generator in `bench/`).
