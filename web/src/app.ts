@@ -1021,7 +1021,7 @@ function messageNode(c: Conv, m: Message, cont: boolean, pendingState?: TickStat
     'span',
     { class: 'meta' },
     m.edited ? h('span', { class: 'edited' }, 'edited') : null,
-    h('span', {}, timeFmt.format(new Date(m.ts))),
+    h('span', { class: 'time' }, timeFmt.format(new Date(m.ts))),
     tick ? h('span', { class: 'ticks', 'data-state': tick, title: tick }, TICKS[tick]) : null,
   );
   const actions: HTMLElement[] = [];
