@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The browser client's whole check, for CI (`bash web/run-tests.sh` from anywhere, as root on Debian):
+#   1. Debian's chromium (installed with apt if missing; nothing downloads a browser of its own)
+#   2. npm ci (exact versions from package-lock.json)
+#   3. the committed dist files equal a fresh build (web/check-dist.sh)
+#   4. the rookery binary: ROOKERY_BIN if set, else `cargo build --release --locked` (a no-op when up to date)
+#   5. the SDK's unit tests (node --test), then the browser tests in headless Chromium
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "run-tests: installing Debian's chromium"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+export CHROMIUM="${CHROMIUM:-$(command -v chromium)}"
+
+npm ci --no-audit --no-fund --loglevel=error
+bash web/check-dist.sh
+
+if [ -z "${ROOKERY_BIN:-}" ]; then
+  # a no-op when target/release is up to date; the machine's shared cargo lock keeps builds of other work
+  # trees from running at the same time
+  flock /tmp/cargo-build.lock cargo build --release --locked
+  export ROOKERY_BIN="$PWD/target/release/rookery"
+fi
+
+npm run --silent test:unit
+npm run --silent test:browser
+echo "run-tests: passed in $(( $(date +%s) - started )) s"
