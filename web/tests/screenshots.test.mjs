@@ -88,3 +88,26 @@ test('screenshots: desktop and phone', { timeout: 90_000 }, async () => {
   await q.screenshot({ path: join(SHOTS, 'chat-phone.png') });
   assert.equal(await q.evaluate(() => document.documentElement.scrollWidth > window.innerWidth), false);
 });
+
+test('history loads as you scroll up, each message once; edit and react stay hidden on a server without them', { timeout: 60_000 }, async () => {
+  const sam = clients[2];
+  const conv = 'dm:maya:sam';
+  for (let i = 1; i <= 100; i++) await sam.send(conv, { text: `old news ${i}` });
+  const { page } = await openApp(browser, cluster, 'maya', { viewport: { width: 1000, height: 700 } });
+  await page.click(`.conv-item[data-conv="${conv}"]`);
+  await page.waitForSelector('.msg[data-seq="101"]');
+  const first = await page.$$eval('.messages .msg[data-seq]', (els) => els.length);
+  assert.ok(first < 101, `the first page is not everything (${first})`);
+  await until(async () => {
+    await page.$eval('#messages', (el) => (el.scrollTop = 0));
+    return page.$('.history-end');
+  }, 'the beginning of the conversation', 20_000);
+  const seqs = await page.$$eval('.messages .msg[data-seq]', (els) => els.map((e) => Number(e.getAttribute('data-seq'))));
+  assert.deepEqual(seqs, Array.from({ length: 101 }, (_, i) => i + 1));
+  // today's server answers `edit` and `react` with "unknown frame type": no such controls
+  const supports = await page.evaluate(async () => [await window.rookery.supports('edit'), await window.rookery.supports('react')]);
+  assert.deepEqual(supports, [false, false]);
+  await page.hover('.msg[data-seq="101"]');
+  assert.equal(await page.$$eval('.actions button[title^="React"]', (els) => els.length), 0);
+  assert.equal(await page.$$eval('.actions button:text("Edit")', (els) => els.length), 0);
+});
