@@ -409,8 +409,6 @@ function onMessage(m: Message): void {
   if (m.from === state.me) {
     c.readSeq = Math.max(c.readSeq, m.seq);
   } else {
-    // a message from them means they have everything of ours before it
-    if (!isGroup(m.conv)) c.peerRead = Math.max(c.peerRead, 0);
     if (isNew && m.seq > c.readSeq) {
       c.unread = Math.max(0, c.lastSeq - c.readSeq);
       if (mentionsMe(m)) c.mentions = (c.mentions ?? 0) + 1;
@@ -734,6 +732,8 @@ function typingIn(id: string): string[] {
 function renderList(): void {
   const el = $('#list');
   if (!el) return;
+  const unread = [...state.convs.values()].reduce((n, c) => n + c.unread, 0);
+  document.title = unread > 0 ? `(${unread}) Rookery` : 'Rookery';
   if (state.tab === 'friends') {
     renderFriends(el);
     return;

@@ -620,7 +620,7 @@ var RookeryClient = class {
   startHeartbeat(heartbeatS) {
     this.stopHeartbeat();
     const every = Math.max(1, heartbeatS) * 1e3;
-    const deadAfter = 2 * every + 1e3;
+    const deadAfter = 3 * every;
     this.lastSent = Date.now();
     this.heartbeat = setInterval(
       () => {

@@ -382,8 +382,9 @@ export class RookeryClient {
   private startHeartbeat(heartbeatS: number): void {
     this.stopHeartbeat();
     const every = Math.max(1, heartbeatS) * 1000;
-    // silence from the server for this long means the connection is dead even if the OS has not noticed
-    const deadAfter = 2 * every + 1000;
+    // silence from the server for this long means the connection is dead even if the OS has not noticed (the
+    // server's own rule for clients; generous enough for a background tab whose timers run once a minute)
+    const deadAfter = 3 * every;
     this.lastSent = Date.now();
     this.heartbeat = setInterval(
       () => {
