@@ -3,7 +3,8 @@
 #   1. Debian's chromium (installed with apt if missing; nothing downloads a browser of its own)
 #   2. npm ci (exact versions from package-lock.json)
 #   3. the committed dist files equal a fresh build (web/check-dist.sh)
-#   4. the rookery binary: ROOKERY_BIN if set, else `cargo build --release --locked` (a no-op when up to date)
+#   4. the rookery binary: ROOKERY_BIN if set, else `cargo build --release --locked` (a no-op when up to date;
+#      ROOKERY_PROFILE=debug builds and uses target/debug/rookery instead, which `cargo test` has just built)
 #   5. the SDK's unit tests (node --test), then the browser tests in headless Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +21,15 @@ npm ci --no-audit --no-fund --loglevel=error
 bash web/check-dist.sh
 
 if [ -z "${ROOKERY_BIN:-}" ]; then
-  # a no-op when target/release is up to date; the machine's shared cargo lock keeps builds of other work
-  # trees from running at the same time
-  flock /tmp/cargo-build.lock cargo build --release --locked
-  export ROOKERY_BIN="$PWD/target/release/rookery"
+  # a no-op when the target dir is up to date (after `cargo test`, the debug binary is); the machine's shared
+  # cargo lock keeps builds of other work trees from running at the same time
+  if [ "${ROOKERY_PROFILE:-release}" = debug ]; then
+    flock /tmp/cargo-build.lock cargo build --locked --bin rookery
+    export ROOKERY_BIN="$PWD/target/debug/rookery"
+  else
+    flock /tmp/cargo-build.lock cargo build --release --locked --bin rookery
+    export ROOKERY_BIN="$PWD/target/release/rookery"
+  fi
 fi
 
 npm run --silent test:unit

@@ -343,6 +343,7 @@ async function uploadMedia(http, data, opts) {
 
 // clients/js/src/client.ts
 var OPEN = 1;
+var STABLE_SESSION_MS = 5e3;
 function newCid() {
   const rand = Math.floor(Math.random() * 2 ** 48).toString(36);
   return `c-${Date.now().toString(36)}-${rand}`;
@@ -478,14 +479,14 @@ var RookeryClient = class {
         continue;
       }
       this.setState("connecting");
-      let connected = false;
+      let lasted = 0;
       for (const url of await this.candidates()) {
         if (this.closed) return;
         try {
           const ws = await this.open(url);
-          connected = true;
-          attempt = 0;
+          const since = Date.now();
           await this.serve(ws);
+          lasted = Date.now() - since;
           break;
         } catch (e) {
           if (e instanceof RookeryError && e.code === "unauthorized") {
@@ -497,7 +498,10 @@ var RookeryClient = class {
         }
       }
       if (this.closed || this.kicked) break;
-      if (connected) continue;
+      if (lasted >= STABLE_SESSION_MS) {
+        attempt = 0;
+        continue;
+      }
       const delay = backoffDelay(attempt++, this.opts.backoff ?? DEFAULT_BACKOFF);
       this.setState("waiting", { retryInMs: delay });
       await this.waitForWake(delay);

@@ -68,6 +68,8 @@ interface Pending {
 }
 
 const OPEN = 1;
+/** A session that lasted this long resets the backoff; a shorter one counts as a failed attempt. */
+const STABLE_SESSION_MS = 5_000;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A new `cid`: unique per sender and conversation, at most 64 characters. */
@@ -231,14 +233,14 @@ export class RookeryClient {
         continue;
       }
       this.setState('connecting');
-      let connected = false;
+      let lasted = 0;
       for (const url of await this.candidates()) {
         if (this.closed) return;
         try {
           const ws = await this.open(url);
-          connected = true;
-          attempt = 0;
+          const since = Date.now();
           await this.serve(ws);
+          lasted = Date.now() - since;
           break;
         } catch (e) {
           if (e instanceof RookeryError && e.code === 'unauthorized') {
@@ -250,7 +252,11 @@ export class RookeryClient {
         }
       }
       if (this.closed || this.kicked) break;
-      if (connected) continue; // a session ended: try again at once
+      // a session that lasted: reconnect at once; none, or one dropped at once: back off
+      if (lasted >= STABLE_SESSION_MS) {
+        attempt = 0;
+        continue;
+      }
       const delay = backoffDelay(attempt++, this.opts.backoff ?? DEFAULT_BACKOFF);
       this.setState('waiting', { retryInMs: delay });
       await this.waitForWake(delay);
@@ -278,7 +284,6 @@ export class RookeryClient {
     list.sort((a, b) => Number(b.up) - Number(a.up) || a.connections - b.connections || (a.id < b.id ? -1 : 1));
     const prefer = list.findIndex((n) => n.id === this.opts.preferNode);
     if (prefer > 0 && list[prefer].up) list.unshift(...list.splice(prefer, 1));
-    // the node we were on last is tried after the others when it dropped us
     const urls = list.map((n) => wsOf(base, n.listen));
     if (urls.length === 0) urls.push(wsOf(base, new URL(base).host));
     return [...new Set(urls)];
