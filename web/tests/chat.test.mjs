@@ -76,6 +76,8 @@ test('offline and back: everything written meanwhile arrives once, counted as un
   await b.waitForSelector('.welcome');
   await bob.context.setOffline(true);
   await b.waitForSelector('#status[data-state="offline"]');
+  // presence: alice sees bob leave, and (below) come back
+  await a.waitForSelector('#presence:text("offline")');
   for (const t of ['Are you there?', 'The place is closed today', 'Let us try the new one']) {
     await a.fill('#composer', t);
     await a.press('#composer', 'Enter');
@@ -83,6 +85,7 @@ test('offline and back: everything written meanwhile arrives once, counted as un
   await a.waitForSelector('.msg.mine[data-seq="6"] .ticks[data-state="sent"]');
   await bob.context.setOffline(false);
   await b.waitForSelector('#status[data-state="online"]', { timeout: 15_000 });
+  await a.waitForSelector('#presence:text("online")');
   // bob's client pulled what moved: counted as unread, then every message once, in order
   await b.waitForSelector(`.conv-item[data-conv="${DM}"] .badge.unread[data-unread="3"]`);
   await b.click(`.conv-item[data-conv="${DM}"]`);
@@ -168,7 +171,7 @@ test('an image upload shows its thumbnail on both sides, and opens full size', {
   await a.screenshot({ path: join(SHOTS, 'test-dm-desktop.png') });
 });
 
-test('groups: create with a friend, members, read counts', { timeout: 60_000 }, async () => {
+test('groups: create with a friend, members, read counts, add a member', { timeout: 60_000 }, async () => {
   const a = alice.page;
   const b = bob.page;
   await a.click('#new-group');
@@ -193,6 +196,15 @@ test('groups: create with a friend, members, read counts', { timeout: 60_000 }, 
   // bob has read it, carol has not
   assert.equal(await a.textContent('#read-counts'), 'Read by 1 of 2');
   await a.click('.dialog .btn.gray');
+  // the owner adds a member: the system message reaches the owner's page too, and everyone's
+  await a.click('#members');
+  await a.fill('#add-member', 'dave');
+  await a.click('#add-member-go');
+  await a.waitForSelector('.dialog .row.member[data-user="dave"]');
+  await a.keyboard.press('Escape');
+  await a.waitForSelector('.system[data-seq="3"]:text("alice added dave")');
+  await b.waitForSelector('.system[data-seq="3"]:text("alice added dave")');
+  await a.waitForSelector('.chat-head .sub:text("4 members")');
 });
 
 test('phone-sized screen: the list and the chat each take the whole screen', { timeout: 60_000 }, async () => {
