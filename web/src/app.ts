@@ -206,16 +206,27 @@ function tokenFromUrl(): string | null {
 function start(): void {
   const fromUrl = tokenFromUrl();
   if (fromUrl) {
-    localStorage.setItem('rookery.token', fromUrl);
+    remember(fromUrl);
     // keep the token out of the address bar, history and screenshots
     const q = new URLSearchParams(location.search);
     q.delete('token');
     const rest = q.toString();
     history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : ''));
   }
-  const token = localStorage.getItem('rookery.token');
+  // this tab's sign-in first (two tabs may be two users), else the browser's last one
+  const token = sessionStorage.getItem('rookery.token') ?? localStorage.getItem('rookery.token');
   if (token && userOfToken(token)) signIn(token);
   else showSignIn();
+}
+
+function remember(token: string): void {
+  sessionStorage.setItem('rookery.token', token);
+  localStorage.setItem('rookery.token', token);
+}
+
+function forget(): void {
+  sessionStorage.removeItem('rookery.token');
+  localStorage.removeItem('rookery.token');
 }
 
 function showSignIn(error = ''): void {
@@ -229,7 +240,7 @@ function showSignIn(error = ''): void {
       err.textContent = 'That does not look like a Rookery token.';
       return;
     }
-    localStorage.setItem('rookery.token', t);
+    remember(t);
     signIn(t);
   };
   app.replaceChildren(
@@ -248,7 +259,7 @@ function showSignIn(error = ''): void {
 }
 
 function signOut(): void {
-  localStorage.removeItem('rookery.token');
+  forget();
   state.client?.close();
   location.reload();
 }
@@ -274,7 +285,7 @@ function signIn(token: string): void {
   renderShell();
   client.connect().catch((e: RookeryError) => {
     if (e.code === 'unauthorized') {
-      localStorage.removeItem('rookery.token');
+      forget();
       showSignIn('The server refused this token (expired or signed with another secret).');
     }
   });
@@ -679,7 +690,7 @@ function renderShell(): void {
   window.addEventListener('hashchange', () => {
     const t = tokenFromUrl();
     if (t && t !== state.token) {
-      localStorage.setItem('rookery.token', t);
+      remember(t);
       location.reload();
     }
   });
