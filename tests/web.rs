@@ -68,3 +68,35 @@ async fn the_web_client_and_the_sdk_are_served_with_validators() {
     let (_, head, _) = get(&node, "/sdk/rookery.js", "").await;
     assert_eq!(header(&head, "access-control-allow-origin"), Some("*"));
 }
+
+/// `rookery token USER --link`: one line, a sign-in link to the web client on the config's first node, with
+/// a valid token in the fragment; a wildcard listen address is shown as loopback.
+#[test]
+fn token_link_points_at_the_first_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (listen, host) in [
+        ("127.0.0.1:7001", "127.0.0.1:7001"),
+        ("0.0.0.0:7005", "127.0.0.1:7005"),
+    ] {
+        let path = tmp.path().join("cluster.toml");
+        std::fs::write(&path, config_text("", listen, &tmp.path().join("data"))).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"))
+            .args(["token", "alice", "--link", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).expect("utf8");
+        assert!(
+            stdout.ends_with('\n') && stdout.lines().count() == 1,
+            "{stdout:?}"
+        );
+        let prefix = format!("http://{host}/#token=");
+        let token = stdout
+            .trim()
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{stdout:?} does not start with {prefix}"));
+        let user = rookery::net::auth::verify(SECRET, token).expect("valid token");
+        assert_eq!(user.as_str(), "alice");
+    }
+}
