@@ -888,6 +888,20 @@ function renderMain(): void {
     file.value = '';
     if (f) void sendImage(f);
   });
+  // a pasted or dropped image is sent like a picked one
+  area.addEventListener('paste', (e) => {
+    const f = [...(e.clipboardData?.files ?? [])].find((x) => x.type.startsWith('image/'));
+    if (f) {
+      e.preventDefault();
+      void sendImage(f);
+    }
+  });
+  main.ondragover = (e) => e.preventDefault();
+  main.ondrop = (e) => {
+    e.preventDefault();
+    const f = [...(e.dataTransfer?.files ?? [])].find((x) => x.type.startsWith('image/'));
+    if (f) void sendImage(f);
+  };
   const list = h('div', { class: 'messages', id: 'messages' });
   list.addEventListener('scroll', () => {
     if (list.scrollTop < 80) void loadOlder(conv(id));
