@@ -1,6 +1,7 @@
 // The README's screenshots: a lived-in conversation (seeded through the SDK from Node), seen in Chromium on a
 // desktop and on a phone-sized screen. Also checks what the screenshots show: ticks, a thumbnail, typing,
-// unread counts in the list.
+// unread counts in the list. The committed files (web/screenshots/chat-*.png) are rewritten only with
+// UPDATE_SCREENSHOTS=1; other runs write test-chat-*.png beside them (ignored by git).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -10,6 +11,7 @@ import { startCluster, launchBrowser, openApp, sdkClient, makePng, until, sleep,
 let cluster;
 let browser;
 const clients = [];
+const shot = (name) => join(SHOTS, process.env.UPDATE_SCREENSHOTS === '1' ? name : `test-${name}`);
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
@@ -75,7 +77,7 @@ test('screenshots: desktop and phone', { timeout: 90_000 }, async () => {
   leo.typing(dm);
   await p.waitForSelector('#typing');
   await p.mouse.move(0, 0);
-  await p.screenshot({ path: join(SHOTS, 'chat-desktop.png') });
+  await p.screenshot({ path: shot('chat-desktop.png') });
 
   const phone = await openApp(browser, cluster, 'leo', { viewport: { width: 390, height: 844 }, mobile: true });
   const q = phone.page;
@@ -85,7 +87,7 @@ test('screenshots: desktop and phone', { timeout: 90_000 }, async () => {
   maya.typing(dm);
   await q.waitForSelector('#typing');
   await sleep(200);
-  await q.screenshot({ path: join(SHOTS, 'chat-phone.png') });
+  await q.screenshot({ path: shot('chat-phone.png') });
   assert.equal(await q.evaluate(() => document.documentElement.scrollWidth > window.innerWidth), false);
 });
 
