@@ -25,7 +25,9 @@
 //!   of a node from one tick and coalesces their traffic per node pair; [`raft::log`] is the node's durable
 //!   Raft log (one file, group commit across groups). Built and tested; not yet wired into a running node
 //!   (see the README's status).
-//! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens.
+//! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens, and the
+//!   browser client ([`net::web`]: `GET /` the web chat app, `/app.js`, `/app.css`, `GET /sdk/rookery.js`
+//!   the JavaScript SDK), embedded at build time from the committed `web/dist/` and `clients/js/dist/`.
 //! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
 //!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
 //! - [`client`]: a small typed client (used by the tests and the load generator in `bench/`).

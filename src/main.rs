@@ -37,6 +37,9 @@ enum Command {
         /// Validity in seconds (default 86400, or `auth.max_token_ttl_s` when that is lower).
         #[arg(long)]
         ttl: Option<u64>,
+        /// Print a sign-in link to the web client on the config's first node instead of the bare token.
+        #[arg(long)]
+        link: bool,
     },
 }
 
@@ -50,12 +53,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Some(Command::Token { user, ttl }) => {
+        Some(Command::Token { user, ttl, link }) => {
             let user = UserId::parse(&user)?;
             let max = config.auth.max_token_ttl_s;
             let ttl = ttl.unwrap_or(auth::DEFAULT_TTL_S.min(max));
             auth::check_ttl(ttl, max).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-            println!("{}", auth::mint(&config.auth.token_secret, &user, ttl));
+            let token = auth::mint(&config.auth.token_secret, &user, ttl);
+            if link {
+                let node = config
+                    .nodes
+                    .first()
+                    .context("the config has no [[nodes]]")?;
+                println!("{}", sign_in_link(&node.listen, &token));
+            } else {
+                println!("{token}");
+            }
             Ok(())
         }
         None => actix_rt::System::new().block_on(async move {
@@ -68,6 +80,17 @@ fn main() -> anyhow::Result<()> {
             node.run(shutdown_signal()).await.context("node failed")
         }),
     }
+}
+
+/// The web client's address on a node, with the token in the fragment (never sent to the server, never
+/// logged). A wildcard listen address is shown as loopback, which is where a browser on this machine finds it.
+fn sign_in_link(listen: &str, token: &str) -> String {
+    let host = match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_string(),
+    };
+    format!("http://{host}/#token={token}")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,9 +1,10 @@
 //! The client edge: HTTP endpoints and the WebSocket upgrade ([`server`], [`http`], [`ws`]), the typed wire
-//! protocol ([`protocol`]) and client tokens ([`auth`]).
+//! protocol ([`protocol`]), client tokens ([`auth`]) and the embedded browser client ([`web`]).
 
 pub mod auth;
 pub mod http;
 pub mod media;
 pub mod protocol;
 pub mod server;
+pub mod web;
 pub mod ws;

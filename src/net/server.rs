@@ -1,5 +1,6 @@
 //! Server wiring: one HTTP/1 service per worker thread. Plain requests go to the actix-web [`App`] (the
-//! endpoints in [`crate::net::http`]); WebSocket upgrades on `/ws` go to [`crate::net::ws::accept`], which
+//! endpoints in [`crate::net::http`] and [`crate::net::media`], the browser client in [`crate::net::web`]);
+//! WebSocket upgrades on `/ws` go to [`crate::net::ws::accept`], which
 //! hands the socket to a session actor.
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App, HttpResponse};
 
 use crate::cluster::Router;
-use crate::net::{http, media, ws};
+use crate::net::{http, media, web as web_client, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
@@ -31,7 +32,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/v1/media/{id}", web::get().to(media::download))
         .route("/v1/media/{id}/thumb", web::get().to(media::thumbnail))
-        .route(ws::WS_PATH, web::get().to(upgrade_required));
+        .route(ws::WS_PATH, web::get().to(upgrade_required))
+        .configure(web_client::routes);
 }
 
 /// `GET /ws` without the WebSocket upgrade headers.
