@@ -455,3 +455,56 @@ async fn forged_peer_handshakes_change_no_state() {
     let mut a = cluster.login(0, &alice, "phone").await;
     send_text(&mut a, &dm(&alice, "bob"), "c1", "still linked").await;
 }
+
+/// The dialer's side of the same rule: whoever answers on a peer's address must prove the cluster secret
+/// too. n2 is killed and a fake takes its peer port, answering n1's `Hello` with a `Welcome` that echoes
+/// the right node and signature but cannot prove the secret: n1 hangs up on it before sending anything
+/// else, keeps n2 down (not refused: the next dial may reach the real n2), and comes back up with n2.
+#[tokio::test]
+async fn a_peer_that_cannot_prove_the_secret_is_not_linked() {
+    let mut cluster = Cluster::start(2, "").await;
+    cluster.kill9(1);
+    let fake = tokio::net::TcpListener::bind(&cluster.config.nodes[1].peer)
+        .await
+        .expect("take n2's peer port");
+    let mut dials = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while dials < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "n1 did not dial");
+        let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(5), fake.accept()).await
+        else {
+            continue;
+        };
+        s.write_all(&peer_frame(&json!({"Challenge":{"nonce":"00"}})))
+            .await
+            .expect("challenge");
+        let Some(hello) = read_peer_frame(&mut s).await else {
+            continue;
+        };
+        let signature = hello["Hello"]["signature"].clone();
+        assert!(
+            hello["Hello"]["nonce"]
+                .as_str()
+                .is_some_and(|n| n.len() == 32),
+            "{hello}"
+        );
+        let welcome =
+            json!({"Welcome":{"node":"n2","signature":signature,"proof":"00".repeat(32)}});
+        s.write_all(&peer_frame(&welcome)).await.expect("welcome");
+        assert_eq!(
+            read_peer_frame(&mut s).await,
+            None,
+            "n1 hangs up, sending nothing"
+        );
+        dials += 1;
+        let nodes = cluster.nodes_view(0).await;
+        assert_eq!(nodes[1]["up"], false, "{nodes:?}");
+        assert_eq!(
+            link_state(&cluster, 0, "n2").await,
+            Some(0),
+            "down, not refused"
+        );
+    }
+    drop(fake);
+    cluster.restart(1).await;
+}

@@ -144,12 +144,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedRece
     let _ = w.shutdown().await;
 }
 
-/// The HMAC a dialer proves its knowledge of the cluster secret with.
-fn mac(secret: &str, nonce: &str, node: &NodeId, signature: &str) -> Hmac<Sha256> {
+/// Which side of the handshake a proof comes from: each side answers the other's nonce, and the label keeps
+/// one side's answer from being replayed as the other's.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// The dialer's `Hello`.
+    Hello,
+    /// The acceptor's `Welcome`.
+    Welcome,
+}
+
+/// The HMAC with which each side proves its knowledge of the cluster secret.
+fn mac(secret: &str, side: Side, nonce: &str, node: &NodeId, signature: &str) -> Hmac<Sha256> {
     // HMAC takes keys of any length
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    let label: &[u8] = match side {
+        Side::Hello => b"rookery peer hello",
+        Side::Welcome => b"rookery peer welcome",
+    };
     for part in [
+        label,
         nonce.as_bytes(),
         node.as_str().as_bytes(),
         signature.as_bytes(),
@@ -160,16 +175,32 @@ fn mac(secret: &str, nonce: &str, node: &NodeId, signature: &str) -> Hmac<Sha256
     mac
 }
 
-fn proof(secret: &str, nonce: &str, node: &NodeId, signature: &str) -> String {
-    hex::encode(mac(secret, nonce, node, signature).finalize().into_bytes())
+fn proof(secret: &str, side: Side, nonce: &str, node: &NodeId, signature: &str) -> String {
+    hex::encode(
+        mac(secret, side, nonce, node, signature)
+            .finalize()
+            .into_bytes(),
+    )
 }
 
-fn verify_proof(secret: &str, nonce: &str, node: &NodeId, signature: &str, given: &str) -> bool {
+fn verify_proof(
+    secret: &str,
+    side: Side,
+    nonce: &str,
+    node: &NodeId,
+    signature: &str,
+    given: &str,
+) -> bool {
     hex::decode(given).is_ok_and(|bytes| {
-        mac(secret, nonce, node, signature)
+        mac(secret, side, nonce, node, signature)
             .verify_slice(&bytes)
             .is_ok()
     })
+}
+
+/// A fresh random nonce for a handshake.
+fn nonce() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 fn io_error(message: impl Into<String>) -> std::io::Error {
@@ -368,15 +399,13 @@ async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
         (PeerFrame::Refused { reason }, _) => return Err(Refusal::Refused(reason)),
         _ => return Err(Refusal::Io(io_error("expected a challenge"))),
     };
+    let secret = &router.config().auth.token_secret;
+    let ours = self::nonce();
     let hello = PeerFrame::Hello {
         node: router.node().clone(),
         signature: signature.clone(),
-        proof: proof(
-            &router.config().auth.token_secret,
-            &nonce,
-            router.node(),
-            &signature,
-        ),
+        proof: proof(secret, Side::Hello, &nonce, router.node(), &signature),
+        nonce: ours.clone(),
     };
     stream.write_all(&encode(&hello)).await?;
     match with_timeout(timeout, read_frame(&mut stream, MAX_HANDSHAKE_FRAME)).await? {
@@ -384,9 +413,18 @@ async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
             PeerFrame::Welcome {
                 node,
                 signature: theirs,
+                proof: given,
             },
             _,
         ) => {
+            // whoever answers on the peer's address must prove the secret too; one that cannot is only an
+            // unreachable peer (the link stays down and is dialed again), never a refusal that changes state
+            if !verify_proof(secret, Side::Welcome, &ours, &node, &theirs, &given) {
+                return Err(Refusal::Io(io_error(format!(
+                    "{} answered without proving the cluster secret",
+                    peer.peer_addr
+                ))));
+            }
             if node != peer.id {
                 Err(Refusal::Refused(format!(
                     "{} answered as node {node}",
@@ -493,29 +531,30 @@ pub async fn accept_forever(router: Router, listener: TcpListener) {
 async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Result<()> {
     let timeout = router.config().cluster.peer_timeout();
     let _ = stream.set_nodelay(true);
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let nonce = self::nonce();
     stream
         .write_all(&encode(&PeerFrame::Challenge {
             nonce: nonce.clone(),
         }))
         .await?;
     let hello = with_timeout(timeout, read_frame(&mut stream, MAX_HANDSHAKE_FRAME)).await?;
-    let (node, signature, given) = match hello {
+    let (node, signature, given, theirs) = match hello {
         (
             PeerFrame::Hello {
                 node,
                 signature,
                 proof,
+                nonce,
             },
             _,
-        ) => (node, signature, proof),
+        ) => (node, signature, proof, nonce),
         _ => return Err(io_error("expected hello")),
     };
     let secret = &router.config().auth.token_secret;
     // Nothing that fails authentication may change any state: anyone can reach this port and name any
     // node, so a bad proof is answered and logged, and that is all. Only a peer that proved it holds the
     // secret but runs another cluster config marks the link refused.
-    if !verify_proof(secret, &nonce, &node, &signature, &given) {
+    if !verify_proof(secret, Side::Hello, &nonce, &node, &signature, &given) {
         let reason = "authentication failed (different token_secret?)".to_owned();
         tracing::warn!(claimed = %node, %reason, "refusing a peer connection");
         stream
@@ -550,6 +589,13 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
         .write_all(&encode(&PeerFrame::Welcome {
             node: router.node().clone(),
             signature: router.signature(),
+            proof: proof(
+                secret,
+                Side::Welcome,
+                &theirs,
+                router.node(),
+                &router.signature(),
+            ),
         }))
         .await?;
     let (read, write) = stream.into_split();
@@ -623,16 +669,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs_verify_only_with_the_same_secret_nonce_node_and_signature() {
+    fn proofs_verify_only_with_the_same_secret_side_nonce_node_and_signature() {
         let node = NodeId::parse("n2").unwrap();
-        let p = proof("s3cret", "abc", &node, "42");
-        assert!(verify_proof("s3cret", "abc", &node, "42", &p));
-        assert!(!verify_proof("other", "abc", &node, "42", &p));
-        assert!(!verify_proof("s3cret", "abd", &node, "42", &p));
-        assert!(!verify_proof("s3cret", "abc", &node, "43", &p));
+        let p = proof("s3cret", Side::Hello, "abc", &node, "42");
+        assert!(verify_proof("s3cret", Side::Hello, "abc", &node, "42", &p));
+        assert!(!verify_proof("other", Side::Hello, "abc", &node, "42", &p));
+        assert!(!verify_proof("s3cret", Side::Hello, "abd", &node, "42", &p));
+        assert!(!verify_proof("s3cret", Side::Hello, "abc", &node, "43", &p));
         let n3 = NodeId::parse("n3").unwrap();
-        assert!(!verify_proof("s3cret", "abc", &n3, "42", &p));
-        assert!(!verify_proof("s3cret", "abc", &node, "42", "not hex"));
+        assert!(!verify_proof("s3cret", Side::Hello, "abc", &n3, "42", &p));
+        assert!(!verify_proof(
+            "s3cret",
+            Side::Hello,
+            "abc",
+            &node,
+            "42",
+            "not hex"
+        ));
+        // a dialer's answer is no acceptor's answer (no reflection between the sides)
+        assert!(!verify_proof(
+            "s3cret",
+            Side::Welcome,
+            "abc",
+            &node,
+            "42",
+            &p
+        ));
     }
 
     #[tokio::test]

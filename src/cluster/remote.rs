@@ -44,15 +44,22 @@ pub enum PeerFrame {
     Challenge {
         nonce: String,
     },
-    /// `proof` is HMAC-SHA256 over the nonce, the node id and the signature, keyed by the cluster's secret.
+    /// `proof` is HMAC-SHA256 over the "hello" label, the acceptor's nonce, the node id and the signature,
+    /// keyed by the cluster's secret; `nonce` is the dialer's own challenge for the acceptor.
     Hello {
         node: NodeId,
         signature: String,
         proof: String,
+        #[serde(default)]
+        nonce: String,
     },
+    /// The acceptor's answer: `proof` is the same HMAC over the "welcome" label, the dialer's nonce, the
+    /// acceptor's id and the signature, so the dialer knows it reached a node that holds the secret.
     Welcome {
         node: NodeId,
         signature: String,
+        #[serde(default)]
+        proof: String,
     },
     Refused {
         reason: String,
