@@ -456,13 +456,6 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     const SECTIONS: [&str; 9] = [
         "[auth]",
         "[chat]",
@@ -561,7 +554,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::fuzz_config())]
 
         #[test]
         fn fuzz_config_any_text(text in ".{0,300}") {

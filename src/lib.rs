@@ -94,4 +94,14 @@ pub mod state;
 pub mod store;
 
 pub use config::Config;
+
+/// The proptest settings of every fuzz module (256 cases, `PROPTEST_CASES` for more; no failure files
+/// written into the source tree).
+#[cfg(test)]
+pub(crate) fn fuzz_config() -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
 pub use node::Node;

@@ -718,13 +718,6 @@ mod fuzz {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     fn decode(bytes: &[u8], max: usize) -> std::io::Result<(PeerFrame, usize)> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -836,7 +829,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::fuzz_config())]
 
         #[test]
         fn fuzz_peer_decoder_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {

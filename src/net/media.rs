@@ -520,13 +520,6 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     fn size() -> impl Strategy<Value = u64> {
         prop_oneof![
             0u64..2000,
@@ -588,7 +581,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::fuzz_config())]
 
         /// Every range handed to the file server lies inside the file.
         #[test]

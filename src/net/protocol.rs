@@ -783,13 +783,6 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     const FIELDS: [&str; 22] = [
         "rid", "token", "device", "cid", "conv", "body", "seq", "after", "before", "limit", "user",
         "note", "name", "members", "counts", "text", "emoji", "on", "reply_to", "mentions", "type",
@@ -882,7 +875,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::fuzz_config())]
 
         #[test]
         fn fuzz_client_frame_parser_any_text(text in ".{0,200}") {

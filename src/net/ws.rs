@@ -729,13 +729,6 @@ mod fuzz {
 
     const MAX: usize = 1000;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     /// Lengths where an off-by-one or an overflow would show.
     fn length() -> impl Strategy<Value = u64> {
         prop_oneof![
@@ -937,7 +930,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::fuzz_config())]
 
         /// Any bytes, split anywhere: no panic; text within the limit; nothing after the end of the stream.
         #[test]

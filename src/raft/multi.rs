@@ -114,6 +114,22 @@ fn config(id: u64) -> raft::Config {
     }
 }
 
+/// One raft-rs node per partition, over the given storages.
+fn build(
+    id: u64,
+    storages: impl IntoIterator<Item = (PartitionId, MemStorage)>,
+    logger: &slog::Logger,
+) -> Result<BTreeMap<PartitionId, Group>, raft::Error> {
+    let mut built = BTreeMap::new();
+    for (partition, storage) in storages {
+        let logger = logger.new(slog::o!("partition" => partition));
+        let node = RawNode::new(&config(id), storage, &logger)?;
+        let seen = unseen(partition);
+        built.insert(partition, Group { node, seen });
+    }
+    Ok(built)
+}
+
 fn unseen(partition: PartitionId) -> Leadership {
     Leadership {
         partition,
@@ -131,22 +147,11 @@ impl MultiRaft {
         groups: impl IntoIterator<Item = (PartitionId, Vec<u64>)>,
         logger: &slog::Logger,
     ) -> Result<MultiRaft, raft::Error> {
-        let mut built = BTreeMap::new();
-        for (partition, voters) in groups {
-            let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
-            let node = RawNode::new(
-                &config(id),
-                storage,
-                &logger.new(slog::o!("partition" => partition)),
-            )?;
-            built.insert(
-                partition,
-                Group {
-                    node,
-                    seen: unseen(partition),
-                },
-            );
-        }
+        let storages = groups.into_iter().map(|(partition, voters)| {
+            let conf = ConfState::from((voters, vec![]));
+            (partition, MemStorage::new_with_conf_state(conf))
+        });
+        let built = build(id, storages, logger)?;
         Ok(MultiRaft {
             id,
             groups: built,
@@ -164,7 +169,7 @@ impl MultiRaft {
         logger: &slog::Logger,
     ) -> LogResult<MultiRaft> {
         let (mut log, mut stored) = RaftLog::open(dir, fsync)?;
-        let mut built = BTreeMap::new();
+        let mut storages = Vec::new();
         for (partition, voters) in groups {
             let storage = match stored.remove(&partition) {
                 Some(storage) => storage,
@@ -174,19 +179,9 @@ impl MultiRaft {
                     MemStorage::new_with_conf_state(conf)
                 }
             };
-            let node = RawNode::new(
-                &config(id),
-                storage,
-                &logger.new(slog::o!("partition" => partition)),
-            )?;
-            built.insert(
-                partition,
-                Group {
-                    node,
-                    seen: unseen(partition),
-                },
-            );
+            storages.push((partition, storage));
         }
+        let built = build(id, storages, logger)?;
         log.sync()?;
         Ok(MultiRaft {
             id,
