@@ -15,8 +15,9 @@
 //!   the actor), [`actors::lane`] (each session worker's low-priority lane for large fan-outs), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
 //! - [`state`]: the pure, deterministic core of durable state changes ([`state::conv`]: a conversation's
-//!   commands, applied to its state with the writes they need listed in order). The conversation actor is a
-//!   shell around it; replicas will apply the same commands in the same order.
+//!   commands, applied to its state with the writes they need listed in order; [`state::user`]: a user's
+//!   conversation and friend indexes). The actors are shells around it; replicas will apply the same
+//!   commands in the same order.
 //! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
 //!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
 //!   closed list of messages that may cross them ([`cluster::remote`]), and the replicated layout

@@ -2,7 +2,7 @@
 //! serves each), the user's friend index and conversation index, and presence. It never stores messages and
 //! never decides friendship (the pair's conversation does); it only fans frames out to the user's devices.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -13,6 +13,7 @@ use crate::cluster::Router;
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
 use crate::net::ws::WireFrame;
+use crate::state::user::{UserCommand, UserState, UserWrite};
 use crate::store::FriendEntry;
 
 /// A session serving `device` came up on `node`; an older session of the same device is kicked. Sent
@@ -94,25 +95,24 @@ pub struct UserActor {
     id: UserId,
     router: Router,
     devices: HashMap<DeviceId, Device>,
-    friends: BTreeMap<UserId, FriendEntry>,
+    /// The friend index: changed only through [`UserActor::execute`].
+    state: UserState,
+    /// The conversation index, loaded when first listed and kept in step with the writes from then on.
     convs: Option<HashSet<ConvId>>,
     last_active: Instant,
 }
 
 impl UserActor {
     pub fn new(id: UserId, router: Router) -> UserActor {
-        let friends = match router.store().friends(&id) {
-            Ok(list) => list.into_iter().collect(),
-            Err(e) => {
-                tracing::error!(user = %id, error = %e, "cannot load friends");
-                BTreeMap::new()
-            }
-        };
+        let state = router.store().user_state(&id).unwrap_or_else(|e| {
+            tracing::error!(user = %id, error = %e, "cannot load friends");
+            UserState::empty(id.clone())
+        });
         UserActor {
             id,
             router,
             devices: HashMap::new(),
-            friends,
+            state,
             convs: None,
             last_active: Instant::now(),
         }
@@ -125,8 +125,29 @@ impl UserActor {
         }
     }
 
+    /// Applies `cmd` through the user's core and makes its writes (durable with the next flush; see
+    /// [`UserActor::durable`]).
+    fn execute(&mut self, cmd: UserCommand) {
+        let mut writes = Vec::new();
+        self.state.apply(cmd, &mut writes);
+        if let Some(convs) = &mut self.convs {
+            for write in &writes {
+                if let UserWrite::Conv { conv, member } = write {
+                    if *member {
+                        convs.insert(conv.clone());
+                    } else {
+                        convs.remove(conv);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.router.store().write_user(&self.id, &writes) {
+            tracing::error!(user = %self.id, error = %e, "cannot write the user's index");
+        }
+    }
+
     fn announce_presence(&self, online: bool) {
-        for (friend, entry) in &self.friends {
+        for (friend, entry) in &self.state.friends {
             if *entry == FriendEntry::Friend {
                 self.router.tell_live_user(
                     friend,
@@ -215,11 +236,7 @@ impl Handler<AddConv> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: AddConv, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        if self.convs().insert(msg.conv.clone()) {
-            if let Err(e) = self.router.store().add_user_conv(&self.id, &msg.conv) {
-                tracing::error!(user = %self.id, conv = %msg.conv, error = %e, "cannot index conversation");
-            }
-        }
+        self.execute(UserCommand::AddConv { conv: msg.conv });
         self.durable()
     }
 }
@@ -228,11 +245,7 @@ impl Handler<RemoveConv> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: RemoveConv, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        if self.convs().remove(&msg.conv) {
-            if let Err(e) = self.router.store().remove_user_conv(&self.id, &msg.conv) {
-                tracing::error!(user = %self.id, conv = %msg.conv, error = %e, "cannot unindex conversation");
-            }
-        }
+        self.execute(UserCommand::RemoveConv { conv: msg.conv });
         self.durable()
     }
 }
@@ -249,17 +262,10 @@ impl Handler<SetFriend> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: SetFriend, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        if let Err(e) = self
-            .router
-            .store()
-            .set_friend(&self.id, &msg.other, msg.entry.as_ref())
-        {
-            tracing::error!(user = %self.id, error = %e, "cannot write friend index");
-        }
-        match msg.entry {
-            Some(entry) => self.friends.insert(msg.other, entry),
-            None => self.friends.remove(&msg.other),
-        };
+        self.execute(UserCommand::SetFriend {
+            other: msg.other,
+            entry: msg.entry,
+        });
         if let Some(frame) = msg.push {
             self.push(&Outbound::Frame(frame));
         }
@@ -272,7 +278,7 @@ impl Handler<ListFriends> for UserActor {
     fn handle(&mut self, _: ListFriends, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
         let mut list = FriendsList::default();
-        for (other, entry) in &self.friends {
+        for (other, entry) in &self.state.friends {
             match entry {
                 FriendEntry::Friend => list.friends.push(other.clone()),
                 FriendEntry::Incoming { note } => list.incoming.push(IncomingRequest {
@@ -293,7 +299,7 @@ impl Handler<PresenceChanged> for UserActor {
     type Result = ();
     fn handle(&mut self, msg: PresenceChanged, _: &mut Context<Self>) {
         // Only friends see presence; the friend index is the authority here.
-        if self.friends.get(&msg.user) == Some(&FriendEntry::Friend) {
+        if self.state.is_friend(&msg.user) {
             let frame = ServerFrame::Presence {
                 user: msg.user,
                 online: msg.online,

@@ -13,7 +13,11 @@
 //! tests here and the model test (`tests/state_model.rs`, random command sequences with restarts against a
 //! simple reference) exercise the same code the actors run.
 //!
+//! A user's durable changes (its conversation index and its side of each friendship) are
+//! [`user::UserCommand`]s applied to a [`user::UserState`] the same way.
+//!
 //! The core never pushes, never waits for a flush and never touches another key's state: the conversation
 //! actor turns outcomes into answers and pushes once the writes are durable.
 
 pub mod conv;
+pub mod user;

@@ -1,11 +1,13 @@
-//! A conversation's state as the [`crate::state::conv`] core sees it: loaded from the `conv_log` tree, and the
-//! core's [`Write`]s applied to it. The core reads dedupe entries and messages through [`ConvHistory`].
+//! The state cores' view of the store: a conversation's state ([`crate::state::conv`]) loaded from the
+//! `conv_log` tree and the core's [`Write`]s applied to it (it reads dedupe entries and messages through
+//! [`ConvHistory`]); a user's state ([`crate::state::user`]) from the `user_index` tree and its writes.
 
 use super::{Store, StoreResult};
 use crate::error::ChatResult;
 use crate::ids::{Cid, ConvId, UserId};
 use crate::net::protocol::Message as ChatMessage;
 use crate::state::conv::{ConvState, History, Write};
+use crate::state::user::{UserState, UserWrite};
 
 impl Store {
     /// The state of `conv` as its last applied writes left it (an empty state for a new conversation).
@@ -40,6 +42,32 @@ impl Store {
                 Write::Pair(pair) => self.set_pair(conv, pair)?,
                 Write::Group(meta) => self.set_group(conv, meta)?,
                 Write::Members { users, member } => self.set_members(conv, users, *member)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The state of `user` as its last applied writes left it.
+    pub fn user_state(&self, user: &UserId) -> StoreResult<UserState> {
+        let mut state = UserState::empty(user.clone());
+        state.friends = self.friends(user)?.into_iter().collect();
+        Ok(state)
+    }
+
+    /// Makes a user command's `writes` in their order.
+    pub fn write_user(&self, user: &UserId, writes: &[UserWrite]) -> StoreResult<()> {
+        for write in writes {
+            match write {
+                UserWrite::Conv { conv, member: true } => self.add_user_conv(user, conv)?,
+                UserWrite::Conv {
+                    conv,
+                    member: false,
+                } => self.remove_user_conv(user, conv)?,
+                UserWrite::Friend { other, entry } => {
+                    self.set_friend(user, other, entry.as_ref())?
+                }
             }
         }
         Ok(())
