@@ -34,6 +34,10 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub actors: ActorsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     pub nodes: Vec<NodeConfig>,
 }
 
@@ -68,6 +72,8 @@ pub struct ChatConfig {
     pub notify_window_ms: u64,
     pub ack_timeout_ms: u64,
     pub recall_window_s: u64,
+    /// How long a sender may edit a message (accepted and validated; edits are not served yet).
+    pub edit_window_s: u64,
 }
 
 impl Default for ChatConfig {
@@ -81,6 +87,7 @@ impl Default for ChatConfig {
             notify_window_ms: 100,
             ack_timeout_ms: 5000,
             recall_window_s: 120,
+            edit_window_s: 86_400,
         }
     }
 }
@@ -204,6 +211,53 @@ impl ClusterConfig {
     }
 }
 
+/// `[http]`: browser access.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Browser origins allowed to call the HTTP endpoints and open `/ws` (`"*"`: any); empty: no CORS
+    /// headers and no `Origin` check.
+    pub cors_origins: Vec<String>,
+}
+
+impl HttpConfig {
+    /// Whether a browser page from `origin` may use this node (the node's own origin is checked apart).
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// The webhook event types of the contract.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["offline_message", "message", "user_online", "user_offline"];
+
+/// `[webhooks]`: accepted and validated so that a config written against the contract starts a node; events
+/// are not delivered yet (README, status), and a node with a `url` or `before_send_url` says so at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub url: String,
+    pub secret: String,
+    pub events: Vec<String>,
+    pub before_send_url: String,
+    pub before_send_timeout_ms: u64,
+    pub before_send_failure: String,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            events: vec!["offline_message".into()],
+            before_send_url: String::new(),
+            before_send_timeout_ms: 300,
+            before_send_failure: "allow".into(),
+        }
+    }
+}
+
 /// Runtime tuning that is not part of the client contract (an extension documented in README.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -318,6 +372,11 @@ impl Config {
             ("chat.max_group_members", self.chat.max_group_members),
             ("chat.notify_window_ms", self.chat.notify_window_ms),
             ("chat.ack_timeout_ms", self.chat.ack_timeout_ms),
+            ("chat.edit_window_s", self.chat.edit_window_s),
+            (
+                "webhooks.before_send_timeout_ms",
+                self.webhooks.before_send_timeout_ms,
+            ),
             ("limits.max_frame_bytes", self.limits.max_frame_bytes as u64),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.sends_per_s", u64::from(self.limits.sends_per_s)),
@@ -340,6 +399,26 @@ impl Config {
         for (key, value) in positive {
             if value == 0 {
                 problems.push(format!("`{key}` must be greater than 0"));
+            }
+        }
+        for event in &self.webhooks.events {
+            if !WEBHOOK_EVENTS.contains(&event.as_str()) {
+                problems.push(format!(
+                    "`webhooks.events`: {event:?} is not one of {}",
+                    WEBHOOK_EVENTS.join(", ")
+                ));
+            }
+        }
+        if !["allow", "reject"].contains(&self.webhooks.before_send_failure.as_str()) {
+            problems.push("`webhooks.before_send_failure` must be \"allow\" or \"reject\"".into());
+        }
+        for origin in &self.http.cors_origins {
+            let scheme = origin.starts_with("http://") || origin.starts_with("https://");
+            let clean = origin.bytes().all(|b| b.is_ascii_graphic());
+            if origin != "*" && (!scheme || !clean || origin.ends_with('/')) {
+                problems.push(format!(
+                    "`http.cors_origins`: {origin:?} must be \"*\" or an origin like \"https://app.example.com\""
+                ));
             }
         }
         if self.cluster.partitions > MAX_PARTITIONS {
@@ -393,6 +472,78 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example configuration of PROTOCOL.md ("Command line and configuration"), verbatim: a config
+    /// written against the contract must start a node.
+    const CONTRACT_EXAMPLE: &str = r#"
+[auth]
+token_secret = "change-me"      # HS256 secret for client tokens
+admin_key = "change-me-too"     # Bearer key for POST /v1/token
+
+[chat]
+heartbeat_s = 30                # told to clients in `welcome`; silence for 3x this closes the connection
+dm_requires_friendship = true   # a direct message needs accepted friendship
+max_group_members = 100000
+edit_window_s = 86400           # how long a sender may edit a message
+push_max_members = 500          # larger groups get `notify` instead of `msg`
+receipt_push_max_members = 100  # in larger groups, other members get no pushed read events
+notify_window_ms = 100          # at most one notify per conversation per device per window
+ack_timeout_ms = 5000           # unacked pushes are pushed again after this
+recall_window_s = 120
+
+[limits]
+max_frame_bytes = 65536
+max_body_bytes = 16384
+sends_per_s = 200               # per connection, token bucket; burst = 2x
+
+[store]
+durability = "sync"             # "sync": `sent` only after the message is on disk; "os": leave it to the OS
+
+[media]
+max_bytes = 209715200           # the largest upload (200 MiB)
+chunk_bytes = 1048576           # chunk size handed out by POST /v1/uploads
+upload_ttl_s = 86400            # unfinished uploads are removed after this
+
+[cluster]
+vnodes = 64                     # points per node on the consistent-hash ring
+peer_timeout_ms = 2000          # a peer link silent this long is taken as down
+replicas = 3                    # copies of every user, conversation and group (taken as the node count when larger)
+partitions = 256                # keys hash into this many partitions; fixed when the cluster's data is first created
+election_timeout_ms = 1000      # a partition whose leader has been silent this long elects another
+
+[http]
+cors_origins = []               # browser origins allowed to call the HTTP endpoints and open /ws; ["*"] = any
+
+[webhooks]
+url = ""                        # events are POSTed here in batches; "" = no events
+secret = ""                     # signs every webhook request (X-Rookery-Signature)
+events = ["offline_message"]    # any of offline_message, message, user_online, user_offline
+before_send_url = ""            # asked before each message is stored; "" = not asked
+before_send_timeout_ms = 300
+before_send_failure = "allow"   # "allow" or "reject" the message when the hook fails or times out
+
+[[nodes]]
+id = "n1"
+listen = "127.0.0.1:7001"       # clients: WebSocket at /ws and HTTP
+peer = "127.0.0.1:7101"         # other nodes only
+data_dir = "data/n1"
+"#;
+
+    #[test]
+    fn the_contracts_example_config_parses() {
+        let config = Config::parse(CONTRACT_EXAMPLE).expect("the contract's example parses");
+        assert_eq!(config.chat.edit_window_s, 86_400);
+        assert_eq!(config.webhooks.events, vec!["offline_message".to_string()]);
+        assert!(config.http.cors_origins.is_empty());
+        let bad = CONTRACT_EXAMPLE
+            .replace(r#"events = ["offline_message"]"#, r#"events = ["sent"]"#)
+            .replace(r#"cors_origins = []"#, r#"cors_origins = ["example.com"]"#);
+        let err = Config::parse(&bad).expect_err("invalid");
+        assert!(
+            err.contains("webhooks.events") && err.contains("http.cors_origins"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn committed_cluster_toml_parses() {

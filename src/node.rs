@@ -79,6 +79,11 @@ impl Node {
                 stored,
             });
         }
+        if !config.webhooks.url.is_empty() || !config.webhooks.before_send_url.is_empty() {
+            tracing::warn!(
+                "webhooks are not delivered by this version: webhooks.url and webhooks.before_send_url are ignored"
+            );
+        }
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();

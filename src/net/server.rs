@@ -1,17 +1,23 @@
 //! Server wiring: one HTTP/1 service per worker thread. Plain requests go to the actix-web [`App`] (the
 //! endpoints in [`crate::net::http`] and [`crate::net::media`], the browser client in [`crate::net::web`]);
 //! WebSocket upgrades on `/ws` go to [`crate::net::ws::accept`], which
-//! hands the socket to a session actor.
+//! hands the socket to a session actor. With `http.cors_origins` set, the endpoints answer browsers from
+//! those origins with CORS headers (actix-cors, preflight included), and `/ws` checks `Origin` itself (an
+//! upgrade never reaches the App's middleware).
 
 use std::net::SocketAddr;
 
+use actix_cors::Cors;
 use actix_http::HttpService;
 use actix_rt::net::TcpStream;
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
+use actix_web::http::header;
+use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpResponse};
 
 use crate::cluster::Router;
+use crate::config::HttpConfig;
 use crate::net::{http, media, web as web_client, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -34,6 +40,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/media/{id}/thumb", web::get().to(media::thumbnail))
         .route(ws::WS_PATH, web::get().to(upgrade_required))
         .configure(web_client::routes);
+}
+
+/// CORS for `http.cors_origins`: the methods and headers the endpoints use, and the response headers a
+/// browser page needs to read (ranges, ETags, a redirect's target).
+fn cors(http: &HttpConfig) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::RANGE,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([
+            header::CONTENT_RANGE,
+            header::ETAG,
+            header::CONTENT_DISPOSITION,
+            header::LOCATION,
+        ])
+        .max_age(3600);
+    if http.cors_origins.iter().any(|o| o == "*") {
+        return cors.allow_any_origin();
+    }
+    http.cors_origins
+        .iter()
+        .fold(cors, |cors, origin| cors.allowed_origin(origin))
 }
 
 /// `GET /ws` without the WebSocket upgrade headers.
@@ -59,7 +91,9 @@ pub fn bind(
         .shutdown_timeout(1)
         .disable_signals()
         .listen("rookery", std_listener, move || {
+            let http = &router.config().http;
             let app = App::new()
+                .wrap(Condition::new(!http.cors_origins.is_empty(), cors(http)))
                 .app_data(web::Data::new(router.clone()))
                 .configure(routes);
             let upgrade_router = router.clone();

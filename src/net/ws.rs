@@ -60,6 +60,10 @@ pub async fn accept(
         let _ = framed.send(refuse(StatusCode::NOT_FOUND).into()).await;
         return Ok(());
     }
+    if !origin_allowed(&router.config().http, req.head()) {
+        let _ = framed.send(refuse(StatusCode::FORBIDDEN).into()).await;
+        return Ok(());
+    }
     let response = match actix_http::ws::handshake(req.head()) {
         Ok(mut builder) => builder
             .message_body(())
@@ -87,6 +91,27 @@ pub async fn accept(
         SessionActor::new(router, OutQueue::new(write_half))
     });
     Ok(())
+}
+
+/// With `http.cors_origins` set, a browser (which always sends `Origin`) may open `/ws` only from a listed
+/// origin or from the node's own (the scheme and the `Host` it asked for); clients that send no `Origin`
+/// are not browsers and are let through. Without the key nothing is checked.
+fn origin_allowed(http: &crate::config::HttpConfig, head: &actix_http::RequestHead) -> bool {
+    if http.cors_origins.is_empty() {
+        return true;
+    }
+    let header = |name| head.headers().get(name).and_then(|v| v.to_str().ok());
+    let Some(origin) = header(actix_http::header::ORIGIN) else {
+        return true;
+    };
+    let own = header(actix_http::header::HOST).is_some_and(|host| {
+        ["http://", "https://"].iter().any(|scheme| {
+            origin
+                .strip_prefix(scheme)
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        })
+    });
+    own || http.allows_origin(origin)
 }
 
 /// The socket's incoming bytes as a stream of chunks, holding no buffer between reads.
