@@ -55,8 +55,11 @@
 //! ## Guarantees
 //! - **Ordering**: a conversation has one actor at a time, which numbers its messages 1, 2, 3, ... with no
 //!   gaps; every member sees the same seq for the same message; pushes leave in seq order.
-//! - **Durability**: with `durability = "sync"`, `sent` (and every push) follows the fsync of the message, so
-//!   an acknowledged message survives `kill -9`; with `"os"` it survives a process crash but not a power loss.
+//! - **Durability**: with `durability = "sync"`, `sent` (and every push) follows sled's flush of the message,
+//!   so an acknowledged message survives `kill -9` and an OS crash; sled 0.34's flush ends in
+//!   `sync_file_range`, which does not flush a disk's volatile write cache, so a power cut on such a disk can
+//!   take the last acknowledged messages (the Raft log of [`raft::log`] uses `fdatasync`). With `"os"` a
+//!   message survives a process crash only.
 //! - **No duplicates**: a `cid` accepted once is answered with the same `seq` and `ts` forever (also after a
 //!   restart); nothing is stored twice.
 //! - **Ownership**: the ring over the nodes of `cluster.toml` assigns every user and conversation to one node;
