@@ -30,10 +30,9 @@ impl Asset {
     /// A strong validator: FNV-1a 64 of the bytes, quoted.
     pub fn etag(&self) -> &str {
         self.etag.get_or_init(|| {
-            let hash = self.body.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            format!("\"{hash:016x}\"")
+            let mut hasher = fnv::FnvHasher::default();
+            std::hash::Hasher::write(&mut hasher, self.body.as_bytes());
+            format!("\"{:016x}\"", std::hash::Hasher::finish(&hasher))
         })
     }
 }
