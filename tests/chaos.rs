@@ -188,15 +188,7 @@ async fn verify(addrs: &[SocketAddr], conv: &str, senders: &[Sender; 2]) {
     ];
     assert_eq!(views[0], views[1], "both members see the same history");
     let stored = &views[0];
-    let seqs: Vec<u64> = stored
-        .iter()
-        .map(|m| m["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=stored.len() as u64).collect::<Vec<_>>(),
-        "seqs without gaps"
-    );
+    assert_gapless(stored);
     let mut by_cid: HashMap<&str, u64> = HashMap::new();
     for m in stored {
         let cid = m["cid"].as_str().expect("cid");

@@ -92,15 +92,7 @@ async fn kill_9_right_after_the_last_sent_loses_nothing_acknowledged() {
         }
         stored.extend(msgs);
     }
-    let seqs: Vec<u64> = stored
-        .iter()
-        .map(|m| m["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "contiguous, no gaps after the crash"
-    );
+    assert_gapless(&stored);
     let by_cid: HashMap<String, (u64, u64)> = stored
         .iter()
         .map(|m| {
@@ -133,7 +125,7 @@ async fn kill_9_right_after_the_last_sent_loses_nothing_acknowledged() {
     // the conversation index survived too
     let convs = bob.call(json!({"type":"convs"})).await.expect("convs");
     assert_eq!(convs["convs"][0]["conv"], conv.as_str());
-    assert_eq!(convs["convs"][0]["last_seq"], seqs.len() as u64);
+    assert_eq!(convs["convs"][0]["last_seq"], stored.len() as u64);
 }
 
 #[tokio::test]
@@ -237,18 +229,8 @@ async fn sigterm_flushes_and_exits_zero() {
 fn token_subcommand_prints_only_the_token() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = write_config(tmp.path(), "");
-    let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
-        .args(["token", "alice", "--ttl", "60", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    assert!(out.status.success());
-    let stdout = String::from_utf8(out.stdout).expect("utf8");
-    assert!(
-        stdout.ends_with('\n') && stdout.lines().count() == 1,
-        "{stdout:?}"
-    );
-    let user = rookery::net::auth::verify(SECRET, 2_592_000, stdout.trim()).expect("valid token");
+    let line = token_line(&["alice", "--ttl", "60"], &config);
+    let user = rookery::net::auth::verify(SECRET, 2_592_000, &line).expect("valid token");
     assert_eq!(user.as_str(), "alice");
     let bad = Command::new(env!("CARGO_BIN_EXE_rookery"))
         .args(["token", "not valid"])

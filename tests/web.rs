@@ -80,22 +80,11 @@ fn token_link_points_at_the_first_node() {
     ] {
         let path = tmp.path().join("cluster.toml");
         std::fs::write(&path, config_text("", listen, &tmp.path().join("data"))).expect("write");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"))
-            .args(["token", "alice", "--link", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run");
-        assert!(out.status.success());
-        let stdout = String::from_utf8(out.stdout).expect("utf8");
-        assert!(
-            stdout.ends_with('\n') && stdout.lines().count() == 1,
-            "{stdout:?}"
-        );
+        let line = token_line(&["alice", "--link"], &path);
         let prefix = format!("http://{host}/#token=");
-        let token = stdout
-            .trim()
+        let token = line
             .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("{stdout:?} does not start with {prefix}"));
+            .unwrap_or_else(|| panic!("{line:?} does not start with {prefix}"));
         let user = rookery::net::auth::verify(SECRET, 2_592_000, token).expect("valid token");
         assert_eq!(user.as_str(), "alice");
     }

@@ -255,14 +255,10 @@ struct FromOnly {
 impl ConvActor {
     pub fn new(id: ConvId, router: Router) -> ConvActor {
         let store = router.store();
-        let state = store.conv_state(&id).unwrap_or_else(|e| {
+        let (state, last_json) = store.conv_state_and_last(&id).unwrap_or_else(|e| {
             tracing::error!(conv = %id, error = %e, "cannot load conversation");
-            ConvState::empty(id.clone())
+            (ConvState::empty(id.clone()), None)
         });
-        let last_json = match state.last_seq {
-            0 => None,
-            seq => store.message(&id, seq).ok().flatten(),
-        };
         let window = Duration::from_millis(router.config().chat.notify_window_ms);
         let view = state
             .group

@@ -12,6 +12,11 @@ use crate::state::user::{UserState, UserWrite};
 impl Store {
     /// The state of `conv` as its last applied writes left it (an empty state for a new conversation).
     pub fn conv_state(&self, conv: &ConvId) -> StoreResult<ConvState> {
+        Ok(self.conv_state_and_last(conv)?.0)
+    }
+
+    /// [`Store::conv_state`] and the last message's JSON, read once (an actor starting up wants both).
+    pub fn conv_state_and_last(&self, conv: &ConvId) -> StoreResult<(ConvState, Option<String>)> {
         let mut state = ConvState::empty(conv.clone());
         if !conv.is_direct() {
             state.group = self.group(conv)?;
@@ -19,13 +24,14 @@ impl Store {
                 state.members = self.group_members(conv)?.into_iter().collect();
             }
         }
-        if let Some((seq, json)) = self.last_message(conv)? {
-            state.last_seq = seq;
-            state.last_ts = serde_json::from_str::<ChatMessage>(&json).map_or(0, |m| m.ts);
+        let last = self.last_message(conv)?;
+        if let Some((seq, json)) = &last {
+            state.last_seq = *seq;
+            state.last_ts = serde_json::from_str::<ChatMessage>(json).map_or(0, |m| m.ts);
         }
         state.reads = self.read_positions(conv)?.into_iter().collect();
         state.pair = self.pair(conv)?;
-        Ok(state)
+        Ok((state, last.map(|(_, json)| json)))
     }
 
     /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]).

@@ -405,6 +405,44 @@ pub fn is_msg(conv: &str, seq: u64) -> impl Fn(&Value) -> bool {
 }
 
 /// The seqs of a `msgs` reply's messages, in order (panics with the frame if it is not one).
+/// Runs the `rookery` binary with `args` and returns its output.
+pub fn rookery_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(args)
+        .output()
+        .expect("run rookery")
+}
+
+/// Runs `rookery token ARGS... --config CONFIG`; asserts it succeeded and printed one line, and returns it.
+pub fn token_line(args: &[&str], config: &Path) -> String {
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.insert(0, std::ffi::OsStr::new("token"));
+    all.push(std::ffi::OsStr::new("--config"));
+    all.push(config.as_os_str());
+    let out = rookery_cli(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        stdout.ends_with('\n') && stdout.lines().count() == 1,
+        "{stdout:?}"
+    );
+    stdout.trim_end().to_string()
+}
+
+/// Asserts that `msgs` (stored messages, ascending) are numbered 1, 2, 3, ... without a gap.
+pub fn assert_gapless(msgs: &[Value]) {
+    let seqs: Vec<u64> = msgs
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "seqs without gaps");
+}
+
 pub fn msg_seqs(reply: &Value) -> Vec<u64> {
     reply["msgs"]
         .as_array()
