@@ -138,13 +138,29 @@ pub fn token(user: &str) -> String {
     auth::mint(SECRET, &UserId::parse(user).expect("user id"), 3600)
 }
 
-/// A free loopback port (bound and released; fine for tests that start a process on it).
+/// A free loopback port for a process the test starts, taken below the kernel's ephemeral range
+/// (32768-60999 on Linux). A port from `bind(":0")` is itself ephemeral: released again, it can be taken by
+/// any outgoing connection of a test running beside this one before the node binds it (seen in CI as a node
+/// that exits at start). Ports here come from a per-process counter that starts at an offset derived from the
+/// process id, and each is checked free by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// The real `rookery` binary, started on a config file in `dir`.
@@ -186,7 +202,14 @@ impl NodeProcess {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read banner");
-        assert!(line.contains("listening on"), "unexpected banner: {line:?}");
+        if !line.contains("listening on") {
+            let status = child.wait().ok();
+            let tail = log
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .map(|text| text.lines().rev().take(20).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            panic!("node did not start (banner {line:?}, exit {status:?}); its log, last lines first:\n{tail}");
+        }
         let addr = line
             .split("http://")
             .nth(1)
