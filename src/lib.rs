@@ -24,8 +24,9 @@
 //!   ([`cluster::placement`]: key → partition → replicas).
 //! - [`raft`]: consensus for replicated partitions on tikv's raft-rs: [`raft::multi`] drives every group
 //!   of a node from one tick and coalesces their traffic per node pair; [`raft::log`] is the node's durable
-//!   Raft log (one file, group commit across groups). Built and tested; not yet wired into a running node
-//!   (see the README's status).
+//!   Raft log (one file, group commit across groups). [`cluster::replication`] runs them in every node (one
+//!   thread; traffic over the peer links; leadership published, balanced and handed over on SIGTERM). The
+//!   actors do not run on the partition leaders yet (see the README's status).
 //! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens, and the
 //!   browser client ([`net::web`]: `GET /` the web chat app, `/app.js`, `/app.css`, `GET /sdk/rookery.js`
 //!   the JavaScript SDK), embedded at build time from the committed `web/dist/` and `clients/js/dist/`.

@@ -44,8 +44,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // colours only on a terminal: a log file or the journal gets plain text
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

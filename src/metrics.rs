@@ -42,6 +42,13 @@ pub struct Metrics {
     peer_envelopes: IntCounterVec,
     peer_bytes: IntCounterVec,
     remote_call_seconds: HistogramVec,
+    /// Raft groups (partitions) this node keeps a replica of.
+    pub raft_partitions: IntGauge,
+    /// Raft groups this node leads.
+    pub raft_partitions_led: IntGauge,
+    pub raft_leader_changes: IntCounter,
+    /// One round of the Raft driver: persist and sync the log, hand out messages and commits.
+    pub raft_poll_seconds: Histogram,
 }
 
 /// One peer link's metrics, resolved once per peer.
@@ -204,6 +211,29 @@ impl Metrics {
             &["peer"],
         ));
         reg(Box::new(remote_call_seconds.clone()));
+        let raft_poll_seconds = histogram(
+            "rookery_raft_poll_seconds",
+            "One round of the Raft driver: every group's new entries appended and synced (one fdatasync), \
+             then messages and commits handed out.",
+            vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ],
+        );
+        let raft_partitions = must(IntGauge::new(
+            "rookery_raft_partitions",
+            "Partitions (Raft groups) this node keeps a replica of.",
+        ));
+        reg(Box::new(raft_partitions.clone()));
+        let raft_partitions_led = must(IntGauge::new(
+            "rookery_raft_partitions_led",
+            "Partitions (Raft groups) this node currently leads.",
+        ));
+        reg(Box::new(raft_partitions_led.clone()));
+        let raft_leader_changes = must(IntCounter::new(
+            "rookery_raft_leader_changes_total",
+            "Times a partition's leader or term changed, as this node saw it.",
+        ));
+        reg(Box::new(raft_leader_changes.clone()));
 
         Metrics {
             registry,
@@ -225,6 +255,10 @@ impl Metrics {
             peer_envelopes,
             peer_bytes,
             remote_call_seconds,
+            raft_partitions,
+            raft_partitions_led,
+            raft_leader_changes,
+            raft_poll_seconds,
         }
     }
 

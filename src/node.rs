@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 
+use crate::cluster::placement::Layout;
+use crate::cluster::replication::Replication;
 use crate::cluster::{peer, Router};
 use crate::config::{Config, ConfigError};
 use crate::ids::NodeId;
@@ -32,6 +34,8 @@ pub enum NodeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Replication(#[from] crate::cluster::replication::ReplicationError),
     #[error("server failed: {0}")]
     Server(std::io::Error),
     #[error(
@@ -44,6 +48,7 @@ pub enum NodeError {
 /// A started node. Must be created inside an actix `System`.
 pub struct Node {
     router: Router,
+    replication: Arc<Replication>,
     store: Store,
     server: actix_server::Server,
     addr: SocketAddr,
@@ -88,7 +93,23 @@ impl Node {
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();
         let config_nodes = config.nodes.len();
-        let router = Router::new(id, Arc::new(config), store.clone(), metrics, handles);
+        let router = Router::new(
+            id.clone(),
+            Arc::new(config),
+            store.clone(),
+            metrics.clone(),
+            handles,
+        );
+        let layout = Layout::new(router.config(), router.ring());
+        let replication = Replication::start(
+            router.config(),
+            &id,
+            layout,
+            &node.data_dir.join("raft"),
+            router.peers().to_vec(),
+            metrics,
+        )?;
+        router.set_replication(replication.clone());
 
         let (server, addr) =
             server::bind(&router, &node.listen, cores).map_err(|source| NodeError::Bind {
@@ -122,6 +143,7 @@ impl Node {
         tracing::info!(node = %router.node(), %addr, peer = %node.peer, nodes = config_nodes, "node started");
         Ok(Node {
             router,
+            replication,
             store,
             server,
             addr,
@@ -149,6 +171,14 @@ impl Node {
         shutdown.await;
         tracing::info!(node = %self.router.node(), "shutting down");
         handle.pause().await;
+        let replication = self.replication.clone();
+        let deadline = self.router.config().cluster.election_timeout() * 2;
+        let still_led = actix_rt::task::spawn_blocking(move || replication.hand_over(deadline))
+            .await
+            .unwrap_or(0);
+        // stop taking part at once: a follower that stays would be handed leadership back by the balancer
+        self.replication.stop();
+        tracing::info!(still_led, "partition leadership handed over");
         let told = self.router.shutdown_sessions();
         let deadline = Instant::now() + DRAIN;
         while told > 0 && self.router.connections() > 0 && Instant::now() < deadline {

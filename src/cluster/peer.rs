@@ -646,6 +646,11 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 online,
                 reset,
             } => router.set_remote_online(peer.index, &users, online, reset),
+            PeerFrame::Raft { batch } => {
+                if let Some(replication) = router.replication() {
+                    replication.receive(&peer.id, &batch);
+                }
+            }
             PeerFrame::Ping { connections } => {
                 peer.connections.store(connections, Ordering::Relaxed);
                 reply(&PeerFrame::Pong {

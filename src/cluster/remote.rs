@@ -107,11 +107,16 @@ pub enum PeerFrame {
     Pong {
         connections: u64,
     },
+    /// Raft messages of every group the sender shares with the receiver, from one round of the sender's
+    /// driver (see `cluster::replication`): base64 of (partition, length, protobuf message) records.
+    Raft {
+        batch: String,
+    },
 }
 
 impl PeerFrame {
     /// Every frame kind, for metrics labels.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "challenge",
         "hello",
         "welcome",
@@ -124,6 +129,7 @@ impl PeerFrame {
         "online",
         "ping",
         "pong",
+        "raft",
     ];
 
     /// This frame's index in [`PeerFrame::KINDS`].
@@ -141,6 +147,7 @@ impl PeerFrame {
             PeerFrame::Online { .. } => 9,
             PeerFrame::Ping { .. } => 10,
             PeerFrame::Pong { .. } => 11,
+            PeerFrame::Raft { .. } => 12,
         }
     }
 }

@@ -50,6 +50,7 @@ use crate::store::Store;
 use super::peer::{LinkState, Peer};
 use super::pulls::{FetchMany, FetchedMany, PullBatches};
 use super::remote::{self, PeerFrame, Remote, Target};
+use super::replication::Replication;
 use super::ring::Ring;
 
 /// Mailbox capacity of user and conversation actors (never reached in practice; see module docs).
@@ -95,6 +96,8 @@ struct Inner {
     signature: String,
     next_session: AtomicU64,
     listen: std::sync::OnceLock<std::net::SocketAddr>,
+    /// This node's Raft groups, set once at start.
+    replication: std::sync::OnceLock<Arc<Replication>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,6 +150,7 @@ impl Router {
                 signature,
                 next_session: AtomicU64::new(1),
                 listen: std::sync::OnceLock::new(),
+                replication: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -242,6 +246,15 @@ impl Router {
     }
 
     /// A node-unique id for a new session.
+    /// This node's Raft groups (set once, when the node starts).
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.inner.replication.get()
+    }
+
+    pub fn set_replication(&self, replication: Arc<Replication>) {
+        let _ = self.inner.replication.set(replication);
+    }
+
     pub fn next_session_id(&self) -> u64 {
         self.inner.next_session.fetch_add(1, Ordering::Relaxed)
     }

@@ -44,13 +44,21 @@ pub struct TokenRequest {
     ttl_s: Option<u64>,
 }
 
-pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes) -> HttpResponse {
+/// `unauthorized` unless the request carries the admin key (compared in constant time).
+pub fn require_admin(req: &HttpRequest, router: &Router) -> Result<(), ChatError> {
     let admin_key = &router.config().auth.admin_key;
-    if bearer(&req).is_none_or(|k| !constant_time_eq(k.as_bytes(), admin_key.as_bytes())) {
-        return error_response(&ChatError::new(
+    if bearer(req).is_none_or(|k| !constant_time_eq(k.as_bytes(), admin_key.as_bytes())) {
+        return Err(ChatError::new(
             ErrorCode::Unauthorized,
             "a valid admin key is required",
         ));
+    }
+    Ok(())
+}
+
+pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes) -> HttpResponse {
+    if let Err(e) = require_admin(&req, &router) {
+        return error_response(&e);
     }
     let request: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -79,6 +87,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// refused for a different config is not up), `connections` its client connections as last reported.
 pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
     let me = router.node().as_str();
+    let leaders: Vec<crate::ids::NodeId> =
+        partition_leaders(&router).into_iter().flatten().collect();
     let list: Vec<_> = router
         .config()
         .nodes
@@ -94,10 +104,57 @@ pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
                 None if n.id == me => (router.listen().to_string(), true, router.connections()),
                 None => (n.listen.clone(), false, 0),
             };
-            json!({ "id": n.id, "listen": listen, "up": up, "connections": connections })
+            let led = leaders.iter().filter(|l| l.as_str() == n.id).count();
+            json!({ "id": n.id, "listen": listen, "up": up, "connections": connections, "partitions_led": led })
         })
         .collect();
     HttpResponse::Ok().json(list)
+}
+
+/// The leader of every partition as this node knows it (unknown for partitions it does not replicate).
+fn partition_leaders(router: &Router) -> Vec<Option<crate::ids::NodeId>> {
+    router
+        .replication()
+        .map(|r| r.partitions().into_iter().map(|v| v.leader).collect())
+        .unwrap_or_default()
+}
+
+/// `GET /v1/admin/cluster`: the membership and every partition's replicas and leader. The membership is
+/// the `[[nodes]]` of `cluster.toml` (epoch 1; changing it on a running cluster is not built yet), so every
+/// node is `active` and nothing is `moving`.
+pub async fn admin_cluster(req: HttpRequest, router: web::Data<Router>) -> HttpResponse {
+    if let Err(e) = require_admin(&req, &router) {
+        return error_response(&e);
+    }
+    let me = router.node().as_str();
+    let nodes: Vec<_> = router
+        .config()
+        .nodes
+        .iter()
+        .map(|n| {
+            let up = n.id == me
+                || router
+                    .peers()
+                    .iter()
+                    .any(|p| p.id.as_str() == n.id && p.state() == LinkState::Up);
+            json!({"id": n.id, "listen": n.listen, "peer": n.peer, "up": up, "state": "active"})
+        })
+        .collect();
+    let leaders = partition_leaders(&router);
+    let partitions: Vec<_> = router
+        .replication()
+        .map(|r| {
+            let layout = r.layout();
+            (0..layout.partitions())
+                .map(|p| {
+                    let leader = leaders.get(p as usize).cloned().flatten();
+                    json!({"id": p, "replicas": layout.replicas(p), "leader": leader})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .json(json!({"epoch": 1, "nodes": nodes, "partitions": partitions, "moving": 0}))
 }
 
 #[derive(Deserialize)]

@@ -26,6 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/token", web::post().to(http::token))
         .route("/v1/nodes", web::get().to(http::nodes))
         .route("/v1/route", web::get().to(http::route))
+        .route("/v1/admin/cluster", web::get().to(http::admin_cluster))
         .route("/v1/uploads", web::post().to(media::start))
         .route("/v1/uploads/{upload}", web::get().to(media::upload_status))
         .route(

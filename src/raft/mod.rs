@@ -7,12 +7,12 @@
 //! coalesces their traffic, so a tick costs one frame per other node however many groups exchange
 //! heartbeats (TiKV's multi-raft shape).
 //!
-//! What is here so far (see the README's "Replication" status): the multi-raft engine over raft-rs's
-//! in-memory storage, with pre-vote, check-quorum, leader transfer, proposal and commit, tested on a
-//! simulated network that drops, partitions and kills nodes. Still to come before partitions are
-//! replicated: the durable log (a file per node with group commit), snapshots of a partition's keys, the
-//! transport over the authenticated peer links, and the actors running on their partition's leader with
-//! every state change applied through [`crate::state`] on each replica.
+//! The engine ([`multi::MultiRaft`]: pre-vote, check-quorum, leader transfer and hand-over, proposal and
+//! commit, tested on a simulated network that drops, partitions and kills nodes) and its durable log
+//! ([`log::RaftLog`]) run in every node through [`crate::cluster::replication`], which carries their traffic
+//! over the authenticated peer links. Still to come (the README's "Replication" status): snapshots of a
+//! partition's keys with log compaction, and the actors on their partition's leader with every state change
+//! applied through [`crate::state`] on each replica.
 
 pub mod log;
 pub mod multi;

@@ -236,6 +236,48 @@ impl MultiRaft {
         }
     }
 
+    /// If this node leads the group, asks it to hand leadership to the most caught-up voter that answered
+    /// recently (check-quorum's view), which then campaigns at once; returns that voter. raft-rs stops
+    /// taking proposals for the group while the transfer runs, and gives up after an election timeout.
+    pub fn hand_over(&mut self, partition: PartitionId) -> Option<u64> {
+        let group = self.groups.get_mut(&partition)?;
+        if group.node.raft.state != StateRole::Leader {
+            return None;
+        }
+        let me = self.id;
+        let to = group
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != me && pr.recent_active)
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)?;
+        group.node.transfer_leader(to);
+        Some(to)
+    }
+
+    /// If this node leads the group and `to` is a voter that answered recently and holds the whole log,
+    /// hands leadership to it (the ring's preferred replica getting its leadership back); true if asked.
+    pub fn transfer_if_caught_up(&mut self, partition: PartitionId, to: u64) -> bool {
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return false;
+        };
+        let raft = &group.node.raft;
+        if raft.state != StateRole::Leader || to == self.id || raft.lead_transferee.is_some() {
+            return false;
+        }
+        let last = raft.raft_log.last_index();
+        let ready = raft
+            .prs()
+            .get(to)
+            .is_some_and(|pr| pr.recent_active && pr.matched == last);
+        if ready {
+            group.node.transfer_leader(to);
+        }
+        ready
+    }
+
     /// The group's leader as this node knows it.
     pub fn leader(&self, partition: PartitionId) -> Option<u64> {
         let group = self.groups.get(&partition)?;
@@ -720,6 +762,32 @@ mod tests {
             out.leadership.is_empty(),
             "reported already during the hand-over"
         );
+    }
+
+    #[test]
+    fn hand_over_picks_a_live_caught_up_voter_and_skips_followers() {
+        let mut sim = Sim::new(&IDS, 1);
+        sim.elect(0);
+        let leader = sim.leader(0).expect("leader");
+        let dead = IDS
+            .iter()
+            .copied()
+            .find(|id| *id != leader)
+            .expect("follower");
+        sim.down.insert(dead);
+        // check-quorum marks the dead follower inactive within an election timeout
+        sim.rounds(2 * ELECTION_TICKS);
+        assert_eq!(sim.nodes.get_mut(&dead).expect("node").hand_over(0), None);
+        let to = sim
+            .nodes
+            .get_mut(&leader)
+            .expect("node")
+            .hand_over(0)
+            .expect("a target");
+        assert_ne!(to, dead, "never hands over to a node that does not answer");
+        sim.settle();
+        sim.rounds(2);
+        assert_eq!(sim.leader(0), Some(to));
     }
 
     #[test]

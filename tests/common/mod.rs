@@ -155,7 +155,8 @@ pub fn free_port() -> u16 {
         Ordering::SeqCst,
     );
     for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let port =
+            u16::try_from(LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN).expect("below 32000");
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -206,9 +207,21 @@ impl NodeProcess {
             let status = child.wait().ok();
             let tail = log
                 .and_then(|path| std::fs::read_to_string(path).ok())
-                .map(|text| text.lines().rev().take(20).collect::<Vec<_>>().join("\n"))
+                .map(|text| {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let from = lines
+                        .iter()
+                        .rposition(|l| l.contains("panicked") || l.starts_with("Error"))
+                        .unwrap_or(lines.len().saturating_sub(20));
+                    lines[from..]
+                        .iter()
+                        .take(20)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
                 .unwrap_or_default();
-            panic!("node did not start (banner {line:?}, exit {status:?}); its log, last lines first:\n{tail}");
+            panic!("node did not start (banner {line:?}, exit {status:?}); its log:\n{tail}");
         }
         let addr = line
             .split("http://")
