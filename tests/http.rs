@@ -130,13 +130,22 @@ async fn token_ttls_over_the_configured_maximum_are_refused() {
 async fn nodes_and_route() {
     let node = TestNode::start();
     let _alice = node.login("alice", "phone").await;
-    let (status, body) = http_get(&node.url("/v1/nodes")).await;
-    assert_eq!(status, 200);
-    let nodes: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(
-        nodes,
-        json!([{"id":"n1","listen":node.addr.to_string(),"up":true,"connections":1}])
-    );
+    // a single node leads every partition (it campaigns at start: no election timeout to wait for)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(&node.url("/v1/nodes")).await;
+        assert_eq!(status, 200);
+        let nodes: Value = serde_json::from_str(&body).expect("json");
+        if nodes[0]["partitions_led"] == 256 {
+            assert_eq!(
+                nodes,
+                json!([{"id":"n1","listen":node.addr.to_string(),"up":true,"connections":1,"partitions_led":256}])
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{nodes}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (status, body) = http_get(&node.url("/v1/route?user=alice")).await;
     assert_eq!(status, 200);
     let route: Value = serde_json::from_str(&body).expect("json");

@@ -124,11 +124,19 @@ impl Replication {
             },
         })?;
         let fsync = config.store.durability == crate::config::Durability::Sync;
-        let raft = MultiRaft::open(dir, fsync, raft_id(node), groups, &crate::raft::logger())
+        let mut raft = MultiRaft::open(dir, fsync, raft_id(node), groups, &crate::raft::logger())
             .map_err(|source| ReplicationError::Log {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            path: dir.display().to_string(),
+            source,
+        })?;
+        // the preferred replica of each partition stands at once (a single node leads everything before
+        // its first request; a starting cluster need not wait an election timeout)
+        let me = raft_id(node);
+        for (p, first) in &preferred {
+            if *first == me {
+                raft.campaign(*p);
+            }
+        }
         let election = config.cluster.election_timeout();
         let ticks = u32::try_from(2 * ELECTION_TICKS).unwrap_or(u32::MAX);
         let tick = (election / ticks).max(Duration::from_millis(1));
@@ -315,8 +323,16 @@ impl Driver {
             return;
         }
         if now >= h.retry {
-            for p in led {
-                self.raft.hand_over(p);
+            let still = led.len();
+            let asked = led
+                .into_iter()
+                .filter(|p| self.raft.hand_over(*p).is_some())
+                .count();
+            if asked == 0 {
+                // nobody to take them (a single node, or every other replica down)
+                let _ = h.done.send(still);
+                self.handing_over = None;
+                return;
             }
             h.retry = now + self.election;
         }

@@ -229,6 +229,18 @@ impl MultiRaft {
         })
     }
 
+    /// Starts an election for the group now instead of after an election timeout (with pre-vote, a group
+    /// that has a live leader is left alone).
+    pub fn campaign(&mut self, partition: PartitionId) {
+        if let Some(group) = self.groups.get_mut(&partition) {
+            if group.node.raft.state != StateRole::Leader {
+                if let Err(e) = group.node.campaign() {
+                    tracing::debug!(partition, error = %e, "campaign refused");
+                }
+            }
+        }
+    }
+
     /// Asks the group's leader (this node) to hand leadership to `to`.
     pub fn transfer_leader(&mut self, partition: PartitionId, to: u64) {
         if let Some(group) = self.groups.get_mut(&partition) {
