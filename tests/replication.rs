@@ -233,3 +233,38 @@ async fn sigterm_hands_every_leadership_over_before_the_node_exits() {
         "the node reports it handed everything over: {log}"
     );
 }
+
+/// `rookery_peer_envelopes_total` of one kind sent from node `i` to `peer`.
+async fn sent(cluster: &Cluster, i: usize, peer: &str, kind: &str) -> u64 {
+    let (_, metrics) = http_get(&cluster.url(i, "/metrics")).await;
+    let key = format!(
+        "rookery_peer_envelopes_total{{direction=\"sent\",kind=\"{kind}\",peer=\"{peer}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Heartbeats of every group travel together: between two nodes that share 64 groups, an idle second
+/// carries a few dozen `Raft` frames (about one per driver round), not one per group per heartbeat (640).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_of_all_groups_share_one_frame_per_node_pair_and_round() {
+    let cluster = Cluster::start(3, &extra()).await;
+    settled(&cluster, &[0, 1, 2], Duration::from_secs(15)).await;
+    let before = sent(&cluster, 0, "n2", "raft").await;
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let frames = sent(&cluster, 0, "n2", "raft").await - before;
+    // a tick is election_timeout_ms / 20 (50 ms), a heartbeat every 2 ticks: each group sends n2 a
+    // heartbeat or answers one of n2's 10 times a second
+    let uncoalesced = PARTITIONS as u64 * 10 * window.as_secs();
+    eprintln!("n1 -> n2: {frames} raft frames in {window:?} for {PARTITIONS} groups ({uncoalesced} messages)");
+    assert!(frames > 0, "the groups talk");
+    // a frame per tick and one per round answering n2's frame: 40 a second; allow half again for load
+    assert!(
+        frames <= 60 * window.as_secs(),
+        "about one frame per driver round, not one per group: {frames}"
+    );
+}
