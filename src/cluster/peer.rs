@@ -648,7 +648,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             } => router.set_remote_online(peer.index, &users, online, reset),
             PeerFrame::Raft { batch } => {
                 if let Some(replication) = router.replication() {
-                    replication.receive(&peer.id, &batch);
+                    replication.receive(&peer.id, batch);
                 }
             }
             PeerFrame::Ping { connections } => {

@@ -46,9 +46,10 @@ const BALANCE_AT_ONCE: usize = 16;
 
 /// What the driver thread is asked to do.
 enum Input {
-    /// Messages a peer's groups sent to this node's.
+    /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
     Step {
-        messages: Vec<(PartitionId, Message)>,
+        from: NodeId,
+        batch: String,
     },
     /// Hand every led partition to another replica; answered with how many are still led here when done.
     HandOver {
@@ -199,17 +200,14 @@ impl Replication {
         self.partition(self.layout.partition(key)).leader
     }
 
-    /// A `Raft` frame from `from`: its groups' messages, stepped on the driver thread. A frame that does not
-    /// decode is dropped and logged (raft resends what matters).
-    pub fn receive(&self, from: &NodeId, batch: &str) {
-        match decode(batch) {
-            Ok(messages) => {
-                let _ = lock(&self.tx).send(Input::Step { messages });
-            }
-            Err(e) => {
-                tracing::warn!(peer = %from, error = %e, "dropping an undecodable raft frame")
-            }
-        }
+    /// A `Raft` frame from `from`: its groups' messages, decoded and stepped on the driver thread (not on
+    /// the peer link's task). A frame that does not decode is dropped and logged (raft resends what
+    /// matters).
+    pub fn receive(&self, from: &NodeId, batch: String) {
+        let _ = lock(&self.tx).send(Input::Step {
+            from: from.clone(),
+            batch,
+        });
     }
 
     /// Hands every partition this node leads to another live replica and waits until they have taken over
@@ -278,11 +276,16 @@ impl Driver {
             let mut stop = false;
             for input in inputs.collect::<Vec<_>>() {
                 match input {
-                    Input::Step { messages } => {
-                        for (p, m) in messages {
-                            self.raft.step(p, m);
+                    Input::Step { from, batch } => match decode(&batch) {
+                        Ok(messages) => {
+                            for (p, m) in messages {
+                                self.raft.step(p, m);
+                            }
                         }
-                    }
+                        Err(e) => {
+                            tracing::warn!(peer = %from, error = %e, "dropping an undecodable raft frame")
+                        }
+                    },
                     Input::HandOver { done } => {
                         self.handing_over = Some(HandingOver {
                             done,
