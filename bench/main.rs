@@ -11,8 +11,13 @@
 //!   at a fixed total `--rate`). Reports accepted and delivered msgs/s and send-to-receipt latency.
 //! - `idle`: N authenticated idle connections, spread over several loopback source addresses; reports the
 //!   server's resident memory per connection.
+//!
+//! With `--webhook-events` and/or `--before-send-ms`, a loopback receiver ([`hooks`]) takes the node's
+//! webhook batches and answers its before-send hook, and the result reports what it received.
 
 #![forbid(unsafe_code)]
+
+mod hooks;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -59,6 +64,14 @@ struct Cli {
     /// Start a cluster of this many nodes (on this machine) and spread the clients over them.
     #[arg(long, global = true, default_value_t = 1)]
     nodes: usize,
+    /// Point `webhooks.url` at a loopback receiver (started here) with these event types, comma-separated
+    /// (e.g. `offline_message,message`).
+    #[arg(long, global = true, value_delimiter = ',')]
+    webhook_events: Option<Vec<String>>,
+    /// Point `webhooks.before_send_url` at a loopback hook (started here) answering `allow` after this
+    /// many milliseconds.
+    #[arg(long, global = true)]
+    before_send_ms: Option<u64>,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -133,6 +146,8 @@ struct Server {
     child: Option<Child>,
     others: Vec<Child>,
     _dir: Option<tempfile::TempDir>,
+    /// The webhook receiver the started nodes post to.
+    hooks: Option<hooks::Receiver>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -150,6 +165,7 @@ impl Server {
                 child: None,
                 others: Vec::new(),
                 _dir: None,
+                hooks: None,
             });
         }
         let binary = match &cli.server {
@@ -162,6 +178,16 @@ impl Server {
              push_max_members = {}\n[store]\ndurability = \"{}\"\n{}\n",
             cli.push_max_members, cli.durability, cli.extra_config
         );
+        let hooks = if cli.webhook_events.is_some() || cli.before_send_ms.is_some() {
+            let delay = Duration::from_millis(cli.before_send_ms.unwrap_or(0));
+            let receiver = hooks::Receiver::start(delay)?;
+            config.push_str(
+                &receiver.config(cli.webhook_events.as_deref(), cli.before_send_ms.is_some()),
+            );
+            Some(receiver)
+        } else {
+            None
+        };
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for i in 1..=cli.nodes.max(1) {
             let (port, peer) = (free_port()?, free_port()?);
@@ -200,6 +226,7 @@ impl Server {
             child: children.next(),
             others: children.collect(),
             _dir: Some(dir),
+            hooks,
         };
         server.wait_links()?;
         Ok(server)
@@ -213,6 +240,7 @@ impl Server {
             child: None,
             others: Vec::new(),
             _dir: None,
+            hooks: None,
         }
     }
 
@@ -1119,6 +1147,11 @@ fn main() -> anyhow::Result<()> {
             }
         };
         result["durability"] = json!(cli.durability);
+        if let Some(hooks) = &server.hooks {
+            // let the node's sender deliver what the measured period produced
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            result["webhooks"] = hooks.report();
+        }
         println!("{result}");
         anyhow::Ok(())
     })
