@@ -18,6 +18,11 @@
 //!
 //! The core never pushes, never waits for a flush and never touches another key's state: the conversation
 //! actor turns outcomes into answers and pushes once the writes are durable.
+//!
+//! [`replica::Replica`] is what every replica of a partition runs: the partition's committed
+//! [`replica::Command`]s (a key and its core command) applied in log order to the node's store, each
+//! partition's applied index kept so that a restart replays only what is missing.
 
 pub mod conv;
+pub mod replica;
 pub mod user;

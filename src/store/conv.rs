@@ -2,7 +2,7 @@
 //! `conv_log` tree and the core's [`Write`]s applied to it (it reads dedupe entries and messages through
 //! [`ConvHistory`]); a user's state ([`crate::state::user`]) from the `user_index` tree and its writes.
 
-use super::{Store, StoreResult};
+use super::{keys, PairState, Store, StoreError, StoreResult};
 use crate::error::ChatResult;
 use crate::ids::{Cid, ConvId, UserId};
 use crate::net::protocol::Message as ChatMessage;
@@ -34,24 +34,129 @@ impl Store {
         Ok((state, last.map(|(_, json)| json)))
     }
 
-    /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]).
+    /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]). Single
+    /// inserts, not one batch: in sled 0.34 every batch forces two log writes (`pin_log` rolls the log
+    /// buffer before and after), which costs more than everything else a message does; the core's
+    /// ordering (a dedupe entry before its message) keeps a torn sequence harmless for this path.
     pub fn write_conv(&self, conv: &ConvId, writes: &[Write]) -> StoreResult<()> {
-        for write in writes {
-            match write {
-                Write::Cid { from, cid, seq, ts } => {
-                    self.set_cid(conv, from, cid.as_str(), *seq, *ts)?
+        let mut changes = Vec::new();
+        conv_changes(conv, writes, &mut changes)?;
+        apply_each(&self.conv_log, changes)
+    }
+
+    /// A replica's application of log entry `index` of `partition`: `writes` and the partition's applied
+    /// index in one atomic batch, so that a crash leaves the entry applied whole or not at all (a replay
+    /// of a half-applied entry could decide differently, e.g. a group's creation whose members landed but
+    /// whose system message did not).
+    pub fn apply_conv(
+        &self,
+        conv: &ConvId,
+        writes: &[Write],
+        partition: u32,
+        index: u64,
+    ) -> StoreResult<()> {
+        let mut changes = Vec::new();
+        conv_changes(conv, writes, &mut changes)?;
+        apply_batch(&self.conv_log, changes, partition, index)
+    }
+
+    /// The last log index of `partition` whose conversation command is applied here (0: none).
+    pub fn conv_applied(&self, partition: u32) -> StoreResult<u64> {
+        applied(&self.conv_log, partition)
+    }
+}
+
+/// A key change: `Some(value)` puts, `None` removes.
+type Change = (Vec<u8>, Option<Vec<u8>>);
+
+fn json<T: serde::Serialize>(value: &T, owner: &str) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|_| StoreError::Corrupt(owner.to_owned()))
+}
+
+/// The key changes of a conversation command's writes, in order (the catalogue is in [`super::keys`]).
+fn conv_changes(conv: &ConvId, writes: &[Write], out: &mut Vec<Change>) -> StoreResult<()> {
+    let c = conv.as_str();
+    for write in writes {
+        match write {
+            Write::Cid { from, cid, seq, ts } => out.push((
+                keys::cid(c, from.as_str(), cid.as_str()),
+                Some(keys::two_u64(*seq, *ts).to_vec()),
+            )),
+            Write::Message { seq, json } => {
+                out.push((keys::msg(c, *seq), Some(json.as_bytes().to_vec())))
+            }
+            Write::Read { user, seq } | Write::SenderRead { user, seq } => out.push((
+                keys::read(c, user.as_str()),
+                Some(seq.to_be_bytes().to_vec()),
+            )),
+            Write::Pair(pair) => out.push((
+                keys::pair(c),
+                (*pair != PairState::None)
+                    .then(|| json(pair, c))
+                    .transpose()?,
+            )),
+            Write::Group(meta) => out.push((keys::group(c), Some(json(meta, c)?))),
+            Write::Members { users, member } => {
+                for user in users {
+                    let value = member.then(Vec::new);
+                    out.push((keys::member(c, user.as_str()), value));
                 }
-                Write::Message { seq, json } => self.append(conv, *seq, json)?,
-                Write::Read { user, seq } | Write::SenderRead { user, seq } => {
-                    self.set_read(conv, user, *seq)?;
-                }
-                Write::Pair(pair) => self.set_pair(conv, pair)?,
-                Write::Group(meta) => self.set_group(conv, meta)?,
-                Write::Members { users, member } => self.set_members(conv, users, *member)?,
             }
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// The key changes of a user command's writes, in order.
+fn user_changes(user: &UserId, writes: &[UserWrite], out: &mut Vec<Change>) -> StoreResult<()> {
+    let u = user.as_str();
+    for write in writes {
+        match write {
+            UserWrite::Conv { conv, member } => {
+                out.push((keys::user_conv(u, conv.as_str()), member.then(Vec::new)))
+            }
+            UserWrite::Friend { other, entry } => out.push((
+                keys::user_friend(u, other.as_str()),
+                entry.as_ref().map(|e| json(e, u)).transpose()?,
+            )),
+        }
+    }
+    Ok(())
+}
+
+fn apply_each(tree: &sled::Tree, changes: Vec<Change>) -> StoreResult<()> {
+    for (key, value) in changes {
+        match value {
+            Some(v) => tree.insert(key, v)?,
+            None => tree.remove(key)?,
+        };
+    }
+    Ok(())
+}
+
+fn apply_batch(
+    tree: &sled::Tree,
+    changes: Vec<Change>,
+    partition: u32,
+    index: u64,
+) -> StoreResult<()> {
+    let mut batch = sled::Batch::default();
+    for (key, value) in changes {
+        match value {
+            Some(v) => batch.insert(key, v),
+            None => batch.remove(key),
+        }
+    }
+    batch.insert(keys::applied(partition), &index.to_be_bytes()[..]);
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+fn applied(tree: &sled::Tree, partition: u32) -> StoreResult<u64> {
+    Ok(tree
+        .get(keys::applied(partition))?
+        .and_then(|v| keys::parse_u64(&v, 0))
+        .unwrap_or(0))
 }
 
 impl Store {
@@ -64,19 +169,27 @@ impl Store {
 
     /// Makes a user command's `writes` in their order.
     pub fn write_user(&self, user: &UserId, writes: &[UserWrite]) -> StoreResult<()> {
-        for write in writes {
-            match write {
-                UserWrite::Conv { conv, member: true } => self.add_user_conv(user, conv)?,
-                UserWrite::Conv {
-                    conv,
-                    member: false,
-                } => self.remove_user_conv(user, conv)?,
-                UserWrite::Friend { other, entry } => {
-                    self.set_friend(user, other, entry.as_ref())?
-                }
-            }
-        }
-        Ok(())
+        let mut changes = Vec::new();
+        user_changes(user, writes, &mut changes)?;
+        apply_each(&self.user_index, changes)
+    }
+
+    /// [`Store::apply_conv`] for a user command.
+    pub fn apply_user(
+        &self,
+        user: &UserId,
+        writes: &[UserWrite],
+        partition: u32,
+        index: u64,
+    ) -> StoreResult<()> {
+        let mut changes = Vec::new();
+        user_changes(user, writes, &mut changes)?;
+        apply_batch(&self.user_index, changes, partition, index)
+    }
+
+    /// The last log index of `partition` whose user command is applied here (0: none).
+    pub fn user_applied(&self, partition: u32) -> StoreResult<u64> {
+        applied(&self.user_index, partition)
     }
 }
 

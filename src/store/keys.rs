@@ -9,8 +9,10 @@
 //! | `conv_log`   | `p` conv                              | friendship of a direct pair (JSON)     |
 //! | `conv_log`   | `G` conv                              | a group's name, owner (JSON)           |
 //! | `conv_log`   | `B` conv `\0` user                    | empty: the user belongs to the group   |
+//! | `conv_log`   | `A` partition:u32                     | last applied log index:u64 (replicas)  |
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
+//! | `user_index` | `A` partition:u32                     | last applied log index:u64 (replicas)  |
 //! | `media`      | `m` media id                          | stored content (JSON)                  |
 //! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
 //! | `media`      | `u` upload id                         | unfinished upload (JSON)               |
@@ -29,6 +31,14 @@ pub const META: &str = "meta";
 
 /// `meta`: the partition count this node's data was created with.
 pub const META_PARTITIONS: &[u8] = b"partitions";
+
+/// `A` partition:u32 in `conv_log` and in `user_index`: the last Raft log index of that partition whose
+/// conversation (user) command that tree holds, written in the same batch as the command's writes.
+pub fn applied(partition: u32) -> Vec<u8> {
+    let mut key = vec![b'A'];
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
 
 const MSG: u8 = b'm';
 const CID: u8 = b'c';

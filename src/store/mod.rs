@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Durability, StoreConfig};
 use crate::ids::{ConvId, UserId};
+use crate::state::conv::Write;
+use crate::state::user::UserWrite;
 pub use conv::ConvHistory;
 pub use writer::Flusher;
 
@@ -168,11 +170,16 @@ impl Store {
         seq: u64,
         ts: u64,
     ) -> StoreResult<()> {
-        self.conv_log.insert(
-            keys::cid(conv.as_str(), sender.as_str(), cid),
-            &keys::two_u64(seq, ts)[..],
-        )?;
-        Ok(())
+        let cid = crate::ids::Cid::parse(cid).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
+        self.write_conv(
+            conv,
+            &[Write::Cid {
+                from: sender.clone(),
+                cid,
+                seq,
+                ts,
+            }],
+        )
     }
 
     /// Writes a message (new, or replacing a recalled one). Its dedupe entry is written first
@@ -181,9 +188,8 @@ impl Store {
     /// every batch forces two log writes (`pin_log` rolls the log buffer before and after), which costs more
     /// than everything else a message does.
     pub fn append(&self, conv: &ConvId, seq: u64, json: &str) -> StoreResult<()> {
-        self.conv_log
-            .insert(keys::msg(conv.as_str(), seq), json.as_bytes())?;
-        Ok(())
+        let json = json.to_owned();
+        self.write_conv(conv, &[Write::Message { seq, json }])
     }
 
     pub fn message(&self, conv: &ConvId, seq: u64) -> StoreResult<Option<String>> {
@@ -242,11 +248,8 @@ impl Store {
     }
 
     pub fn set_read(&self, conv: &ConvId, user: &UserId, seq: u64) -> StoreResult<()> {
-        self.conv_log.insert(
-            keys::read(conv.as_str(), user.as_str()),
-            &seq.to_be_bytes()[..],
-        )?;
-        Ok(())
+        let user = user.clone();
+        self.write_conv(conv, &[Write::Read { user, seq }])
     }
 
     pub fn pair(&self, conv: &ConvId) -> StoreResult<PairState> {
@@ -259,15 +262,7 @@ impl Store {
     }
 
     pub fn set_pair(&self, conv: &ConvId, state: &PairState) -> StoreResult<()> {
-        let key = keys::pair(conv.as_str());
-        if *state == PairState::None {
-            self.conv_log.remove(key)?;
-        } else {
-            let json =
-                serde_json::to_vec(state).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
-            self.conv_log.insert(key, json)?;
-        }
-        Ok(())
+        self.write_conv(conv, &[Write::Pair(state.clone())])
     }
 
     // ---- groups ----
@@ -282,9 +277,7 @@ impl Store {
     }
 
     pub fn set_group(&self, conv: &ConvId, meta: &GroupMeta) -> StoreResult<()> {
-        let json = serde_json::to_vec(meta).map_err(|_| StoreError::Corrupt(conv.to_string()))?;
-        self.conv_log.insert(keys::group(conv.as_str()), json)?;
-        Ok(())
+        self.write_conv(conv, &[Write::Group(meta.clone())])
     }
 
     pub fn group_members(&self, conv: &ConvId) -> StoreResult<Vec<UserId>> {
@@ -298,15 +291,8 @@ impl Store {
 
     /// Adds or removes members: one key each, never a rewrite of the whole list.
     pub fn set_members(&self, conv: &ConvId, users: &[UserId], member: bool) -> StoreResult<()> {
-        for user in users {
-            let key = keys::member(conv.as_str(), user.as_str());
-            if member {
-                self.conv_log.insert(key, &[][..])?;
-            } else {
-                self.conv_log.remove(key)?;
-            }
-        }
-        Ok(())
+        let users = users.to_vec();
+        self.write_conv(conv, &[Write::Members { users, member }])
     }
 
     // ---- users ----
@@ -321,15 +307,19 @@ impl Store {
     }
 
     pub fn add_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
-        self.user_index
-            .insert(keys::user_conv(user.as_str(), conv.as_str()), &[][..])?;
-        Ok(())
+        let conv = conv.clone();
+        self.write_user(user, &[UserWrite::Conv { conv, member: true }])
     }
 
     pub fn remove_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
-        self.user_index
-            .remove(keys::user_conv(user.as_str(), conv.as_str()))?;
-        Ok(())
+        let conv = conv.clone();
+        self.write_user(
+            user,
+            &[UserWrite::Conv {
+                conv,
+                member: false,
+            }],
+        )
     }
 
     pub fn friends(&self, user: &UserId) -> StoreResult<Vec<(UserId, FriendEntry)>> {
@@ -352,18 +342,11 @@ impl Store {
         other: &UserId,
         entry: Option<&FriendEntry>,
     ) -> StoreResult<()> {
-        let key = keys::user_friend(user.as_str(), other.as_str());
-        match entry {
-            None => {
-                self.user_index.remove(key)?;
-            }
-            Some(e) => {
-                let json =
-                    serde_json::to_vec(e).map_err(|_| StoreError::Corrupt(user.to_string()))?;
-                self.user_index.insert(key, json)?;
-            }
-        }
-        Ok(())
+        let write = UserWrite::Friend {
+            other: other.clone(),
+            entry: entry.cloned(),
+        };
+        self.write_user(user, &[write])
     }
 
     pub fn durability(&self) -> Durability {
