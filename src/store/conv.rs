@@ -31,6 +31,9 @@ impl Store {
         }
         state.reads = self.read_positions(conv)?.into_iter().collect();
         state.pair = self.pair(conv)?;
+        if conv.is_direct() {
+            state.blocks = self.blocks(conv)?.into_iter().collect();
+        }
         Ok((state, last.map(|(_, json)| json)))
     }
 
@@ -48,6 +51,17 @@ impl Store {
                 Write::Pair(pair) => self.set_pair(conv, pair)?,
                 Write::Group(meta) => self.set_group(conv, meta)?,
                 Write::Members { users, member } => self.set_members(conv, users, *member)?,
+                Write::Reaction {
+                    seq,
+                    user,
+                    emoji,
+                    on,
+                    count,
+                } => self.set_reaction(conv, *seq, user, emoji, *on, *count)?,
+                Write::Mentions { seq, mentions, on } => {
+                    self.set_mentions(conv, *seq, mentions, *on)?
+                }
+                Write::Block { user, on } => self.set_block(conv, user, *on)?,
             }
         }
         Ok(())
@@ -59,6 +73,8 @@ impl Store {
     pub fn user_state(&self, user: &UserId) -> StoreResult<UserState> {
         let mut state = UserState::empty(user.clone());
         state.friends = self.friends(user)?.into_iter().collect();
+        state.blocked = self.blocked(user)?.into_iter().collect();
+        state.settings = self.conv_settings(user)?.into_iter().collect();
         Ok(state)
     }
 
@@ -73,6 +89,10 @@ impl Store {
                 } => self.remove_user_conv(user, conv)?,
                 UserWrite::Friend { other, entry } => {
                     self.set_friend(user, other, entry.as_ref())?
+                }
+                UserWrite::Block { other, on } => self.set_blocked(user, other, *on)?,
+                UserWrite::Settings { conv, settings } => {
+                    self.set_conv_settings(user, conv, settings.as_ref())?
                 }
             }
         }
@@ -93,5 +113,13 @@ impl History for ConvHistory<'_> {
 
     fn message(&self, seq: u64) -> ChatResult<Option<String>> {
         Ok(self.store.message(self.conv, seq)?)
+    }
+
+    fn reactions_of(&self, seq: u64, user: &UserId) -> ChatResult<Vec<String>> {
+        Ok(self.store.reactions_of(self.conv, seq, user)?)
+    }
+
+    fn reaction_count(&self, seq: u64, emoji: &str) -> ChatResult<u64> {
+        Ok(self.store.reaction_count(self.conv, seq, emoji)?)
     }
 }
