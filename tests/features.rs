@@ -700,7 +700,17 @@ async fn blocks_silence_messages_requests_typing_and_presence_until_lifted() {
         .await,
         "forbidden"
     );
-    send_text(&mut alice, &conv, "a1", "I may").await;
+    let sent = send_text(&mut alice, &conv, "a1", "I may").await;
+    let seq = sent["seq"].as_u64().expect("seq");
+    assert_eq!(
+        refused(
+            &mut bob,
+            json!({"type":"react","conv":conv,"seq":seq,"emoji":"x","on":true})
+        )
+        .await,
+        "forbidden",
+        "nor react in the pair"
+    );
     // typing and presence from bob do not reach alice
     bob.send(&json!({"type":"typing","conv":conv}))
         .await
@@ -878,4 +888,75 @@ async fn kill_9_right_after_the_last_ok_loses_nothing() {
         .await
         .expect("friends");
     assert_eq!(friends["blocked"], json!(["bob"]));
+}
+
+#[tokio::test]
+async fn the_features_work_across_nodes() {
+    let cluster = Cluster::start(2, "[chat]\ndm_requires_friendship = false").await;
+    // alice's and bob's actors and sessions on different nodes; the pair's conversation on one of them
+    let alice_name = cluster.user_on(0, "alice");
+    let bob_name = cluster.user_on(1, "bob");
+    let conv = dm(&alice_name, &bob_name);
+    let mut alice = cluster.login(1, &alice_name, "phone").await;
+    let mut alice_laptop = cluster.login(0, &alice_name, "laptop").await;
+    let mut bob = cluster.login(0, &bob_name, "phone").await;
+    let sent = bob
+        .call(json!({"type":"send","cid":"b1","conv":conv,"body":{"text":"hi"},"mentions":[alice_name]}))
+        .await
+        .expect("sent");
+    let seq = sent["seq"].as_u64().expect("seq");
+    assert_eq!(entry(&convs(&mut alice).await, &conv)["mentions"], 1);
+    ok(
+        &mut alice,
+        json!({"type":"react","conv":conv,"seq":seq,"emoji":"ok","on":true}),
+    )
+    .await;
+    bob.expect(of_type("reaction"), WAIT)
+        .await
+        .expect("reaction");
+    let reactors = bob
+        .call(json!({"type":"reactors","conv":conv,"seq":seq,"emoji":"ok"}))
+        .await
+        .expect("reactors");
+    assert_eq!(reactors["users"], json!([alice_name]));
+    ok(
+        &mut bob,
+        json!({"type":"edit","conv":conv,"seq":seq,"body":{"text":"hello"}}),
+    )
+    .await;
+    alice.expect(of_type("edited"), WAIT).await.expect("edited");
+    let msgs = sync_all(&mut alice, &conv).await;
+    assert_eq!(msgs[0]["body"], json!({"text":"hello"}));
+    assert_eq!(msgs[0]["reactions"], json!({"ok":1}));
+    ok(
+        &mut alice,
+        json!({"type":"conv_settings","conv":conv,"pinned":true}),
+    )
+    .await;
+    alice_laptop
+        .expect(of_type("conv_settings"), WAIT)
+        .await
+        .expect("pushed across nodes");
+    assert_eq!(
+        entry(&convs(&mut alice_laptop).await, &conv)["pinned"],
+        true
+    );
+    ok(
+        &mut alice,
+        json!({"type":"block","user":bob_name,"on":true}),
+    )
+    .await;
+    assert_eq!(
+        refused(
+            &mut bob,
+            json!({"type":"send","cid":"b2","conv":conv,"body":{"text":"x"}})
+        )
+        .await,
+        "forbidden"
+    );
+    let friends = alice_laptop
+        .call(json!({"type":"friends"}))
+        .await
+        .expect("friends");
+    assert_eq!(friends["blocked"], json!([bob_name]));
 }

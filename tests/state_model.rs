@@ -313,7 +313,7 @@ impl RefConv {
                 return Expect::Refused(ErrorCode::BadRequest);
             }
         }
-        if !self.group && self.blocks.contains(Self::other(from)) {
+        if self.blocked(from) {
             return Expect::Refused(ErrorCode::Forbidden);
         }
         if !self.group && self.pair != RefPair::Friends {
@@ -327,9 +327,17 @@ impl RefConv {
         Expect::New(seq, ts)
     }
 
+    /// A user the other of the pair blocks writes nothing to it.
+    fn blocked(&self, user: &str) -> bool {
+        !self.group && self.blocks.contains(Self::other(user))
+    }
+
     fn edit(&mut self, user: &str, seq: u64, now: u64, text: &str) -> Expect {
         if let Err(code) = self.check_member(user) {
             return Expect::Refused(code);
+        }
+        if self.blocked(user) {
+            return Expect::Refused(ErrorCode::Forbidden);
         }
         let Some(m) = seq
             .checked_sub(1)
@@ -352,6 +360,9 @@ impl RefConv {
     fn react(&mut self, user: &str, seq: u64, emoji: &str, on: bool) -> Expect {
         if let Err(code) = self.check_member(user) {
             return Expect::Refused(code);
+        }
+        if self.blocked(user) {
+            return Expect::Refused(ErrorCode::Forbidden);
         }
         let Some(m) = seq
             .checked_sub(1)

@@ -385,13 +385,7 @@ impl ConvState {
             return Ok(Outcome::Duplicate(posted));
         }
         self.check_refs(&from, &refs)?;
-        if self
-            .id
-            .peer_of(&from)
-            .is_some_and(|other| self.blocks(other, &from))
-        {
-            return Err(ChatError::forbidden("blocked by the other user"));
-        }
+        self.check_not_blocked(&from)?;
         if self.id.is_direct() && rules.dm_requires_friendship && self.pair != PairState::Friends {
             return Err(ChatError::new(
                 ErrorCode::NotFriends,
@@ -423,6 +417,16 @@ impl ConvState {
             writes,
         );
         Ok(Outcome::Appended(appended))
+    }
+
+    /// A user blocked by the other user of a direct pair writes nothing to it (messages, edits, reactions).
+    fn check_not_blocked(&self, user: &UserId) -> ChatResult<()> {
+        match self.id.peer_of(user) {
+            Some(other) if self.blocks(other, user) => {
+                Err(ChatError::forbidden("blocked by the other user"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `reply_to` names an earlier message; `mentions` names members (at most [`MAX_MENTIONS`]), or
@@ -612,6 +616,7 @@ impl ConvState {
         writes: &mut Vec<Write>,
     ) -> ChatResult<Outcome> {
         self.check_member(user)?;
+        self.check_not_blocked(user)?;
         let mut message = self.stored_message(history, seq)?;
         if message.from != *user {
             return Err(ChatError::forbidden("only the sender can edit a message"));
@@ -650,6 +655,7 @@ impl ConvState {
         writes: &mut Vec<Write>,
     ) -> ChatResult<Outcome> {
         self.check_member(&user)?;
+        self.check_not_blocked(&user)?;
         check_emoji(&emoji)?;
         let message = self.stored_message(history, seq)?;
         if message.recalled {
