@@ -1,6 +1,8 @@
 //! `UserActor`: one per user, on the node that owns the user. Owns the user's live devices (which session
-//! serves each), the user's friend index and conversation index, and presence. It never stores messages and
-//! never decides friendship (the pair's conversation does); it only fans frames out to the user's devices.
+//! serves each), the user's friend index and conversation index, the user's blocks and settings of each
+//! conversation (mute, pin), and presence (none pushed from a blocked user). It never stores messages and
+//! never decides friendship or a block (the pair's conversation does); it only fans frames out to the
+//! user's devices.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
