@@ -521,6 +521,29 @@ async fn reactions_in_groups_are_pushed_only_up_to_receipt_push_max_members() {
         .await
         .expect("sync");
     assert_eq!(page["msgs"][0]["reactions"], json!({"ok":1}));
+    // an edit keeps the counts, in the pull view and in the store
+    ok(
+        &mut alice,
+        json!({"type":"edit","conv":"g:large","seq":2,"body":{"text":"edited"}}),
+    )
+    .await;
+    let page = bob
+        .call(json!({"type":"sync","conv":"g:large","after":1}))
+        .await
+        .expect("sync");
+    assert_eq!(page["msgs"][0]["body"], json!({"text":"edited"}));
+    assert_eq!(page["msgs"][0]["reactions"], json!({"ok":1}));
+    let page = bob
+        .call(json!({"type":"sync","conv":"g:large","before":3}))
+        .await
+        .expect("sync");
+    assert_eq!(page["msgs"][1]["body"], json!({"text":"edited"}));
+    assert_eq!(page["msgs"][1]["reactions"], json!({"ok":1}));
+    assert_eq!(
+        entry(&convs(&mut bob).await, "g:large")["last"]["body"],
+        json!({"text":"edited"}),
+        "convs shows the edited last message"
+    );
 }
 
 #[tokio::test]
