@@ -116,6 +116,22 @@ enum Workload {
         dm_rate: Option<u64>,
         #[arg(long, default_value_t = 100)]
         dm_pairs: usize,
+        /// Percentage of the messages that mention `--mentioned` members (0 to 100; issue 16 asks for 10).
+        #[arg(long, default_value_t = 0)]
+        mention_pct: u8,
+        /// Members each mentioning message names (rotating through the group).
+        #[arg(long, default_value_t = 5)]
+        mentioned: usize,
+    },
+    /// One group of M connected members and one message: every member reacts to it within `spread_s`
+    /// seconds; the latency of each `react` until its `ok`.
+    ReactionStorm {
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        #[arg(long, default_value_t = 10.0)]
+        spread_s: f64,
+        #[arg(long, default_value_t = 20)]
+        sources: u8,
     },
     /// The Raft log's write path alone (no server): `entries` entries of `bytes` bytes, made durable
     /// `batch` at a time (one fsync per batch, as a poll does), in the project's log file and, for the
@@ -656,6 +672,7 @@ struct PulledMsg {
 
 /// One group of `members` connected members plus its owner posting `messages` at `rate` a second. For each
 /// message: the time until the last member has it (pushed, or pulled with `sync` after a `notify`).
+#[allow(clippy::too_many_arguments)]
 async fn fanout(
     server: &Server,
     members: usize,
@@ -663,6 +680,7 @@ async fn fanout(
     rate: f64,
     sources: u8,
     busy_dm: Option<(u64, usize)>,
+    mentions: (u8, usize),
 ) -> anyhow::Result<Value> {
     let epoch = Instant::now();
     let conv = "g:bench";
@@ -747,10 +765,22 @@ async fn fanout(
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let started = Instant::now();
     let sending = async {
+        let (mention_pct, mentioned) = mentions;
         for i in 0..messages {
             let t = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
+            // spread the mentioning messages evenly: message i mentions when the running share crosses
+            // a whole number
+            let pct = usize::from(mention_pct.min(100));
+            let mentions = if i * pct / 100 != (i + 1) * pct / 100 {
+                let names: Vec<String> = (0..mentioned.min(members))
+                    .map(|k| format!("\"m{}\"", (i * mentioned + k) % members.max(1)))
+                    .collect();
+                format!(r#","mentions":[{}]"#, names.join(","))
+            } else {
+                String::new()
+            };
             let frame = format!(
-                r#"{{"type":"send","rid":{i},"cid":"f{i}","conv":"{conv}","body":{{"t":{t}}}}}"#
+                r#"{{"type":"send","rid":{i},"cid":"f{i}","conv":"{conv}","body":{{"t":{t}}}{mentions}}}"#
             );
             owner.send_text(frame).await?;
             tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -819,6 +849,8 @@ async fn fanout(
         "members": members,
         "messages": messages,
         "rate": rate,
+        "mention_pct": mentions.0,
+        "mentioned": mentions.1,
         "members_with_every_message": complete_members,
         "deliveries": deliveries,
         "deliveries_per_s": (deliveries as f64 / send_span).round(),
@@ -828,6 +860,84 @@ async fn fanout(
         "server_flush_ms": server_flush_ms,
         "cluster": cluster,
         "dm_alongside": dm_result,
+    }))
+}
+
+/// A group of `members` connected members and one message; every member reacts to it once, the reactions
+/// spread evenly over `spread_s` seconds. Reports the p50/p99 of `react` → `ok` and the count `sync` shows
+/// afterwards (which must equal the members).
+async fn reaction_storm(
+    server: &Server,
+    members: usize,
+    spread_s: f64,
+    sources: u8,
+) -> anyhow::Result<Value> {
+    let conv = "g:storm";
+    let mut owner = connect(server.node(0), "owner", "d", source(0, sources)).await?;
+    let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
+    let first: Vec<&String> = names.iter().take(999).collect();
+    owner
+        .call(json!({"type":"group_create","conv":conv,"name":"Storm","members":first}))
+        .await?;
+    for chunk in names[first.len()..].chunks(1000) {
+        owner
+            .call(json!({"type":"group_add","conv":conv,"members":chunk}))
+            .await?;
+    }
+    let seq = owner
+        .call(json!({"type":"send","cid":"storm","conv":conv,"body":{"text":"react to me"}}))
+        .await?["seq"]
+        .as_u64()
+        .unwrap_or(0);
+    let clients: Vec<anyhow::Result<Client>> = stream::iter(names.iter().enumerate())
+        .map(|(i, name)| async move {
+            connect(server.node(i + 1), name, "d", source(i + 1, sources)).await
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let clients: Vec<Client> = clients.into_iter().collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let step = Duration::from_secs_f64(spread_s.max(0.0) / members.max(1) as f64);
+    let mut tasks = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let at = started + step * u32::try_from(i).unwrap_or(u32::MAX);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            let sent = Instant::now();
+            let reply = client
+                .request(json!({"type":"react","conv":conv,"seq":seq,"emoji":"👍","on":true}))
+                .await;
+            let ok = matches!(&reply, Ok(r) if r["type"] == "ok");
+            (
+                ok,
+                u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
+            )
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut failed = 0usize;
+    for task in tasks {
+        let (ok, micros) = task.await?;
+        if ok {
+            hist.record(micros.max(1))?;
+        } else {
+            failed += 1;
+        }
+    }
+    let span = started.elapsed().as_secs_f64();
+    let page = owner
+        .call(json!({"type":"sync","conv":conv,"after":seq - 1,"limit":1}))
+        .await?;
+    Ok(json!({
+        "workload": "reaction_storm",
+        "members": members,
+        "spread_s": spread_s,
+        "span_s": span,
+        "react_ok_ms": quantiles(&hist),
+        "failed": failed,
+        "count_after": page["msgs"][0]["reactions"]["👍"],
     }))
 }
 
@@ -1136,10 +1246,18 @@ fn main() -> anyhow::Result<()> {
                 sources,
                 dm_rate,
                 dm_pairs,
+                mention_pct,
+                mentioned,
             } => {
                 let busy_dm = dm_rate.map(|r| (r, dm_pairs));
-                fanout(&server, members, messages, rate, sources, busy_dm).await?
+                let mentions = (mention_pct, mentioned);
+                fanout(&server, members, messages, rate, sources, busy_dm, mentions).await?
             }
+            Workload::ReactionStorm {
+                members,
+                spread_s,
+                sources,
+            } => reaction_storm(&server, members, spread_s, sources).await?,
             Workload::Raftlog { .. } => unreachable!("run before the server starts"),
             Workload::Media { mib, parallel } => {
                 let (addr, pid) = (server.addr, server.child.as_ref().map(Child::id));

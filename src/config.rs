@@ -72,7 +72,7 @@ pub struct ChatConfig {
     pub notify_window_ms: u64,
     pub ack_timeout_ms: u64,
     pub recall_window_s: u64,
-    /// How long a sender may edit a message (accepted and validated; edits are not served yet).
+    /// How long a sender may edit a message (`edit`).
     pub edit_window_s: u64,
 }
 

@@ -9,14 +9,17 @@
 //! - [`node`]: start, run and stop a node (`main` and the tests use the same entry point).
 //! - [`config`]: the `cluster.toml` tree with defaults and validation.
 //! - [`actors`]: [`actors::session`] (one per WebSocket), [`actors::user`] (devices, presence, friend and
-//!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair, a
-//!   group's members; fan-out in bounded turns, `notify` for large groups), [`actors::group`] (group
-//!   operations on a conversation actor), [`actors::pull`] (a group's pull view: `sync` answered without
-//!   the actor), [`actors::lane`] (each session worker's low-priority lane for large fan-outs), and
+//!   conversation indexes, blocks, the user's settings of each conversation), [`actors::conversation`]
+//!   (sequence, messages, receipts, friendship and blocks of a pair, a group's members; fan-out in bounded
+//!   turns, `notify` for large groups), [`actors::group`] (group operations on a conversation actor),
+//!   [`actors::features`] (edits, reactions, `reactors`, blocks on a conversation actor),
+//!   [`actors::pull`] (a group's pull view: `sync` answered without the actor), [`actors::lane`] (each session worker's low-priority lane for large fan-outs), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
 //! - [`state`]: the pure, deterministic core of durable state changes ([`state::conv`]: a conversation's
-//!   commands, applied to its state with the writes they need listed in order; [`state::user`]: a user's
-//!   conversation and friend indexes). The actors are shells around it; replicas will apply the same
+//!   commands, applied to its state with the writes they need listed in order: messages with replies and
+//!   mentions, reads, recalls, edits, reactions, friendship and blocks of a pair, groups; [`state::user`]: a
+//!   user's conversation and friend indexes, blocks and conversation settings; [`state::settings`]: mute
+//!   and pin, and who wants an `offline_message`). The actors are shells around it; replicas will apply the same
 //!   commands in the same order.
 //! - [`cluster`]: the consistent-hash [`cluster::ring`], the [`cluster::router`] (the one boundary through
 //!   which actors reach each other, local or remote), the [`cluster::peer`] links between nodes and the
@@ -52,6 +55,11 @@
 //! 5. Each session tracks its pushes until the device acknowledges them (cumulative `ack`) and pushes again
 //!    after `ack_timeout_ms`. A device that falls behind gets `notify` instead; one that stops reading is
 //!    disconnected. Offline devices get nothing pushed: they catch up with `convs` and `sync`.
+//!
+//! Edits, reactions, settings and blocks take the same path: a command of the core, its writes, `ok` after
+//! the group commit that covers them, then the pushes. A reaction is a counter and two set entries beside
+//! its message (never a rewrite of it), a mention one index entry per mentioned user; `sync` splices the
+//! counts of a page into its messages from one range scan.
 //!
 //! ## Guarantees
 //! - **Ordering**: a conversation has one actor at a time, which numbers its messages 1, 2, 3, ... with no

@@ -54,7 +54,7 @@ async fn request_accept_and_list() {
         .expect("friends");
     assert_eq!(
         a,
-        json!({"type":"friends","rid":a["rid"],"friends":["bob"],"incoming":[],"outgoing":[]})
+        json!({"type":"friends","rid":a["rid"],"friends":["bob"],"incoming":[],"outgoing":[],"blocked":[]})
     );
     send_text(&mut alice, &dm("alice", "bob"), "c1", "now we can talk").await;
 }

@@ -18,6 +18,7 @@ use proptest::prelude::*;
 use rookery::actors::friendship::FriendOp;
 use rookery::config::StoreConfig;
 use rookery::ids::{Cid, ConvId, UserId};
+use rookery::net::protocol::Mention;
 use rookery::state::conv::{ConvCommand, Rules};
 use rookery::state::replica::{Command, Replica};
 use rookery::state::user::UserCommand;
@@ -34,6 +35,7 @@ fn rules() -> Rules {
         dm_requires_friendship: true,
         max_group_members: 3,
         recall_window_ms: 1000,
+        edit_window_ms: 1000,
     }
 }
 
@@ -48,12 +50,31 @@ fn conv(group: bool) -> ConvId {
 /// One committed entry, with `ts` made non-decreasing by its position in the log.
 fn command(kind: u8, a: usize, b: usize, n: u64, group: bool, ts: u64) -> Command {
     let c = conv(group);
-    let cmd = match kind % 9 {
+    let body = || RawValue::from_string(format!("{{\"text\":\"m{n}\"}}")).expect("body");
+    let cmd = match kind % 12 {
         0..=2 => ConvCommand::Post {
             from: user(a),
             cid: Cid::parse(&format!("c{}", n % 5)).expect("cid"),
             ts,
-            body: RawValue::from_string(format!("{{\"text\":\"m{n}\"}}")).expect("body"),
+            body: body(),
+            reply_to: (n % 3 == 1).then_some(n % 4),
+            mentions: (n % 3 == 2).then(|| vec![Mention::User(user(b))]),
+        },
+        9 => ConvCommand::Edit {
+            user: user(a),
+            seq: n % 6,
+            body: body(),
+            now: ts,
+        },
+        10 => ConvCommand::React {
+            user: user(a),
+            seq: n % 6,
+            emoji: ["👍", "🎉"][b % 2].to_owned(),
+            on: !n.is_multiple_of(3),
+        },
+        11 => ConvCommand::Block {
+            user: user(a % 2),
+            on: n.is_multiple_of(2),
         },
         3 => ConvCommand::Read {
             user: user(a),
@@ -88,9 +109,18 @@ fn command(kind: u8, a: usize, b: usize, n: u64, group: bool, ts: u64) -> Comman
         _ => {
             return Command::User {
                 user: user(a),
-                cmd: match n % 3 {
+                cmd: match n % 5 {
                     0 => UserCommand::AddConv { conv: c },
                     1 => UserCommand::RemoveConv { conv: c },
+                    2 => UserCommand::Block {
+                        other: user(b),
+                        on: n.is_multiple_of(2),
+                    },
+                    3 => UserCommand::SetConvSettings {
+                        conv: c,
+                        muted_until: Some(n % 7),
+                        pinned: Some(n % 2 == 1),
+                    },
                     _ => UserCommand::SetFriend {
                         other: user(b),
                         entry: n.is_multiple_of(2).then_some(FriendEntry::Friend),
@@ -159,13 +189,27 @@ fn snapshot(store: &Store) -> String {
         for json in store.messages_after(&c, 0, 1000).expect("messages") {
             out.push_str(&format!("  {json}\n"));
         }
+        for seq in 0..8 {
+            for emoji in ["👍", "🎉"] {
+                let count = store.reaction_count(&c, seq, emoji).expect("count");
+                if count > 0 {
+                    out.push_str(&format!("  reaction {seq} {emoji} {count}\n"));
+                }
+            }
+        }
+        for i in 0..USERS.len() {
+            let mentions = store.mention_count(&c, &user(i), 0, 100).expect("mentions");
+            out.push_str(&format!("  mentions of {}: {mentions}\n", user(i)));
+        }
     }
     for i in 0..USERS.len() {
         let u = user(i);
         out.push_str(&format!(
-            "{u}: {:?} {:?}\n",
+            "{u}: {:?} {:?} blocks {:?} settings {:?}\n",
             store.user_state(&u).expect("user"),
-            store.user_convs(&u).expect("convs")
+            store.user_convs(&u).expect("convs"),
+            store.blocked(&u).expect("blocks"),
+            store.conv_settings(&u).expect("settings"),
         ));
     }
     out

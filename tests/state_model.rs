@@ -1,10 +1,14 @@
 //! Model test of the conversation core (`rookery::state::conv`) over a real sled store: random sequences of
 //! commands on a direct conversation and a group, with clean restarts and crashes that lose the tail of a
-//! message's writes, checked after every step against a reference written from the contract's rules.
+//! message's writes, checked after every step against a reference written from the contract's rules:
+//! messages (replies, mentions, edits and recalls included), read positions, reaction counts, every user's
+//! mention count and the pair's blocks.
 //!
 //! `PROPTEST_CASES=5000 cargo test --release --test state_model` runs it longer.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use rookery::net::protocol::Mention;
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -21,6 +25,7 @@ const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 const DM: &str = "dm:alice:bob";
 const GROUP: &str = "g:team";
 const WINDOW_MS: u64 = 1000;
+const EDIT_WINDOW_MS: u64 = 2000;
 const MAX_MEMBERS: u64 = 3;
 
 fn rules() -> Rules {
@@ -28,6 +33,7 @@ fn rules() -> Rules {
         dm_requires_friendship: true,
         max_group_members: MAX_MEMBERS,
         recall_window_ms: WINDOW_MS,
+        edit_window_ms: EDIT_WINDOW_MS,
     }
 }
 
@@ -66,6 +72,31 @@ enum Op {
     Leave {
         user: usize,
     },
+    /// A post answering `reply_to` and mentioning `mentions` (index 4 is `*`).
+    PostRefs {
+        group: bool,
+        from: usize,
+        cid: u8,
+        reply_to: Option<u64>,
+        mentions: Vec<usize>,
+    },
+    Edit {
+        group: bool,
+        user: usize,
+        seq: u64,
+        late: bool,
+    },
+    React {
+        group: bool,
+        user: usize,
+        seq: u64,
+        emoji: u8,
+        on: bool,
+    },
+    Block {
+        user: usize,
+        on: bool,
+    },
     Restart,
     /// A post whose writes reach the store only up to `keep` (of cid, message, read), then a crash.
     Crash {
@@ -92,6 +123,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (user.clone(), members, any::<bool>())
             .prop_map(|(user, members, add)| Op::Change { user, members, add }),
         1 => user.clone().prop_map(|user| Op::Leave { user }),
+        3 => (any::<bool>(), user.clone(), 0..6u8, proptest::option::of(0..8u64),
+              proptest::collection::vec(0..=USERS.len(), 0..3))
+            .prop_map(|(group, from, cid, reply_to, mentions)| Op::PostRefs { group, from, cid, reply_to, mentions }),
+        2 => (any::<bool>(), user.clone(), 0..8u64, any::<bool>())
+            .prop_map(|(group, user, seq, late)| Op::Edit { group, user, seq, late }),
+        4 => (any::<bool>(), user.clone(), 0..8u64, 0..3u8, any::<bool>())
+            .prop_map(|(group, user, seq, emoji, on)| Op::React { group, user, seq, emoji, on }),
+        2 => (0..2usize, any::<bool>()).prop_map(|(user, on)| Op::Block { user, on }),
         1 => Just(Op::Restart),
         1 => (any::<bool>(), user, 0..6u8, 0..50u64, 0..3usize)
             .prop_map(|(group, from, cid, ts, keep)| Op::Crash { group, from, cid, ts, keep }),
@@ -108,6 +147,11 @@ struct RefMsg {
     recalled: bool,
     /// A group's system event.
     event: Option<String>,
+    /// The body's text (none for recalled and system messages).
+    text: Option<String>,
+    reply_to: Option<u64>,
+    mentions: Option<Vec<String>>,
+    edited: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +169,10 @@ struct RefConv {
     owner: Option<String>,
     reads: BTreeMap<String, u64>,
     pair: RefPair,
+    /// (seq, emoji) -> who holds it
+    reactions: BTreeMap<(u64, String), BTreeSet<String>>,
+    /// Who of the pair blocks the other.
+    blocks: BTreeSet<String>,
 }
 
 /// What the reference expects of a command.
@@ -150,7 +198,46 @@ impl RefConv {
             owner: None,
             reads: BTreeMap::new(),
             pair: RefPair::None,
+            reactions: BTreeMap::new(),
+            blocks: BTreeSet::new(),
         }
+    }
+
+    fn other(me: &str) -> &'static str {
+        if me == "alice" {
+            "bob"
+        } else {
+            "alice"
+        }
+    }
+
+    /// Unread messages that mention `user` (by name or `*`).
+    fn mentions_of(&self, user: &str) -> u64 {
+        let read = self.reads.get(user).copied().unwrap_or(0);
+        self.msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                *i as u64 >= read
+                    && m.mentions
+                        .as_ref()
+                        .is_some_and(|l| l.iter().any(|x| x == user || x == "*"))
+            })
+            .count() as u64
+    }
+
+    /// Reaction counts by seq (as `sync` shows them: none for recalled messages is the store's business,
+    /// so all are listed here).
+    fn counts(&self) -> BTreeMap<u64, BTreeMap<String, u64>> {
+        let mut out: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((seq, emoji), users) in &self.reactions {
+            if !users.is_empty() {
+                out.entry(*seq)
+                    .or_default()
+                    .insert(emoji.clone(), users.len() as u64);
+            }
+        }
+        out
     }
 
     fn last_ts(&self) -> u64 {
@@ -178,10 +265,14 @@ impl RefConv {
         let ts = ts.max(self.last_ts());
         self.msgs.push(RefMsg {
             from: from.into(),
+            text: event.is_none().then(|| cid.clone()).flatten(),
             cid,
             ts,
             recalled: false,
             event: event.map(str::to_string),
+            reply_to: None,
+            mentions: None,
+            edited: None,
         });
         let seq = self.msgs.len() as u64;
         self.reads.insert(from.into(), seq);
@@ -189,6 +280,17 @@ impl RefConv {
     }
 
     fn post(&mut self, from: &str, cid: &str, ts: u64) -> Expect {
+        self.post_refs(from, cid, ts, None, None)
+    }
+
+    fn post_refs(
+        &mut self,
+        from: &str,
+        cid: &str,
+        ts: u64,
+        reply_to: Option<u64>,
+        mentions: Option<Vec<String>>,
+    ) -> Expect {
         if let Err(code) = self.check_member(from) {
             return Expect::Refused(code);
         }
@@ -199,11 +301,102 @@ impl RefConv {
         if let Some(i) = earlier {
             return Expect::Duplicate(i as u64 + 1, self.msgs[i].ts);
         }
+        if reply_to.is_some_and(|r| r == 0 || r > self.msgs.len() as u64) {
+            return Expect::Refused(ErrorCode::BadRequest);
+        }
+        for m in mentions.iter().flatten() {
+            if m == "*" {
+                if self.group && self.owner.as_deref() != Some(from) {
+                    return Expect::Refused(ErrorCode::Forbidden);
+                }
+            } else if !self.members.contains(m) {
+                return Expect::Refused(ErrorCode::BadRequest);
+            }
+        }
+        if self.blocked(from) {
+            return Expect::Refused(ErrorCode::Forbidden);
+        }
         if !self.group && self.pair != RefPair::Friends {
             return Expect::Refused(ErrorCode::NotFriends);
         }
         let (seq, ts) = self.push(from, Some(cid.into()), ts, None);
+        if let Some(m) = self.msgs.last_mut() {
+            m.reply_to = reply_to;
+            m.mentions = mentions;
+        }
         Expect::New(seq, ts)
+    }
+
+    /// A user the other of the pair blocks writes nothing to it.
+    fn blocked(&self, user: &str) -> bool {
+        !self.group && self.blocks.contains(Self::other(user))
+    }
+
+    fn edit(&mut self, user: &str, seq: u64, now: u64, text: &str) -> Expect {
+        if let Err(code) = self.check_member(user) {
+            return Expect::Refused(code);
+        }
+        if self.blocked(user) {
+            return Expect::Refused(ErrorCode::Forbidden);
+        }
+        let Some(m) = seq
+            .checked_sub(1)
+            .and_then(|i| self.msgs.get_mut(usize::try_from(i).ok()?))
+        else {
+            return Expect::Refused(ErrorCode::NotFound);
+        };
+        if m.from != user
+            || m.recalled
+            || m.event.is_some()
+            || now.saturating_sub(m.ts) > EDIT_WINDOW_MS
+        {
+            return Expect::Refused(ErrorCode::Forbidden);
+        }
+        m.text = Some(text.into());
+        m.edited = Some(now.max(m.ts));
+        Expect::Changed
+    }
+
+    fn react(&mut self, user: &str, seq: u64, emoji: &str, on: bool) -> Expect {
+        if let Err(code) = self.check_member(user) {
+            return Expect::Refused(code);
+        }
+        if self.blocked(user) {
+            return Expect::Refused(ErrorCode::Forbidden);
+        }
+        let Some(m) = seq
+            .checked_sub(1)
+            .and_then(|i| self.msgs.get(usize::try_from(i).ok()?))
+        else {
+            return Expect::Refused(ErrorCode::NotFound);
+        };
+        if m.recalled {
+            return Expect::Refused(ErrorCode::Forbidden);
+        }
+        let holders = self.reactions.entry((seq, emoji.into())).or_default();
+        let changed = if on {
+            holders.insert(user.into())
+        } else {
+            holders.remove(user)
+        };
+        if changed {
+            Expect::Changed
+        } else {
+            Expect::Unchanged
+        }
+    }
+
+    fn block(&mut self, user: &str, on: bool) -> Expect {
+        let changed = if on {
+            self.blocks.insert(user.into())
+        } else {
+            self.blocks.remove(user)
+        };
+        if changed {
+            Expect::Changed
+        } else {
+            Expect::Unchanged
+        }
     }
 
     fn read(&mut self, user: &str, seq: u64) -> Expect {
@@ -236,11 +429,17 @@ impl RefConv {
             return Expect::Unchanged;
         }
         m.recalled = true;
+        m.text = None;
+        m.mentions = None;
+        m.edited = None;
         Expect::Changed
     }
 
     fn friend(&mut self, me: &str, op: u8) -> Expect {
-        let other = if me == "alice" { "bob" } else { "alice" };
+        let other = Self::other(me);
+        if op == 0 && self.blocks.contains(other) {
+            return Expect::Changed; // `ok`, but neither stored nor delivered
+        }
         let from_other = self.pair == RefPair::Pending(other.into());
         let from_me = self.pair == RefPair::Pending(me.into());
         let next = match op {
@@ -355,7 +554,10 @@ fn outcome_of(result: rookery::error::ChatResult<Outcome>) -> Expect {
             Outcome::Group { .. }
             | Outcome::Read { .. }
             | Outcome::Recalled { .. }
-            | Outcome::Friendship(_),
+            | Outcome::Friendship(_)
+            | Outcome::Edited { .. }
+            | Outcome::Reacted { .. }
+            | Outcome::Blocked,
         ) => Expect::Changed,
         Err(e) => Expect::Refused(e.code),
     }
@@ -390,6 +592,14 @@ fn check_stored(store: &Store, live: &Live) {
                 ts: v["ts"].as_u64().expect("ts"),
                 recalled: v["recalled"].as_bool().unwrap_or(false),
                 event: v["system"]["event"].as_str().map(str::to_string),
+                text: v["body"]["text"].as_str().map(str::to_string),
+                reply_to: v["reply_to"].as_u64(),
+                mentions: v["mentions"].as_array().map(|l| {
+                    l.iter()
+                        .map(|m| m.as_str().expect("mention").to_string())
+                        .collect()
+                }),
+                edited: v["edited"].as_u64(),
             }
         })
         .collect();
@@ -418,6 +628,31 @@ fn check_stored(store: &Store, live: &Live) {
     );
     let expected = positive(live.model.reads.clone().into_iter().collect());
     assert_eq!(reads, expected, "read positions of {}", live.conv);
+    let counts = store
+        .reaction_counts(&live.conv, 1, u64::MAX)
+        .expect("reaction counts");
+    assert_eq!(
+        counts,
+        live.model.counts(),
+        "reaction counts of {}",
+        live.conv
+    );
+    let last = live.state.last_seq;
+    for u in USERS {
+        let user = UserId::parse(u).expect("user");
+        let read = live.state.read_seq(&user);
+        let got = store
+            .mention_count(&live.conv, &user, read, last)
+            .expect("mentions");
+        assert_eq!(
+            got,
+            live.model.mentions_of(u),
+            "mentions of {u} in {}",
+            live.conv
+        );
+    }
+    let blocks: BTreeSet<String> = live.state.blocks.iter().map(|u| u.to_string()).collect();
+    assert_eq!(blocks, live.model.blocks, "blocks of {}", live.conv);
 }
 
 fn run(ops: Vec<Op>) {
@@ -458,6 +693,8 @@ fn run(ops: Vec<Op>) {
                     cid: Cid::parse(&cid_text).expect("cid"),
                     ts: clock + ts,
                     body: body(&cid_text),
+                    reply_to: None,
+                    mentions: None,
                 };
                 let (got, writes) = apply(&store, live, cmd);
                 let want = live.model.post(USERS[from], &cid_text, clock + ts);
@@ -577,6 +814,97 @@ fn run(ops: Vec<Op>) {
                 assert_eq!(got, live.model.leave(USERS[u], clock), "leave");
                 store.write_conv(&live.conv, &writes).expect("write");
             }
+            Op::PostRefs {
+                group,
+                from,
+                cid,
+                reply_to,
+                mentions,
+            } => {
+                let live = &mut lives[usize::from(group)];
+                let cid_text = format!("c{cid}");
+                let names: Vec<String> = mentions
+                    .iter()
+                    .map(|m| USERS.get(*m).map_or("*".to_string(), |u| u.to_string()))
+                    .collect();
+                let typed = names
+                    .iter()
+                    .map(|n| match n.as_str() {
+                        "*" => Mention::All,
+                        u => Mention::User(UserId::parse(u).expect("user")),
+                    })
+                    .collect();
+                let cmd = ConvCommand::Post {
+                    from: user(from),
+                    cid: Cid::parse(&cid_text).expect("cid"),
+                    ts: clock,
+                    body: body(&cid_text),
+                    reply_to,
+                    mentions: Some(typed),
+                };
+                let (got, writes) = apply(&store, live, cmd);
+                let want =
+                    live.model
+                        .post_refs(USERS[from], &cid_text, clock, reply_to, Some(names));
+                assert_eq!(
+                    got, want,
+                    "post with refs by {} to {}",
+                    USERS[from], live.conv
+                );
+                store.write_conv(&live.conv, &writes).expect("write");
+            }
+            Op::Edit {
+                group,
+                user: u,
+                seq,
+                late,
+            } => {
+                let live = &mut lives[usize::from(group)];
+                let sent_at = seq
+                    .checked_sub(1)
+                    .and_then(|i| live.model.msgs.get(usize::try_from(i).ok()?))
+                    .map_or(clock, |m| m.ts);
+                let now = if late {
+                    sent_at + EDIT_WINDOW_MS + 1
+                } else {
+                    sent_at + 3
+                };
+                let text = format!("e{now}");
+                let cmd = ConvCommand::Edit {
+                    user: user(u),
+                    seq,
+                    body: body(&text),
+                    now,
+                };
+                let (got, writes) = apply(&store, live, cmd);
+                assert_eq!(got, live.model.edit(USERS[u], seq, now, &text), "edit");
+                store.write_conv(&live.conv, &writes).expect("write");
+            }
+            Op::React {
+                group,
+                user: u,
+                seq,
+                emoji,
+                on,
+            } => {
+                let live = &mut lives[usize::from(group)];
+                let emoji = ["+1", "ok", "\u{1f600}"][usize::from(emoji)];
+                let cmd = ConvCommand::React {
+                    user: user(u),
+                    seq,
+                    emoji: emoji.into(),
+                    on,
+                };
+                let (got, writes) = apply(&store, live, cmd);
+                assert_eq!(got, live.model.react(USERS[u], seq, emoji, on), "react");
+                store.write_conv(&live.conv, &writes).expect("write");
+            }
+            Op::Block { user: u, on } => {
+                let live = &mut lives[0];
+                let (got, writes) = apply(&store, live, ConvCommand::Block { user: user(u), on });
+                assert_eq!(got, live.model.block(USERS[u], on), "block");
+                store.write_conv(&live.conv, &writes).expect("write");
+            }
             Op::Restart => store = restart(store, &mut lives),
             Op::Crash {
                 group,
@@ -592,6 +920,8 @@ fn run(ops: Vec<Op>) {
                     cid: Cid::parse(&cid_text).expect("cid"),
                     ts: clock + ts,
                     body: body(&cid_text),
+                    reply_to: None,
+                    mentions: None,
                 };
                 let live = &mut lives[idx];
                 let (got, mut writes) = apply(&store, live, cmd);
@@ -738,6 +1068,43 @@ fn a_walk_through_every_rule() {
             ts: 0,
             keep: 2,
         },
+        Op::PostRefs {
+            group: true,
+            from: 0,
+            cid: 4,
+            reply_to: Some(1),
+            mentions: vec![3, 4],
+        },
+        Op::React {
+            group: true,
+            user: 3,
+            seq: 7,
+            emoji: 0,
+            on: true,
+        },
+        Op::Edit {
+            group: true,
+            user: 0,
+            seq: 7,
+            late: false,
+        },
+        Op::Restart,
+        Op::Read {
+            group: true,
+            user: 3,
+            seq: 7,
+        },
+        Op::Block { user: 1, on: true },
+        Op::Post {
+            group: false,
+            from: 0,
+            cid: 5,
+            ts: 0,
+        },
+        Op::Friend { user: 0, op: 3 },
+        Op::Friend { user: 0, op: 0 },
+        Op::Block { user: 0, on: true },
+        Op::Friend { user: 1, op: 0 },
         Op::Post {
             group: true,
             from: 0,

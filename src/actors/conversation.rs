@@ -28,7 +28,7 @@ use crate::cluster::pulls::{FetchMany, FetchedMany};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{Cid, ConvId, DeviceId, UserId};
-use crate::net::protocol::{self, ConvSummary, ReceiptDetail, ServerFrame};
+use crate::net::protocol::{self, ConvSummary, Mention, ReceiptDetail, ServerFrame};
 use crate::net::ws::WireFrame;
 pub use crate::state::conv::Posted;
 use crate::state::conv::{Appended, ConvCommand, ConvState, Outcome, Rules, Write};
@@ -42,6 +42,12 @@ pub struct Post {
     pub device: DeviceId,
     pub cid: Cid,
     pub body: Box<RawValue>,
+    /// The earlier message this one answers.
+    #[serde(default)]
+    pub reply_to: Option<u64>,
+    /// Members it mentions (or everyone).
+    #[serde(default)]
+    pub mentions: Option<Vec<Mention>>,
 }
 
 /// A device of `user` has received everything up to `seq`.
@@ -401,6 +407,10 @@ impl ConvActor {
                     if let Some(view) = &self.view {
                         view.publish(posted.seq, protocol::raw(p.json.clone()));
                     }
+                    if self.is_large() {
+                        // mentioned members get the message itself (the others a `notify`, below)
+                        self.push_mentioned(ctx, &p.json, posted.seq, &p.frame, &p.from, &p.device);
+                    }
                     self.last_json = Some(p.json);
                     if self.is_large() {
                         self.notify_members(ctx);
@@ -555,6 +565,38 @@ impl ConvActor {
         self.enqueue(ctx, Done::Posted { tx, posted, fanout });
     }
 
+    /// Answers once everything written so far is durable, then delivers `frame` (if any) to `recipients`'
+    /// devices (but `except`), in order with the conversation's other pushes.
+    pub(super) fn reply_when_durable(
+        &mut self,
+        ctx: &mut Context<Self>,
+        frame: Option<WireFrame>,
+        recipients: Vec<UserId>,
+        except: Option<(UserId, DeviceId)>,
+    ) -> ResponseFuture<ChatResult<()>> {
+        let fanout = frame.map(|frame| Delivery {
+            recipients,
+            frame,
+            except,
+        });
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(ctx, Done::Replied { tx, fanout });
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
+        })
+    }
+
+    /// Message `seq` was rewritten (edited, or its reactions changed): `rendered` is what pulls return.
+    pub(super) fn replaced(&mut self, seq: u64, json: &str, rendered: String) {
+        if let (Some(view), Some(raw)) = (&self.view, protocol::raw(rendered)) {
+            view.replace(seq, raw);
+        }
+        if seq == self.published_seq {
+            self.last_json = Some(json.to_string());
+        }
+    }
+
     fn stored(&self, seq: u64) -> ChatResult<String> {
         if seq == 0 || seq > self.state.last_seq {
             return Err(ChatError::not_found(format!(
@@ -626,6 +668,8 @@ impl Handler<Post> for ConvActor {
             cid: msg.cid,
             ts: now_ms(),
             body: msg.body,
+            reply_to: msg.reply_to,
+            mentions: msg.mentions,
         };
         let (tx, rx) = oneshot::channel();
         match self.execute(cmd) {
@@ -694,17 +738,19 @@ impl Handler<Fetch> for ConvActor {
                 let limit = msg
                     .limit
                     .min(usize::try_from(published - after).unwrap_or(usize::MAX));
-                raws(
-                    self.router
-                        .store()
-                        .messages_after(&self.state.id, after, limit)?,
-                )
+                raws(self.with_reactions(self.router.store().messages_after(
+                    &self.state.id,
+                    after,
+                    limit,
+                )?)?)
             }
-            Range::Before(before) => raws(self.router.store().messages_before(
-                &self.state.id,
-                before.min(published + 1),
-                msg.limit,
-            )?),
+            Range::Before(before) => {
+                raws(self.with_reactions(self.router.store().messages_before(
+                    &self.state.id,
+                    before.min(published + 1),
+                    msg.limit,
+                )?)?)
+            }
         };
         Ok(Fetched {
             msgs,
@@ -763,6 +809,14 @@ impl Handler<Summarize> for ConvActor {
             .copied()
             .unwrap_or(0)
             .min(published);
+        let mentions = self
+            .router
+            .store()
+            .mention_count(&self.state.id, &msg.user, read_seq, published)
+            .unwrap_or_else(|e| {
+                tracing::error!(conv = %self.state.id, error = %e, "cannot count mentions");
+                0
+            });
         Some(Summary {
             entry: ConvSummary {
                 conv: self.state.id.clone(),
@@ -770,6 +824,10 @@ impl Handler<Summarize> for ConvActor {
                 read_seq,
                 unread: published - read_seq,
                 last: self.last_json.clone().and_then(protocol::raw),
+                mentions,
+                // the user's own settings are the user actor's; the session fills them in
+                muted_until: 0,
+                pinned: false,
             },
             last_activity_us: self.last_activity_us,
         })
@@ -855,7 +913,7 @@ impl Handler<Typing> for ConvActor {
             .state
             .members
             .iter()
-            .filter(|m| **m != msg.user)
+            .filter(|m| **m != msg.user && !self.state.blocks(m, &msg.user))
             .cloned()
             .collect();
         self.fan_out(ctx, others, Outbound::Frame(frame), None);

@@ -3,10 +3,12 @@
 //! - [`session`]: one per WebSocket connection, on the node the client reached.
 //! - [`user`]: one per user, on the user's owner node: devices, presence, friend and conversation indexes.
 //! - [`conversation`]: one per direct conversation, on its owner node: seq, messages, receipts, friendship.
+//!   [`group`] and [`features`] (edits, reactions, blocks of a pair) hold more of its messages.
 //! - [`friendship`], [`delivery`], [`limits`]: pure state machines the actors use (unit-tested without actors).
 
 pub mod conversation;
 pub mod delivery;
+pub mod features;
 pub mod friendship;
 pub mod group;
 pub mod lane;

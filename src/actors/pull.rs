@@ -68,7 +68,12 @@ impl PullView {
         }
     }
 
-    /// Message `seq` was rewritten (recalled).
+    /// Does the window hold message `seq` (so a rewrite of it must reach the view)?
+    pub fn covers(&self, seq: u64) -> bool {
+        self.read().recent.iter().any(|(s, _)| *s == seq)
+    }
+
+    /// Message `seq` was rewritten (recalled, edited, reacted to).
     pub fn replace(&self, seq: u64, raw: Box<RawValue>) {
         if let Some(entry) = self.write().recent.iter_mut().find(|(s, _)| *s == seq) {
             entry.1 = raw;

@@ -17,11 +17,13 @@ use crate::actors::conversation::{
     Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Range, Recall, Summarize, Typing,
 };
 use crate::actors::delivery::{Track, Tracker};
+use crate::actors::features::{CheckMember, EditMessage, GetReactors, React, SetBlock};
 use crate::actors::friendship::FriendOp;
 use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, GroupView, LeaveGroup};
 use crate::actors::lane::Lane;
 use crate::actors::limits::{jittered, Deadline, TokenBucket, Window};
-use crate::actors::user::{Connect, Disconnect, ListConvs, ListFriends};
+use crate::actors::now_ms;
+use crate::actors::user::{Connect, Disconnect, ListConvEntries, ListFriends, SetConvSettings};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{ConvId, DeviceId, UserId};
@@ -470,7 +472,13 @@ impl SessionActor {
             ClientFrame::Auth { .. } => {
                 self.error(ctx, rid, &ChatError::bad_request("already authenticated"));
             }
-            ClientFrame::Send { cid, conv, body } => {
+            ClientFrame::Send {
+                cid,
+                conv,
+                body,
+                reply_to,
+                mentions,
+            } => {
                 if !self.sends.try_take(Instant::now()) {
                     return self.error(
                         ctx,
@@ -494,6 +502,8 @@ impl SessionActor {
                     device,
                     cid: cid.clone(),
                     body,
+                    reply_to,
+                    mentions,
                 };
                 // enqueued now, so a connection's sends are numbered in the order they arrived
                 let reply = router.ask_conv(&conv, post);
@@ -578,18 +588,28 @@ impl SessionActor {
             }
             ClientFrame::Convs => {
                 let fut = async move {
-                    let convs = router.ask_user(&user, ListConvs).await?;
+                    let convs = router.ask_user(&user, ListConvEntries).await?;
                     let asks = convs
                         .iter()
-                        .map(|c| router.ask_conv(c, Summarize { user: user.clone() }));
+                        .map(|(c, _)| router.ask_conv(c, Summarize { user: user.clone() }));
+                    let now = now_ms();
                     let mut list: Vec<_> = join_all(asks)
                         .await
                         .into_iter()
-                        .filter_map(|r| r.ok().flatten())
+                        .zip(&convs)
+                        .filter_map(|(r, (_, settings))| {
+                            let mut summary = r.ok().flatten()?;
+                            summary.entry.muted_until = settings.muted_until_at(now);
+                            summary.entry.pinned = settings.pinned;
+                            Some(summary)
+                        })
                         .collect();
+                    // pinned conversations first, each part most recent first
                     list.sort_by(|a, b| {
-                        b.last_activity_us
-                            .cmp(&a.last_activity_us)
+                        b.entry
+                            .pinned
+                            .cmp(&a.entry.pinned)
+                            .then(b.last_activity_us.cmp(&a.last_activity_us))
                             .then(a.entry.conv.cmp(&b.entry.conv))
                     });
                     Ok(list.into_iter().map(|s| s.entry).collect())
@@ -653,6 +673,7 @@ impl SessionActor {
                         friends: list.friends,
                         incoming: list.incoming,
                         outgoing: list.outgoing,
+                        blocked: list.blocked,
                     };
                     act.reply(ctx, frame);
                 });
@@ -735,7 +756,114 @@ impl SessionActor {
                     act.reply(ctx, ServerFrame::Ok { rid })
                 });
             }
+            ClientFrame::Edit { conv, seq, body } => {
+                if !self.sends.try_take(Instant::now()) {
+                    return self.error(
+                        ctx,
+                        rid,
+                        &ChatError::new(ErrorCode::RateLimited, "too many messages"),
+                    );
+                }
+                let json = serde_json::Value::Object(body).to_string();
+                let max = self.router.config().limits.max_body_bytes;
+                if json.len() > max {
+                    let e =
+                        ChatError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
+                    return self.error(ctx, rid, &e);
+                }
+                let Ok(body) = RawValue::from_string(json) else {
+                    return self.error(ctx, rid, &ChatError::bad_request("body is not JSON"));
+                };
+                let edit = EditMessage {
+                    user,
+                    device,
+                    seq,
+                    body,
+                };
+                let reply = router.ask_conv(&conv, edit);
+                self.ok_when(ctx, rid, async move { reply.await? });
+            }
+            ClientFrame::React {
+                conv,
+                seq,
+                emoji,
+                on,
+            } => {
+                if !self.sends.try_take(Instant::now()) {
+                    return self.error(
+                        ctx,
+                        rid,
+                        &ChatError::new(ErrorCode::RateLimited, "too many reactions"),
+                    );
+                }
+                let react = React {
+                    user,
+                    device,
+                    seq,
+                    emoji,
+                    on,
+                };
+                let reply = router.ask_conv(&conv, react);
+                self.ok_when(ctx, rid, async move { reply.await? });
+            }
+            ClientFrame::Reactors { conv, seq, emoji } => {
+                let ask = GetReactors {
+                    user,
+                    seq,
+                    emoji: emoji.clone(),
+                };
+                let reply = router.ask_conv(&conv, ask);
+                let fut = async move { Ok((conv, reply.await??)) };
+                self.request(ctx, rid, fut, move |act, ctx, rid, (conv, users)| {
+                    let frame = ServerFrame::Reactors {
+                        rid,
+                        conv,
+                        seq,
+                        emoji,
+                        users,
+                    };
+                    act.reply(ctx, frame);
+                });
+            }
+            ClientFrame::ConvSettings {
+                conv,
+                muted_until,
+                pinned,
+            } => {
+                // a member's own settings: checked by the conversation, kept by the user
+                let member = router.ask_conv(&conv, CheckMember { user: user.clone() });
+                let fut = async move {
+                    member.await??;
+                    let set = SetConvSettings {
+                        conv,
+                        device,
+                        muted_until,
+                        pinned,
+                    };
+                    router.ask_user(&user, set).await
+                };
+                self.ok_when(ctx, rid, fut);
+            }
+            ClientFrame::Block { user: other, on } => {
+                let Some(conv) = ConvId::direct(&user, &other) else {
+                    return self.error(ctx, rid, &ChatError::bad_request("that is yourself"));
+                };
+                let reply = router.ask_conv(&conv, SetBlock { user, on });
+                self.ok_when(ctx, rid, async move { reply.await? });
+            }
         }
+    }
+
+    /// Runs a request whose success is answered with `ok`.
+    fn ok_when(
+        &mut self,
+        ctx: &mut Context<Self>,
+        rid: Option<Rid>,
+        fut: impl Future<Output = ChatResult<()>> + 'static,
+    ) {
+        self.request(ctx, rid, fut, |act, ctx, rid, ()| {
+            act.reply(ctx, ServerFrame::Ok { rid })
+        });
     }
 
     fn friendship(

@@ -1,6 +1,8 @@
 //! `UserActor`: one per user, on the node that owns the user. Owns the user's live devices (which session
-//! serves each), the user's friend index and conversation index, and presence. It never stores messages and
-//! never decides friendship (the pair's conversation does); it only fans frames out to the user's devices.
+//! serves each), the user's friend index and conversation index, the user's blocks and settings of each
+//! conversation (mute, pin), and presence (none pushed from a blocked user). It never stores messages and
+//! never decides friendship or a block (the pair's conversation does); it only fans frames out to the
+//! user's devices.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use crate::cluster::Router;
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
 use crate::net::ws::WireFrame;
+use crate::state::settings::ConvSettings;
 use crate::state::user::{UserCommand, UserState, UserWrite};
 use crate::store::FriendEntry;
 
@@ -74,7 +77,35 @@ pub struct FriendsList {
     pub friends: Vec<UserId>,
     pub incoming: Vec<IncomingRequest>,
     pub outgoing: Vec<OutgoingRequest>,
+    /// The users this user blocks.
+    #[serde(default)]
+    pub blocked: Vec<UserId>,
 }
+
+/// The user blocks (`on`) `other`, or no longer does (the pair's conversation decided it); answered once
+/// durable.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct SetBlocked {
+    pub other: UserId,
+    pub on: bool,
+}
+
+/// The user's settings of `conv` (fields left out stay as they are), pushed as `conv_settings` to the
+/// user's devices but `device`; answered once durable.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct SetConvSettings {
+    pub conv: ConvId,
+    pub device: DeviceId,
+    pub muted_until: Option<u64>,
+    pub pinned: Option<bool>,
+}
+
+/// The user's conversations with the user's settings of each (for `convs`).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Vec<(ConvId, ConvSettings)>")]
+pub struct ListConvEntries;
 
 /// A friend came online or went offline.
 #[derive(Message, Serialize, Deserialize)]
@@ -277,7 +308,10 @@ impl Handler<ListFriends> for UserActor {
     type Result = MessageResult<ListFriends>;
     fn handle(&mut self, _: ListFriends, _: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        let mut list = FriendsList::default();
+        let mut list = FriendsList {
+            blocked: self.state.blocked.iter().cloned().collect(),
+            ..FriendsList::default()
+        };
         for (other, entry) in &self.state.friends {
             match entry {
                 FriendEntry::Friend => list.friends.push(other.clone()),
@@ -298,8 +332,8 @@ impl Handler<ListFriends> for UserActor {
 impl Handler<PresenceChanged> for UserActor {
     type Result = ();
     fn handle(&mut self, msg: PresenceChanged, _: &mut Context<Self>) {
-        // Only friends see presence; the friend index is the authority here.
-        if self.state.is_friend(&msg.user) {
+        // Only friends see presence, and not from users this one blocks; the friend index is the authority.
+        if self.state.is_friend(&msg.user) && !self.state.blocks(&msg.user) {
             let frame = ServerFrame::Presence {
                 user: msg.user,
                 online: msg.online,
@@ -309,5 +343,58 @@ impl Handler<PresenceChanged> for UserActor {
                 &frame.to_json(),
             )));
         }
+    }
+}
+
+impl Handler<SetBlocked> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: SetBlocked, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.execute(UserCommand::Block {
+            other: msg.other,
+            on: msg.on,
+        });
+        self.durable()
+    }
+}
+
+impl Handler<SetConvSettings> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: SetConvSettings, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let before = self.state.settings_of(&msg.conv);
+        self.execute(UserCommand::SetConvSettings {
+            conv: msg.conv.clone(),
+            muted_until: msg.muted_until,
+            pinned: msg.pinned,
+        });
+        let after = self.state.settings_of(&msg.conv);
+        if after != before && !self.devices.is_empty() {
+            let frame = ServerFrame::ConvSettings {
+                conv: msg.conv,
+                muted_until: after.muted_until,
+                pinned: after.pinned,
+            };
+            let out = Outbound::Frame(WireFrame::text(frame.kind(), &frame.to_json()));
+            self.router.push_to_user(&self.id, &out, Some(&msg.device));
+        }
+        self.durable()
+    }
+}
+
+impl Handler<ListConvEntries> for UserActor {
+    type Result = MessageResult<ListConvEntries>;
+    fn handle(&mut self, _: ListConvEntries, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let convs: Vec<ConvId> = self.convs().iter().cloned().collect();
+        MessageResult(
+            convs
+                .into_iter()
+                .map(|c| {
+                    let settings = self.state.settings_of(&c);
+                    (c, settings)
+                })
+                .collect(),
+        )
     }
 }

@@ -17,10 +17,12 @@ use super::pulls::FetchMany;
 use crate::actors::conversation::{
     Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Recall, Summarize, Typing,
 };
+use crate::actors::features::{CheckMember, EditMessage, GetReactors, React, SetBlock};
 use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup};
 use crate::actors::session::Outbound;
 use crate::actors::user::{
-    AddConv, Connect, Disconnect, ListConvs, ListFriends, PresenceChanged, RemoveConv, SetFriend,
+    AddConv, Connect, Disconnect, ListConvEntries, ListConvs, ListFriends, PresenceChanged,
+    RemoveConv, SetBlocked, SetConvSettings, SetFriend,
 };
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
@@ -261,7 +263,11 @@ remote_messages! {
     conv: [
         Post, Ack, Fetch, Summarize, MarkRead, GetReceipts, Typing, Recall, Friendship,
         CreateGroup, ChangeMembers, LeaveGroup, DescribeGroup,
+        EditMessage, React, GetReactors, CheckMember, SetBlock,
     ],
-    user: [Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends],
+    user: [
+        Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends,
+        SetBlocked, SetConvSettings, ListConvEntries,
+    ],
     tell_user: [Disconnect, PresenceChanged],
 }

@@ -49,6 +49,12 @@ pub enum ClientFrame {
         cid: Cid,
         conv: ConvId,
         body: Map<String, Value>,
+        /// An earlier message of the same conversation this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        /// Members this message mentions (or everyone, `"*"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mentions: Option<Vec<Mention>>,
     },
     /// Cumulative acknowledgement of pushed messages up to `seq`.
     Ack { conv: ConvId, seq: u64 },
@@ -109,6 +115,35 @@ pub enum ClientFrame {
     Typing { conv: ConvId },
     /// Recall one's own message within `recall_window_s`; answered with `ok`.
     Recall { conv: ConvId, seq: u64 },
+    /// Replace the body of one's own message within `edit_window_s`; answered with `ok`.
+    Edit {
+        conv: ConvId,
+        seq: u64,
+        body: Map<String, Value>,
+    },
+    /// Add (`on`) or take back a reaction to message `seq`; answered with `ok`.
+    React {
+        conv: ConvId,
+        seq: u64,
+        emoji: String,
+        on: bool,
+    },
+    /// Who reacted to message `seq` with `emoji`; answered with `reactors`.
+    Reactors {
+        conv: ConvId,
+        seq: u64,
+        emoji: String,
+    },
+    /// The user's own settings of a conversation (mute, pin); answered with `ok`.
+    ConvSettings {
+        conv: ConvId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        muted_until: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pinned: Option<bool>,
+    },
+    /// Block (`on`) or unblock `user`; answered with `ok`.
+    Block { user: UserId, on: bool },
 }
 
 impl ClientFrame {
@@ -135,12 +170,17 @@ impl ClientFrame {
             ClientFrame::GroupInfo { .. } => "group_info",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Recall { .. } => "recall",
+            ClientFrame::Edit { .. } => "edit",
+            ClientFrame::React { .. } => "react",
+            ClientFrame::Reactors { .. } => "reactors",
+            ClientFrame::ConvSettings { .. } => "conv_settings",
+            ClientFrame::Block { .. } => "block",
         }
     }
 }
 
 /// Every client frame `type`, for metrics labels.
-pub const CLIENT_FRAME_KINDS: [&str; 20] = [
+pub const CLIENT_FRAME_KINDS: [&str; 25] = [
     "auth",
     "ping",
     "send",
@@ -161,6 +201,11 @@ pub const CLIENT_FRAME_KINDS: [&str; 20] = [
     "group_info",
     "typing",
     "recall",
+    "edit",
+    "react",
+    "reactors",
+    "conv_settings",
+    "block",
 ];
 
 #[derive(Deserialize)]
@@ -236,6 +281,49 @@ fn strip_position(msg: &str) -> &str {
     msg.split(" at line ").next().unwrap_or(msg)
 }
 
+/// One entry of a message's `mentions`: a member, or `"*"` (everyone).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mention {
+    All,
+    User(UserId),
+}
+
+impl Mention {
+    /// Does this entry mention `user`?
+    pub fn names(&self, user: &UserId) -> bool {
+        match self {
+            Mention::All => true,
+            Mention::User(u) => u == user,
+        }
+    }
+
+    /// `"*"` or the user id.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Mention::All => "*",
+            Mention::User(u) => u.as_str(),
+        }
+    }
+}
+
+impl Serialize for Mention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Mention {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "*" {
+            return Ok(Mention::All);
+        }
+        UserId::parse(&text)
+            .map(Mention::User)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A stored (and pushed) message, exactly as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
@@ -247,10 +335,28 @@ pub struct Message {
     pub ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Box<RawValue>>,
+    /// The earlier message this one answers (as sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Who this message mentions (as sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<Vec<Mention>>,
+    /// When the body was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recalled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<Value>,
+}
+
+impl Message {
+    /// Does this message mention `user` (by name or `"*"`)?
+    pub fn mentions_user(&self, user: &UserId) -> bool {
+        self.mentions
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|m| m.names(user)))
+    }
 }
 
 /// One entry of a `convs` reply.
@@ -261,6 +367,15 @@ pub struct ConvSummary {
     pub read_seq: u64,
     pub unread: u64,
     pub last: Option<Box<RawValue>>,
+    /// Unread messages that mention the user (by name or `"*"`).
+    #[serde(default)]
+    pub mentions: u64,
+    /// The user's mute: until this time (0 when not muted).
+    #[serde(default)]
+    pub muted_until: u64,
+    /// The user pinned this conversation.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +473,7 @@ pub enum ServerFrame {
         friends: Vec<UserId>,
         incoming: Vec<IncomingRequest>,
         outgoing: Vec<OutgoingRequest>,
+        blocked: Vec<UserId>,
     },
     Group {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -381,6 +497,37 @@ pub enum ServerFrame {
         conv: ConvId,
         seq: u64,
         by: UserId,
+    },
+    /// Message `seq` has a new body (`edited` is when).
+    Edited {
+        conv: ConvId,
+        seq: u64,
+        by: UserId,
+        body: Box<RawValue>,
+        edited: u64,
+    },
+    /// `user` added (`on`) or took back a reaction.
+    Reaction {
+        conv: ConvId,
+        seq: u64,
+        user: UserId,
+        emoji: String,
+        on: bool,
+    },
+    /// The users who reacted to message `seq` with `emoji` (sorted, at most 1000).
+    Reactors {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<Rid>,
+        conv: ConvId,
+        seq: u64,
+        emoji: String,
+        users: Vec<UserId>,
+    },
+    /// The user's settings of `conv` changed (on another of the user's devices).
+    ConvSettings {
+        conv: ConvId,
+        muted_until: u64,
+        pinned: bool,
     },
 }
 
@@ -427,6 +574,10 @@ impl ServerFrame {
             ServerFrame::Typing { .. } => "typing",
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::Recalled { .. } => "recalled",
+            ServerFrame::Edited { .. } => "edited",
+            ServerFrame::Reaction { .. } => "reaction",
+            ServerFrame::Reactors { .. } => "reactors",
+            ServerFrame::ConvSettings { .. } => "conv_settings",
         }
     }
 
@@ -447,7 +598,7 @@ impl ServerFrame {
 }
 
 /// Every server frame `type`, for metrics labels (`msg` is the spliced push).
-pub const SERVER_FRAME_KINDS: [&str; 20] = [
+pub const SERVER_FRAME_KINDS: [&str; 24] = [
     "welcome",
     "error",
     "pong",
@@ -468,6 +619,10 @@ pub const SERVER_FRAME_KINDS: [&str; 20] = [
     "typing",
     "presence",
     "recalled",
+    "edited",
+    "reaction",
+    "reactors",
+    "conv_settings",
 ];
 
 /// Encodes a message for storage: the exact JSON object clients receive.
@@ -482,6 +637,33 @@ pub fn msg_frame(stored: &str) -> String {
     out.push_str("{\"type\":\"msg\",");
     out.push_str(inner);
     out
+}
+
+/// A stored message with its reaction counts (`"reactions":{"👍":3}`) spliced in, as `sync` returns it;
+/// unchanged when there are none or the message was recalled.
+pub fn with_reactions(stored: String, counts: &std::collections::BTreeMap<String, u64>) -> String {
+    let counts: Map<String, Value> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(e, n)| (e.clone(), Value::from(*n)))
+        .collect();
+    if counts.is_empty() || is_recalled(&stored) {
+        return stored;
+    }
+    let Some(head) = stored.strip_suffix('}') else {
+        return stored;
+    };
+    let mut out = String::with_capacity(stored.len() + 32);
+    out.push_str(head);
+    out.push_str(",\"reactions\":");
+    out.push_str(&Value::Object(counts).to_string());
+    out.push('}');
+    out
+}
+
+/// Is this stored message recalled? (`recalled` is its last field but `system`, which no body can fake.)
+pub fn is_recalled(stored: &str) -> bool {
+    stored.ends_with("\"recalled\":true}") || stored.contains("\"recalled\":true,\"system\":")
 }
 
 /// Wraps stored message JSON for a `msgs` or `convs` reply (the bytes were produced by [`encode_message`]).
@@ -531,6 +713,16 @@ mod tests {
             r#"{"type":"group_info","rid":8,"conv":"g:team","members":true}"#,
             r#"{"type":"typing","conv":"dm:alice:bob"}"#,
             r#"{"type":"recall","rid":9,"conv":"dm:alice:bob","seq":7}"#,
+            r#"{"type":"send","rid":1,"cid":"c-82","conv":"g:team","body":{"text":"hi"},"reply_to":7,"mentions":["bob","carol"]}"#,
+            r#"{"type":"send","rid":1,"cid":"c-83","conv":"g:team","body":{"text":"all"},"mentions":["*"]}"#,
+            r#"{"type":"edit","rid":1,"conv":"dm:alice:bob","seq":7,"body":{"text":"fixed"}}"#,
+            r#"{"type":"react","rid":1,"conv":"dm:alice:bob","seq":7,"emoji":"👍","on":true}"#,
+            r#"{"type":"react","rid":1,"conv":"dm:alice:bob","seq":7,"emoji":"👍","on":false}"#,
+            r#"{"type":"reactors","rid":2,"conv":"dm:alice:bob","seq":7,"emoji":"👍"}"#,
+            r#"{"type":"conv_settings","rid":1,"conv":"g:team","muted_until":1763800000123,"pinned":true}"#,
+            r#"{"type":"conv_settings","rid":1,"conv":"g:team","muted_until":0}"#,
+            r#"{"type":"conv_settings","rid":1,"conv":"g:team","pinned":false}"#,
+            r#"{"type":"block","rid":1,"user":"bob","on":true}"#,
         ] {
             roundtrip(text);
         }
@@ -558,6 +750,23 @@ mod tests {
             ),
             (r#"{"type":"ack","conv":"dm:alice:bob","seq":-1}"#, None),
             (r#"{"type":"ping","rid":1.5}"#, None),
+            (
+                r#"{"type":"send","rid":7,"cid":"c","conv":"g:team","body":{},"mentions":["a b"]}"#,
+                Some(json!(7)),
+            ),
+            (
+                r#"{"type":"send","rid":8,"cid":"c","conv":"g:team","body":{},"reply_to":-1}"#,
+                Some(json!(8)),
+            ),
+            (
+                r#"{"type":"react","rid":9,"conv":"g:team","seq":1,"emoji":"x"}"#,
+                Some(json!(9)),
+            ),
+            (r#"{"type":"block","rid":10,"user":"bob"}"#, Some(json!(10))),
+            (
+                r#"{"type":"edit","rid":11,"conv":"g:team","seq":1,"body":"x"}"#,
+                Some(json!(11)),
+            ),
         ];
         for (text, rid) in cases {
             let err = parse_client_frame(text).expect_err(text);
@@ -678,8 +887,63 @@ mod tests {
                         to: user("dave"),
                         note: "".into(),
                     }],
+                    blocked: vec![user("eve")],
                 },
-                json!({"type":"friends","rid":6,"friends":["bob"],"incoming":[{"from":"carol","note":"yo"}],"outgoing":[{"to":"dave","note":""}]}),
+                json!({"type":"friends","rid":6,"friends":["bob"],"incoming":[{"from":"carol","note":"yo"}],"outgoing":[{"to":"dave","note":""}],"blocked":["eve"]}),
+            ),
+            (
+                ServerFrame::Edited {
+                    conv: conv(),
+                    seq: 7,
+                    by: user("alice"),
+                    body: raw(r#"{"text":"fixed"}"#.into()).expect("raw"),
+                    edited: 1_763_800_000_999,
+                },
+                json!({"type":"edited","conv":"dm:alice:bob","seq":7,"by":"alice","body":{"text":"fixed"},"edited":1_763_800_000_999u64}),
+            ),
+            (
+                ServerFrame::Reaction {
+                    conv: conv(),
+                    seq: 7,
+                    user: user("bob"),
+                    emoji: "👍".into(),
+                    on: true,
+                },
+                json!({"type":"reaction","conv":"dm:alice:bob","seq":7,"user":"bob","emoji":"👍","on":true}),
+            ),
+            (
+                ServerFrame::Reactors {
+                    rid: Some(Rid::int(2)),
+                    conv: conv(),
+                    seq: 7,
+                    emoji: "👍".into(),
+                    users: vec![user("alice"), user("bob")],
+                },
+                json!({"type":"reactors","rid":2,"conv":"dm:alice:bob","seq":7,"emoji":"👍","users":["alice","bob"]}),
+            ),
+            (
+                ServerFrame::ConvSettings {
+                    conv: conv(),
+                    muted_until: 1_763_800_000_123,
+                    pinned: true,
+                },
+                json!({"type":"conv_settings","conv":"dm:alice:bob","muted_until":1_763_800_000_123u64,"pinned":true}),
+            ),
+            (
+                ServerFrame::Convs {
+                    rid: Some(Rid::int(3)),
+                    convs: vec![ConvSummary {
+                        conv: conv(),
+                        last_seq: 9,
+                        read_seq: 7,
+                        unread: 2,
+                        last: None,
+                        mentions: 1,
+                        muted_until: 0,
+                        pinned: true,
+                    }],
+                },
+                json!({"type":"convs","rid":3,"convs":[{"conv":"dm:alice:bob","last_seq":9,"read_seq":7,"unread":2,"last":null,"mentions":1,"muted_until":0,"pinned":true}]}),
             ),
             (
                 ServerFrame::Group {
@@ -735,6 +999,9 @@ mod tests {
             cid: Some(Cid::parse("c-81").expect("valid")),
             ts: 1_763_800_000_123,
             body: raw(r#"{"text":"hi"}"#.to_string()),
+            reply_to: None,
+            mentions: None,
+            edited: None,
             recalled: false,
             system: None,
         };
@@ -771,6 +1038,57 @@ mod tests {
         let got: Value = serde_json::from_str(&encode_message(&recalled)).expect("json");
         assert_eq!(got["recalled"], json!(true));
         assert!(got.get("body").is_none());
+    }
+
+    #[test]
+    fn replies_mentions_edits_and_reactions_in_stored_messages() {
+        let msg = Message {
+            conv: conv(),
+            seq: 8,
+            from: user("alice"),
+            cid: Some(Cid::parse("c-82").expect("valid")),
+            ts: 1_763_800_000_123,
+            body: raw(r#"{"text":"fixed"}"#.to_string()),
+            reply_to: Some(7),
+            mentions: Some(vec![Mention::User(user("bob")), Mention::All]),
+            edited: Some(1_763_800_000_999),
+            recalled: false,
+            system: None,
+        };
+        assert!(msg.mentions_user(&user("carol")), "`*` mentions everyone");
+        let stored = encode_message(&msg);
+        let counts: std::collections::BTreeMap<String, u64> =
+            [("👍".to_string(), 3), ("ok".to_string(), 0)].into();
+        let got: Value =
+            serde_json::from_str(&with_reactions(stored.clone(), &counts)).expect("json");
+        assert_eq!(
+            got,
+            json!({"conv":"dm:alice:bob","seq":8,"from":"alice","cid":"c-82","ts":1_763_800_000_123u64,
+                   "body":{"text":"fixed"},"reply_to":7,"mentions":["bob","*"],"edited":1_763_800_000_999u64,
+                   "reactions":{"👍":3}})
+        );
+        assert_eq!(with_reactions(stored.clone(), &Default::default()), stored);
+        let recalled = Message {
+            body: None,
+            recalled: true,
+            ..msg
+        };
+        let stored = encode_message(&recalled);
+        assert!(is_recalled(&stored));
+        assert_eq!(
+            with_reactions(stored.clone(), &counts),
+            stored,
+            "a recalled message shows none"
+        );
+        // a body cannot pass for a recalled message
+        let tricky = encode_message(&Message {
+            body: raw(r#"{"recalled":true}"#.to_string()),
+            recalled: false,
+            mentions: None,
+            edited: None,
+            ..recalled
+        });
+        assert!(!is_recalled(&tricky));
     }
 }
 

@@ -7,7 +7,7 @@
 //! but lost the message it points at, or any partial application of a command's writes, can neither
 //! duplicate nor misattribute a message: the retry is stored as new).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -17,13 +17,19 @@ use crate::actors::friendship::{self, FriendOp, Transition};
 use crate::config::ChatConfig;
 use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{Cid, ConvId, UserId};
-use crate::net::protocol::{self, Message as ChatMessage};
+use crate::net::protocol::{self, Mention, Message as ChatMessage};
 use crate::store::{GroupMeta, PairState};
 
 /// Most members one frame may add or remove.
 pub const MAX_MEMBERS_PER_FRAME: usize = 1000;
 /// Longest group display name, in characters.
 pub const MAX_GROUP_NAME: usize = 128;
+/// Most entries of a message's `mentions`.
+pub const MAX_MENTIONS: usize = 100;
+/// Most different emoji one user may hold on one message.
+pub const MAX_REACTIONS_PER_USER: usize = 20;
+/// Longest emoji (any text), in characters.
+pub const MAX_EMOJI_CHARS: usize = 32;
 
 /// The configuration the rules depend on (the same on every node).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +37,8 @@ pub struct Rules {
     pub dm_requires_friendship: bool,
     pub max_group_members: u64,
     pub recall_window_ms: u64,
+    /// How long a sender may edit a message (`chat.edit_window_s`).
+    pub edit_window_ms: u64,
 }
 
 impl Rules {
@@ -39,6 +47,7 @@ impl Rules {
             dm_requires_friendship: chat.dm_requires_friendship,
             max_group_members: chat.max_group_members,
             recall_window_ms: u64::try_from(chat.recall_window().as_millis()).unwrap_or(u64::MAX),
+            edit_window_ms: chat.edit_window_s.saturating_mul(1000),
         }
     }
 }
@@ -49,17 +58,25 @@ pub trait History {
     fn cid(&self, from: &UserId, cid: &Cid) -> ChatResult<Option<(u64, u64)>>;
     /// The stored JSON of message `seq`.
     fn message(&self, seq: u64) -> ChatResult<Option<String>>;
+    /// The emoji `user` holds on message `seq`.
+    fn reactions_of(&self, seq: u64, user: &UserId) -> ChatResult<Vec<String>>;
+    /// How many users hold `emoji` on message `seq`.
+    fn reaction_count(&self, seq: u64, emoji: &str) -> ChatResult<u64>;
 }
 
 /// A state change of one conversation. Times are chosen by the proposer, never read from a clock here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ConvCommand {
-    /// A user's message (`send`).
+    /// A user's message (`send`), optionally answering `reply_to` and mentioning `mentions`.
     Post {
         from: UserId,
         cid: Cid,
         ts: u64,
         body: Box<RawValue>,
+        #[serde(default)]
+        reply_to: Option<u64>,
+        #[serde(default)]
+        mentions: Option<Vec<Mention>>,
     },
     /// `user` has read up to `seq` (clamped to the last seq).
     Read { user: UserId, seq: u64 },
@@ -83,6 +100,23 @@ pub enum ConvCommand {
     },
     /// `user` leaves the group.
     Leave { user: UserId, ts: u64 },
+    /// The sender replaces the body of message `seq`; `now` is checked against the edit window and
+    /// becomes the message's `edited`.
+    Edit {
+        user: UserId,
+        seq: u64,
+        body: Box<RawValue>,
+        now: u64,
+    },
+    /// `user` adds (`on`) or takes back `emoji` on message `seq`.
+    React {
+        user: UserId,
+        seq: u64,
+        emoji: String,
+        on: bool,
+    },
+    /// `user` blocks (`on`) or unblocks the other user of a direct pair.
+    Block { user: UserId, on: bool },
 }
 
 /// A write the store makes for an applied command, in list order.
@@ -108,6 +142,24 @@ pub enum Write {
     Group(GroupMeta),
     /// Members added (`member`) or removed, one key each.
     Members { users: Vec<UserId>, member: bool },
+    /// `user` holds (`on`) or no longer holds `emoji` on message `seq`, which `count` users now hold:
+    /// a counter and two set entries (by emoji for `reactors`, by user for the limit), never the message.
+    Reaction {
+        seq: u64,
+        user: UserId,
+        emoji: String,
+        on: bool,
+        count: u64,
+    },
+    /// Index entries of the users (or `*`) message `seq` mentions, added (`on`) or removed (a recall): one
+    /// key per mentioned user, none for the others.
+    Mentions {
+        seq: u64,
+        mentions: Vec<Mention>,
+        on: bool,
+    },
+    /// `user` blocks (`on`) the other user of a direct pair, or no longer does.
+    Block { user: UserId, on: bool },
 }
 
 /// A message's seq and ts, as `sent` reports them.
@@ -147,8 +199,19 @@ pub enum Outcome {
         changed: Vec<UserId>,
         add: bool,
     },
+    /// Message `seq` was edited: `json` is what is stored now, `body` its new body, `edited` when.
+    Edited {
+        seq: u64,
+        json: String,
+        body: Box<RawValue>,
+        edited: u64,
+    },
+    /// A reaction was added or taken back; `count` users now hold that emoji on message `seq`.
+    Reacted { seq: u64, count: u64 },
+    /// A block of a direct pair was set or lifted.
+    Blocked,
     /// Valid, but nothing changed (a read that does not advance, a recall of a recalled message, a
-    /// membership change that changes no one).
+    /// membership change that changes no one, a repeated reaction or block).
     Unchanged,
 }
 
@@ -166,6 +229,8 @@ pub struct ConvState {
     pub reads: HashMap<UserId, u64>,
     /// The friendship of a direct pair.
     pub pair: PairState,
+    /// Who of a direct pair blocks the other.
+    pub blocks: BTreeSet<UserId>,
 }
 
 impl ConvState {
@@ -183,7 +248,13 @@ impl ConvState {
             group: None,
             reads: HashMap::new(),
             pair: PairState::None,
+            blocks: BTreeSet::new(),
         }
+    }
+
+    /// Does `blocker` block `user` (direct pairs only; groups are not affected)?
+    pub fn blocks(&self, blocker: &UserId, user: &UserId) -> bool {
+        blocker != user && self.blocks.contains(blocker) && self.id.peer_of(blocker) == Some(user)
     }
 
     pub fn check_member(&self, user: &UserId) -> ChatResult<()> {
@@ -227,7 +298,12 @@ impl ConvState {
                 cid,
                 ts,
                 body,
-            } => self.post(from, cid, ts, body, rules, history, writes),
+                reply_to,
+                mentions,
+            } => {
+                let refs = Refs { reply_to, mentions };
+                self.post(from, cid, ts, body, refs, rules, history, writes)
+            }
             ConvCommand::Read { user, seq } => self.read(user, seq, writes),
             ConvCommand::Recall { user, seq, now } => {
                 self.recall(&user, seq, now, rules, history, writes)
@@ -246,6 +322,19 @@ impl ConvState {
                 ts,
             } => self.change_members(user, members, add, ts, rules, writes),
             ConvCommand::Leave { user, ts } => self.leave(user, ts, writes),
+            ConvCommand::Edit {
+                user,
+                seq,
+                body,
+                now,
+            } => self.edit(&user, seq, body, now, rules, history, writes),
+            ConvCommand::React {
+                user,
+                seq,
+                emoji,
+                on,
+            } => self.react(user, seq, emoji, on, history, writes),
+            ConvCommand::Block { user, on } => self.block(user, on, writes),
         }
     }
 
@@ -279,6 +368,7 @@ impl ConvState {
         cid: Cid,
         ts: u64,
         body: Box<RawValue>,
+        refs: Refs,
         rules: &Rules,
         history: &dyn History,
         writes: &mut Vec<Write>,
@@ -294,6 +384,8 @@ impl ConvState {
             // a retry of a message accepted earlier gets its first answer, even where it could not post now
             return Ok(Outcome::Duplicate(posted));
         }
+        self.check_refs(&from, &refs)?;
+        self.check_not_blocked(&from)?;
         if self.id.is_direct() && rules.dm_requires_friendship && self.pair != PairState::Friends {
             return Err(ChatError::new(
                 ErrorCode::NotFriends,
@@ -307,8 +399,74 @@ impl ConvState {
             seq,
             ts,
         });
-        let appended = self.append(from, Some(cid), ts, Some(body), None, Vec::new(), writes);
+        if let Some(mentions) = refs.mentions.as_ref().filter(|m| !m.is_empty()) {
+            writes.push(Write::Mentions {
+                seq,
+                mentions: distinct(mentions),
+                on: true,
+            });
+        }
+        let appended = self.append_with(
+            from,
+            Some(cid),
+            ts,
+            Some(body),
+            refs,
+            None,
+            Vec::new(),
+            writes,
+        );
         Ok(Outcome::Appended(appended))
+    }
+
+    /// A user blocked by the other user of a direct pair writes nothing to it (messages, edits, reactions).
+    fn check_not_blocked(&self, user: &UserId) -> ChatResult<()> {
+        match self.id.peer_of(user) {
+            Some(other) if self.blocks(other, user) => {
+                Err(ChatError::forbidden("blocked by the other user"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `reply_to` names an earlier message; `mentions` names members (at most [`MAX_MENTIONS`]), or
+    /// everyone (`*`: in a group, its owner only).
+    fn check_refs(&self, from: &UserId, refs: &Refs) -> ChatResult<()> {
+        if let Some(seq) = refs.reply_to {
+            if seq == 0 || seq > self.last_seq {
+                return Err(ChatError::bad_request(format!(
+                    "reply_to {seq} is not an earlier message of {}",
+                    self.id
+                )));
+            }
+        }
+        let Some(mentions) = &refs.mentions else {
+            return Ok(());
+        };
+        if mentions.len() > MAX_MENTIONS {
+            return Err(ChatError::bad_request(format!(
+                "at most {MAX_MENTIONS} mentions"
+            )));
+        }
+        for mention in mentions {
+            match mention {
+                Mention::All => {
+                    if self.group.as_ref().is_some_and(|g| g.owner != *from) {
+                        return Err(ChatError::forbidden(
+                            "only the group's owner may mention everyone",
+                        ));
+                    }
+                }
+                Mention::User(user) if !self.members.contains(user) => {
+                    return Err(ChatError::bad_request(format!(
+                        "{user} is not a member of {}",
+                        self.id
+                    )));
+                }
+                Mention::User(_) => {}
+            }
+        }
+        Ok(())
     }
 
     fn next_slot(&self, ts: u64) -> (u64, u64) {
@@ -327,6 +485,23 @@ impl ConvState {
         also: Vec<UserId>,
         writes: &mut Vec<Write>,
     ) -> Appended {
+        let refs = Refs::default();
+        self.append_with(from, cid, ts, body, refs, system, also, writes)
+    }
+
+    /// [`ConvState::append`] with a reply and mentions.
+    #[allow(clippy::too_many_arguments)]
+    fn append_with(
+        &mut self,
+        from: UserId,
+        cid: Option<Cid>,
+        ts: u64,
+        body: Option<Box<RawValue>>,
+        refs: Refs,
+        system: Option<serde_json::Value>,
+        also: Vec<UserId>,
+        writes: &mut Vec<Write>,
+    ) -> Appended {
         let (seq, ts) = self.next_slot(ts);
         let json = protocol::encode_message(&ChatMessage {
             conv: self.id.clone(),
@@ -335,6 +510,9 @@ impl ConvState {
             cid,
             ts,
             body,
+            reply_to: refs.reply_to,
+            mentions: refs.mentions,
+            edited: None,
             recalled: false,
             system,
         });
@@ -397,7 +575,16 @@ impl ConvState {
         if message.recalled {
             return Ok(Outcome::Unchanged);
         }
+        // a recalled message keeps no body, edit time or mentions (it no longer counts as one)
+        if let Some(mentions) = message.mentions.take().filter(|m| !m.is_empty()) {
+            writes.push(Write::Mentions {
+                seq,
+                mentions: distinct(&mentions),
+                on: false,
+            });
+        }
         message.body = None;
+        message.edited = None;
         message.recalled = true;
         let json = protocol::encode_message(&message);
         writes.push(Write::Message {
@@ -405,6 +592,121 @@ impl ConvState {
             json: json.clone(),
         });
         Ok(Outcome::Recalled { seq, json })
+    }
+
+    /// The stored message `seq`, parsed (`not_found` if there is none).
+    fn stored_message(&self, history: &dyn History, seq: u64) -> ChatResult<ChatMessage> {
+        let missing = || ChatError::not_found(format!("no message {seq} in {}", self.id));
+        if seq == 0 || seq > self.last_seq {
+            return Err(missing());
+        }
+        let json = history.message(seq)?.ok_or_else(missing)?;
+        serde_json::from_str(&json).map_err(|_| ChatError::internal("corrupt message"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn edit(
+        &mut self,
+        user: &UserId,
+        seq: u64,
+        body: Box<RawValue>,
+        now: u64,
+        rules: &Rules,
+        history: &dyn History,
+        writes: &mut Vec<Write>,
+    ) -> ChatResult<Outcome> {
+        self.check_member(user)?;
+        self.check_not_blocked(user)?;
+        let mut message = self.stored_message(history, seq)?;
+        if message.from != *user {
+            return Err(ChatError::forbidden("only the sender can edit a message"));
+        }
+        if message.recalled || message.system.is_some() {
+            return Err(ChatError::forbidden(
+                "a recalled or system message cannot be edited",
+            ));
+        }
+        if now.saturating_sub(message.ts) > rules.edit_window_ms {
+            return Err(ChatError::forbidden("the edit window has passed"));
+        }
+        let edited = now.max(message.ts);
+        message.body = Some(body.clone());
+        message.edited = Some(edited);
+        let json = protocol::encode_message(&message);
+        writes.push(Write::Message {
+            seq,
+            json: json.clone(),
+        });
+        Ok(Outcome::Edited {
+            seq,
+            json,
+            body,
+            edited,
+        })
+    }
+
+    fn react(
+        &mut self,
+        user: UserId,
+        seq: u64,
+        emoji: String,
+        on: bool,
+        history: &dyn History,
+        writes: &mut Vec<Write>,
+    ) -> ChatResult<Outcome> {
+        self.check_member(&user)?;
+        self.check_not_blocked(&user)?;
+        check_emoji(&emoji)?;
+        let message = self.stored_message(history, seq)?;
+        if message.recalled {
+            return Err(ChatError::forbidden(
+                "a recalled message cannot be reacted to",
+            ));
+        }
+        let held = history.reactions_of(seq, &user)?;
+        let holds = held.contains(&emoji);
+        if holds == on {
+            return Ok(Outcome::Unchanged);
+        }
+        if on && held.len() >= MAX_REACTIONS_PER_USER {
+            return Err(ChatError::new(
+                ErrorCode::Limit,
+                format!("at most {MAX_REACTIONS_PER_USER} different reactions on one message"),
+            ));
+        }
+        let count = history.reaction_count(seq, &emoji)?;
+        let count = if on {
+            count.saturating_add(1)
+        } else {
+            count.saturating_sub(1)
+        };
+        writes.push(Write::Reaction {
+            seq,
+            user,
+            emoji,
+            on,
+            count,
+        });
+        Ok(Outcome::Reacted { seq, count })
+    }
+
+    fn block(&mut self, user: UserId, on: bool, writes: &mut Vec<Write>) -> ChatResult<Outcome> {
+        if !self.id.is_direct() {
+            return Err(ChatError::bad_request("a block names a user"));
+        }
+        if self.id.peer_of(&user).is_none() {
+            return Err(ChatError::forbidden("not a member of this pair"));
+        }
+        if self.blocks.contains(&user) == on {
+            return Ok(Outcome::Unchanged);
+        }
+        if on {
+            self.blocks.insert(user.clone());
+        } else {
+            self.blocks.remove(&user);
+        }
+        writes.push(Write::Block { user, on });
+        Ok(Outcome::Blocked)
     }
 
     fn friend(
@@ -416,6 +718,14 @@ impl ConvState {
         let Some(other) = self.id.peer_of(user).cloned() else {
             return Err(ChatError::forbidden("not a member of this pair"));
         };
+        if matches!(op, FriendOp::Request { .. }) && self.blocks(&other, user) {
+            // answered `ok` like any request, but neither stored nor delivered
+            return Ok(Outcome::Friendship(Transition {
+                state: self.pair.clone(),
+                index: Vec::new(),
+                pushes: Vec::new(),
+            }));
+        }
         let transition = friendship::apply(&self.pair, user, &other, op)?;
         if transition.state != self.pair {
             writes.push(Write::Pair(transition.state.clone()));
@@ -582,6 +892,34 @@ impl ConvState {
     }
 }
 
+/// What a post refers to: the message it answers and who it mentions.
+#[derive(Debug, Default)]
+struct Refs {
+    reply_to: Option<u64>,
+    mentions: Option<Vec<Mention>>,
+}
+
+/// Each mention once, in order.
+fn distinct(mentions: &[Mention]) -> Vec<Mention> {
+    let mut seen = BTreeSet::new();
+    mentions
+        .iter()
+        .filter(|m| seen.insert(*m))
+        .cloned()
+        .collect()
+}
+
+/// An emoji is any text of 1 to [`MAX_EMOJI_CHARS`] characters without control characters.
+pub fn check_emoji(emoji: &str) -> ChatResult<()> {
+    let chars = emoji.chars().count();
+    if chars == 0 || chars > MAX_EMOJI_CHARS || emoji.chars().any(char::is_control) {
+        return Err(ChatError::bad_request(format!(
+            "an emoji has 1 to {MAX_EMOJI_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -593,6 +931,10 @@ mod tests {
     struct Mem {
         cids: BTreeMap<(UserId, Cid), (u64, u64)>,
         msgs: BTreeMap<u64, String>,
+        /// (seq, user) -> emoji held
+        held: BTreeMap<(u64, UserId), BTreeSet<String>>,
+        counts: BTreeMap<(u64, String), u64>,
+        mentions: BTreeSet<(u64, String)>,
     }
 
     impl History for Mem {
@@ -601,6 +943,20 @@ mod tests {
         }
         fn message(&self, seq: u64) -> ChatResult<Option<String>> {
             Ok(self.msgs.get(&seq).cloned())
+        }
+        fn reactions_of(&self, seq: u64, user: &UserId) -> ChatResult<Vec<String>> {
+            Ok(self
+                .held
+                .get(&(seq, user.clone()))
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default())
+        }
+        fn reaction_count(&self, seq: u64, emoji: &str) -> ChatResult<u64> {
+            Ok(self
+                .counts
+                .get(&(seq, emoji.to_string()))
+                .copied()
+                .unwrap_or(0))
         }
     }
 
@@ -613,6 +969,31 @@ mod tests {
                     }
                     Write::Message { seq, json } => {
                         self.msgs.insert(seq, json);
+                    }
+                    Write::Reaction {
+                        seq,
+                        user,
+                        emoji,
+                        on,
+                        count,
+                    } => {
+                        let held = self.held.entry((seq, user)).or_default();
+                        if on {
+                            held.insert(emoji.clone());
+                        } else {
+                            held.remove(&emoji);
+                        }
+                        self.counts.insert((seq, emoji), count);
+                    }
+                    Write::Mentions { seq, mentions, on } => {
+                        for m in mentions {
+                            let key = (seq, m.as_str().to_string());
+                            if on {
+                                self.mentions.insert(key);
+                            } else {
+                                self.mentions.remove(&key);
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -633,6 +1014,7 @@ mod tests {
             dm_requires_friendship: true,
             max_group_members: 4,
             recall_window_ms: 1000,
+            edit_window_ms: 5000,
         }
     }
 
@@ -646,6 +1028,8 @@ mod tests {
             cid: Cid::parse(cid).expect("cid"),
             ts,
             body: body(cid),
+            reply_to: None,
+            mentions: None,
         }
     }
 
@@ -927,6 +1311,289 @@ mod tests {
         assert_eq!(
             posted(run(&mut state, &mut mem, post("alice", "c1", 9))).seq,
             3
+        );
+    }
+
+    fn post_with(
+        from: &str,
+        cid: &str,
+        ts: u64,
+        reply_to: Option<u64>,
+        mentions: &[&str],
+    ) -> ConvCommand {
+        let mentions = mentions
+            .iter()
+            .map(|m| match *m {
+                "*" => Mention::All,
+                u => Mention::User(user(u)),
+            })
+            .collect();
+        ConvCommand::Post {
+            from: user(from),
+            cid: Cid::parse(cid).expect("cid"),
+            ts,
+            body: body(cid),
+            reply_to,
+            mentions: Some(mentions),
+        }
+    }
+
+    fn group(mem: &mut Mem) -> ConvState {
+        let mut state = ConvState::empty(conv("g:team"));
+        let create = ConvCommand::CreateGroup {
+            owner: user("alice"),
+            name: "Team".into(),
+            members: vec![user("bob"), user("carol")],
+            ts: 5,
+        };
+        run(&mut state, mem, create).expect("create");
+        state
+    }
+
+    #[test]
+    fn replies_and_mentions_are_checked_and_indexed() {
+        let mut mem = Mem::default();
+        let mut state = group(&mut mem);
+        let code = |r: ChatResult<Outcome>| r.err().map(|e| e.code);
+        assert_eq!(
+            code(run(
+                &mut state,
+                &mut mem,
+                post_with("bob", "c1", 6, Some(2), &[])
+            )),
+            Some(ErrorCode::BadRequest),
+            "reply_to a later message"
+        );
+        assert_eq!(
+            code(run(
+                &mut state,
+                &mut mem,
+                post_with("bob", "c1", 6, None, &["dave"])
+            )),
+            Some(ErrorCode::BadRequest),
+            "a mention of a non-member"
+        );
+        assert_eq!(
+            code(run(
+                &mut state,
+                &mut mem,
+                post_with("bob", "c1", 6, None, &["*"])
+            )),
+            Some(ErrorCode::Forbidden),
+            "everyone: the owner only"
+        );
+        let many: Vec<String> = (0..=MAX_MENTIONS).map(|_| "carol".to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            code(run(
+                &mut state,
+                &mut mem,
+                post_with("bob", "c1", 6, None, &many)
+            )),
+            Some(ErrorCode::BadRequest)
+        );
+        let p = posted(run(
+            &mut state,
+            &mut mem,
+            post_with("bob", "c1", 6, Some(1), &["carol", "carol"]),
+        ));
+        assert_eq!(p.seq, 2);
+        assert!(mem.msgs[&2].contains("\"reply_to\":1,\"mentions\":[\"carol\",\"carol\"]"));
+        assert_eq!(mem.mentions, [(2, "carol".to_string())].into());
+        posted(run(
+            &mut state,
+            &mut mem,
+            post_with("alice", "c2", 7, None, &["*"]),
+        ));
+        assert!(mem.mentions.contains(&(3, "*".to_string())));
+        // a recall takes the mention back
+        let recall = ConvCommand::Recall {
+            user: user("bob"),
+            seq: 2,
+            now: 8,
+        };
+        run(&mut state, &mut mem, recall).expect("recall");
+        assert!(!mem.mentions.contains(&(2, "carol".to_string())));
+        assert!(!mem.msgs[&2].contains("mentions"));
+    }
+
+    #[test]
+    fn edits_by_the_sender_within_the_window() {
+        let mut mem = Mem::default();
+        let mut state = group(&mut mem);
+        posted(run(&mut state, &mut mem, post("bob", "c1", 100)));
+        let edit = |who: &str, seq, now| ConvCommand::Edit {
+            user: user(who),
+            seq,
+            body: body("new"),
+            now,
+        };
+        let code = |r: ChatResult<Outcome>| r.err().map(|e| e.code);
+        assert_eq!(
+            code(run(&mut state, &mut mem, edit("alice", 2, 200))),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(run(&mut state, &mut mem, edit("alice", 1, 200))),
+            Some(ErrorCode::Forbidden),
+            "system"
+        );
+        assert_eq!(
+            code(run(&mut state, &mut mem, edit("bob", 2, 5101))),
+            Some(ErrorCode::Forbidden),
+            "late"
+        );
+        assert_eq!(
+            code(run(&mut state, &mut mem, edit("bob", 9, 200))),
+            Some(ErrorCode::NotFound)
+        );
+        match run(&mut state, &mut mem, edit("bob", 2, 5100)) {
+            Ok(Outcome::Edited {
+                seq: 2,
+                edited: 5100,
+                ..
+            }) => {}
+            other => panic!("edit: {other:?}"),
+        }
+        assert!(mem.msgs[&2].contains("\"body\":{\"text\":\"new\"},\"edited\":5100"));
+        assert_eq!(state.last_seq, 2, "an edit appends nothing");
+        let recall = ConvCommand::Recall {
+            user: user("bob"),
+            seq: 2,
+            now: 200,
+        };
+        run(&mut state, &mut mem, recall).expect("recall");
+        assert_eq!(
+            code(run(&mut state, &mut mem, edit("bob", 2, 300))),
+            Some(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn reactions_count_repeat_nothing_and_stop_at_the_limit() {
+        let mut mem = Mem::default();
+        let mut state = group(&mut mem);
+        posted(run(&mut state, &mut mem, post("bob", "c1", 100)));
+        let react = |who: &str, emoji: &str, on| ConvCommand::React {
+            user: user(who),
+            seq: 2,
+            emoji: emoji.into(),
+            on,
+        };
+        assert!(matches!(
+            run(&mut state, &mut mem, react("alice", "+1", true)),
+            Ok(Outcome::Reacted { count: 1, .. })
+        ));
+        assert!(matches!(
+            run(&mut state, &mut mem, react("alice", "+1", true)),
+            Ok(Outcome::Unchanged)
+        ));
+        assert!(matches!(
+            run(&mut state, &mut mem, react("carol", "+1", true)),
+            Ok(Outcome::Reacted { count: 2, .. })
+        ));
+        assert!(matches!(
+            run(&mut state, &mut mem, react("carol", "+1", false)),
+            Ok(Outcome::Reacted { count: 1, .. })
+        ));
+        assert!(matches!(
+            run(&mut state, &mut mem, react("carol", "+1", false)),
+            Ok(Outcome::Unchanged)
+        ));
+        for i in 1..MAX_REACTIONS_PER_USER {
+            run(&mut state, &mut mem, react("alice", &format!("e{i}"), true)).expect("react");
+        }
+        let code = |r: ChatResult<Outcome>| r.err().map(|e| e.code);
+        assert_eq!(
+            code(run(&mut state, &mut mem, react("alice", "one-more", true))),
+            Some(ErrorCode::Limit)
+        );
+        assert_eq!(
+            code(run(&mut state, &mut mem, react("alice", "", true))),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(run(
+                &mut state,
+                &mut mem,
+                react("alice", &"x".repeat(33), true)
+            )),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(run(&mut state, &mut mem, react("dave", "+1", true))),
+            Some(ErrorCode::Forbidden)
+        );
+        let recall = ConvCommand::Recall {
+            user: user("bob"),
+            seq: 2,
+            now: 200,
+        };
+        run(&mut state, &mut mem, recall).expect("recall");
+        assert_eq!(
+            code(run(&mut state, &mut mem, react("carol", "+1", true))),
+            Some(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn a_block_refuses_the_blocked_users_messages_and_requests_in_the_pair_only() {
+        let mut state = ConvState::empty(conv("dm:alice:bob"));
+        let mut mem = Mem::default();
+        befriend(&mut state, &mut mem);
+        let block = |on| ConvCommand::Block {
+            user: user("alice"),
+            on,
+        };
+        assert!(matches!(
+            run(&mut state, &mut mem, block(true)),
+            Ok(Outcome::Blocked)
+        ));
+        assert!(matches!(
+            run(&mut state, &mut mem, block(true)),
+            Ok(Outcome::Unchanged)
+        ));
+        assert!(state.blocks(&user("alice"), &user("bob")));
+        assert!(!state.blocks(&user("bob"), &user("alice")));
+        let code = |r: ChatResult<Outcome>| r.err().map(|e| e.code);
+        assert_eq!(
+            code(run(&mut state, &mut mem, post("bob", "c1", 1))),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            posted(run(&mut state, &mut mem, post("alice", "c1", 1))).seq,
+            1,
+            "the blocker still may"
+        );
+        // bob's request after a removal: `ok`, but nothing stored
+        run(
+            &mut state,
+            &mut mem,
+            ConvCommand::Friend {
+                user: user("alice"),
+                op: FriendOp::Remove,
+            },
+        )
+        .expect("remove");
+        let request = ConvCommand::Friend {
+            user: user("bob"),
+            op: FriendOp::Request {
+                note: String::new(),
+            },
+        };
+        match run(&mut state, &mut mem, request) {
+            Ok(Outcome::Friendship(t)) => assert!(t.index.is_empty() && t.pushes.is_empty()),
+            other => panic!("request: {other:?}"),
+        }
+        assert_eq!(state.pair, PairState::None);
+        assert!(matches!(
+            run(&mut state, &mut mem, block(false)),
+            Ok(Outcome::Blocked)
+        ));
+        let mut group = ConvState::empty(conv("g:team"));
+        assert_eq!(
+            code(run(&mut group, &mut mem, block(true))),
+            Some(ErrorCode::BadRequest)
         );
     }
 }

@@ -13,8 +13,10 @@
 //! tests here and the model test (`tests/state_model.rs`, random command sequences with restarts against a
 //! simple reference) exercise the same code the actors run.
 //!
-//! A user's durable changes (its conversation index and its side of each friendship) are
-//! [`user::UserCommand`]s applied to a [`user::UserState`] the same way.
+//! A user's durable changes (its conversation index, its side of each friendship, its blocks and its own
+//! settings of each conversation) are [`user::UserCommand`]s applied to a [`user::UserState`] the same way.
+//! [`settings`] holds those per-conversation settings (mute, pin) and the rule other parts of the server
+//! ask of them ([`settings::wants_offline_message`]).
 //!
 //! The core never pushes, never waits for a flush and never touches another key's state: the conversation
 //! actor turns outcomes into answers and pushes once the writes are durable.
@@ -25,4 +27,5 @@
 
 pub mod conv;
 pub mod replica;
+pub mod settings;
 pub mod user;

@@ -4,13 +4,16 @@
 //!
 //! The conversation index is not held here: adding or removing an entry is an idempotent write, so the core
 //! needs no knowledge of the index to decide it, and an actor need not load a user's whole index to record
-//! one conversation. The friend index is small and held, since presence and `friends` read it.
+//! one conversation. The friend index is small and held, since presence and `friends` read it; so are the
+//! user's blocks (presence and `friends` read them) and its settings of conversations (mute, pin: `convs`
+//! reads them), which exist only for conversations the user changed a setting of.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConvId, UserId};
+use crate::state::settings::ConvSettings;
 use crate::store::FriendEntry;
 
 /// A state change of one user.
@@ -25,6 +28,14 @@ pub enum UserCommand {
         other: UserId,
         entry: Option<FriendEntry>,
     },
+    /// The user blocks (`on`) `other`, or no longer does (the pair's conversation decided it).
+    Block { other: UserId, on: bool },
+    /// The user's settings of `conv`: the fields given replace the stored ones.
+    SetConvSettings {
+        conv: ConvId,
+        muted_until: Option<u64>,
+        pinned: Option<bool>,
+    },
 }
 
 /// A write the store makes for an applied command.
@@ -37,6 +48,13 @@ pub enum UserWrite {
         other: UserId,
         entry: Option<FriendEntry>,
     },
+    /// A block entry, set (`on`) or removed.
+    Block { other: UserId, on: bool },
+    /// The user's settings of `conv` (`None`: the defaults, nothing stored).
+    Settings {
+        conv: ConvId,
+        settings: Option<ConvSettings>,
+    },
 }
 
 /// The part of a user's state the core keeps at hand.
@@ -44,6 +62,10 @@ pub enum UserWrite {
 pub struct UserState {
     pub id: UserId,
     pub friends: BTreeMap<UserId, FriendEntry>,
+    /// The users this user blocks.
+    pub blocked: BTreeSet<UserId>,
+    /// Settings of the conversations whose settings differ from the defaults.
+    pub settings: BTreeMap<ConvId, ConvSettings>,
 }
 
 impl UserState {
@@ -51,7 +73,19 @@ impl UserState {
         UserState {
             id,
             friends: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            settings: BTreeMap::new(),
         }
+    }
+
+    /// Does this user block `other`?
+    pub fn blocks(&self, other: &UserId) -> bool {
+        self.blocked.contains(other)
+    }
+
+    /// The user's settings of `conv` (the defaults when none were set).
+    pub fn settings_of(&self, conv: &ConvId) -> ConvSettings {
+        self.settings.get(conv).copied().unwrap_or_default()
     }
 
     /// Is `other` an accepted friend?
@@ -86,6 +120,37 @@ impl UserState {
                 }
                 changed
             }
+            UserCommand::Block { other, on } => {
+                let changed = if on {
+                    self.blocked.insert(other.clone())
+                } else {
+                    self.blocked.remove(&other)
+                };
+                if changed {
+                    writes.push(UserWrite::Block { other, on });
+                }
+                changed
+            }
+            UserCommand::SetConvSettings {
+                conv,
+                muted_until,
+                pinned,
+            } => {
+                let before = self.settings_of(&conv);
+                let after = before.with(muted_until, pinned);
+                if after == before {
+                    return false;
+                }
+                let settings = if after.is_default() {
+                    self.settings.remove(&conv);
+                    None
+                } else {
+                    self.settings.insert(conv.clone(), after);
+                    Some(after)
+                };
+                writes.push(UserWrite::Settings { conv, settings });
+                true
+            }
         }
     }
 }
@@ -119,6 +184,50 @@ mod tests {
         assert!(!state.apply(set(&None), &mut writes), "nothing to remove");
         assert_eq!(writes.len(), 3);
         assert!(state.friends.is_empty());
+    }
+
+    #[test]
+    fn blocks_and_settings_are_written_only_when_they_change() {
+        let mut state = UserState::empty(user("alice"));
+        let mut writes = Vec::new();
+        let block = |on| UserCommand::Block {
+            other: user("bob"),
+            on,
+        };
+        assert!(state.apply(block(true), &mut writes));
+        assert!(
+            !state.apply(block(true), &mut writes),
+            "repeating changes nothing"
+        );
+        assert!(state.blocks(&user("bob")));
+        assert!(state.apply(block(false), &mut writes));
+        assert!(!state.blocks(&user("bob")));
+        let conv = ConvId::parse("g:team").expect("conv");
+        let set = |muted_until, pinned| UserCommand::SetConvSettings {
+            conv: conv.clone(),
+            muted_until,
+            pinned,
+        };
+        assert!(state.apply(set(Some(99), None), &mut writes));
+        assert!(state.apply(set(None, Some(true)), &mut writes));
+        assert!(!state.apply(set(Some(99), Some(true)), &mut writes));
+        assert_eq!(
+            state.settings_of(&conv),
+            ConvSettings {
+                muted_until: 99,
+                pinned: true
+            }
+        );
+        assert!(state.apply(set(Some(0), Some(false)), &mut writes));
+        assert!(state.settings.is_empty(), "the defaults are not kept");
+        assert_eq!(
+            writes.last(),
+            Some(&UserWrite::Settings {
+                conv,
+                settings: None
+            })
+        );
+        assert_eq!(writes.len(), 5);
     }
 
     #[test]

@@ -31,6 +31,9 @@ impl Store {
         }
         state.reads = self.read_positions(conv)?.into_iter().collect();
         state.pair = self.pair(conv)?;
+        if conv.is_direct() {
+            state.blocks = self.blocks(conv)?.into_iter().collect();
+        }
         Ok((state, last.map(|(_, json)| json)))
     }
 
@@ -102,6 +105,27 @@ fn conv_changes(conv: &ConvId, writes: &[Write], out: &mut Vec<Change>) -> Store
                     out.push((keys::member(c, user.as_str()), value));
                 }
             }
+            Write::Reaction {
+                seq,
+                user,
+                emoji,
+                on,
+                count,
+            } => {
+                let held = on.then(Vec::new);
+                out.push((keys::held(c, *seq, user.as_str(), emoji), held.clone()));
+                out.push((keys::reactor(c, *seq, emoji, user.as_str()), held));
+                let counter = (*count > 0).then(|| count.to_be_bytes().to_vec());
+                out.push((keys::reaction_count(c, *seq, emoji), counter));
+            }
+            Write::Mentions { seq, mentions, on } => {
+                for m in mentions {
+                    out.push((keys::mention(c, m.as_str(), *seq), on.then(Vec::new)));
+                }
+            }
+            Write::Block { user, on } => {
+                out.push((keys::block(c, user.as_str()), on.then(Vec::new)))
+            }
         }
     }
     Ok(())
@@ -118,6 +142,13 @@ fn user_changes(user: &UserId, writes: &[UserWrite], out: &mut Vec<Change>) -> S
             UserWrite::Friend { other, entry } => out.push((
                 keys::user_friend(u, other.as_str()),
                 entry.as_ref().map(|e| json(e, u)).transpose()?,
+            )),
+            UserWrite::Block { other, on } => {
+                out.push((keys::user_block(u, other.as_str()), on.then(Vec::new)))
+            }
+            UserWrite::Settings { conv, settings } => out.push((
+                keys::user_settings(u, conv.as_str()),
+                settings.as_ref().map(|s| json(s, u)).transpose()?,
             )),
         }
     }
@@ -164,6 +195,8 @@ impl Store {
     pub fn user_state(&self, user: &UserId) -> StoreResult<UserState> {
         let mut state = UserState::empty(user.clone());
         state.friends = self.friends(user)?.into_iter().collect();
+        state.blocked = self.blocked(user)?.into_iter().collect();
+        state.settings = self.conv_settings(user)?.into_iter().collect();
         Ok(state)
     }
 
@@ -206,5 +239,13 @@ impl History for ConvHistory<'_> {
 
     fn message(&self, seq: u64) -> ChatResult<Option<String>> {
         Ok(self.store.message(self.conv, seq)?)
+    }
+
+    fn reactions_of(&self, seq: u64, user: &UserId) -> ChatResult<Vec<String>> {
+        Ok(self.store.reactions_of(self.conv, seq, user)?)
+    }
+
+    fn reaction_count(&self, seq: u64, emoji: &str) -> ChatResult<u64> {
+        Ok(self.store.reaction_count(self.conv, seq, emoji)?)
     }
 }

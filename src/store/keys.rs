@@ -10,8 +10,15 @@
 //! | `conv_log`   | `G` conv                              | a group's name, owner (JSON)           |
 //! | `conv_log`   | `B` conv `\0` user                    | empty: the user belongs to the group   |
 //! | `conv_log`   | `A` partition:u32                     | last applied log index:u64 (replicas)  |
+//! | `conv_log`   | `e` conv `\0` seq:u64 emoji           | count:u64 of users holding the reaction|
+//! | `conv_log`   | `E` conv `\0` seq:u64 emoji `\0` user  | empty: the user holds it (`reactors`)  |
+//! | `conv_log`   | `h` conv `\0` seq:u64 user `\0` emoji  | empty: the same, by user (the limit)   |
+//! | `conv_log`   | `n` conv `\0` user-or-`*` `\0` seq:u64 | empty: message seq mentions the user   |
+//! | `conv_log`   | `k` conv `\0` user                    | empty: the user blocks the pair's other|
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
+//! | `user_index` | `b` user `\0` other                   | empty: the user blocks other           |
+//! | `user_index` | `s` user `\0` conv                    | the user's settings of conv (JSON)     |
 //! | `user_index` | `A` partition:u32                     | last applied log index:u64 (replicas)  |
 //! | `media`      | `m` media id                          | stored content (JSON)                  |
 //! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
@@ -19,6 +26,10 @@
 //! | `media`      | `p` owner `\0` sha256 `\0` size:u64    | upload id (resume by posting again)    |
 //! | `media`      | `o` sha256 `\0` user                  | empty: the user has stored or proven it |
 //! | `meta`       | `partitions`                          | the partition count u32 the data was created with |
+//!
+//! Reactions and mentions are keyed beside the messages, never inside them: a reaction changes one counter
+//! and two set entries, a mention one entry per mentioned user (`*` once for everyone). An emoji contains no
+//! control character (validated), so `0x00` ends it too.
 //!
 //! A message's dedupe entry is written before the message (see `Store::append`), and trusted only when the
 //! message at its seq carries the same sender and cid, so a crash between the two writes cannot duplicate or
@@ -112,6 +123,109 @@ pub fn member_prefix(conv: &str) -> Vec<u8> {
 pub fn member(conv: &str, user: &str) -> Vec<u8> {
     let mut k = member_prefix(conv);
     k.extend_from_slice(user.as_bytes());
+    k
+}
+
+/// `e` conv `\0` seq (the counts of one message; the start of a range over messages).
+pub fn reaction_count_prefix(conv: &str, seq: u64) -> Vec<u8> {
+    let mut k = key(b'e', &[conv.as_bytes()]);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn reaction_count(conv: &str, seq: u64, emoji: &str) -> Vec<u8> {
+    let mut k = reaction_count_prefix(conv, seq);
+    k.extend_from_slice(emoji.as_bytes());
+    k
+}
+
+/// The seq and emoji of a [`reaction_count`] key of `conv`.
+pub fn parse_reaction_count(conv: &str, key: &[u8]) -> Option<(u64, String)> {
+    let at = 1 + conv.len() + 1;
+    let seq = parse_u64(key, at)?;
+    let emoji = std::str::from_utf8(key.get(at + 8..)?).ok()?;
+    Some((seq, emoji.to_string()))
+}
+
+/// `E` conv `\0` seq emoji `\0` (the users holding one reaction, sorted).
+pub fn reactor_prefix(conv: &str, seq: u64, emoji: &str) -> Vec<u8> {
+    let mut k = key(b'E', &[conv.as_bytes()]);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(emoji.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn reactor(conv: &str, seq: u64, emoji: &str, user: &str) -> Vec<u8> {
+    let mut k = reactor_prefix(conv, seq, emoji);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+/// `h` conv `\0` seq user `\0` (the emoji one user holds on one message).
+pub fn held_prefix(conv: &str, seq: u64, user: &str) -> Vec<u8> {
+    let mut k = key(b'h', &[conv.as_bytes()]);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn held(conv: &str, seq: u64, user: &str, emoji: &str) -> Vec<u8> {
+    let mut k = held_prefix(conv, seq, user);
+    k.extend_from_slice(emoji.as_bytes());
+    k
+}
+
+/// `n` conv `\0` who `\0` (who: a user id or `*`).
+pub fn mention_prefix(conv: &str, who: &str) -> Vec<u8> {
+    let mut k = key(b'n', &[conv.as_bytes(), who.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn mention(conv: &str, who: &str, seq: u64) -> Vec<u8> {
+    let mut k = mention_prefix(conv, who);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn block_prefix(conv: &str) -> Vec<u8> {
+    let mut k = key(b'k', &[conv.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn block(conv: &str, user: &str) -> Vec<u8> {
+    let mut k = block_prefix(conv);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+pub fn user_block_prefix(user: &str) -> Vec<u8> {
+    let mut k = key(b'b', &[user.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn user_block(user: &str, other: &str) -> Vec<u8> {
+    let mut k = user_block_prefix(user);
+    k.extend_from_slice(other.as_bytes());
+    k
+}
+
+pub fn user_settings_prefix(user: &str) -> Vec<u8> {
+    let mut k = key(b's', &[user.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn user_settings(user: &str, conv: &str) -> Vec<u8> {
+    let mut k = user_settings_prefix(user);
+    k.extend_from_slice(conv.as_bytes());
     k
 }
 
@@ -213,5 +327,29 @@ mod tests {
         assert_eq!(cid("g:x", "al", "c1"), b"cg:x\0al\0c1".to_vec());
         assert_eq!(read("g:x", "al"), b"rg:x\0al".to_vec());
         assert_eq!(parse_u64(&two_u64(7, 9), 8), Some(9));
+        assert_eq!(
+            reaction_count("g:x", 2, "+1"),
+            b"eg:x\0\0\0\0\0\0\0\0\x02+1".to_vec()
+        );
+        assert_eq!(
+            parse_reaction_count("g:x", &reaction_count("g:x", 2, "+1")),
+            Some((2, "+1".to_string()))
+        );
+        assert_eq!(
+            reactor("g:x", 1, "+1", "al"),
+            b"Eg:x\0\0\0\0\0\0\0\0\x01+1\0al".to_vec()
+        );
+        assert_eq!(
+            mention("g:x", "*", 1),
+            b"ng:x\0*\0\0\0\0\0\0\0\0\x01".to_vec()
+        );
+        assert_eq!(user_settings("al", "g:x"), b"sal\0g:x".to_vec());
+    }
+
+    #[test]
+    fn reaction_keys_of_one_emoji_exclude_longer_ones() {
+        // "+1" must not match "+1x" (an emoji never holds 0x00, which ends it)
+        assert!(!reactor("g:x", 1, "+1x", "al").starts_with(&reactor_prefix("g:x", 1, "+1")));
+        assert!(!held("g:x", 1, "alx", "+1").starts_with(&held_prefix("g:x", 1, "al")));
     }
 }

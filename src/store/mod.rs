@@ -5,6 +5,7 @@
 //! in-memory sled operations (microseconds); the fsync runs on the flusher thread, never on an actor thread.
 
 mod conv;
+mod features;
 pub mod keys;
 pub mod media;
 pub mod writer;
