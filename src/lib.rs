@@ -9,9 +9,10 @@
 //! - [`node`]: start, run and stop a node (`main` and the tests use the same entry point).
 //! - [`config`]: the `cluster.toml` tree with defaults and validation.
 //! - [`actors`]: [`actors::session`] (one per WebSocket), [`actors::user`] (devices, presence, friend and
-//!   conversation indexes), [`actors::conversation`] (sequence, messages, receipts, friendship of a pair, a
-//!   group's members; fan-out in bounded turns, `notify` for large groups), [`actors::group`] (group
-//!   operations on a conversation actor), [`actors::pull`] (a group's pull view: `sync` answered without
+//!   conversation indexes, and the access record: logout time and ban), [`actors::conversation`]
+//!   (sequence, messages, receipts, friendship of a pair, a group's members; fan-out in bounded turns,
+//!   `notify` for large groups), [`actors::group`] (group operations on a conversation actor, the
+//!   server API's included), [`actors::server_api`] (the server API's posts and reads on a conversation), [`actors::pull`] (a group's pull view: `sync` answered without
 //!   the actor), [`actors::lane`] (each session worker's low-priority lane for large fan-outs), and
 //!   the pure state machines [`actors::limits`], [`actors::delivery`], [`actors::friendship`].
 //! - [`state`]: the pure, deterministic core of durable state changes ([`state::conv`]: a conversation's
@@ -26,7 +27,8 @@
 //!   of a node from one tick and coalesces their traffic per node pair; [`raft::log`] is the node's durable
 //!   Raft log (one file, group commit across groups). Built and tested; not yet wired into a running node
 //!   (see the README's status).
-//! - [`net`]: HTTP endpoints, the WebSocket upgrade and frame reader, the typed protocol, tokens, and the
+//! - [`net`]: HTTP endpoints, the server API for the product's backend ([`net::api`]: messages, groups,
+//!   users, logout, ban; admin key), the WebSocket upgrade and frame reader, the typed protocol, tokens, and the
 //!   browser client ([`net::web`]: `GET /` the web chat app, `/app.js`, `/app.css`, `GET /sdk/rookery.js`
 //!   the JavaScript SDK), embedded at build time from the committed `web/dist/` and `clients/js/dist/`.
 //! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media

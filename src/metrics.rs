@@ -36,6 +36,7 @@ pub struct Metrics {
     pub slow_consumer_disconnects: IntCounter,
     pub media_bytes_received: IntCounter,
     pub media_stored: IntCounter,
+    pub admin_auth_failures: IntCounter,
     pub send_seconds: Histogram,
     pub store_flush_seconds: Histogram,
     peer_link_state: IntGaugeVec,
@@ -149,6 +150,11 @@ impl Metrics {
             "Uploads completed (content verified and stored).",
         );
 
+        let admin_auth_failures = counter(
+            "rookery_admin_auth_failures_total",
+            "Requests to admin endpoints (server API, POST /v1/token) refused for a missing or wrong admin key.",
+        );
+
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = must(Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(buckets),
@@ -219,6 +225,7 @@ impl Metrics {
             slow_consumer_disconnects,
             media_bytes_received,
             media_stored,
+            admin_auth_failures,
             send_seconds,
             store_flush_seconds,
             peer_link_state,
@@ -315,6 +322,7 @@ mod tests {
             "rookery_errors_total{code=\"forbidden\"} 1",
             "rookery_messages_accepted_total",
             "rookery_pushes_total",
+            "rookery_admin_auth_failures_total",
             "rookery_send_seconds_bucket",
             "rookery_store_flush_seconds_bucket",
             "rookery_peer_link_state{peer=\"n2\"} 1",

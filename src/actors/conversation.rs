@@ -555,6 +555,22 @@ impl ConvActor {
         self.enqueue(ctx, Done::Posted { tx, posted, fanout });
     }
 
+    /// A `cid` accepted before: `tx` gets its first answer once everything written so far is durable (the
+    /// first `sent` may still wait for the flush).
+    pub(super) fn answer_duplicate(
+        &mut self,
+        ctx: &mut Context<Self>,
+        tx: oneshot::Sender<ChatResult<Posted>>,
+        posted: Posted,
+    ) {
+        let done = Done::Posted {
+            tx,
+            posted,
+            fanout: None,
+        };
+        self.enqueue(ctx, done);
+    }
+
     fn stored(&self, seq: u64) -> ChatResult<String> {
         if seq == 0 || seq > self.state.last_seq {
             return Err(ChatError::not_found(format!(

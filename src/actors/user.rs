@@ -8,23 +8,28 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::actors::now_ms;
 use crate::actors::session::Outbound;
 use crate::cluster::Router;
+use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
 use crate::net::ws::WireFrame;
-use crate::state::user::{UserCommand, UserState, UserWrite};
+use crate::state::user::{Refusal, UserCommand, UserState, UserWrite};
 use crate::store::FriendEntry;
 
 /// A session serving `device` came up on `node`; an older session of the same device is kicked. Sent
 /// again for every live session when the user's node comes back (it lost what it knew): a session already
-/// known is not kicked.
+/// known is not kicked. A new session names its token's issue time (`issued_ms`): a banned user, or a
+/// token older than the user's last logout, is refused with `unauthorized` (a re-registration names none).
 #[derive(Message, Serialize, Deserialize)]
-#[rtype(result = "()")]
+#[rtype(result = "ChatResult<()>")]
 pub struct Connect {
     pub device: DeviceId,
     pub session_id: u64,
     pub node: NodeId,
+    #[serde(default)]
+    pub issued_ms: Option<u64>,
 }
 
 /// A session ended (ignored if the device is already served by a newer session).
@@ -84,11 +89,47 @@ pub struct PresenceChanged {
     pub online: bool,
 }
 
+/// The user as the server API shows it (`GET /v1/users/U`).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "UserInfo")]
+pub struct DescribeUser;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub online: bool,
+    /// Sorted by device name.
+    pub devices: Vec<DeviceInfo>,
+    pub banned: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device: DeviceId,
+    pub node: NodeId,
+    /// When the device's session connected (Unix milliseconds).
+    pub since: u64,
+}
+
+/// Void every token issued before `at_ms` and close every device (`POST /v1/users/U/logout`); answered
+/// once durable.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct Logout {
+    pub at_ms: u64,
+}
+
+/// Ban (closing every device) or unban the user; answered once durable.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct SetBan {
+    pub banned: bool,
+}
+
 /// Where a device's session runs.
-#[derive(PartialEq, Eq)]
 struct Device {
     session_id: u64,
     node: NodeId,
+    since: u64,
 }
 
 pub struct UserActor {
@@ -146,6 +187,15 @@ impl UserActor {
         }
     }
 
+    /// Closes every device of the user, on every node (a logout or a ban); each session's `Disconnect`
+    /// then removes it here.
+    fn close_devices(&self, refusal: Refusal) {
+        let out = Outbound::Revoked {
+            reason: refusal.reason().to_owned(),
+        };
+        self.router.push_to_user(&self.id, &out, None);
+    }
+
     fn announce_presence(&self, online: bool) {
         for (friend, entry) in &self.state.friends {
             if *entry == FriendEntry::Friend {
@@ -196,22 +246,36 @@ impl Actor for UserActor {
 }
 
 impl Handler<Connect> for UserActor {
-    type Result = ();
-    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+    type Result = ChatResult<()>;
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> ChatResult<()> {
         self.last_active = Instant::now();
+        if let Some(issued_ms) = msg.issued_ms {
+            if let Err(refusal) = self.state.admits(issued_ms) {
+                return Err(ChatError::new(ErrorCode::Unauthorized, refusal.reason()));
+            }
+        }
         let first = self.devices.is_empty();
         let new = Device {
             session_id: msg.session_id,
             node: msg.node,
+            since: now_ms(),
         };
         if let Some(old) = self.devices.insert(msg.device.clone(), new) {
-            if self.devices.get(&msg.device) != Some(&old) {
+            let same = self
+                .devices
+                .get(&msg.device)
+                .is_some_and(|d| d.session_id == old.session_id && d.node == old.node);
+            if same {
+                // a re-registration of a known session keeps its connect time
+                self.devices.insert(msg.device.clone(), old);
+            } else {
                 self.router.kick(&old.node, &self.id, old.session_id);
             }
         }
         if first {
             self.announce_presence(true);
         }
+        Ok(())
     }
 }
 
@@ -309,5 +373,49 @@ impl Handler<PresenceChanged> for UserActor {
                 &frame.to_json(),
             )));
         }
+    }
+}
+
+impl Handler<DescribeUser> for UserActor {
+    type Result = MessageResult<DescribeUser>;
+    fn handle(&mut self, _: DescribeUser, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let mut devices: Vec<DeviceInfo> = self
+            .devices
+            .iter()
+            .map(|(device, d)| DeviceInfo {
+                device: device.clone(),
+                node: d.node.clone(),
+                since: d.since,
+            })
+            .collect();
+        devices.sort_by(|a, b| a.device.cmp(&b.device));
+        MessageResult(UserInfo {
+            online: !devices.is_empty(),
+            devices,
+            banned: self.state.access.banned,
+        })
+    }
+}
+
+impl Handler<Logout> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: Logout, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.execute(UserCommand::Logout { at_ms: msg.at_ms });
+        self.close_devices(Refusal::LoggedOut);
+        self.durable()
+    }
+}
+
+impl Handler<SetBan> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: SetBan, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.execute(UserCommand::SetBan { banned: msg.banned });
+        if msg.banned {
+            self.close_devices(Refusal::Banned);
+        }
+        self.durable()
     }
 }

@@ -17,10 +17,15 @@ use super::pulls::FetchMany;
 use crate::actors::conversation::{
     Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Recall, Summarize, Typing,
 };
-use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup};
+use crate::actors::group::{
+    ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup, ServerChangeMembers, ServerCreateGroup,
+    ServerDescribeGroup,
+};
+use crate::actors::server_api::{ServerFetch, ServerPost};
 use crate::actors::session::Outbound;
 use crate::actors::user::{
-    AddConv, Connect, Disconnect, ListConvs, ListFriends, PresenceChanged, RemoveConv, SetFriend,
+    AddConv, Connect, DescribeUser, Disconnect, ListConvs, ListFriends, Logout, PresenceChanged,
+    RemoveConv, SetBan, SetFriend,
 };
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
@@ -254,7 +259,10 @@ remote_messages! {
     conv: [
         Post, Ack, Fetch, Summarize, MarkRead, GetReceipts, Typing, Recall, Friendship,
         CreateGroup, ChangeMembers, LeaveGroup, DescribeGroup,
+        ServerPost, ServerFetch, ServerCreateGroup, ServerChangeMembers, ServerDescribeGroup,
     ],
-    user: [Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends],
+    user: [
+        Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends, DescribeUser, Logout, SetBan,
+    ],
     tell_user: [Disconnect, PresenceChanged],
 }

@@ -18,7 +18,7 @@ use actix_web::{web, App, HttpResponse};
 
 use crate::cluster::Router;
 use crate::config::HttpConfig;
-use crate::net::{http, media, web as web_client, ws};
+use crate::net::{api, http, media, web as web_client, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
@@ -39,6 +39,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/media/{id}", web::get().to(media::download))
         .route("/v1/media/{id}/thumb", web::get().to(media::thumbnail))
         .route(ws::WS_PATH, web::get().to(upgrade_required))
+        .configure(api::routes)
         .configure(web_client::routes);
 }
 

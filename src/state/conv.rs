@@ -83,6 +83,14 @@ pub enum ConvCommand {
     },
     /// `user` leaves the group.
     Leave { user: UserId, ts: u64 },
+    /// A message the product's backend posts as `from` (server API, `POST /v1/messages`): a `Post` in
+    /// every respect (membership, dedupe, read position) but that a direct conversation needs no friendship.
+    ServerPost {
+        from: UserId,
+        cid: Cid,
+        ts: u64,
+        body: Box<RawValue>,
+    },
 }
 
 /// A write the store makes for an applied command, in list order.
@@ -246,6 +254,18 @@ impl ConvState {
                 ts,
             } => self.change_members(user, members, add, ts, rules, writes),
             ConvCommand::Leave { user, ts } => self.leave(user, ts, writes),
+            ConvCommand::ServerPost {
+                from,
+                cid,
+                ts,
+                body,
+            } => {
+                let rules = Rules {
+                    dm_requires_friendship: false,
+                    ..rules.clone()
+                };
+                self.post(from, cid, ts, body, &rules, history, writes)
+            }
         }
     }
 

@@ -5,6 +5,10 @@
 //! The conversation index is not held here: adding or removing an entry is an idempotent write, so the core
 //! needs no knowledge of the index to decide it, and an actor need not load a user's whole index to record
 //! one conversation. The friend index is small and held, since presence and `friends` read it.
+//!
+//! The user's access record is held too: the time before which the user's tokens are void (a logout by the
+//! server API) and the ban flag. Every `auth` for the user is checked against it by the user's actor, on
+//! the node that owns the user, so a logout or ban takes effect for every node at once.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +29,35 @@ pub enum UserCommand {
         other: UserId,
         entry: Option<FriendEntry>,
     },
+    /// Tokens issued before `at_ms` are void from now on (a logout; an earlier time changes nothing).
+    Logout { at_ms: u64 },
+    /// Ban (`banned`) or unban the user.
+    SetBan { banned: bool },
+}
+
+/// Who may authenticate as the user: stored with the user, one record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Tokens issued before this time (Unix milliseconds) are refused.
+    pub void_before_ms: u64,
+    pub banned: bool,
+}
+
+/// Why a token is refused for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Banned,
+    LoggedOut,
+}
+
+impl Refusal {
+    /// The close reason of the devices this closes, and the message of a refused `auth`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Banned => "banned",
+            Refusal::LoggedOut => "logged out",
+        }
+    }
 }
 
 /// A write the store makes for an applied command.
@@ -37,6 +70,8 @@ pub enum UserWrite {
         other: UserId,
         entry: Option<FriendEntry>,
     },
+    /// The access record, replaced whole.
+    Access(Access),
 }
 
 /// The part of a user's state the core keeps at hand.
@@ -44,6 +79,7 @@ pub enum UserWrite {
 pub struct UserState {
     pub id: UserId,
     pub friends: BTreeMap<UserId, FriendEntry>,
+    pub access: Access,
 }
 
 impl UserState {
@@ -51,7 +87,19 @@ impl UserState {
         UserState {
             id,
             friends: BTreeMap::new(),
+            access: Access::default(),
         }
+    }
+
+    /// May a token issued at `issued_ms` authenticate the user?
+    pub fn admits(&self, issued_ms: u64) -> Result<(), Refusal> {
+        if self.access.banned {
+            return Err(Refusal::Banned);
+        }
+        if issued_ms < self.access.void_before_ms {
+            return Err(Refusal::LoggedOut);
+        }
+        Ok(())
     }
 
     /// Is `other` an accepted friend?
@@ -83,6 +131,22 @@ impl UserState {
                 let changed = before != entry;
                 if changed {
                     writes.push(UserWrite::Friend { other, entry });
+                }
+                changed
+            }
+            UserCommand::Logout { at_ms } => {
+                let changed = at_ms > self.access.void_before_ms;
+                if changed {
+                    self.access.void_before_ms = at_ms;
+                    writes.push(UserWrite::Access(self.access));
+                }
+                changed
+            }
+            UserCommand::SetBan { banned } => {
+                let changed = banned != self.access.banned;
+                if changed {
+                    self.access.banned = banned;
+                    writes.push(UserWrite::Access(self.access));
                 }
                 changed
             }
@@ -119,6 +183,33 @@ mod tests {
         assert!(!state.apply(set(&None), &mut writes), "nothing to remove");
         assert_eq!(writes.len(), 3);
         assert!(state.friends.is_empty());
+    }
+
+    #[test]
+    fn logout_voids_older_tokens_and_ban_refuses_all() {
+        let mut state = UserState::empty(user("alice"));
+        let mut writes = Vec::new();
+        assert_eq!(state.admits(5), Ok(()));
+        assert!(state.apply(UserCommand::Logout { at_ms: 100 }, &mut writes));
+        assert_eq!(state.admits(99), Err(Refusal::LoggedOut));
+        assert_eq!(state.admits(100), Ok(()), "issued at the logout's moment");
+        assert!(
+            !state.apply(UserCommand::Logout { at_ms: 50 }, &mut writes),
+            "an earlier logout changes nothing"
+        );
+        assert!(state.apply(UserCommand::SetBan { banned: true }, &mut writes));
+        assert!(!state.apply(UserCommand::SetBan { banned: true }, &mut writes));
+        assert_eq!(state.admits(1_000), Err(Refusal::Banned));
+        assert!(state.apply(UserCommand::SetBan { banned: false }, &mut writes));
+        assert_eq!(state.admits(1_000), Ok(()));
+        assert_eq!(
+            writes.last(),
+            Some(&UserWrite::Access(Access {
+                void_before_ms: 100,
+                banned: false
+            }))
+        );
+        assert_eq!(writes.len(), 3);
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Store {
     pub fn user_state(&self, user: &UserId) -> StoreResult<UserState> {
         let mut state = UserState::empty(user.clone());
         state.friends = self.friends(user)?.into_iter().collect();
+        state.access = self.user_access(user)?;
         Ok(state)
     }
 
@@ -74,6 +75,7 @@ impl Store {
                 UserWrite::Friend { other, entry } => {
                     self.set_friend(user, other, entry.as_ref())?
                 }
+                UserWrite::Access(access) => self.set_user_access(user, access)?,
             }
         }
         Ok(())

@@ -11,6 +11,7 @@
 //! | `conv_log`   | `B` conv `\0` user                    | empty: the user belongs to the group   |
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
+//! | `user_index` | `a` user                              | access: tokens void before, ban (JSON) |
 //! | `media`      | `m` media id                          | stored content (JSON)                  |
 //! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
 //! | `media`      | `u` upload id                         | unfinished upload (JSON)               |
@@ -127,6 +128,11 @@ pub fn user_friend(user: &str, other: &str) -> Vec<u8> {
     let mut k = user_friend_prefix(user);
     k.extend_from_slice(other.as_bytes());
     k
+}
+
+/// The user's access record (logout time, ban).
+pub fn user_access(user: &str) -> Vec<u8> {
+    key(b'a', &[user.as_bytes()])
 }
 
 pub fn media(id: &str) -> Vec<u8> {

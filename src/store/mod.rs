@@ -366,6 +366,27 @@ impl Store {
         Ok(())
     }
 
+    /// The user's access record (default: never logged out, not banned).
+    pub fn user_access(&self, user: &UserId) -> StoreResult<crate::state::user::Access> {
+        match self.user_index.get(keys::user_access(user.as_str()))? {
+            None => Ok(Default::default()),
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(user.to_string()))
+            }
+        }
+    }
+
+    pub fn set_user_access(
+        &self,
+        user: &UserId,
+        access: &crate::state::user::Access,
+    ) -> StoreResult<()> {
+        let json = serde_json::to_vec(access).map_err(|_| StoreError::Corrupt(user.to_string()))?;
+        self.user_index
+            .insert(keys::user_access(user.as_str()), json)?;
+        Ok(())
+    }
+
     pub fn durability(&self) -> Durability {
         self.flusher.durability()
     }

@@ -155,7 +155,7 @@ pub fn free_port() -> u16 {
         Ordering::SeqCst,
     );
     for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let port = u16::try_from(LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN).unwrap_or(0);
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -541,5 +541,37 @@ fn dechunk(body: &str) -> String {
         }
         out.push_str(&after[..n]);
         rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// A server API call with the admin key: status and the body parsed as JSON (`Value::Null` when empty).
+pub async fn api(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let text = body.map(|b| b.to_string());
+    let (status, reply) = http(method, url, Some(ADMIN_KEY), text.as_deref()).await;
+    let value = if reply.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&reply).unwrap_or_else(|_| panic!("not JSON: {reply:?}"))
+    };
+    (status, value)
+}
+
+/// Waits until the server closes `client`'s connection and returns the close code and reason.
+pub async fn closed_with(client: &mut Client) -> (u16, String) {
+    let close = client
+        .expect_close(WAIT)
+        .await
+        .expect("closed by the server")
+        .expect("with a close frame");
+    (u16::from(close.code), close.reason.to_string())
+}
+
+/// Authenticates `user` on `addr` with `token`: `Ok(welcome)` or `Err(error frame)`.
+pub async fn try_login(addr: SocketAddr, token: &str, device: &str) -> Result<Value, Value> {
+    let mut c = Client::connect(addr).await.expect("connect");
+    match c.auth(token, device).await {
+        Ok(welcome) => Ok(welcome),
+        Err(rookery::client::ClientError::Refused(frame)) => Err(frame),
+        Err(e) => panic!("auth failed without an answer: {e}"),
     }
 }
