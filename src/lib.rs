@@ -33,6 +33,10 @@
 //!   the JavaScript SDK), embedded at build time from the committed `web/dist/` and `clients/js/dist/`.
 //! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
 //!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
+//! - [`webhooks`]: events for the product's backend ([`webhooks::events`]: which events a message or
+//!   presence change causes, written to the durable outbox [`store::outbox`] in the message's own batch;
+//!   [`webhooks::sender`]: the node's delivery task, batched, signed, retried with backoff) and the
+//!   before-send hook ([`webhooks::before_send`]).
 //! - [`client`]: a small typed client (used by the tests and the load generator in `bench/`).
 //! - [`error`], [`ids`], [`metrics`]: the closed set of error codes, validated ids, Prometheus metrics.
 //!
@@ -98,6 +102,7 @@ pub mod node;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod webhooks;
 
 pub use config::Config;
 

@@ -300,6 +300,7 @@ impl ConvActor {
         let id = self.state.id.clone();
         let history = ConvHistory { store, conv: &id };
         let outcome = self.state.apply(cmd, &self.rules, &history, &mut writes)?;
+        crate::webhooks::events::for_outcome(&self.router, &self.state, &outcome, &mut writes);
         writes.retain(|w| match w {
             Write::SenderRead { user, .. } => {
                 if !self.dirty_reads.contains(user) {

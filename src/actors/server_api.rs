@@ -1,6 +1,7 @@
 //! The server API's requests to a conversation's actor that are not group operations (those are in
 //! [`super::group`]): a message posted on a user's behalf, and reading a conversation as the product's
-//! backend, which is no member. The rules are the conversation core's ([`crate::state::conv`]), exactly as
+//! backend, which is no member; and the dedupe lookup the before-send hook asks first
+//! ([`crate::webhooks::before_send`]). The rules are the conversation core's ([`crate::state::conv`]), exactly as
 //! for a session's `send` and `sync`; only the caller differs (no device, no membership for reading).
 
 use actix::prelude::*;
@@ -14,6 +15,7 @@ use crate::error::{ChatError, ChatResult};
 use crate::ids::{Cid, UserId};
 use crate::net::protocol;
 use crate::state::conv::{ConvCommand, Outcome};
+use crate::store::ConvHistory;
 
 /// Post `body` as `from` (`POST /v1/messages`): stored and pushed as if `from` had sent it (to every device
 /// of every member, `from`'s included); answered with its seq and ts once durable. A known `cid` gets its
@@ -33,6 +35,29 @@ pub struct ServerPost {
 pub struct ServerFetch {
     pub range: Range,
     pub limit: usize,
+}
+
+/// The first answer to (`from`, `cid`) if that `cid` was accepted here (asked before the before-send hook,
+/// which a retry must not reach); `forbidden` / `not_found` as a post by `from` would get them.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "ChatResult<Option<Posted>>")]
+pub struct LookupCid {
+    pub from: UserId,
+    pub cid: Cid,
+}
+
+impl Handler<LookupCid> for ConvActor {
+    type Result = ChatResult<Option<Posted>>;
+
+    fn handle(&mut self, msg: LookupCid, _: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        self.check_member(&msg.from)?;
+        let history = ConvHistory {
+            store: self.router.store(),
+            conv: &self.state.id,
+        };
+        self.state.accepted_cid(&history, &msg.from, &msg.cid)
+    }
 }
 
 impl Handler<ServerPost> for ConvActor {

@@ -499,8 +499,9 @@ impl SessionActor {
                     cid: cid.clone(),
                     body,
                 };
-                // enqueued now, so a connection's sends are numbered in the order they arrived
-                let reply = router.ask_conv(&conv, post);
+                // enqueued now, so a connection's sends are numbered in the order they arrived (with a
+                // before-send hook, each once its own answer is in)
+                let reply = crate::webhooks::before_send::post(&router, &conv, post);
                 let fut = async move { reply.await?.map(|p| (conv, p)) };
                 self.request(ctx, rid, fut, move |act, ctx, rid, (conv, posted)| {
                     act.router

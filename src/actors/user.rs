@@ -274,6 +274,7 @@ impl Handler<Connect> for UserActor {
         }
         if first {
             self.announce_presence(true);
+            crate::webhooks::events::presence(&self.router, &self.id, true);
         }
         Ok(())
     }
@@ -291,6 +292,7 @@ impl Handler<Disconnect> for UserActor {
             self.devices.remove(&msg.device);
             if self.devices.is_empty() {
                 self.announce_presence(false);
+                crate::webhooks::events::presence(&self.router, &self.id, false);
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::actors::group::{
     ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup, ServerChangeMembers, ServerCreateGroup,
     ServerDescribeGroup,
 };
-use crate::actors::server_api::{ServerFetch, ServerPost};
+use crate::actors::server_api::{LookupCid, ServerFetch, ServerPost};
 use crate::actors::session::Outbound;
 use crate::actors::user::{
     AddConv, Connect, DescribeUser, Disconnect, ListConvs, ListFriends, Logout, PresenceChanged,
@@ -260,6 +260,7 @@ remote_messages! {
         Post, Ack, Fetch, Summarize, MarkRead, GetReceipts, Typing, Recall, Friendship,
         CreateGroup, ChangeMembers, LeaveGroup, DescribeGroup,
         ServerPost, ServerFetch, ServerCreateGroup, ServerChangeMembers, ServerDescribeGroup,
+        LookupCid,
     ],
     user: [
         Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends, DescribeUser, Logout, SetBan,

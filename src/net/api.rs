@@ -200,7 +200,7 @@ pub async fn post_message(
             cid: request.cid,
             body,
         };
-        let posted = router.ask_conv(&request.conv, post).await??;
+        let posted = crate::webhooks::before_send::post(&router, &request.conv, post).await??;
         Ok(PostedResponse {
             conv: request.conv,
             seq: posted.seq,

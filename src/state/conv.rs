@@ -116,6 +116,10 @@ pub enum Write {
     Group(GroupMeta),
     /// Members added (`member`) or removed, one key each.
     Members { users: Vec<UserId>, member: bool },
+    /// A webhook event (outbox `id`, enqueued at `at` ms) caused by the message written just before it, and
+    /// written in one batch with it. The core never lists one: the actor adds them for an accepted message
+    /// (who is offline is no state of the conversation; see [`crate::webhooks::events`]).
+    Event { id: u64, at: u64, json: String },
 }
 
 /// A message's seq and ts, as `sent` reports them.
@@ -266,6 +270,22 @@ impl ConvState {
                 };
                 self.post(from, cid, ts, body, &rules, history, writes)
             }
+        }
+    }
+
+    /// The first answer to (`from`, `cid`) if that `cid` was accepted (a trusted dedupe entry), without
+    /// changing anything: the before-send hook is not asked for such a retry.
+    pub fn accepted_cid(
+        &self,
+        history: &dyn History,
+        from: &UserId,
+        cid: &Cid,
+    ) -> ChatResult<Option<Posted>> {
+        match history.cid(from, cid)? {
+            Some((seq, ts)) if self.is_message_of(history, seq, from, cid)? => {
+                Ok(Some(Posted { seq, ts }))
+            }
+            _ => Ok(None),
         }
     }
 

@@ -2,7 +2,7 @@
 //! `conv_log` tree and the core's [`Write`]s applied to it (it reads dedupe entries and messages through
 //! [`ConvHistory`]); a user's state ([`crate::state::user`]) from the `user_index` tree and its writes.
 
-use super::{Store, StoreResult};
+use super::{keys, Store, StoreResult};
 use crate::error::ChatResult;
 use crate::ids::{Cid, ConvId, UserId};
 use crate::net::protocol::Message as ChatMessage;
@@ -34,9 +34,29 @@ impl Store {
         Ok((state, last.map(|(_, json)| json)))
     }
 
-    /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]).
+    /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]). A message
+    /// followed by webhook events ([`Write::Event`]) is written with them in one sled batch.
     pub fn write_conv(&self, conv: &ConvId, writes: &[Write]) -> StoreResult<()> {
-        for write in writes {
+        let mut rest = writes;
+        while let Some((write, after)) = rest.split_first() {
+            let events = after
+                .iter()
+                .take_while(|w| matches!(w, Write::Event { .. }))
+                .count();
+            if let (Write::Message { seq, json }, 1..) = (write, events) {
+                let mut batch = sled::Batch::default();
+                batch.insert(keys::msg(conv.as_str(), *seq), json.as_bytes());
+                for event in &after[..events] {
+                    if let Write::Event { id, at, json } = event {
+                        batch.insert(keys::outbox(*id), super::outbox::value(*at, json));
+                    }
+                }
+                self.conv_log.apply_batch(batch)?;
+                self.outbox_added(events);
+                rest = &after[events..];
+                continue;
+            }
+            rest = after;
             match write {
                 Write::Cid { from, cid, seq, ts } => {
                     self.set_cid(conv, from, cid.as_str(), *seq, *ts)?
@@ -48,6 +68,9 @@ impl Store {
                 Write::Pair(pair) => self.set_pair(conv, pair)?,
                 Write::Group(meta) => self.set_group(conv, meta)?,
                 Write::Members { users, member } => self.set_members(conv, users, *member)?,
+                Write::Event { id, at, json } => {
+                    self.push_events(&[(*id, *at, json.clone())])?;
+                }
             }
         }
         Ok(())

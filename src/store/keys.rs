@@ -9,6 +9,7 @@
 //! | `conv_log`   | `p` conv                              | friendship of a direct pair (JSON)     |
 //! | `conv_log`   | `G` conv                              | a group's name, owner (JSON)           |
 //! | `conv_log`   | `B` conv `\0` user                    | empty: the user belongs to the group   |
+//! | `conv_log`   | `o` id:u64                            | a webhook event: enqueued ms:u64, JSON (the outbox) |
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
 //! | `user_index` | `a` user                              | access: tokens void before, ban (JSON) |
@@ -32,6 +33,8 @@ pub const META: &str = "meta";
 pub const META_PARTITIONS: &[u8] = b"partitions";
 
 const MSG: u8 = b'm';
+/// The webhook outbox's tag in `conv_log` (beside the messages, so they share a batch).
+pub const OUTBOX: u8 = b'o';
 const CID: u8 = b'c';
 const READ: u8 = b'r';
 const PAIR: u8 = b'p';
@@ -127,6 +130,13 @@ pub fn user_friend_prefix(user: &str) -> Vec<u8> {
 pub fn user_friend(user: &str, other: &str) -> Vec<u8> {
     let mut k = user_friend_prefix(user);
     k.extend_from_slice(other.as_bytes());
+    k
+}
+
+/// A webhook event waiting for delivery.
+pub fn outbox(id: u64) -> Vec<u8> {
+    let mut k = vec![OUTBOX];
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 

@@ -7,6 +7,7 @@
 mod conv;
 pub mod keys;
 pub mod media;
+pub mod outbox;
 pub mod writer;
 
 use std::path::Path;
@@ -66,6 +67,7 @@ pub struct Store {
     user_index: sled::Tree,
     media: media::MediaStore,
     flusher: Flusher,
+    outbox: outbox::OutboxState,
 }
 
 impl Store {
@@ -80,12 +82,14 @@ impl Store {
         let user_index = db.open_tree(keys::USER_INDEX)?;
         let media = media::MediaStore::open(dir, &db)?;
         let flusher = Flusher::start(db.clone(), durability, flush_seconds);
+        let outbox = outbox::OutboxState::open(&conv_log)?;
         Ok(Store {
             db,
             conv_log,
             user_index,
             media,
             flusher,
+            outbox,
         })
     }
 
