@@ -102,9 +102,11 @@ pub struct UserInfo {
     pub banned: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {
+    #[schema(value_type = String)]
     pub device: DeviceId,
+    #[schema(value_type = String)]
     pub node: NodeId,
     /// When the device's session connected (Unix milliseconds).
     pub since: u64,

@@ -10,6 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::conversation::Range;
 use crate::actors::group::{
@@ -21,20 +22,27 @@ use crate::actors::user::{DescribeUser, DeviceInfo, Logout, SetBan};
 use crate::cluster::Router;
 use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{Cid, ConvId, UserId};
-use crate::net::http::{error_response, require_admin};
+use crate::net::http::{error_response, require_admin, ErrorBody};
 
 /// Default and largest page of `GET /v1/conversations/C/messages` (as `sync`).
 const PAGE_DEFAULT: u64 = 100;
 const PAGE_MAX: u64 = 1000;
 
 /// `POST /v1/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessageRequest {
+    /// `dm:A:B` or `g:NAME`.
+    #[schema(value_type = String, example = "dm:alice:bob")]
     pub conv: ConvId,
+    /// The member the message is sent as.
+    #[schema(value_type = String, example = "alice")]
     pub from: UserId,
+    /// Unique per sender and conversation (1 to 64 characters): the same again stores nothing.
+    #[schema(value_type = String, example = "c-81")]
     pub cid: Cid,
     /// Any JSON object.
+    #[schema(value_type = Object)]
     pub body: serde_json::Map<String, serde_json::Value>,
     /// Accepted as the contract allows; stored once the message features (replies, mentions) exist.
     #[serde(default)]
@@ -44,15 +52,18 @@ pub struct PostMessageRequest {
 }
 
 /// The answer to `POST /v1/messages`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PostedResponse {
+    #[schema(value_type = String)]
     pub conv: ConvId,
     pub seq: u64,
+    /// Unix milliseconds.
     pub ts: u64,
 }
 
 /// The query of `GET /v1/conversations/C/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     pub after: Option<u64>,
     pub before: Option<u64>,
@@ -60,50 +71,62 @@ pub struct MessagesQuery {
 }
 
 /// The answer to `GET /v1/conversations/C/messages`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MessagesResponse {
+    #[schema(value_type = String)]
     pub conv: ConvId,
     /// Stored messages, ascending by seq.
+    #[schema(value_type = Vec<Object>)]
     pub msgs: Vec<Box<RawValue>>,
     pub last_seq: u64,
 }
 
 /// `POST /v1/groups`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {
+    #[schema(value_type = String, example = "g:team")]
     pub conv: ConvId,
     pub name: String,
+    #[schema(value_type = String)]
     pub owner: UserId,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub members: Vec<UserId>,
 }
 
 /// `POST /v1/groups/C/members`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeMembersRequest {
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub add: Vec<UserId>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub remove: Vec<UserId>,
 }
 
 /// The query of `GET /v1/groups/C`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GroupQuery {
     #[serde(default)]
     pub members: bool,
 }
 
 /// A group, as the `group` frame shows it (without `type` and `rid`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GroupResponse {
+    #[schema(value_type = String)]
     pub conv: ConvId,
     pub name: String,
+    #[schema(value_type = String)]
     pub owner: UserId,
     pub count: u64,
+    /// Sorted; only when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub members: Option<Vec<UserId>>,
 }
 
@@ -120,8 +143,9 @@ impl GroupResponse {
 }
 
 /// The answer to `GET /v1/users/U`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserResponse {
+    #[schema(value_type = String)]
     pub user: UserId,
     pub online: bool,
     pub devices: Vec<DeviceInfo>,
@@ -174,6 +198,9 @@ async fn check_not_banned(router: &Router, user: &UserId) -> ChatResult<()> {
 }
 
 /// `POST /v1/messages`: stored and pushed as if `from` had sent it.
+#[utoipa::path(post, path = "/v1/messages", tag = "server API", security(("admin_key" = [])),
+    request_body = PostMessageRequest,
+    responses((status = 200, body = PostedResponse), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn post_message(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -212,6 +239,9 @@ pub async fn post_message(
 }
 
 /// `GET /v1/conversations/C/messages`: as `sync`, for any conversation.
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "server API", security(("admin_key" = [])),
+    params(("conv" = String, Path, description = "a conversation id as it is, e.g. dm:alice:bob"), MessagesQuery),
+    responses((status = 200, body = MessagesResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn messages(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -250,6 +280,9 @@ pub async fn messages(
 }
 
 /// `POST /v1/groups` → 201 with the group.
+#[utoipa::path(post, path = "/v1/groups", tag = "server API", security(("admin_key" = [])),
+    request_body = CreateGroupRequest,
+    responses((status = 201, body = GroupResponse), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_group(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -276,6 +309,10 @@ pub async fn create_group(
 }
 
 /// `POST /v1/groups/C/members`: `add`, then `remove`, as the owner.
+#[utoipa::path(post, path = "/v1/groups/{conv}/members", tag = "server API", security(("admin_key" = [])),
+    params(("conv" = String, Path, description = "a group id, g:NAME")),
+    request_body = ChangeMembersRequest,
+    responses((status = 200, body = GroupResponse), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn change_members(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -300,6 +337,9 @@ pub async fn change_members(
 }
 
 /// `GET /v1/groups/C?members=true`.
+#[utoipa::path(get, path = "/v1/groups/{conv}", tag = "server API", security(("admin_key" = [])),
+    params(("conv" = String, Path, description = "a group id, g:NAME"), GroupQuery),
+    responses((status = 200, body = GroupResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn group(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -322,6 +362,9 @@ pub async fn group(
 }
 
 /// `GET /v1/users/U`.
+#[utoipa::path(get, path = "/v1/users/{user}", tag = "server API", security(("admin_key" = [])),
+    params(("user" = String, Path)),
+    responses((status = 200, body = UserResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn user(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -345,6 +388,9 @@ pub async fn user(
 }
 
 /// `POST /v1/users/U/logout` → 204: every device closed, every older token refused, on every node.
+#[utoipa::path(post, path = "/v1/users/{user}/logout", tag = "server API", security(("admin_key" = [])),
+    params(("user" = String, Path)),
+    responses((status = 204, description = "every device closed, older tokens refused"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn logout(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -362,6 +408,9 @@ pub async fn logout(
 }
 
 /// `PUT /v1/users/U/ban` → 204.
+#[utoipa::path(put, path = "/v1/users/{user}/ban", tag = "server API", security(("admin_key" = [])),
+    params(("user" = String, Path)),
+    responses((status = 204, description = "banned: devices closed, auth refused"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn ban(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -371,6 +420,9 @@ pub async fn ban(
 }
 
 /// `DELETE /v1/users/U/ban` → 204.
+#[utoipa::path(delete, path = "/v1/users/{user}/ban", tag = "server API", security(("admin_key" = [])),
+    params(("user" = String, Path)),
+    responses((status = 204, description = "the ban is lifted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn unban(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -394,17 +446,4 @@ async fn set_ban(
     }
     .await;
     no_content(result)
-}
-
-/// The server API's routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/messages", web::post().to(post_message))
-        .route("/v1/conversations/{conv}/messages", web::get().to(messages))
-        .route("/v1/groups", web::post().to(create_group))
-        .route("/v1/groups/{conv}/members", web::post().to(change_members))
-        .route("/v1/groups/{conv}", web::get().to(group))
-        .route("/v1/users/{user}", web::get().to(user))
-        .route("/v1/users/{user}/logout", web::post().to(logout))
-        .route("/v1/users/{user}/ban", web::put().to(ban))
-        .route("/v1/users/{user}/ban", web::delete().to(unban));
 }

@@ -3,8 +3,8 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::cluster::peer::LinkState;
 use crate::cluster::Router;
@@ -12,10 +12,21 @@ use crate::error::{ChatError, ErrorCode};
 use crate::ids::UserId;
 use crate::net::auth;
 
+/// Every HTTP error's body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// Lowercase, human-readable.
+    pub message: String,
+}
+
 pub fn error_response(e: &ChatError) -> HttpResponse {
     let status =
         StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(json!({"error": e.code, "message": e.message}))
+    HttpResponse::build(status).json(ErrorBody {
+        error: e.code,
+        message: e.message.clone(),
+    })
 }
 
 /// The bearer token of a request, if it has one.
@@ -28,20 +39,33 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "node",
+    responses((status = 200, description = "the node runs", content_type = "text/plain", body = String)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// Every metric of the node (Prometheus text format).
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(router: web::Data<Router>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(router.metrics().render())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
     user: String,
+    /// Seconds (default 86400, or `auth.max_token_ttl_s` when lower).
     ttl_s: Option<u64>,
+}
+
+/// A client token (HS256 JWT with `sub`, `exp`, `iat`, `iat_ms`).
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    token: String,
 }
 
 /// Lets a request through only with `Authorization: Bearer ADMIN_KEY` (compared in constant time); any
@@ -58,6 +82,10 @@ pub fn require_admin(req: &HttpRequest, router: &Router) -> Result<(), ChatError
     ))
 }
 
+/// Mints a client token.
+#[utoipa::path(post, path = "/v1/token", tag = "node", security(("admin_key" = [])),
+    request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes) -> HttpResponse {
     if let Err(e) = require_admin(&req, &router) {
         return error_response(&e);
@@ -78,7 +106,7 @@ pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
         return error_response(&ChatError::bad_request(format!("ttl_s: {e}")));
     }
     let token = auth::mint(&config.token_secret, &user, ttl);
-    HttpResponse::Ok().json(json!({ "token": token }))
+    HttpResponse::Ok().json(TokenResponse { token })
 }
 
 /// Compares in time that depends on the lengths only (the admin key's bytes are never a timing oracle).
@@ -86,8 +114,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One node of `GET /v1/nodes`.
+#[derive(Serialize, ToSchema)]
+pub struct NodeEntry {
+    id: String,
+    listen: String,
+    up: bool,
+    connections: u64,
+}
+
 /// Every node of the cluster as this node sees it: `up` is the state of this node's link to it (a node
 /// refused for a different config is not up), `connections` its client connections as last reported.
+#[utoipa::path(get, path = "/v1/nodes", tag = "node",
+    responses((status = 200, body = Vec<NodeEntry>)))]
 pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
     let me = router.node().as_str();
     let list: Vec<_> = router
@@ -105,17 +144,34 @@ pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
                 None if n.id == me => (router.listen().to_string(), true, router.connections()),
                 None => (n.listen.clone(), false, 0),
             };
-            json!({ "id": n.id, "listen": listen, "up": up, "connections": connections })
+            NodeEntry {
+                id: n.id.clone(),
+                listen,
+                up,
+                connections,
+            }
         })
         .collect();
     HttpResponse::Ok().json(list)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RouteQuery {
+    /// A user id.
     user: Option<String>,
 }
 
+/// Where a user's partition is led.
+#[derive(Serialize, ToSchema)]
+pub struct RouteResponse {
+    node: String,
+    ws: String,
+}
+
+/// The node that owns `user` (the shortest path for the user's client).
+#[utoipa::path(get, path = "/v1/route", tag = "node", params(RouteQuery),
+    responses((status = 200, body = RouteResponse), (status = 400, body = ErrorBody)))]
 pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> HttpResponse {
     let Some(user) = query.user.as_deref() else {
         return error_response(&ChatError::bad_request("missing query parameter `user`"));
@@ -136,5 +192,8 @@ pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> 
             .map(|n| n.listen.clone())
             .unwrap_or_default()
     };
-    HttpResponse::Ok().json(json!({ "node": owner, "ws": format!("ws://{listen}/ws") }))
+    HttpResponse::Ok().json(RouteResponse {
+        node: owner.to_string(),
+        ws: format!("ws://{listen}/ws"),
+    })
 }
