@@ -170,6 +170,15 @@ async fn a_receiver_failing_for_a_while_gets_every_event_in_seq_order_per_conver
         metrics.contains("rookery_webhook_outbox_events 121"),
         "{metrics}"
     );
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rookery_webhook_outbox_age_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("outbox age");
+    assert!(
+        age >= 2.0,
+        "the oldest event waits since the first post: {age}"
+    );
     receiver.set(|b| b.events_status = 200);
     let events = receiver
         .wait_events(|e| dedupe(e).len() >= want.len(), Duration::from_secs(10))
@@ -381,5 +390,54 @@ async fn before_send_failures_reject_under_the_reject_policy() {
         (status, reply["seq"].as_u64()),
         (200, Some(1)),
         "the retry with the same cid is stored once"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_hook_does_not_stall_the_conversation() {
+    let receiver = Receiver::start();
+    receiver.set(|b| b.hook_delay = Duration::from_millis(1500));
+    let hook = format!(
+        "before_send_url = \"{}/hook\"\nbefore_send_timeout_ms = 3000",
+        receiver.base
+    );
+    let node = TestNode::start_with(&receiver.config(&hook));
+    let mut alice = node.login("alice", "phone").await;
+    let mut bob = node.login("bob", "phone").await;
+    alice
+        .call(json!({"type":"group_create","conv":"g:s","name":"S","members":["bob"]}))
+        .await
+        .expect("created");
+    // alice's message waits for the hook; meanwhile the conversation serves bob at once
+    alice
+        .send(&json!({"type":"send","rid":"slow","cid":"s1","conv":"g:s","body":{"text":"hi"}}))
+        .await
+        .expect("sent");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let page = bob
+        .call(json!({"type":"sync","conv":"g:s"}))
+        .await
+        .expect("sync");
+    bob.call(json!({"type":"group_info","conv":"g:s"}))
+        .await
+        .expect("info");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        msg_seqs(&page),
+        vec![1],
+        "the message is not stored before the hook answers"
+    );
+    let sent = alice
+        .expect(|f| f["rid"] == "slow", Duration::from_secs(5))
+        .await
+        .expect("sent after the hook");
+    assert_eq!(
+        (sent["type"].as_str(), sent["seq"].as_u64()),
+        (Some("sent"), Some(2))
     );
 }

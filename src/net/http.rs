@@ -50,6 +50,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "node",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(router: web::Data<Router>) -> HttpResponse {
+    crate::webhooks::sender::observe_outbox(&router);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(router.metrics().render())

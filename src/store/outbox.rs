@@ -99,6 +99,14 @@ impl Store {
         Ok(out)
     }
 
+    /// When the oldest waiting event was written (Unix ms), if any.
+    pub fn outbox_oldest_ms(&self) -> StoreResult<Option<u64>> {
+        match self.conv_log.scan_prefix([keys::OUTBOX]).next() {
+            None => Ok(None),
+            Some(entry) => Ok(keys::parse_u64(&entry?.1, 0)),
+        }
+    }
+
     /// Removes delivered events.
     pub fn outbox_remove(&self, ids: &[u64]) -> StoreResult<()> {
         let mut removed = 0u64;

@@ -61,9 +61,6 @@ pub async fn deliver_forever(router: Router) {
     let metrics = router.metrics();
     let mut failures: u32 = 0;
     loop {
-        metrics
-            .webhook_outbox_events
-            .set(gauge(store.outbox_depth()));
         let batch = match store.outbox_batch(BATCH) {
             Ok(batch) => batch,
             Err(e) => {
@@ -72,9 +69,6 @@ pub async fn deliver_forever(router: Router) {
                 continue;
             }
         };
-        let oldest = batch.iter().map(|e| e.enqueued_ms).min();
-        let age = oldest.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
-        metrics.webhook_outbox_age_seconds.set(age);
         if batch.is_empty() {
             let _ = tokio::time::timeout(IDLE_POLL, store.outbox_added_wait()).await;
             continue;
@@ -116,8 +110,23 @@ pub async fn deliver_forever(router: Router) {
     }
 }
 
-fn gauge(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// Sets the outbox gauges from the store (at every scrape of `/metrics`, so they are never stale while
+/// the sender sleeps in a backoff).
+pub fn observe_outbox(router: &Router) {
+    let store = router.store();
+    let metrics = router.metrics();
+    metrics
+        .webhook_outbox_events
+        .set(i64::try_from(store.outbox_depth()).unwrap_or(i64::MAX));
+    let age = match store.outbox_oldest_ms() {
+        Ok(Some(t)) => now_ms().saturating_sub(t) as f64 / 1000.0,
+        Ok(None) => 0.0,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the webhook outbox");
+            return;
+        }
+    };
+    metrics.webhook_outbox_age_seconds.set(age);
 }
 
 #[cfg(test)]
