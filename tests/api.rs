@@ -422,3 +422,32 @@ async fn logout_and_ban_take_effect_on_every_node_and_survive_a_restart() {
         .expect_err("still void");
     assert_eq!(frame["code"], "unauthorized", "{frame}");
 }
+
+#[tokio::test]
+async fn a_device_racing_a_logout_is_closed_too() {
+    let node = TestNode::start();
+    let logout = node.url("/v1/users/racer/logout");
+    for round in 0..10 {
+        let old = token("racer");
+        let addr = node.addr;
+        let device = format!("d{round}");
+        let login = tokio::spawn(async move {
+            let mut c = rookery::client::Client::connect(addr)
+                .await
+                .expect("connect");
+            c.auth(&old, &device).await.ok().map(|_| c)
+        });
+        let (status, _) = api("POST", &logout, None).await;
+        assert_eq!(status, 204);
+        // whichever came first: refused, or accepted and then closed
+        if let Some(mut client) = login.await.expect("login task") {
+            let (code, reason) = closed_with(&mut client).await;
+            assert_eq!(
+                (code, reason.as_str()),
+                (1008, "logged out"),
+                "round {round}"
+            );
+        }
+    }
+    node.login("racer", "after").await;
+}

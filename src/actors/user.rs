@@ -127,6 +127,11 @@ pub struct SetBan {
     pub banned: bool,
 }
 
+/// How long after a logout or ban the user's actor checks that every older device is gone (see
+/// `UserActor::close_devices`), and how many times it looks.
+const REVOKE_CHECK: Duration = Duration::from_secs(1);
+const REVOKE_ROUNDS: u32 = 3;
+
 /// Where a device's session runs.
 struct Device {
     session_id: u64,
@@ -191,11 +196,29 @@ impl UserActor {
 
     /// Closes every device of the user, on every node (a logout or a ban); each session's `Disconnect`
     /// then removes it here.
-    fn close_devices(&self, refusal: Refusal) {
+    ///
+    /// A session registers for pushes just after this actor accepted its `Connect`, so one whose `Connect`
+    /// came a moment before the logout can miss the close. After [`REVOKE_CHECK`] the actor looks again:
+    /// while a device that connected before the logout is still here, every device is closed again (a
+    /// device that connected since with a new token reconnects at once).
+    fn close_devices(&self, ctx: &mut Context<Self>, refusal: Refusal, rounds: u32) {
         let out = Outbound::Revoked {
             reason: refusal.reason().to_owned(),
         };
         self.router.push_to_user(&self.id, &out, None);
+        let at = now_ms();
+        if rounds == 0 {
+            return;
+        }
+        ctx.run_later(REVOKE_CHECK, move |act, ctx| {
+            let still_revoked = match refusal {
+                Refusal::Banned => act.state.access.banned,
+                Refusal::LoggedOut => true,
+            };
+            if still_revoked && act.devices.values().any(|d| d.since <= at) {
+                act.close_devices(ctx, refusal, rounds - 1);
+            }
+        });
     }
 
     fn announce_presence(&self, online: bool) {
@@ -404,21 +427,21 @@ impl Handler<DescribeUser> for UserActor {
 
 impl Handler<Logout> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: Logout, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Logout, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
         self.execute(UserCommand::Logout { at_ms: msg.at_ms });
-        self.close_devices(Refusal::LoggedOut);
+        self.close_devices(ctx, Refusal::LoggedOut, REVOKE_ROUNDS);
         self.durable()
     }
 }
 
 impl Handler<SetBan> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: SetBan, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetBan, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
         self.execute(UserCommand::SetBan { banned: msg.banned });
         if msg.banned {
-            self.close_devices(Refusal::Banned);
+            self.close_devices(ctx, Refusal::Banned, REVOKE_ROUNDS);
         }
         self.durable()
     }
