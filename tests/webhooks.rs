@@ -441,3 +441,32 @@ async fn a_slow_hook_does_not_stall_the_conversation() {
         (Some("sent"), Some(2))
     );
 }
+
+#[tokio::test]
+async fn offline_is_decided_from_every_nodes_sessions() {
+    let receiver = Receiver::start();
+    let cluster = Cluster::start(2, &receiver.config("")).await;
+    // the group lives on node 0; bob is connected to node 1 only; carol nowhere
+    let group = (0..1000)
+        .map(|i| format!("g:team{i}"))
+        .find(|g| cluster.owner(g) == 0)
+        .expect("a group on node 0");
+    let bob = cluster.user_on(1, "bob");
+    let carol = cluster.user_on(0, "carol");
+    let _bob_phone = cluster.login(1, &bob, "phone").await;
+    let body = json!({"conv":group,"name":"T","owner":"alice","members":[bob, carol]});
+    let (status, _) = api("POST", &cluster.url(1, "/v1/groups"), Some(body)).await;
+    assert_eq!(status, 201);
+    post(&cluster.url(1, ""), &group, "alice", "x1", "hi").await;
+    receiver
+        .wait_events(|e| !e.is_empty(), Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = dedupe(&receiver.events());
+    let users: Vec<&str> = events.iter().filter_map(|e| e["user"].as_str()).collect();
+    assert_eq!(
+        users,
+        vec![carol.as_str()],
+        "bob is online on the other node: {events:#?}"
+    );
+}
