@@ -232,8 +232,7 @@ impl HttpConfig {
 /// The webhook event types of the contract.
 pub const WEBHOOK_EVENTS: [&str; 4] = ["offline_message", "message", "user_online", "user_offline"];
 
-/// `[webhooks]`: accepted and validated so that a config written against the contract starts a node; events
-/// are not delivered yet (README, status), and a node with a `url` or `before_send_url` says so at start.
+/// `[webhooks]`: events for the product's backend and the before-send hook (see [`crate::webhooks`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {

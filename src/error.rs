@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The `code` of an `error` frame (PROTOCOL.md, "Errors").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -36,6 +36,15 @@ pub struct Metrics {
     pub slow_consumer_disconnects: IntCounter,
     pub media_bytes_received: IntCounter,
     pub media_stored: IntCounter,
+    pub admin_auth_failures: IntCounter,
+    pub webhook_outbox_events: IntGauge,
+    pub webhook_outbox_age_seconds: Gauge,
+    pub webhook_requests_ok: IntCounter,
+    pub webhook_requests_failed: IntCounter,
+    pub webhook_events_delivered: IntCounter,
+    pub webhook_request_seconds: Histogram,
+    before_send_answers: HashMap<&'static str, IntCounter>,
+    pub before_send_seconds: Histogram,
     pub send_seconds: Histogram,
     pub store_flush_seconds: Histogram,
     peer_link_state: IntGaugeVec,
@@ -156,6 +165,48 @@ impl Metrics {
             "Uploads completed (content verified and stored).",
         );
 
+        let admin_auth_failures = counter(
+            "rookery_admin_auth_failures_total",
+            "Requests to admin endpoints (server API, POST /v1/token) refused for a missing or wrong admin key.",
+        );
+
+        let webhook_outbox_events = must(IntGauge::new(
+            "rookery_webhook_outbox_events",
+            "Webhook events stored on this node and not yet acknowledged by the receiver.",
+        ));
+        reg(Box::new(webhook_outbox_events.clone()));
+        let webhook_outbox_age_seconds = must(Gauge::new(
+            "rookery_webhook_outbox_age_seconds",
+            "Age of the oldest webhook event waiting in this node's outbox (0 when empty).",
+        ));
+        reg(Box::new(webhook_outbox_age_seconds.clone()));
+        let webhook_requests = must(IntCounterVec::new(
+            Opts::new(
+                "rookery_webhook_requests_total",
+                "Webhook batches posted, by result (ok: a 2xx; failed: anything else, retried).",
+            ),
+            &["result"],
+        ));
+        reg(Box::new(webhook_requests.clone()));
+        let webhook_requests_ok = webhook_requests.with_label_values(&["ok"]);
+        let webhook_requests_failed = webhook_requests.with_label_values(&["failed"]);
+        let webhook_events_delivered = counter(
+            "rookery_webhook_events_delivered_total",
+            "Webhook events acknowledged by the receiver (and removed from the outbox).",
+        );
+        let before_send_vec = must(IntCounterVec::new(
+            Opts::new(
+                "rookery_before_send_total",
+                "Before-send hook calls, by answer (allow, reject, replace, failed: none or invalid).",
+            ),
+            &["answer"],
+        ));
+        reg(Box::new(before_send_vec.clone()));
+        let before_send_answers = ["allow", "reject", "replace", "failed"]
+            .iter()
+            .map(|a| (*a, before_send_vec.with_label_values(&[a])))
+            .collect();
+
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = must(Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(buckets),
@@ -175,6 +226,16 @@ impl Metrics {
         let store_flush_seconds = histogram(
             "rookery_store_flush_seconds",
             "Duration of one group-commit flush (fsync).",
+            latency_buckets.clone(),
+        );
+        let webhook_request_seconds = histogram(
+            "rookery_webhook_request_seconds",
+            "Time from posting a webhook batch to the receiver's answer (or the failure).",
+            latency_buckets.clone(),
+        );
+        let before_send_seconds = histogram(
+            "rookery_before_send_seconds",
+            "Time from asking the before-send hook to its answer (or the failure).",
             latency_buckets.clone(),
         );
 
@@ -249,6 +310,15 @@ impl Metrics {
             slow_consumer_disconnects,
             media_bytes_received,
             media_stored,
+            admin_auth_failures,
+            webhook_outbox_events,
+            webhook_outbox_age_seconds,
+            webhook_requests_ok,
+            webhook_requests_failed,
+            webhook_events_delivered,
+            webhook_request_seconds,
+            before_send_answers,
+            before_send_seconds,
             send_seconds,
             store_flush_seconds,
             peer_link_state,
@@ -296,6 +366,13 @@ impl Metrics {
 
     pub fn frame_out(&self, kind: &str) {
         if let Some(c) = self.frames_out.get(kind) {
+            c.inc();
+        }
+    }
+
+    /// Counts a before-send hook call by its answer (`allow`, `reject`, `replace`, `failed`).
+    pub fn before_send(&self, answer: &str) {
+        if let Some(c) = self.before_send_answers.get(answer) {
             c.inc();
         }
     }
@@ -349,6 +426,14 @@ mod tests {
             "rookery_errors_total{code=\"forbidden\"} 1",
             "rookery_messages_accepted_total",
             "rookery_pushes_total",
+            "rookery_admin_auth_failures_total",
+            "rookery_webhook_outbox_events",
+            "rookery_webhook_outbox_age_seconds",
+            "rookery_webhook_requests_total{result=\"failed\"}",
+            "rookery_webhook_events_delivered_total",
+            "rookery_webhook_request_seconds_bucket",
+            "rookery_before_send_total{answer=\"allow\"}",
+            "rookery_before_send_seconds_bucket",
             "rookery_send_seconds_bucket",
             "rookery_store_flush_seconds_bucket",
             "rookery_peer_link_state{peer=\"n2\"} 1",

@@ -84,11 +84,6 @@ impl Node {
                 stored,
             });
         }
-        if !config.webhooks.url.is_empty() || !config.webhooks.before_send_url.is_empty() {
-            tracing::warn!(
-                "webhooks are not delivered by this version: webhooks.url and webhooks.before_send_url are ignored"
-            );
-        }
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();
@@ -168,6 +163,9 @@ impl Node {
         let handle = self.server.handle();
         let server = actix_rt::spawn(self.server);
         let sweeper = actix_rt::spawn(crate::net::media::sweep_forever(self.router.clone()));
+        let webhooks = actix_rt::spawn(crate::webhooks::sender::deliver_forever(
+            self.router.clone(),
+        ));
         shutdown.await;
         tracing::info!(node = %self.router.node(), "shutting down");
         handle.pause().await;
@@ -190,6 +188,7 @@ impl Node {
         }
         let _ = server.await;
         sweeper.abort();
+        webhooks.abort();
         for arbiter in self.arbiters {
             arbiter.stop();
             let _ = arbiter.join();

@@ -12,6 +12,10 @@ use common::*;
 use serde_json::Value;
 
 const PARTITIONS: usize = 64;
+
+/// The tests of this file run one at a time: each measures failover against the contract's bound, which
+/// means nothing while three other clusters compete for the same two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ELECTION_MS: u64 = 1000;
 
 fn extra() -> String {
@@ -79,6 +83,7 @@ fn counts(leaders: &[String]) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_partition_elects_one_leader_that_every_node_agrees_on() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(3, &extra()).await;
     let (leaders, _) = settled(&cluster, &[0, 1, 2], Duration::from_secs(15)).await;
     assert_eq!(leaders.len(), PARTITIONS);
@@ -164,6 +169,7 @@ async fn every_partition_elects_one_leader_that_every_node_agrees_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_or_frozen_leader_is_replaced_within_the_election_timeout_plus_a_second() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3, &extra()).await;
     let (leaders, _) = settled(&cluster, &[0, 1, 2], Duration::from_secs(15)).await;
     let bound = Duration::from_millis(ELECTION_MS) + Duration::from_secs(1);
@@ -205,6 +211,7 @@ async fn a_killed_or_frozen_leader_is_replaced_within_the_election_timeout_plus_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_every_leadership_over_before_the_node_exits() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3, &extra()).await;
     let (leaders, _) = settled(&cluster, &[0, 1, 2], Duration::from_secs(15)).await;
     let by_node = counts(&leaders);
@@ -251,6 +258,7 @@ async fn sent(cluster: &Cluster, i: usize, peer: &str, kind: &str) -> u64 {
 /// carries a few dozen `Raft` frames (about one per driver round), not one per group per heartbeat (640).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_of_all_groups_share_one_frame_per_node_pair_and_round() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(3, &extra()).await;
     settled(&cluster, &[0, 1, 2], Duration::from_secs(15)).await;
     let before = sent(&cluster, 0, "n2", "raft").await;

@@ -306,6 +306,7 @@ impl ConvActor {
         let id = self.state.id.clone();
         let history = ConvHistory { store, conv: &id };
         let outcome = self.state.apply(cmd, &self.rules, &history, &mut writes)?;
+        crate::webhooks::events::for_outcome(&self.router, &self.state, &outcome, &mut writes);
         writes.retain(|w| match w {
             Write::SenderRead { user, .. } => {
                 if !self.dirty_reads.contains(user) {
@@ -595,6 +596,22 @@ impl ConvActor {
         if seq == self.published_seq {
             self.last_json = Some(json.to_string());
         }
+    }
+
+    /// A `cid` accepted before: `tx` gets its first answer once everything written so far is durable (the
+    /// first `sent` may still wait for the flush).
+    pub(super) fn answer_duplicate(
+        &mut self,
+        ctx: &mut Context<Self>,
+        tx: oneshot::Sender<ChatResult<Posted>>,
+        posted: Posted,
+    ) {
+        let done = Done::Posted {
+            tx,
+            posted,
+            fanout: None,
+        };
+        self.enqueue(ctx, done);
     }
 
     fn stored(&self, seq: u64) -> ChatResult<String> {

@@ -60,6 +60,32 @@ pub struct DescribeGroup {
     pub members: bool,
 }
 
+/// Create the group for the product's backend (server API): as [`CreateGroup`] by `owner`, caused by no
+/// device (every device of every member gets the `created` message).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "ChatResult<GroupView>")]
+pub struct ServerCreateGroup {
+    pub owner: UserId,
+    pub name: String,
+    pub members: Vec<UserId>,
+}
+
+/// Add `add`, then remove `remove` (server API), each as the owner's `group_add` / `group_remove` would;
+/// an empty list changes nothing. Answered with the group after both.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "ChatResult<GroupView>")]
+pub struct ServerChangeMembers {
+    pub add: Vec<UserId>,
+    pub remove: Vec<UserId>,
+}
+
+/// The group's description for the product's backend (no membership needed).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "ChatResult<GroupView>")]
+pub struct ServerDescribeGroup {
+    pub members: bool,
+}
+
 /// What a `group` frame shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupView {
@@ -94,7 +120,7 @@ impl ConvActor {
         &mut self,
         ctx: &mut Context<Self>,
         cmd: ConvCommand,
-        device: DeviceId,
+        device: Option<DeviceId>,
     ) -> ResponseFuture<ChatResult<GroupView>> {
         let (appended, changed, add) = match self.execute(cmd) {
             Ok(Outcome::Group {
@@ -118,7 +144,7 @@ impl ConvActor {
             }
         }
         let (tx, sent) = oneshot::channel();
-        self.accepted(ctx, tx, appended, Some(device));
+        self.accepted(ctx, tx, appended, device);
         let view = match self.view(false) {
             Ok(v) => v,
             Err(e) => return failed(e),
@@ -185,7 +211,7 @@ impl Handler<CreateGroup> for ConvActor {
             members: msg.members,
             ts: now_ms(),
         };
-        self.change_group(ctx, cmd, msg.device)
+        self.change_group(ctx, cmd, Some(msg.device))
     }
 }
 
@@ -200,7 +226,7 @@ impl Handler<ChangeMembers> for ConvActor {
             add: msg.add,
             ts: now_ms(),
         };
-        self.change_group(ctx, cmd, msg.device)
+        self.change_group(ctx, cmd, Some(msg.device))
     }
 }
 
@@ -213,7 +239,7 @@ impl Handler<LeaveGroup> for ConvActor {
             user: msg.user,
             ts: now_ms(),
         };
-        let done = self.change_group(ctx, cmd, msg.device);
+        let done = self.change_group(ctx, cmd, Some(msg.device));
         Box::pin(async move { done.await.map(|_| ()) })
     }
 }
@@ -224,6 +250,65 @@ impl Handler<DescribeGroup> for ConvActor {
     fn handle(&mut self, msg: DescribeGroup, _: &mut Context<Self>) -> ChatResult<GroupView> {
         self.touch();
         self.check_member(&msg.user)?;
+        self.view(msg.members)
+    }
+}
+
+impl Handler<ServerCreateGroup> for ConvActor {
+    type Result = ResponseFuture<ChatResult<GroupView>>;
+
+    fn handle(&mut self, msg: ServerCreateGroup, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let cmd = ConvCommand::CreateGroup {
+            owner: msg.owner,
+            name: msg.name,
+            members: msg.members,
+            ts: now_ms(),
+        };
+        self.change_group(ctx, cmd, None)
+    }
+}
+
+impl Handler<ServerChangeMembers> for ConvActor {
+    type Result = ResponseFuture<ChatResult<GroupView>>;
+
+    fn handle(&mut self, msg: ServerChangeMembers, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch();
+        let owner = match &self.state.group {
+            Some(meta) => meta.owner.clone(),
+            None => {
+                let e = ChatError::not_found(format!("group {} does not exist", self.state.id));
+                return failed(e);
+            }
+        };
+        let mut steps = Vec::new();
+        for (members, add) in [(msg.add, true), (msg.remove, false)] {
+            if members.is_empty() {
+                continue;
+            }
+            let cmd = ConvCommand::ChangeMembers {
+                user: owner.clone(),
+                members,
+                add,
+                ts: now_ms(),
+            };
+            steps.push(self.change_group(ctx, cmd, None));
+        }
+        let view = self.view(false);
+        Box::pin(async move {
+            for step in steps {
+                step.await?;
+            }
+            view
+        })
+    }
+}
+
+impl Handler<ServerDescribeGroup> for ConvActor {
+    type Result = ChatResult<GroupView>;
+
+    fn handle(&mut self, msg: ServerDescribeGroup, _: &mut Context<Self>) -> Self::Result {
+        self.touch();
         self.view(msg.members)
     }
 }

@@ -3,7 +3,9 @@
 //! - [`session`]: one per WebSocket connection, on the node the client reached.
 //! - [`user`]: one per user, on the user's owner node: devices, presence, friend and conversation indexes.
 //! - [`conversation`]: one per direct conversation, on its owner node: seq, messages, receipts, friendship.
-//!   [`group`] and [`features`] (edits, reactions, blocks of a pair) hold more of its messages.
+//! - [`group`], [`features`] (edits, reactions, blocks of a pair) and [`server_api`]: more messages of the
+//!   conversation actor (group operations; the server API's posts and reads on behalf of the product's
+//!   backend).
 //! - [`friendship`], [`delivery`], [`limits`]: pure state machines the actors use (unit-tested without actors).
 
 pub mod conversation;
@@ -14,6 +16,7 @@ pub mod group;
 pub mod lane;
 pub mod limits;
 pub mod pull;
+pub mod server_api;
 pub mod session;
 pub mod user;
 

@@ -47,6 +47,8 @@ pub enum Outbound {
     Kicked,
     /// This node is shutting down: close, telling the client to reconnect to another node.
     Shutdown,
+    /// The user was logged out or banned (server API): close with 1008 and `reason`.
+    Revoked { reason: String },
 }
 
 #[derive(Message)]
@@ -400,12 +402,12 @@ impl SessionActor {
             Ok(d) => d,
             Err(e) => return self.refuse(ctx, rid, &ChatError::from(e)),
         };
-        let user = match auth::verify(
+        let (user, issued_ms) = match auth::verify_issued(
             &self.router.config().auth.token_secret,
             self.router.config().auth.max_token_ttl_s,
             token,
         ) {
-            Ok(u) => u,
+            Ok(verified) => verified,
             Err(e) => {
                 return self.refuse(
                     ctx,
@@ -420,9 +422,11 @@ impl SessionActor {
             device: device.clone(),
             session_id: self.id,
             node: self.router.node().clone(),
+            issued_ms: Some(issued_ms),
         };
+        // the user's actor refuses a banned user or a token older than the user's last logout
         let reply = router.ask_user(&user, connect);
-        let joined = async move { reply.await.map(|()| user) };
+        let joined = async move { reply.await?.map(|()| user) };
         // `wait`: no other frame is processed until the user actor knows this device.
         ctx.wait(
             joined
@@ -505,8 +509,9 @@ impl SessionActor {
                     reply_to,
                     mentions,
                 };
-                // enqueued now, so a connection's sends are numbered in the order they arrived
-                let reply = router.ask_conv(&conv, post);
+                // enqueued now, so a connection's sends are numbered in the order they arrived (with a
+                // before-send hook, each once its own answer is in)
+                let reply = crate::webhooks::before_send::post(&router, &conv, post);
                 let fut = async move { reply.await?.map(|p| (conv, p)) };
                 self.request(ctx, rid, fut, move |act, ctx, rid, (conv, posted)| {
                     act.router
@@ -1010,6 +1015,7 @@ impl Handler<Deliver> for SessionActor {
                 ctx.stop();
             }
             Outbound::Shutdown => self.close(ctx, CloseCode::Restart, SHUTDOWN_REASON),
+            Outbound::Revoked { reason } => self.close(ctx, CloseCode::Policy, &reason),
         }
     }
 }

@@ -10,24 +10,29 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::actors::now_ms;
 use crate::actors::session::Outbound;
 use crate::cluster::Router;
+use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
 use crate::net::ws::WireFrame;
 use crate::state::settings::ConvSettings;
-use crate::state::user::{UserCommand, UserState, UserWrite};
+use crate::state::user::{Refusal, UserCommand, UserState, UserWrite};
 use crate::store::FriendEntry;
 
 /// A session serving `device` came up on `node`; an older session of the same device is kicked. Sent
 /// again for every live session when the user's node comes back (it lost what it knew): a session already
-/// known is not kicked.
+/// known is not kicked. A new session names its token's issue time (`issued_ms`): a banned user, or a
+/// token older than the user's last logout, is refused with `unauthorized` (a re-registration names none).
 #[derive(Message, Serialize, Deserialize)]
-#[rtype(result = "()")]
+#[rtype(result = "ChatResult<()>")]
 pub struct Connect {
     pub device: DeviceId,
     pub session_id: u64,
     pub node: NodeId,
+    #[serde(default)]
+    pub issued_ms: Option<u64>,
 }
 
 /// A session ended (ignored if the device is already served by a newer session).
@@ -115,11 +120,54 @@ pub struct PresenceChanged {
     pub online: bool,
 }
 
+/// The user as the server API shows it (`GET /v1/users/U`).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "UserInfo")]
+pub struct DescribeUser;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub online: bool,
+    /// Sorted by device name.
+    pub devices: Vec<DeviceInfo>,
+    pub banned: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceInfo {
+    #[schema(value_type = String)]
+    pub device: DeviceId,
+    #[schema(value_type = String)]
+    pub node: NodeId,
+    /// When the device's session connected (Unix milliseconds).
+    pub since: u64,
+}
+
+/// Void every token issued before `at_ms` and close every device (`POST /v1/users/U/logout`); answered
+/// once durable.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct Logout {
+    pub at_ms: u64,
+}
+
+/// Ban (closing every device) or unban the user; answered once durable.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct SetBan {
+    pub banned: bool,
+}
+
+/// How long after a logout or ban the user's actor checks that every older device is gone (see
+/// `UserActor::close_devices`), and how many times it looks.
+const REVOKE_CHECK: Duration = Duration::from_secs(1);
+const REVOKE_ROUNDS: u32 = 3;
+
 /// Where a device's session runs.
-#[derive(PartialEq, Eq)]
 struct Device {
     session_id: u64,
     node: NodeId,
+    since: u64,
 }
 
 pub struct UserActor {
@@ -177,6 +225,33 @@ impl UserActor {
         }
     }
 
+    /// Closes every device of the user, on every node (a logout or a ban); each session's `Disconnect`
+    /// then removes it here.
+    ///
+    /// A session registers for pushes just after this actor accepted its `Connect`, so one whose `Connect`
+    /// came a moment before the logout can miss the close. After [`REVOKE_CHECK`] the actor looks again:
+    /// while a device that connected before the logout is still here, every device is closed again (a
+    /// device that connected since with a new token reconnects at once).
+    fn close_devices(&self, ctx: &mut Context<Self>, refusal: Refusal, rounds: u32) {
+        let out = Outbound::Revoked {
+            reason: refusal.reason().to_owned(),
+        };
+        self.router.push_to_user(&self.id, &out, None);
+        let at = now_ms();
+        if rounds == 0 {
+            return;
+        }
+        ctx.run_later(REVOKE_CHECK, move |act, ctx| {
+            let still_revoked = match refusal {
+                Refusal::Banned => act.state.access.banned,
+                Refusal::LoggedOut => true,
+            };
+            if still_revoked && act.devices.values().any(|d| d.since <= at) {
+                act.close_devices(ctx, refusal, rounds - 1);
+            }
+        });
+    }
+
     fn announce_presence(&self, online: bool) {
         for (friend, entry) in &self.state.friends {
             if *entry == FriendEntry::Friend {
@@ -227,22 +302,37 @@ impl Actor for UserActor {
 }
 
 impl Handler<Connect> for UserActor {
-    type Result = ();
-    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+    type Result = ChatResult<()>;
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> ChatResult<()> {
         self.last_active = Instant::now();
+        if let Some(issued_ms) = msg.issued_ms {
+            if let Err(refusal) = self.state.admits(issued_ms) {
+                return Err(ChatError::new(ErrorCode::Unauthorized, refusal.reason()));
+            }
+        }
         let first = self.devices.is_empty();
         let new = Device {
             session_id: msg.session_id,
             node: msg.node,
+            since: now_ms(),
         };
         if let Some(old) = self.devices.insert(msg.device.clone(), new) {
-            if self.devices.get(&msg.device) != Some(&old) {
+            let same = self
+                .devices
+                .get(&msg.device)
+                .is_some_and(|d| d.session_id == old.session_id && d.node == old.node);
+            if same {
+                // a re-registration of a known session keeps its connect time
+                self.devices.insert(msg.device.clone(), old);
+            } else {
                 self.router.kick(&old.node, &self.id, old.session_id);
             }
         }
         if first {
             self.announce_presence(true);
+            crate::webhooks::events::presence(&self.router, &self.id, true);
         }
+        Ok(())
     }
 }
 
@@ -258,6 +348,7 @@ impl Handler<Disconnect> for UserActor {
             self.devices.remove(&msg.device);
             if self.devices.is_empty() {
                 self.announce_presence(false);
+                crate::webhooks::events::presence(&self.router, &self.id, false);
             }
         }
     }
@@ -358,6 +449,38 @@ impl Handler<SetBlocked> for UserActor {
     }
 }
 
+impl Handler<DescribeUser> for UserActor {
+    type Result = MessageResult<DescribeUser>;
+    fn handle(&mut self, _: DescribeUser, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let mut devices: Vec<DeviceInfo> = self
+            .devices
+            .iter()
+            .map(|(device, d)| DeviceInfo {
+                device: device.clone(),
+                node: d.node.clone(),
+                since: d.since,
+            })
+            .collect();
+        devices.sort_by(|a, b| a.device.cmp(&b.device));
+        MessageResult(UserInfo {
+            online: !devices.is_empty(),
+            devices,
+            banned: self.state.access.banned,
+        })
+    }
+}
+
+impl Handler<Logout> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: Logout, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.execute(UserCommand::Logout { at_ms: msg.at_ms });
+        self.close_devices(ctx, Refusal::LoggedOut, REVOKE_ROUNDS);
+        self.durable()
+    }
+}
+
 impl Handler<SetConvSettings> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: SetConvSettings, _: &mut Context<Self>) -> Self::Result {
@@ -377,6 +500,18 @@ impl Handler<SetConvSettings> for UserActor {
             };
             let out = Outbound::Frame(WireFrame::text(frame.kind(), &frame.to_json()));
             self.router.push_to_user(&self.id, &out, Some(&msg.device));
+        }
+        self.durable()
+    }
+}
+
+impl Handler<SetBan> for UserActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: SetBan, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.execute(UserCommand::SetBan { banned: msg.banned });
+        if msg.banned {
+            self.close_devices(ctx, Refusal::Banned, REVOKE_ROUNDS);
         }
         self.durable()
     }

@@ -18,11 +18,15 @@ use crate::actors::conversation::{
     Ack, Fetch, Friendship, GetReceipts, MarkRead, Post, Recall, Summarize, Typing,
 };
 use crate::actors::features::{CheckMember, EditMessage, GetReactors, React, SetBlock};
-use crate::actors::group::{ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup};
+use crate::actors::group::{
+    ChangeMembers, CreateGroup, DescribeGroup, LeaveGroup, ServerChangeMembers, ServerCreateGroup,
+    ServerDescribeGroup,
+};
+use crate::actors::server_api::{LookupCid, ServerFetch, ServerPost};
 use crate::actors::session::Outbound;
 use crate::actors::user::{
-    AddConv, Connect, Disconnect, ListConvEntries, ListConvs, ListFriends, PresenceChanged,
-    RemoveConv, SetBlocked, SetConvSettings, SetFriend,
+    AddConv, Connect, DescribeUser, Disconnect, ListConvEntries, ListConvs, ListFriends, Logout,
+    PresenceChanged, RemoveConv, SetBan, SetBlocked, SetConvSettings, SetFriend,
 };
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
@@ -264,10 +268,12 @@ remote_messages! {
         Post, Ack, Fetch, Summarize, MarkRead, GetReceipts, Typing, Recall, Friendship,
         CreateGroup, ChangeMembers, LeaveGroup, DescribeGroup,
         EditMessage, React, GetReactors, CheckMember, SetBlock,
+        ServerPost, ServerFetch, ServerCreateGroup, ServerChangeMembers, ServerDescribeGroup,
+        LookupCid,
     ],
     user: [
         Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends,
-        SetBlocked, SetConvSettings, ListConvEntries,
+        SetBlocked, SetConvSettings, ListConvEntries, DescribeUser, Logout, SetBan,
     ],
     tell_user: [Disconnect, PresenceChanged],
 }

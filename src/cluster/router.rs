@@ -616,6 +616,7 @@ impl Router {
                             device: s.device.clone(),
                             session_id: s.id,
                             node: self.inner.node.clone(),
+                            issued_ms: None,
                         };
                         (user.clone(), connect)
                     })

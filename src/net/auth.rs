@@ -1,4 +1,6 @@
-//! Client tokens: HS256 JWTs with `sub` = user id and `exp`, signed with `auth.token_secret`.
+//! Client tokens: HS256 JWTs with `sub` = user id and `exp`, signed with `auth.token_secret`. Every token
+//! also carries its issue time (`iat`, seconds, and `iat_ms`, milliseconds): a user's logout voids the
+//! tokens issued before it (see [`crate::state::user`]), which needs a finer clock than seconds.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,6 +14,9 @@ struct Claims {
     sub: String,
     exp: u64,
     iat: u64,
+    /// The issue time in milliseconds (absent from tokens minted before logout existed: `iat` then counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat_ms: Option<u64>,
 }
 
 /// Tokens last a day unless asked otherwise (CLI `--ttl`, HTTP `ttl_s`).
@@ -54,11 +59,13 @@ pub fn expiry(now: u64, ttl_s: u64) -> Option<u64> {
 /// [`check_ttl`] first; a TTL whose expiry would overflow yields a token that has already expired (fail
 /// closed), never one with `exp` = u64::MAX.
 pub fn mint(secret: &str, user: &UserId, ttl_s: u64) -> String {
-    let now = now_s();
+    let now_ms = crate::actors::now_ms();
+    let now = now_ms / 1000;
     let claims = Claims {
         sub: user.as_str().to_owned(),
         exp: expiry(now, ttl_s).unwrap_or(0),
         iat: now,
+        iat_ms: Some(now_ms),
     };
     // HS256 encoding of a plain struct cannot fail.
     encode(
@@ -73,6 +80,15 @@ pub fn mint(secret: &str, user: &UserId, ttl_s: u64) -> String {
 /// ahead than `max_ttl_s` is refused too: one minted before the limit existed (or under a larger one) does
 /// not outlive it.
 pub fn verify(secret: &str, max_ttl_s: u64, token: &str) -> Result<UserId, AuthError> {
+    verify_issued(secret, max_ttl_s, token).map(|(user, _)| user)
+}
+
+/// [`verify`], and the token's issue time in milliseconds (what a logout compares against).
+pub fn verify_issued(
+    secret: &str,
+    max_ttl_s: u64,
+    token: &str,
+) -> Result<(UserId, u64), AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
@@ -85,7 +101,12 @@ pub fn verify(secret: &str, max_ttl_s: u64, token: &str) -> Result<UserId, AuthE
     if data.claims.exp > now_s().saturating_add(max_ttl_s) {
         return Err(AuthError::Invalid);
     }
-    UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
+    let issued_ms = data
+        .claims
+        .iat_ms
+        .unwrap_or_else(|| data.claims.iat.saturating_mul(1000));
+    let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+    Ok((user, issued_ms))
 }
 
 #[cfg(test)]
@@ -101,6 +122,7 @@ mod tests {
             sub: "alice".into(),
             exp: u64::MAX,
             iat: now_s(),
+            iat_ms: None,
         };
         let forever = encode(
             &Header::default(),
@@ -129,6 +151,7 @@ mod tests {
             sub: "alice".into(),
             exp: now_s() - 10,
             iat: now_s() - 20,
+            iat_ms: None,
         };
         let expired = encode(
             &Header::default(),
@@ -140,6 +163,37 @@ mod tests {
             verify("s3cret", DAY, &expired),
             Err(AuthError::Invalid),
             "expired"
+        );
+    }
+
+    #[test]
+    fn tokens_carry_their_issue_time_in_milliseconds() {
+        let alice = UserId::parse("alice").expect("valid");
+        let before = crate::actors::now_ms();
+        let t = mint("s3cret", &alice, 60);
+        let after = crate::actors::now_ms();
+        let (user, issued) = verify_issued("s3cret", DAY, &t).expect("valid");
+        assert_eq!(user, alice);
+        assert!(
+            before <= issued && issued <= after,
+            "{before} <= {issued} <= {after}"
+        );
+        let old = Claims {
+            sub: "alice".into(),
+            exp: now_s() + 60,
+            iat: 1_000,
+            iat_ms: None,
+        };
+        let old = encode(
+            &Header::default(),
+            &old,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("encode");
+        assert_eq!(
+            verify_issued("s3cret", DAY, &old).map(|(_, at)| at),
+            Ok(1_000_000),
+            "a token without iat_ms counts from iat"
         );
     }
 

@@ -3,8 +3,8 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::cluster::peer::LinkState;
 use crate::cluster::Router;
@@ -12,10 +12,21 @@ use crate::error::{ChatError, ErrorCode};
 use crate::ids::UserId;
 use crate::net::auth;
 
+/// Every HTTP error's body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// Lowercase, human-readable.
+    pub message: String,
+}
+
 pub fn error_response(e: &ChatError) -> HttpResponse {
     let status =
         StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(json!({"error": e.code, "message": e.message}))
+    HttpResponse::build(status).json(ErrorBody {
+        error: e.code,
+        message: e.message.clone(),
+    })
 }
 
 /// The bearer token of a request, if it has one.
@@ -28,34 +39,54 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "node",
+    responses((status = 200, description = "the node runs", content_type = "text/plain", body = String)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// Every metric of the node (Prometheus text format).
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(router: web::Data<Router>) -> HttpResponse {
+    crate::webhooks::sender::observe_outbox(&router);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(router.metrics().render())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
     user: String,
+    /// Seconds (default 86400, or `auth.max_token_ttl_s` when lower).
     ttl_s: Option<u64>,
 }
 
-/// `unauthorized` unless the request carries the admin key (compared in constant time).
-pub fn require_admin(req: &HttpRequest, router: &Router) -> Result<(), ChatError> {
-    let admin_key = &router.config().auth.admin_key;
-    if bearer(req).is_none_or(|k| !constant_time_eq(k.as_bytes(), admin_key.as_bytes())) {
-        return Err(ChatError::new(
-            ErrorCode::Unauthorized,
-            "a valid admin key is required",
-        ));
-    }
-    Ok(())
+/// A client token (HS256 JWT with `sub`, `exp`, `iat`, `iat_ms`).
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    token: String,
 }
 
+/// Lets a request through only with `Authorization: Bearer ADMIN_KEY` (compared in constant time); any
+/// other is refused with `unauthorized` (401) and counted in `rookery_admin_auth_failures_total`.
+pub fn require_admin(req: &HttpRequest, router: &Router) -> Result<(), ChatError> {
+    let admin_key = &router.config().auth.admin_key;
+    if bearer(req).is_some_and(|k| constant_time_eq(k.as_bytes(), admin_key.as_bytes())) {
+        return Ok(());
+    }
+    router.metrics().admin_auth_failures.inc();
+    Err(ChatError::new(
+        ErrorCode::Unauthorized,
+        "a valid admin key is required",
+    ))
+}
+
+/// Mints a client token.
+#[utoipa::path(post, path = "/v1/token", tag = "node", security(("admin_key" = [])),
+    request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes) -> HttpResponse {
     if let Err(e) = require_admin(&req, &router) {
         return error_response(&e);
@@ -76,15 +107,29 @@ pub async fn token(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
         return error_response(&ChatError::bad_request(format!("ttl_s: {e}")));
     }
     let token = auth::mint(&config.token_secret, &user, ttl);
-    HttpResponse::Ok().json(json!({ "token": token }))
+    HttpResponse::Ok().json(TokenResponse { token })
 }
 
+/// Compares in time that depends on the lengths only (the admin key's bytes are never a timing oracle).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One node of `GET /v1/nodes`.
+#[derive(Serialize, ToSchema)]
+pub struct NodeEntry {
+    id: String,
+    listen: String,
+    up: bool,
+    connections: u64,
+    /// Partitions this node leads, as the answering node sees it.
+    partitions_led: usize,
+}
+
 /// Every node of the cluster as this node sees it: `up` is the state of this node's link to it (a node
 /// refused for a different config is not up), `connections` its client connections as last reported.
+#[utoipa::path(get, path = "/v1/nodes", tag = "node",
+    responses((status = 200, body = Vec<NodeEntry>)))]
 pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
     let me = router.node().as_str();
     let leaders: Vec<crate::ids::NodeId> =
@@ -104,8 +149,13 @@ pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
                 None if n.id == me => (router.listen().to_string(), true, router.connections()),
                 None => (n.listen.clone(), false, 0),
             };
-            let led = leaders.iter().filter(|l| l.as_str() == n.id).count();
-            json!({ "id": n.id, "listen": listen, "up": up, "connections": connections, "partitions_led": led })
+            NodeEntry {
+                id: n.id.clone(),
+                listen,
+                up,
+                connections,
+                partitions_led: leaders.iter().filter(|l| l.as_str() == n.id).count(),
+            }
         })
         .collect();
     HttpResponse::Ok().json(list)
@@ -119,49 +169,103 @@ fn partition_leaders(router: &Router) -> Vec<Option<crate::ids::NodeId>> {
         .unwrap_or_default()
 }
 
-/// `GET /v1/admin/cluster`: the membership and every partition's replicas and leader. The membership is
-/// the `[[nodes]]` of `cluster.toml` (epoch 1; changing it on a running cluster is not built yet), so every
-/// node is `active` and nothing is `moving`.
+/// A member of the cluster in `GET /v1/admin/cluster`.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterNode {
+    id: String,
+    listen: String,
+    peer: String,
+    up: bool,
+    /// `active`, `joining` or `leaving`.
+    state: &'static str,
+}
+
+/// A partition's replicas (the preferred leader first) and its leader as the answering node sees it.
+#[derive(Serialize, ToSchema)]
+pub struct PartitionEntry {
+    id: u32,
+    replicas: Vec<String>,
+    leader: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClusterView {
+    epoch: u64,
+    nodes: Vec<ClusterNode>,
+    partitions: Vec<PartitionEntry>,
+    /// Partitions being moved to other nodes.
+    moving: u64,
+}
+
+/// The membership and every partition's replicas and leader. The membership is the `[[nodes]]` of
+/// `cluster.toml` (epoch 1; changing it on a running cluster is not built yet), so every node is `active`
+/// and nothing is `moving`.
+#[utoipa::path(get, path = "/v1/admin/cluster", tag = "cluster", security(("admin_key" = [])),
+    responses((status = 200, body = ClusterView), (status = 401, body = ErrorBody)))]
 pub async fn admin_cluster(req: HttpRequest, router: web::Data<Router>) -> HttpResponse {
     if let Err(e) = require_admin(&req, &router) {
         return error_response(&e);
     }
     let me = router.node().as_str();
-    let nodes: Vec<_> = router
+    let nodes = router
         .config()
         .nodes
         .iter()
-        .map(|n| {
-            let up = n.id == me
+        .map(|n| ClusterNode {
+            id: n.id.clone(),
+            listen: n.listen.clone(),
+            peer: n.peer.clone(),
+            up: n.id == me
                 || router
                     .peers()
                     .iter()
-                    .any(|p| p.id.as_str() == n.id && p.state() == LinkState::Up);
-            json!({"id": n.id, "listen": n.listen, "peer": n.peer, "up": up, "state": "active"})
+                    .any(|p| p.id.as_str() == n.id && p.state() == LinkState::Up),
+            state: "active",
         })
         .collect();
     let leaders = partition_leaders(&router);
-    let partitions: Vec<_> = router
+    let partitions = router
         .replication()
         .map(|r| {
             let layout = r.layout();
             (0..layout.partitions())
-                .map(|p| {
-                    let leader = leaders.get(p as usize).cloned().flatten();
-                    json!({"id": p, "replicas": layout.replicas(p), "leader": leader})
+                .map(|p| PartitionEntry {
+                    id: p,
+                    replicas: layout.replicas(p).iter().map(ToString::to_string).collect(),
+                    leader: leaders
+                        .get(p as usize)
+                        .cloned()
+                        .flatten()
+                        .map(|l| l.to_string()),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    HttpResponse::Ok()
-        .json(json!({"epoch": 1, "nodes": nodes, "partitions": partitions, "moving": 0}))
+    HttpResponse::Ok().json(ClusterView {
+        epoch: 1,
+        nodes,
+        partitions,
+        moving: 0,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RouteQuery {
+    /// A user id.
     user: Option<String>,
 }
 
+/// Where a user's partition is led.
+#[derive(Serialize, ToSchema)]
+pub struct RouteResponse {
+    node: String,
+    ws: String,
+}
+
+/// The node that owns `user` (the shortest path for the user's client).
+#[utoipa::path(get, path = "/v1/route", tag = "node", params(RouteQuery),
+    responses((status = 200, body = RouteResponse), (status = 400, body = ErrorBody)))]
 pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> HttpResponse {
     let Some(user) = query.user.as_deref() else {
         return error_response(&ChatError::bad_request("missing query parameter `user`"));
@@ -182,5 +286,8 @@ pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> 
             .map(|n| n.listen.clone())
             .unwrap_or_default()
     };
-    HttpResponse::Ok().json(json!({ "node": owner, "ws": format!("ws://{listen}/ws") }))
+    HttpResponse::Ok().json(RouteResponse {
+        node: owner.to_string(),
+        ws: format!("ws://{listen}/ws"),
+    })
 }

@@ -14,8 +14,7 @@ use actix_web::http::header::HeaderValue;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::actors::now_ms;
 use crate::cluster::peer::LinkState;
@@ -23,8 +22,9 @@ use crate::cluster::Router;
 use crate::error::{ChatError, ErrorCode};
 use crate::ids::UserId;
 use crate::net::auth;
-use crate::net::http::{bearer, error_response};
+use crate::net::http::{bearer, error_response, ErrorBody};
 use crate::store::media::{Challenge, Completed, Media, Started, Upload};
+use utoipa::ToSchema;
 
 /// The longest `mime` and `name` accepted.
 const MAX_MIME: usize = 255;
@@ -32,7 +32,49 @@ const MAX_NAME: usize = 255;
 
 fn status(code: u16, error: ErrorCode, message: &str) -> HttpResponse {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
-    HttpResponse::build(status).json(json!({"error": error, "message": message}))
+    HttpResponse::build(status).json(ErrorBody {
+        error,
+        message: message.to_owned(),
+    })
+}
+
+/// Stored content's id.
+#[derive(Serialize, ToSchema)]
+pub struct MediaIdBody {
+    media: String,
+}
+
+/// An upload to send chunks to.
+#[derive(Serialize, ToSchema)]
+pub struct UploadBody {
+    upload: String,
+    chunk_size: u64,
+    /// Indices of the chunks already stored.
+    received: Vec<u64>,
+}
+
+/// A proof of possession asked for: the sha256 of `length` bytes of the file from `offset`.
+#[derive(Serialize, ToSchema)]
+pub struct ProofBody {
+    proof: ProofRange,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProofRange {
+    offset: u64,
+    length: u64,
+}
+
+/// Chunks stored so far.
+#[derive(Serialize, ToSchema)]
+pub struct ReceivedBody {
+    received: Vec<u64>,
+}
+
+/// Chunks still missing at `complete`.
+#[derive(Serialize, ToSchema)]
+pub struct MissingBody {
+    missing: Vec<u64>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ChatError {
@@ -182,7 +224,7 @@ macro_rules! step {
     };
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct StartUpload {
     size: u64,
     sha256: String,
@@ -239,6 +281,11 @@ pub fn content_disposition(name: &str) -> HeaderValue {
 }
 
 /// `POST /v1/uploads`: the stored content's id (200) or an upload to send chunks to (201).
+/// Starts an upload (or answers with stored content's id, or a proof of possession to give).
+#[utoipa::path(post, path = "/v1/uploads", tag = "media", security(("user_token" = [])),
+    request_body = StartUpload,
+    responses((status = 200, description = "instant upload (`media`) or a proof to give (`proof`)", body = MediaIdBody),
+        (status = 201, body = UploadBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn start(req: HttpRequest, router: web::Data<Router>, body: web::Bytes) -> HttpResponse {
     let user = step!(user(&req, &router));
     let r: StartUpload = match serde_json::from_slice(&body) {
@@ -292,11 +339,13 @@ pub async fn start(req: HttpRequest, router: web::Data<Router>, body: web::Bytes
                 "the declared size does not match the stored content",
             )
         }
-        Ok(Started::Known(media)) => HttpResponse::Ok().json(json!({"media": media.id})),
+        Ok(Started::Known(media)) => HttpResponse::Ok().json(MediaIdBody { media: media.id }),
         Ok(Started::KnownToOthers(media)) => prove(&router, user, media, r.proof).await,
-        Ok(Started::Upload(upload, received)) => HttpResponse::Created().json(
-            json!({"upload": upload.id, "chunk_size": upload.chunk_size, "received": received}),
-        ),
+        Ok(Started::Upload(upload, received)) => HttpResponse::Created().json(UploadBody {
+            upload: upload.id,
+            chunk_size: upload.chunk_size,
+            received,
+        }),
     }
 }
 
@@ -312,7 +361,12 @@ async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String
     let secret = &router.config().auth.token_secret;
     let challenge = Challenge::for_user(secret, &user, &media.sha256, media.size);
     let Some(given) = proof else {
-        return HttpResponse::Ok().json(json!({ "proof": challenge }));
+        return HttpResponse::Ok().json(ProofBody {
+            proof: ProofRange {
+                offset: challenge.offset,
+                length: challenge.length,
+            },
+        });
     };
     let store = router.store().clone();
     let id = media.id.clone();
@@ -327,7 +381,7 @@ async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String
     .await;
     match verified {
         Err(e) => error_response(&e),
-        Ok(true) => HttpResponse::Ok().json(json!({ "media": id })),
+        Ok(true) => HttpResponse::Ok().json(MediaIdBody { media: id }),
         Ok(false) => error_response(&ChatError::forbidden(
             "the proof does not match the requested range of the content",
         )),
@@ -336,6 +390,11 @@ async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String
 
 /// `PUT /v1/uploads/{upload}/{index}`: stores one chunk of exactly the expected length (idempotent). The
 /// index and the lengths come from the request: the arithmetic on them is checked.
+/// Stores one chunk (idempotent).
+#[utoipa::path(put, path = "/v1/uploads/{upload}/{index}", tag = "media", security(("user_token" = [])),
+    params(("upload" = String, Path), ("index" = u64, Path, description = "from 0")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[deny(clippy::arithmetic_side_effects)]
 pub async fn put_chunk(
     req: HttpRequest,
@@ -398,6 +457,10 @@ pub async fn put_chunk(
 }
 
 /// `GET /v1/uploads/{upload}`: the chunks received so far (to resume after a break).
+/// The chunks an upload has (to resume after a break).
+#[utoipa::path(get, path = "/v1/uploads/{upload}", tag = "media", security(("user_token" = [])),
+    params(("upload" = String, Path)),
+    responses((status = 200, body = ReceivedBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn upload_status(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -407,12 +470,16 @@ pub async fn upload_status(
     let upload = step!(own_upload(&router, path.into_inner(), &user).await);
     let store = router.store().clone();
     match blocking(move || store.media().received(&upload)).await {
-        Ok(received) => HttpResponse::Ok().json(json!({"received": received})),
+        Ok(received) => HttpResponse::Ok().json(ReceivedBody { received }),
         Err(e) => error_response(&e),
     }
 }
 
 /// `POST /v1/uploads/{upload}/complete`: verifies the sha256 over the whole content and stores it.
+/// Finishes an upload: the content is checked against its sha256 and stored once.
+#[utoipa::path(post, path = "/v1/uploads/{upload}/complete", tag = "media", security(("user_token" = [])),
+    params(("upload" = String, Path)),
+    responses((status = 200, body = MediaIdBody), (status = 409, body = MissingBody), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn complete(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -424,11 +491,9 @@ pub async fn complete(
     match blocking(move || store.media().complete(&upload)).await {
         Ok(Completed::Stored(media)) => {
             router.metrics().media_stored.inc();
-            HttpResponse::Ok().json(json!({"media": media.id}))
+            HttpResponse::Ok().json(MediaIdBody { media: media.id })
         }
-        Ok(Completed::Missing(missing)) => {
-            HttpResponse::Conflict().json(json!({"missing": missing}))
-        }
+        Ok(Completed::Missing(missing)) => HttpResponse::Conflict().json(MissingBody { missing }),
         Ok(Completed::Mismatch) => status(
             422,
             ErrorCode::BadRequest,
@@ -439,6 +504,11 @@ pub async fn complete(
 }
 
 /// `GET /v1/media/{id}`: the content, streamed, with `Content-Type`, `ETag` and `Range` support.
+/// The content's bytes, with `Range` support.
+#[utoipa::path(get, path = "/v1/media/{id}", tag = "media", security(("user_token" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the bytes, with the declared Content-Type", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "a range of the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "not modified"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn download(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -469,6 +539,10 @@ pub async fn download(
 }
 
 /// `GET /v1/media/{id}/thumb`: a PNG of at most 256 px a side, for images; made once, then cached.
+/// A PNG thumbnail of at most 256 px a side (images only).
+#[utoipa::path(get, path = "/v1/media/{id}/thumb", tag = "media", security(("user_token" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 415, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn thumbnail(
     req: HttpRequest,
     router: web::Data<Router>,

@@ -18,29 +18,50 @@ use actix_web::{web, App, HttpResponse};
 
 use crate::cluster::Router;
 use crate::config::HttpConfig;
-use crate::net::{http, media, web as web_client, ws};
+use crate::net::{api, http, media, openapi, web as web_client};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(http::healthz))
-        .route("/metrics", web::get().to(http::metrics))
-        .route("/v1/token", web::post().to(http::token))
-        .route("/v1/nodes", web::get().to(http::nodes))
-        .route("/v1/route", web::get().to(http::route))
-        .route("/v1/admin/cluster", web::get().to(http::admin_cluster))
-        .route("/v1/uploads", web::post().to(media::start))
-        .route("/v1/uploads/{upload}", web::get().to(media::upload_status))
-        .route(
-            "/v1/uploads/{upload}/complete",
-            web::post().to(media::complete),
-        )
-        .route(
-            "/v1/uploads/{upload}/{index}",
-            web::put().to(media::put_chunk),
-        )
-        .route("/v1/media/{id}", web::get().to(media::download))
-        .route("/v1/media/{id}/thumb", web::get().to(media::thumbnail))
-        .route(ws::WS_PATH, web::get().to(upgrade_required))
-        .configure(web_client::routes);
+/// Every route of the App, from one table: the App's routes and [`SERVED`] are both made from it, so the
+/// OpenAPI document ([`crate::net::openapi`]) can be checked against what is really served.
+macro_rules! served {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every `(method, path)` the App serves (paths with `{param}`s, as in OpenAPI).
+        pub const SERVED: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+        }
+    };
+}
+
+served! {
+    get "/healthz" => http::healthz,
+    get "/metrics" => http::metrics,
+    post "/v1/token" => http::token,
+    get "/v1/nodes" => http::nodes,
+    get "/v1/route" => http::route,
+    get "/v1/admin/cluster" => http::admin_cluster,
+    get "/v1/openapi.json" => openapi::openapi_json,
+    post "/v1/uploads" => media::start,
+    get "/v1/uploads/{upload}" => media::upload_status,
+    post "/v1/uploads/{upload}/complete" => media::complete,
+    put "/v1/uploads/{upload}/{index}" => media::put_chunk,
+    get "/v1/media/{id}" => media::download,
+    get "/v1/media/{id}/thumb" => media::thumbnail,
+    get "/ws" => upgrade_required,
+    post "/v1/messages" => api::post_message,
+    get "/v1/conversations/{conv}/messages" => api::messages,
+    post "/v1/groups" => api::create_group,
+    post "/v1/groups/{conv}/members" => api::change_members,
+    get "/v1/groups/{conv}" => api::group,
+    get "/v1/users/{user}" => api::user,
+    post "/v1/users/{user}/logout" => api::logout,
+    put "/v1/users/{user}/ban" => api::ban,
+    delete "/v1/users/{user}/ban" => api::unban,
+    get "/" => web_client::index,
+    get "/index.html" => web_client::index_html,
+    get "/app.js" => web_client::app_js,
+    get "/app.css" => web_client::app_css,
+    get "/sdk/rookery.js" => web_client::sdk_js,
 }
 
 /// CORS for `http.cors_origins`: the methods and headers the endpoints use, and the response headers a
@@ -69,8 +90,13 @@ fn cors(http: &HttpConfig) -> Cors {
         .fold(cors, |cors, origin| cors.allowed_origin(origin))
 }
 
-/// `GET /ws` without the WebSocket upgrade headers.
-async fn upgrade_required() -> HttpResponse {
+/// The WebSocket endpoint (PROTOCOL.md, "WebSocket frames"): one JSON frame per text message. Answered
+/// here only without the upgrade headers (400); an upgrade is taken before routing.
+#[utoipa::path(get, path = "/ws", tag = "node",
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "no upgrade asked for", body = crate::net::http::ErrorBody),
+        (status = 403, description = "an `Origin` not in http.cors_origins")))]
+pub async fn upgrade_required() -> HttpResponse {
     http::error_response(&crate::error::ChatError::bad_request(
         "GET /ws must ask for a WebSocket upgrade",
     ))
@@ -98,8 +124,9 @@ pub fn bind(
                 .app_data(web::Data::new(router.clone()))
                 .configure(routes);
             let upgrade_router = router.clone();
-            let upgrade =
-                fn_service(move |(req, framed)| ws::accept(upgrade_router.clone(), req, framed));
+            let upgrade = fn_service(move |(req, framed)| {
+                crate::net::ws::accept(upgrade_router.clone(), req, framed)
+            });
             let http = HttpService::build()
                 .upgrade(upgrade)
                 .h1(map_config(app, |_| AppConfig::default()));

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 
 /// One embedded file: its bytes, content type and (lazily) its `ETag`.
 pub struct Asset {
@@ -60,16 +60,10 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 
      img-src 'self' data: blob: http: https:; connect-src 'self' ws: wss: http: https:; \
      frame-ancestors 'none'; base-uri 'none'";
 
-/// Registers the routes of this module.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/index.html", web::get().to(index))
-        .route("/app.js", web::get().to(app_js))
-        .route("/app.css", web::get().to(app_css))
-        .route("/sdk/rookery.js", web::get().to(sdk_js));
-}
-
-async fn index(req: HttpRequest) -> HttpResponse {
+/// The web chat app (its routes are registered in [`crate::net::server`]).
+#[utoipa::path(get, path = "/", tag = "browser client",
+    responses((status = 200, content_type = "text/html", body = String), (status = 304, description = "not modified")))]
+pub async fn index(req: HttpRequest) -> HttpResponse {
     let mut response = serve(&req, &INDEX_HTML);
     if let Ok(csp) = header::HeaderValue::from_str(PAGE_CSP) {
         response
@@ -79,15 +73,31 @@ async fn index(req: HttpRequest) -> HttpResponse {
     response
 }
 
-async fn app_js(req: HttpRequest) -> HttpResponse {
+/// The web chat app, by its file name.
+#[utoipa::path(get, path = "/index.html", tag = "browser client",
+    responses((status = 200, content_type = "text/html", body = String), (status = 304, description = "not modified")))]
+pub async fn index_html(req: HttpRequest) -> HttpResponse {
+    index(req).await
+}
+
+/// The web chat app's script.
+#[utoipa::path(get, path = "/app.js", tag = "browser client",
+    responses((status = 200, content_type = "text/javascript", body = String), (status = 304, description = "not modified")))]
+pub async fn app_js(req: HttpRequest) -> HttpResponse {
     serve(&req, &APP_JS)
 }
 
-async fn app_css(req: HttpRequest) -> HttpResponse {
+/// The web chat app's styles.
+#[utoipa::path(get, path = "/app.css", tag = "browser client",
+    responses((status = 200, content_type = "text/css", body = String), (status = 304, description = "not modified")))]
+pub async fn app_css(req: HttpRequest) -> HttpResponse {
     serve(&req, &APP_CSS)
 }
 
-async fn sdk_js(req: HttpRequest) -> HttpResponse {
+/// The JavaScript client library (an ES module).
+#[utoipa::path(get, path = "/sdk/rookery.js", tag = "browser client",
+    responses((status = 200, content_type = "text/javascript", body = String), (status = 304, description = "not modified")))]
+pub async fn sdk_js(req: HttpRequest) -> HttpResponse {
     let mut response = serve(&req, &SDK_JS);
     // the library may be imported by pages of other origins (`import ... from "http://node/sdk/rookery.js"`)
     response.headers_mut().insert(

@@ -117,6 +117,18 @@ pub enum ConvCommand {
     },
     /// `user` blocks (`on`) or unblocks the other user of a direct pair.
     Block { user: UserId, on: bool },
+    /// A message the product's backend posts as `from` (server API, `POST /v1/messages`): a `Post` in
+    /// every respect (membership, dedupe, read position) but that a direct conversation needs no friendship.
+    ServerPost {
+        from: UserId,
+        cid: Cid,
+        ts: u64,
+        body: Box<RawValue>,
+        #[serde(default)]
+        reply_to: Option<u64>,
+        #[serde(default)]
+        mentions: Option<Vec<Mention>>,
+    },
 }
 
 /// A write the store makes for an applied command, in list order.
@@ -160,6 +172,10 @@ pub enum Write {
     },
     /// `user` blocks (`on`) the other user of a direct pair, or no longer does.
     Block { user: UserId, on: bool },
+    /// A webhook event (outbox `id`, enqueued at `at` ms) caused by the message written just before it, and
+    /// written in one batch with it. The core never lists one: the actor adds them for an accepted message
+    /// (who is offline is no state of the conversation; see [`crate::webhooks::events`]).
+    Event { id: u64, at: u64, json: String },
 }
 
 /// A message's seq and ts, as `sent` reports them.
@@ -335,6 +351,37 @@ impl ConvState {
                 on,
             } => self.react(user, seq, emoji, on, history, writes),
             ConvCommand::Block { user, on } => self.block(user, on, writes),
+            ConvCommand::ServerPost {
+                from,
+                cid,
+                ts,
+                body,
+                reply_to,
+                mentions,
+            } => {
+                let rules = Rules {
+                    dm_requires_friendship: false,
+                    ..rules.clone()
+                };
+                let refs = Refs { reply_to, mentions };
+                self.post(from, cid, ts, body, refs, &rules, history, writes)
+            }
+        }
+    }
+
+    /// The first answer to (`from`, `cid`) if that `cid` was accepted (a trusted dedupe entry), without
+    /// changing anything: the before-send hook is not asked for such a retry.
+    pub fn accepted_cid(
+        &self,
+        history: &dyn History,
+        from: &UserId,
+        cid: &Cid,
+    ) -> ChatResult<Option<Posted>> {
+        match history.cid(from, cid)? {
+            Some((seq, ts)) if self.is_message_of(history, seq, from, cid)? => {
+                Ok(Some(Posted { seq, ts }))
+            }
+            _ => Ok(None),
         }
     }
 

@@ -7,6 +7,10 @@
 //! one conversation. The friend index is small and held, since presence and `friends` read it; so are the
 //! user's blocks (presence and `friends` read them) and its settings of conversations (mute, pin: `convs`
 //! reads them), which exist only for conversations the user changed a setting of.
+//!
+//! The user's access record is held too: the time before which the user's tokens are void (a logout by the
+//! server API) and the ban flag. Every `auth` for the user is checked against it by the user's actor, on
+//! the node that owns the user, so a logout or ban takes effect for every node at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,6 +40,36 @@ pub enum UserCommand {
         muted_until: Option<u64>,
         pinned: Option<bool>,
     },
+    /// Tokens issued before `at_ms`, or in that same millisecond, are void from now on (a logout; an
+    /// earlier time changes nothing).
+    Logout { at_ms: u64 },
+    /// Ban (`banned`) or unban the user.
+    SetBan { banned: bool },
+}
+
+/// Who may authenticate as the user: stored with the user, one record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Tokens issued before this time (Unix milliseconds) are refused.
+    pub void_before_ms: u64,
+    pub banned: bool,
+}
+
+/// Why a token is refused for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Banned,
+    LoggedOut,
+}
+
+impl Refusal {
+    /// The close reason of the devices this closes, and the message of a refused `auth`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Banned => "banned",
+            Refusal::LoggedOut => "logged out",
+        }
+    }
 }
 
 /// A write the store makes for an applied command.
@@ -55,6 +89,8 @@ pub enum UserWrite {
         conv: ConvId,
         settings: Option<ConvSettings>,
     },
+    /// The access record, replaced whole.
+    Access(Access),
 }
 
 /// The part of a user's state the core keeps at hand.
@@ -66,6 +102,7 @@ pub struct UserState {
     pub blocked: BTreeSet<UserId>,
     /// Settings of the conversations whose settings differ from the defaults.
     pub settings: BTreeMap<ConvId, ConvSettings>,
+    pub access: Access,
 }
 
 impl UserState {
@@ -75,6 +112,7 @@ impl UserState {
             friends: BTreeMap::new(),
             blocked: BTreeSet::new(),
             settings: BTreeMap::new(),
+            access: Access::default(),
         }
     }
 
@@ -86,6 +124,17 @@ impl UserState {
     /// The user's settings of `conv` (the defaults when none were set).
     pub fn settings_of(&self, conv: &ConvId) -> ConvSettings {
         self.settings.get(conv).copied().unwrap_or_default()
+    }
+
+    /// May a token issued at `issued_ms` authenticate the user?
+    pub fn admits(&self, issued_ms: u64) -> Result<(), Refusal> {
+        if self.access.banned {
+            return Err(Refusal::Banned);
+        }
+        if issued_ms <= self.access.void_before_ms {
+            return Err(Refusal::LoggedOut);
+        }
+        Ok(())
     }
 
     /// Is `other` an accepted friend?
@@ -150,6 +199,22 @@ impl UserState {
                 };
                 writes.push(UserWrite::Settings { conv, settings });
                 true
+            }
+            UserCommand::Logout { at_ms } => {
+                let changed = at_ms > self.access.void_before_ms;
+                if changed {
+                    self.access.void_before_ms = at_ms;
+                    writes.push(UserWrite::Access(self.access));
+                }
+                changed
+            }
+            UserCommand::SetBan { banned } => {
+                let changed = banned != self.access.banned;
+                if changed {
+                    self.access.banned = banned;
+                    writes.push(UserWrite::Access(self.access));
+                }
+                changed
             }
         }
     }
@@ -228,6 +293,38 @@ mod tests {
             })
         );
         assert_eq!(writes.len(), 5);
+    }
+
+    #[test]
+    fn logout_voids_older_tokens_and_ban_refuses_all() {
+        let mut state = UserState::empty(user("alice"));
+        let mut writes = Vec::new();
+        assert_eq!(state.admits(5), Ok(()));
+        assert!(state.apply(UserCommand::Logout { at_ms: 100 }, &mut writes));
+        assert_eq!(state.admits(99), Err(Refusal::LoggedOut));
+        assert_eq!(
+            state.admits(100),
+            Err(Refusal::LoggedOut),
+            "issued in the logout's millisecond: it may have been minted before it"
+        );
+        assert_eq!(state.admits(101), Ok(()));
+        assert!(
+            !state.apply(UserCommand::Logout { at_ms: 50 }, &mut writes),
+            "an earlier logout changes nothing"
+        );
+        assert!(state.apply(UserCommand::SetBan { banned: true }, &mut writes));
+        assert!(!state.apply(UserCommand::SetBan { banned: true }, &mut writes));
+        assert_eq!(state.admits(1_000), Err(Refusal::Banned));
+        assert!(state.apply(UserCommand::SetBan { banned: false }, &mut writes));
+        assert_eq!(state.admits(1_000), Ok(()));
+        assert_eq!(
+            writes.last(),
+            Some(&UserWrite::Access(Access {
+                void_before_ms: 100,
+                banned: false
+            }))
+        );
+        assert_eq!(writes.len(), 3);
     }
 
     #[test]

@@ -40,11 +40,29 @@ impl Store {
     /// Makes `writes` in their order (none of them waits for a flush; see [`super::Flusher`]). Single
     /// inserts, not one batch: in sled 0.34 every batch forces two log writes (`pin_log` rolls the log
     /// buffer before and after), which costs more than everything else a message does; the core's
-    /// ordering (a dedupe entry before its message) keeps a torn sequence harmless for this path.
+    /// ordering (a dedupe entry before its message) keeps a torn sequence harmless for this path. Writes
+    /// that carry webhook events ([`Write::Event`]) are one batch, so a message and its events are stored
+    /// together or not at all.
     pub fn write_conv(&self, conv: &ConvId, writes: &[Write]) -> StoreResult<()> {
         let mut changes = Vec::new();
         conv_changes(conv, writes, &mut changes)?;
-        apply_each(&self.conv_log, changes)
+        let events = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Event { .. }))
+            .count();
+        if events == 0 {
+            return apply_each(&self.conv_log, changes);
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in changes {
+            match value {
+                Some(v) => batch.insert(key, v),
+                None => batch.remove(key),
+            }
+        }
+        self.conv_log.apply_batch(batch)?;
+        self.outbox_added(events);
+        Ok(())
     }
 
     /// A replica's application of log entry `index` of `partition`: `writes` and the partition's applied
@@ -126,6 +144,9 @@ fn conv_changes(conv: &ConvId, writes: &[Write], out: &mut Vec<Change>) -> Store
             Write::Block { user, on } => {
                 out.push((keys::block(c, user.as_str()), on.then(Vec::new)))
             }
+            Write::Event { id, at, json } => {
+                out.push((keys::outbox(*id), Some(super::outbox::value(*at, json))))
+            }
         }
     }
     Ok(())
@@ -150,6 +171,7 @@ fn user_changes(user: &UserId, writes: &[UserWrite], out: &mut Vec<Change>) -> S
                 keys::user_settings(u, conv.as_str()),
                 settings.as_ref().map(|s| json(s, u)).transpose()?,
             )),
+            UserWrite::Access(access) => out.push((keys::user_access(u), Some(json(access, u)?))),
         }
     }
     Ok(())
@@ -197,6 +219,7 @@ impl Store {
         state.friends = self.friends(user)?.into_iter().collect();
         state.blocked = self.blocked(user)?.into_iter().collect();
         state.settings = self.conv_settings(user)?.into_iter().collect();
+        state.access = self.user_access(user)?;
         Ok(state)
     }
 

@@ -15,10 +15,12 @@
 //! | `conv_log`   | `h` conv `\0` seq:u64 user `\0` emoji  | empty: the same, by user (the limit)   |
 //! | `conv_log`   | `n` conv `\0` user-or-`*` `\0` seq:u64 | empty: message seq mentions the user   |
 //! | `conv_log`   | `k` conv `\0` user                    | empty: the user blocks the pair's other|
+//! | `conv_log`   | `o` id:u64                            | a webhook event: enqueued ms:u64, JSON (the outbox) |
 //! | `user_index` | `c` user `\0` conv                    | empty: the user is in this conversation|
 //! | `user_index` | `f` user `\0` other                   | friend entry (JSON)                    |
 //! | `user_index` | `b` user `\0` other                   | empty: the user blocks other           |
 //! | `user_index` | `s` user `\0` conv                    | the user's settings of conv (JSON)     |
+//! | `user_index` | `a` user                              | access: tokens void before, ban (JSON) |
 //! | `user_index` | `A` partition:u32                     | last applied log index:u64 (replicas)  |
 //! | `media`      | `m` media id                          | stored content (JSON)                  |
 //! | `media`      | `h` sha256 hex                        | media id (content stored once)         |
@@ -52,6 +54,8 @@ pub fn applied(partition: u32) -> Vec<u8> {
 }
 
 const MSG: u8 = b'm';
+/// The webhook outbox's tag in `conv_log` (beside the messages, so they share a batch).
+pub const OUTBOX: u8 = b'o';
 const CID: u8 = b'c';
 const READ: u8 = b'r';
 const PAIR: u8 = b'p';
@@ -251,6 +255,18 @@ pub fn user_friend(user: &str, other: &str) -> Vec<u8> {
     let mut k = user_friend_prefix(user);
     k.extend_from_slice(other.as_bytes());
     k
+}
+
+/// A webhook event waiting for delivery.
+pub fn outbox(id: u64) -> Vec<u8> {
+    let mut k = vec![OUTBOX];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The user's access record (logout time, ban).
+pub fn user_access(user: &str) -> Vec<u8> {
+    key(b'a', &[user.as_bytes()])
 }
 
 pub fn media(id: &str) -> Vec<u8> {

@@ -8,6 +8,7 @@ mod conv;
 mod features;
 pub mod keys;
 pub mod media;
+pub mod outbox;
 pub mod writer;
 
 use std::path::Path;
@@ -69,6 +70,7 @@ pub struct Store {
     user_index: sled::Tree,
     media: media::MediaStore,
     flusher: Flusher,
+    outbox: outbox::OutboxState,
 }
 
 impl Store {
@@ -83,12 +85,14 @@ impl Store {
         let user_index = db.open_tree(keys::USER_INDEX)?;
         let media = media::MediaStore::open(dir, &db)?;
         let flusher = Flusher::start(db.clone(), durability, flush_seconds);
+        let outbox = outbox::OutboxState::open(&conv_log)?;
         Ok(Store {
             db,
             conv_log,
             user_index,
             media,
             flusher,
+            outbox,
         })
     }
 
@@ -348,6 +352,24 @@ impl Store {
             entry: entry.cloned(),
         };
         self.write_user(user, &[write])
+    }
+
+    /// The user's access record (default: never logged out, not banned).
+    pub fn user_access(&self, user: &UserId) -> StoreResult<crate::state::user::Access> {
+        match self.user_index.get(keys::user_access(user.as_str()))? {
+            None => Ok(Default::default()),
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|_| StoreError::Corrupt(user.to_string()))
+            }
+        }
+    }
+
+    pub fn set_user_access(
+        &self,
+        user: &UserId,
+        access: &crate::state::user::Access,
+    ) -> StoreResult<()> {
+        self.write_user(user, &[UserWrite::Access(*access)])
     }
 
     pub fn durability(&self) -> Durability {

@@ -556,3 +556,212 @@ fn dechunk(body: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
 }
+
+/// A server API call with the admin key: status and the body parsed as JSON (`Value::Null` when empty).
+pub async fn api(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let text = body.map(|b| b.to_string());
+    let (status, reply) = http(method, url, Some(ADMIN_KEY), text.as_deref()).await;
+    let value = if reply.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&reply).unwrap_or_else(|_| panic!("not JSON: {reply:?}"))
+    };
+    (status, value)
+}
+
+/// Waits until the server closes `client`'s connection and returns the close code and reason.
+pub async fn closed_with(client: &mut Client) -> (u16, String) {
+    let close = client
+        .expect_close(WAIT)
+        .await
+        .expect("closed by the server")
+        .expect("with a close frame");
+    (u16::from(close.code), close.reason.to_string())
+}
+
+/// Authenticates `user` on `addr` with `token`: `Ok(welcome)` or `Err(error frame)`.
+pub async fn try_login(addr: SocketAddr, token: &str, device: &str) -> Result<Value, Value> {
+    let mut c = Client::connect(addr).await.expect("connect");
+    match c.auth(token, device).await {
+        Ok(welcome) => Ok(welcome),
+        Err(rookery::client::ClientError::Refused(frame)) => Err(frame),
+        Err(e) => panic!("auth failed without an answer: {e}"),
+    }
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    /// The status the receiver answered with.
+    pub status: u16,
+    pub signature: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+}
+
+/// How a [`Receiver`] answers.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// The status of answers to `/events`.
+    pub events_status: u16,
+    /// The answer of `/hook` (the before-send hook), after `hook_delay`.
+    pub hook_answer: Value,
+    pub hook_delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            events_status: 200,
+            hook_answer: json!({"action":"allow"}),
+            hook_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A real HTTP server on loopback (actix-web in its own thread) that records what webhooks send it:
+/// `POST /events` for events, `POST /hook` for the before-send hook.
+pub struct Receiver {
+    pub base: String,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    pub behaviour: std::sync::Arc<std::sync::Mutex<Behaviour>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        use std::sync::{Arc, Mutex};
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (g, b) = (got.clone(), behaviour.clone());
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let (g, b) = (g.clone(), b.clone());
+                    App::new().default_service(web::to(
+                        move |req: HttpRequest, body: web::Bytes| {
+                            let (g, b) = (g.clone(), b.clone());
+                            async move {
+                                let signature = req
+                                    .headers()
+                                    .get("x-rookery-signature")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string);
+                                let path = req.path().to_string();
+                                let now = b.lock().expect("lock").clone();
+                                let status = if path == "/hook" {
+                                    200
+                                } else {
+                                    now.events_status
+                                };
+                                g.lock().expect("lock").push(Received {
+                                    path: path.clone(),
+                                    status,
+                                    signature,
+                                    body: body.to_vec(),
+                                });
+                                if path == "/hook" {
+                                    tokio::time::sleep(now.hook_delay).await;
+                                    return HttpResponse::Ok().json(now.hook_answer);
+                                }
+                                let status =
+                                    actix_web::http::StatusCode::from_u16(status).expect("status");
+                                HttpResponse::build(status).finish()
+                            }
+                        },
+                    ))
+                })
+                .workers(1)
+                .listen(listener)
+                .expect("listen")
+                .run();
+                let _ = tx.send(server.handle());
+                let _ = server.await;
+            });
+        });
+        let handle = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("receiver starts");
+        Receiver {
+            base,
+            got,
+            behaviour,
+            handle,
+        }
+    }
+
+    /// `[webhooks]` config pointing at this receiver, with `extra` keys.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[webhooks]\nurl = \"{}/events\"\nsecret = \"{HOOK_SECRET}\"\n{extra}\n",
+            self.base
+        )
+    }
+
+    pub fn set(&self, change: impl FnOnce(&mut Behaviour)) {
+        change(&mut self.behaviour.lock().expect("lock"));
+    }
+
+    pub fn requests(&self, path: &str) -> Vec<Received> {
+        let got = self.got.lock().expect("lock");
+        got.iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Every event of the `/events` requests answered so far, in arrival order (repeats included).
+    pub fn events(&self) -> Vec<Value> {
+        self.requests("/events")
+            .iter()
+            .flat_map(|r| r.json()["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until `done` holds for the events received (repeats included), and returns them.
+    pub async fn wait_events(
+        &self,
+        done: impl Fn(&[Value]) -> bool,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "webhook events did not arrive: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // the stop command is sent when called; the future only reports completion
+        drop(self.handle.stop(false));
+    }
+}
+
+/// The `webhooks.secret` of [`Receiver::config`].
+pub const HOOK_SECRET: &str = "hook-secret";
+
+/// Events without repeats (the first of each `id`), in arrival order.
+pub fn dedupe(events: &[Value]) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|e| seen.insert(e["id"].as_str().expect("event id").to_string()))
+        .cloned()
+        .collect()
+}
