@@ -1,6 +1,5 @@
 //! PROTOCOL.md "Webhooks": events for offline members only, every message once, presence, signatures,
-//! large groups (no event for unmentioned members; mentions themselves are not sent by this version, so the
-//! mention rule is unit-tested in `webhooks::events`),
+//! large groups (an event for mentioned members only), muted conversations (none),
 //! a receiver that fails for a while and gets every event after dedupe by id in seq order per conversation,
 //! kill -9 between `sent` and delivery, and the before-send hook (allow, reject, replace, timeout under both
 //! failure policies, no call on a dedupe hit). A real actix-web receiver on loopback, real nodes.
@@ -107,6 +106,74 @@ async fn offline_members_get_offline_message_and_every_message_a_signed_message_
             .as_array()
             .is_some_and(|a| a.len() <= 100));
     }
+}
+
+/// In a group over `push_max_members` only mentioned offline members get `offline_message`; a member who
+/// muted the conversation gets none, mentioned or not, and gets them again once the mute is lifted.
+#[tokio::test]
+async fn large_groups_announce_mentions_only_and_a_mute_silences_a_member() {
+    let receiver = Receiver::start();
+    let node = TestNode::start_with(&format!(
+        "{}
+[chat]
+push_max_members = 2",
+        receiver.config("")
+    ));
+    let base = node.url("");
+    let group =
+        json!({"conv":"g:big","name":"Big","owner":"alice","members":["bob","carol","dave"]});
+    let (status, _) = api("POST", &node.url("/v1/groups"), Some(group)).await;
+    assert_eq!(status, 201);
+    // dave mutes the group (far into the future), then leaves: everyone but alice is offline
+    let mut dave = node.login("dave", "phone").await;
+    let muted = dave
+        .call(json!({"type":"conv_settings","conv":"g:big","muted_until": 4_000_000_000_000u64}))
+        .await
+        .expect("muted");
+    assert_eq!(muted["type"], "ok", "{muted}");
+    dave.close().await;
+    let body = json!({"conv":"g:big","from":"alice","cid":"m1","body":{"text":"bob, dave"},"mentions":["bob","dave"]});
+    let (status, reply) = api("POST", &format!("{base}/v1/messages"), Some(body)).await;
+    assert_eq!(status, 200, "{reply}");
+    post(&base, "g:big", "alice", "m2", "nobody in particular").await;
+    receiver.wait_events(|e| !e.is_empty(), WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = dedupe(&receiver.events());
+    let got: Vec<(&str, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap_or(""),
+                e["message"]["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("bob", 2)],
+        "the mentioned bob only (seq 1 is the group's creation); dave muted it: {events:#?}"
+    );
+
+    // lifted: dave's mentions reach the backend again
+    let mut dave = node.login("dave", "phone").await;
+    let unmuted = dave
+        .call(json!({"type":"conv_settings","conv":"g:big","muted_until":0}))
+        .await
+        .expect("unmuted");
+    assert_eq!(unmuted["type"], "ok");
+    dave.close().await;
+    let body = json!({"conv":"g:big","from":"alice","cid":"m3","body":{"text":"dave?"},"mentions":["dave"]});
+    let (status, _) = api("POST", &format!("{base}/v1/messages"), Some(body)).await;
+    assert_eq!(status, 200);
+    let events = receiver
+        .wait_events(|e| e.iter().any(|e| e["user"] == "dave"), WAIT)
+        .await;
+    let dave_events: Vec<u64> = dedupe(&events)
+        .iter()
+        .filter(|e| e["user"] == "dave")
+        .map(|e| e["message"]["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(dave_events, vec![4]);
 }
 
 #[tokio::test]

@@ -112,6 +112,14 @@ pub struct SetConvSettings {
 #[rtype(result = "Vec<(ConvId, ConvSettings)>")]
 pub struct ListConvEntries;
 
+/// The user's settings of one conversation (the webhook sender asks before it announces an
+/// `offline_message`: a muted conversation produces none).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "ConvSettings")]
+pub struct GetConvSettings {
+    pub conv: ConvId,
+}
+
 /// A friend came online or went offline.
 #[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
@@ -514,6 +522,13 @@ impl Handler<SetBan> for UserActor {
             self.close_devices(ctx, Refusal::Banned, REVOKE_ROUNDS);
         }
         self.durable()
+    }
+}
+
+impl Handler<GetConvSettings> for UserActor {
+    type Result = MessageResult<GetConvSettings>;
+    fn handle(&mut self, msg: GetConvSettings, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.settings_of(&msg.conv))
     }
 }
 

@@ -25,8 +25,9 @@ use crate::actors::group::{
 use crate::actors::server_api::{LookupCid, ServerFetch, ServerPost};
 use crate::actors::session::Outbound;
 use crate::actors::user::{
-    AddConv, Connect, DescribeUser, Disconnect, ListConvEntries, ListConvs, ListFriends, Logout,
-    PresenceChanged, RemoveConv, SetBan, SetBlocked, SetConvSettings, SetFriend,
+    AddConv, Connect, DescribeUser, Disconnect, GetConvSettings, ListConvEntries, ListConvs,
+    ListFriends, Logout, PresenceChanged, RemoveConv, SetBan, SetBlocked, SetConvSettings,
+    SetFriend,
 };
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
@@ -273,7 +274,7 @@ remote_messages! {
     ],
     user: [
         Connect, AddConv, RemoveConv, ListConvs, SetFriend, ListFriends,
-        SetBlocked, SetConvSettings, ListConvEntries, DescribeUser, Logout, SetBan,
+        SetBlocked, SetConvSettings, ListConvEntries, DescribeUser, Logout, SetBan, GetConvSettings,
     ],
     tell_user: [Disconnect, PresenceChanged],
 }

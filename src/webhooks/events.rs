@@ -3,7 +3,7 @@
 //! - `message` `{"conv","message"}`: every accepted message once, system messages included.
 //! - `offline_message` `{"user","conv","message"}`: for each member other than the sender who had no online
 //!   device on any node when the message was accepted (the session directory says so), decided by
-//!   [`wants_offline_message`]. System messages cause none.
+//!   [`wants_offline_message`] (in [`crate::state::settings`]). System messages cause none.
 //! - `user_online` / `user_offline` `{"user"}`: a user's first device connected, last one left.
 //!
 //! Ids are stable: a message's events are named by conversation and seq (and user), a presence event by the
@@ -11,14 +11,16 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::actors::now_ms;
 use crate::cluster::Router;
 use crate::config::WebhooksConfig;
 use crate::ids::{ConvId, UserId};
+use crate::net::protocol::{Mention, Message as ChatMessage};
 use crate::state::conv::{Appended, ConvState, Outcome, Write};
+use crate::state::settings::wants_offline_message;
 
 /// Is `kind` delivered (a `url` is set and `events` lists it)?
 pub fn enabled(config: &WebhooksConfig, kind: &str) -> bool {
@@ -41,39 +43,6 @@ struct Event<'a> {
 
 fn encode(event: &Event<'_>) -> String {
     serde_json::to_string(event).unwrap_or_default()
-}
-
-/// What decides one member's `offline_message`, besides having no online device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OfflineCandidate {
-    /// The conversation is a group over `chat.push_max_members`.
-    pub large_group: bool,
-    /// The message mentions the member (by name or `*`).
-    pub mentioned: bool,
-    /// Until when the member muted the conversation (Unix ms; 0 = not muted).
-    pub muted_until: u64,
-    /// When the message was accepted (Unix ms).
-    pub now: u64,
-}
-
-/// Does an offline member get `offline_message` for a message? Not while the conversation is muted for
-/// them; in a group over `push_max_members`, only when the message mentions them.
-///
-/// The one place that decides it. Mentions are read from the stored message (`"mentions"`, as the contract
-/// stores them); mute settings are not kept by this version, so callers pass `muted_until = 0` until
-/// `conv_settings` exists (then: the member's `muted_until` for the conversation).
-pub fn wants_offline_message(c: OfflineCandidate) -> bool {
-    if c.muted_until > c.now {
-        return false;
-    }
-    !c.large_group || c.mentioned
-}
-
-/// The users a stored message mentions (`"*"` for everyone), as sent.
-#[derive(Deserialize, Default)]
-struct Mentions {
-    #[serde(default)]
-    mentions: Vec<String>,
 }
 
 /// Adds the events that `outcome` causes to `writes`, right after its message (one batch with it).
@@ -132,20 +101,27 @@ pub fn for_outcome(router: &Router, state: &ConvState, outcome: &Outcome, writes
     writes.splice(at..at, events);
 }
 
-/// The members (but the sender) who get `offline_message` for `appended`, sorted. In a group over
-/// `push_max_members` only mentioned members are looked at, so the work follows the mentions, not the
-/// group's size.
+/// The members (but the sender) who get `offline_message` for `appended`, sorted: offline when it was
+/// accepted and wanting it by [`wants_offline_message`] (the one rule). In a group over `push_max_members`
+/// only mentioned members are looked at, so the work follows the mentions, not the group's size. A
+/// member's mute lives with the member's user actor, possibly on another node: the sender drops the events
+/// of muted members when it delivers them ([`super::sender`]), so a mute takes effect for every event not
+/// yet delivered.
 fn offline_recipients(router: &Router, state: &ConvState, appended: &Appended) -> Vec<UserId> {
+    let Ok(message) = serde_json::from_str::<ChatMessage>(&appended.json) else {
+        return Vec::new();
+    };
     let large_group =
         state.group.is_some() && state.members.len() as u64 > router.config().chat.push_max_members;
-    let mentions = serde_json::from_str::<Mentions>(&appended.json).unwrap_or_default();
-    let everyone = mentions.mentions.iter().any(|m| m == "*");
-    let named: HashSet<&str> = mentions.mentions.iter().map(String::as_str).collect();
+    let mentions = message.mentions.as_deref().unwrap_or_default();
+    let everyone = mentions.iter().any(|m| matches!(m, Mention::All));
     let candidates: HashSet<UserId> = if large_group && !everyone {
-        named
+        mentions
             .iter()
-            .filter_map(|m| UserId::parse(m).ok())
-            .filter(|u| state.members.contains(u))
+            .filter_map(|m| match m {
+                Mention::User(u) if state.members.contains(u) => Some(u.clone()),
+                _ => None,
+            })
             .collect()
     } else {
         state.members.clone()
@@ -154,16 +130,8 @@ fn offline_recipients(router: &Router, state: &ConvState, appended: &Appended) -
     let now = now_ms();
     let mut list: Vec<UserId> = candidates
         .into_iter()
-        .filter(|u| *u != appended.from && !online.contains(u))
-        .filter(|u| {
-            wants_offline_message(OfflineCandidate {
-                large_group,
-                mentioned: everyone || named.contains(u.as_str()),
-                // no mute settings in this version (see `wants_offline_message`)
-                muted_until: 0,
-                now,
-            })
-        })
+        .filter(|u| !online.contains(u))
+        .filter(|u| wants_offline_message(u, &message, None, now, large_group))
         .collect();
     list.sort();
     list
@@ -193,46 +161,5 @@ pub fn presence(router: &Router, user: &UserId, online: bool) {
     });
     if let Err(e) = store.push_events(&[(id, ts, json)]) {
         tracing::error!(%user, error = %e, "cannot write a presence event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offline_messages_skip_muted_members_and_unmentioned_members_of_large_groups() {
-        let base = OfflineCandidate {
-            large_group: false,
-            mentioned: false,
-            muted_until: 0,
-            now: 1_000,
-        };
-        assert!(wants_offline_message(base));
-        assert!(!wants_offline_message(OfflineCandidate {
-            muted_until: 2_000,
-            ..base
-        }));
-        assert!(
-            wants_offline_message(OfflineCandidate {
-                muted_until: 999,
-                ..base
-            }),
-            "a mute that has ended"
-        );
-        let large = OfflineCandidate {
-            large_group: true,
-            ..base
-        };
-        assert!(!wants_offline_message(large));
-        assert!(wants_offline_message(OfflineCandidate {
-            mentioned: true,
-            ..large
-        }));
-        assert!(!wants_offline_message(OfflineCandidate {
-            mentioned: true,
-            muted_until: 5_000,
-            ..large
-        }));
     }
 }

@@ -5,12 +5,16 @@
 //! removed only after a 2xx; anything else, or no answer within [`ANSWER_TIMEOUT`], and the same events are
 //! sent again after a backoff ([`retry_delay`]: 1 s doubling to 60 s, with jitter), for as long as it takes.
 //! Events of one conversation are written in seq order by its actor and read in id order, so they arrive in
-//! seq order (a batch is retried before anything after it).
+//! seq order (a batch is retried before anything after it). An `offline_message` for a member who has the
+//! conversation muted when it is sent is dropped instead (the mute lives with the member's user actor).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::actors::now_ms;
+use crate::actors::user::GetConvSettings;
 use crate::cluster::Router;
+use crate::ids::{ConvId, UserId};
 use crate::store::outbox::OutboxEntry;
 
 /// Most events in one request (the contract's limit).
@@ -75,6 +79,10 @@ pub async fn deliver_forever(router: Router) {
         }
         // never announce a message that a crash could still take back
         store.flusher().flushed().await;
+        let batch = match drop_muted(&router, batch).await {
+            Some(batch) => batch,
+            None => continue,
+        };
         let started = std::time::Instant::now();
         let result = super::post(&config.url, &config.secret, body(&batch), ANSWER_TIMEOUT).await;
         metrics
@@ -108,6 +116,64 @@ pub async fn deliver_forever(router: Router) {
             }
         }
     }
+}
+
+/// The `offline_message` event of a batch, as far as muting goes.
+#[derive(serde::Deserialize)]
+struct OfflineEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    user: Option<UserId>,
+    conv: Option<ConvId>,
+}
+
+/// The batch without the `offline_message` events of members who have the conversation muted now (asked
+/// of each member's user actor, wherever it runs; one question per member and conversation). Those are
+/// removed from the outbox. `None` when nothing is left to send (or the outbox cannot be written).
+async fn drop_muted(router: &Router, batch: Vec<OutboxEntry>) -> Option<Vec<OutboxEntry>> {
+    let now = now_ms();
+    let mut muted: HashMap<(UserId, ConvId), bool> = HashMap::new();
+    let mut keep = Vec::with_capacity(batch.len());
+    let mut dropped = Vec::new();
+    for entry in batch {
+        let offline = serde_json::from_str::<OfflineEvent>(&entry.json)
+            .ok()
+            .filter(|e| e.kind == "offline_message")
+            .and_then(|e| Some((e.user?, e.conv?)));
+        let Some(key) = offline else {
+            keep.push(entry);
+            continue;
+        };
+        let is_muted = match muted.get(&key) {
+            Some(m) => *m,
+            None => {
+                // a member whose actor cannot answer (its node down) is not muted: the event is kept
+                let settings = router
+                    .ask_user(
+                        &key.0,
+                        GetConvSettings {
+                            conv: key.1.clone(),
+                        },
+                    )
+                    .await;
+                let m = settings.is_ok_and(|s| s.is_muted(now));
+                muted.insert(key, m);
+                m
+            }
+        };
+        if is_muted {
+            dropped.push(entry.id);
+        } else {
+            keep.push(entry);
+        }
+    }
+    if !dropped.is_empty() {
+        if let Err(e) = router.store().outbox_remove(&dropped) {
+            tracing::error!(error = %e, "cannot remove muted webhook events");
+            return None;
+        }
+    }
+    (!keep.is_empty()).then_some(keep)
 }
 
 /// Sets the outbox gauges from the store (at every scrape of `/metrics`, so they are never stale while
