@@ -598,6 +598,31 @@ impl ConvActor {
         }
     }
 
+    /// Runs a post (`send`, or the server API's) through the core and answers with its seq and ts once
+    /// durable; a `cid` accepted before gets its first answer, also only after the flush (the first `sent`
+    /// may still be waiting for it). `device` caused it, if a device did.
+    pub(super) fn post_command(
+        &mut self,
+        ctx: &mut Context<Self>,
+        cmd: ConvCommand,
+        device: Option<DeviceId>,
+    ) -> ResponseFuture<ChatResult<Posted>> {
+        let (tx, rx) = oneshot::channel();
+        match self.execute(cmd) {
+            Ok(Outcome::Appended(appended)) => self.accepted(ctx, tx, appended, device),
+            Ok(Outcome::Duplicate(posted)) => self.answer_duplicate(ctx, tx, posted),
+            Ok(other) => {
+                tracing::error!(conv = %self.state.id, outcome = ?other, "unexpected outcome of a post");
+                return Box::pin(async { Err(ChatError::internal("unexpected outcome")) });
+            }
+            Err(e) => return Box::pin(async move { Err(e) }),
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
+        })
+    }
+
     /// A `cid` accepted before: `tx` gets its first answer once everything written so far is durable (the
     /// first `sent` may still wait for the flush).
     pub(super) fn answer_duplicate(
@@ -688,28 +713,7 @@ impl Handler<Post> for ConvActor {
             reply_to: msg.reply_to,
             mentions: msg.mentions,
         };
-        let (tx, rx) = oneshot::channel();
-        match self.execute(cmd) {
-            Ok(Outcome::Appended(appended)) => self.accepted(ctx, tx, appended, Some(msg.device)),
-            Ok(Outcome::Duplicate(posted)) => {
-                // answered after the flush too: the first `sent` may still be waiting for it
-                let done = Done::Posted {
-                    tx,
-                    posted,
-                    fanout: None,
-                };
-                self.enqueue(ctx, done);
-            }
-            Ok(other) => {
-                tracing::error!(conv = %self.state.id, outcome = ?other, "unexpected outcome of a post");
-                return Box::pin(async { Err(ChatError::internal("unexpected outcome")) });
-            }
-            Err(e) => return Box::pin(async move { Err(e) }),
-        }
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
-        })
+        self.post_command(ctx, cmd, Some(msg.device))
     }
 }
 

@@ -7,14 +7,13 @@
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::oneshot;
 
 use super::conversation::{ConvActor, Fetched, Posted, Range};
 use super::now_ms;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{Cid, UserId};
 use crate::net::protocol::{self, Mention};
-use crate::state::conv::{ConvCommand, Outcome};
+use crate::state::conv::ConvCommand;
 use crate::store::ConvHistory;
 
 /// Post `body` as `from` (`POST /v1/messages`): stored and pushed as if `from` had sent it (to every device
@@ -77,20 +76,7 @@ impl Handler<ServerPost> for ConvActor {
             reply_to: msg.reply_to,
             mentions: msg.mentions,
         };
-        let (tx, rx) = oneshot::channel();
-        match self.execute(cmd) {
-            Ok(Outcome::Appended(appended)) => self.accepted(ctx, tx, appended, None),
-            Ok(Outcome::Duplicate(posted)) => self.answer_duplicate(ctx, tx, posted),
-            Ok(other) => {
-                tracing::error!(conv = %self.state.id, outcome = ?other, "unexpected outcome of a server post");
-                return Box::pin(async { Err(ChatError::internal("unexpected outcome")) });
-            }
-            Err(e) => return Box::pin(async move { Err(e) }),
-        }
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
-        })
+        self.post_command(ctx, cmd, None)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{ConvId, DeviceId, UserId};
 use crate::metrics::ActorKind;
 use crate::net::auth;
-use crate::net::protocol::{parse_client_frame, ClientFrame, Rid, ServerFrame};
+use crate::net::protocol::{self, parse_client_frame, ClientFrame, Rid, ServerFrame};
 use crate::net::ws::{Incoming, OutQueue, WireFrame};
 
 /// Something for this connection's device (serializable: it travels to other nodes in envelopes).
@@ -219,6 +219,18 @@ impl SessionActor {
     fn reply(&mut self, ctx: &mut Context<Self>, frame: ServerFrame) {
         let wire = WireFrame::text(frame.kind(), &frame.to_json());
         self.write(ctx, &wire);
+    }
+
+    /// A `send` or `edit` may go ahead: the connection's rate allows it and its body fits (the body as
+    /// it will be stored).
+    fn take_send(
+        &mut self,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> ChatResult<Box<RawValue>> {
+        if !self.sends.try_take(Instant::now()) {
+            return Err(ChatError::new(ErrorCode::RateLimited, "too many messages"));
+        }
+        protocol::message_body(body, self.router.config().limits.max_body_bytes)
     }
 
     fn error(&mut self, ctx: &mut Context<Self>, rid: Option<Rid>, error: &ChatError) {
@@ -483,22 +495,9 @@ impl SessionActor {
                 reply_to,
                 mentions,
             } => {
-                if !self.sends.try_take(Instant::now()) {
-                    return self.error(
-                        ctx,
-                        rid,
-                        &ChatError::new(ErrorCode::RateLimited, "too many messages"),
-                    );
-                }
-                let json = serde_json::Value::Object(body).to_string();
-                let max = self.router.config().limits.max_body_bytes;
-                if json.len() > max {
-                    let e =
-                        ChatError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
-                    return self.error(ctx, rid, &e);
-                }
-                let Ok(body) = RawValue::from_string(json) else {
-                    return self.error(ctx, rid, &ChatError::bad_request("body is not JSON"));
+                let body = match self.take_send(body) {
+                    Ok(body) => body,
+                    Err(e) => return self.error(ctx, rid, &e),
                 };
                 let started = Instant::now();
                 let post = Post {
@@ -762,22 +761,9 @@ impl SessionActor {
                 });
             }
             ClientFrame::Edit { conv, seq, body } => {
-                if !self.sends.try_take(Instant::now()) {
-                    return self.error(
-                        ctx,
-                        rid,
-                        &ChatError::new(ErrorCode::RateLimited, "too many messages"),
-                    );
-                }
-                let json = serde_json::Value::Object(body).to_string();
-                let max = self.router.config().limits.max_body_bytes;
-                if json.len() > max {
-                    let e =
-                        ChatError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
-                    return self.error(ctx, rid, &e);
-                }
-                let Ok(body) = RawValue::from_string(json) else {
-                    return self.error(ctx, rid, &ChatError::bad_request("body is not JSON"));
+                let body = match self.take_send(body) {
+                    Ok(body) => body,
+                    Err(e) => return self.error(ctx, rid, &e),
                 };
                 let edit = EditMessage {
                     user,

@@ -20,7 +20,7 @@ use crate::actors::now_ms;
 use crate::actors::server_api::{ServerFetch, ServerPost};
 use crate::actors::user::{DescribeUser, DeviceInfo, Logout, SetBan};
 use crate::cluster::Router;
-use crate::error::{ChatError, ChatResult, ErrorCode};
+use crate::error::{ChatError, ChatResult};
 use crate::ids::{Cid, ConvId, UserId};
 use crate::net::http::{error_response, require_admin, ErrorBody};
 
@@ -190,6 +190,32 @@ fn no_content(result: ChatResult<()>) -> HttpResponse {
     }
 }
 
+/// Every server API call: the admin key first (401 without it, and `work` never runs), then `work`'s
+/// answer as JSON with `status`, or its error with the error's status.
+async fn admin<T: Serialize>(
+    req: &HttpRequest,
+    router: &Router,
+    status: StatusCode,
+    work: impl std::future::Future<Output = ChatResult<T>>,
+) -> HttpResponse {
+    match require_admin(req, router) {
+        Ok(()) => respond(status, work.await),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// [`admin`] for calls answered `204 No Content`.
+async fn admin_no_content(
+    req: &HttpRequest,
+    router: &Router,
+    work: impl std::future::Future<Output = ChatResult<()>>,
+) -> HttpResponse {
+    match require_admin(req, router) {
+        Ok(()) => no_content(work.await),
+        Err(e) => error_response(&e),
+    }
+}
+
 /// Refuses a banned user's messages (`forbidden`).
 async fn check_not_banned(router: &Router, user: &UserId) -> ChatResult<()> {
     let info = router.ask_user(user, DescribeUser).await?;
@@ -208,21 +234,10 @@ pub async fn post_message(
     router: web::Data<Router>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin(&req, &router, StatusCode::OK, async {
         let request: PostMessageRequest = parse_json(&body)?;
-        let json = serde_json::Value::Object(request.body).to_string();
         let max = router.config().limits.max_body_bytes;
-        if json.len() > max {
-            return Err(ChatError::new(
-                ErrorCode::TooLarge,
-                format!("body is over {max} bytes"),
-            ));
-        }
-        let body =
-            RawValue::from_string(json).map_err(|_| ChatError::bad_request("body is not JSON"))?;
+        let body = crate::net::protocol::message_body(request.body, max)?;
         check_not_banned(&router, &request.from).await?;
         let post = ServerPost {
             from: request.from,
@@ -237,9 +252,8 @@ pub async fn post_message(
             seq: posted.seq,
             ts: posted.ts,
         })
-    }
-    .await;
-    respond(StatusCode::OK, result)
+    })
+    .await
 }
 
 /// `GET /v1/conversations/C/messages`: as `sync`, for any conversation.
@@ -251,10 +265,7 @@ pub async fn messages(
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin(&req, &router, StatusCode::OK, async {
         let conv = parse_conv(&path)?;
         let query: MessagesQuery = parse_query(&req)?;
         let limit = match query.limit {
@@ -278,9 +289,8 @@ pub async fn messages(
             msgs: fetched.msgs,
             last_seq: fetched.last_seq,
         })
-    }
-    .await;
-    respond(StatusCode::OK, result)
+    })
+    .await
 }
 
 /// `POST /v1/groups` → 201 with the group.
@@ -292,10 +302,7 @@ pub async fn create_group(
     router: web::Data<Router>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin(&req, &router, StatusCode::CREATED, async {
         let request: CreateGroupRequest = parse_json(&body)?;
         if request.conv.is_direct() {
             return Err(ChatError::bad_request("groups take a group id (g:NAME)"));
@@ -307,9 +314,8 @@ pub async fn create_group(
         };
         let view = router.ask_conv(&request.conv, create).await??;
         Ok(GroupResponse::new(request.conv, view))
-    }
-    .await;
-    respond(StatusCode::CREATED, result)
+    })
+    .await
 }
 
 /// `POST /v1/groups/C/members`: `add`, then `remove`, as the owner.
@@ -323,10 +329,7 @@ pub async fn change_members(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin(&req, &router, StatusCode::OK, async {
         let conv = parse_group(&path)?;
         let request: ChangeMembersRequest = parse_json(&body)?;
         let change = ServerChangeMembers {
@@ -335,9 +338,8 @@ pub async fn change_members(
         };
         let view = router.ask_conv(&conv, change).await??;
         Ok(GroupResponse::new(conv, view))
-    }
-    .await;
-    respond(StatusCode::OK, result)
+    })
+    .await
 }
 
 /// `GET /v1/groups/C?members=true`.
@@ -349,10 +351,7 @@ pub async fn group(
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin(&req, &router, StatusCode::OK, async {
         let conv = parse_group(&path)?;
         let query: GroupQuery = parse_query(&req)?;
         let describe = ServerDescribeGroup {
@@ -360,9 +359,8 @@ pub async fn group(
         };
         let view = router.ask_conv(&conv, describe).await??;
         Ok(GroupResponse::new(conv, view))
-    }
-    .await;
-    respond(StatusCode::OK, result)
+    })
+    .await
 }
 
 /// `GET /v1/users/U`.
@@ -374,10 +372,7 @@ pub async fn user(
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin(&req, &router, StatusCode::OK, async {
         let user = UserId::parse(&path)?;
         let info = router.ask_user(&user, DescribeUser).await?;
         Ok(UserResponse {
@@ -386,9 +381,8 @@ pub async fn user(
             devices: info.devices,
             banned: info.banned,
         })
-    }
-    .await;
-    respond(StatusCode::OK, result)
+    })
+    .await
 }
 
 /// `POST /v1/users/U/logout` → 204: every device closed, every older token refused, on every node.
@@ -400,15 +394,11 @@ pub async fn logout(
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin_no_content(&req, &router, async {
         let user = UserId::parse(&path)?;
         router.ask_user(&user, Logout { at_ms: now_ms() }).await
-    }
-    .await;
-    no_content(result)
+    })
+    .await
 }
 
 /// `PUT /v1/users/U/ban` → 204.
@@ -441,13 +431,9 @@ async fn set_ban(
     path: web::Path<String>,
     banned: bool,
 ) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let result = async {
+    admin_no_content(&req, &router, async {
         let user = UserId::parse(&path)?;
         router.ask_user(&user, SetBan { banned }).await
-    }
-    .await;
-    no_content(result)
+    })
+    .await
 }

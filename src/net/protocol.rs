@@ -281,6 +281,23 @@ fn strip_position(msg: &str) -> &str {
     msg.split(" at line ").next().unwrap_or(msg)
 }
 
+/// A message body as it is stored: `body` re-encoded as JSON, refused with `too_large` over `max` bytes
+/// (`send`, `edit` and `POST /v1/messages` alike).
+pub fn message_body(
+    body: serde_json::Map<String, serde_json::Value>,
+    max: usize,
+) -> crate::error::ChatResult<Box<RawValue>> {
+    use crate::error::{ChatError, ErrorCode};
+    let json = serde_json::Value::Object(body).to_string();
+    if json.len() > max {
+        return Err(ChatError::new(
+            ErrorCode::TooLarge,
+            format!("body is over {max} bytes"),
+        ));
+    }
+    RawValue::from_string(json).map_err(|_| ChatError::bad_request("body is not JSON"))
+}
+
 /// One entry of a message's `mentions`: a member, or `"*"` (everyone).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mention {
