@@ -18,6 +18,23 @@ fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 const ALL: &str = "events = [\"offline_message\", \"message\", \"user_online\", \"user_offline\"]";
 
+/// Waits until the node reports no device of `user` (a closed client's disconnect is processed).
+async fn wait_offline(node_url: &str, user: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, info) = api("GET", &format!("{node_url}/v1/users/{user}"), None).await;
+        assert_eq!(status, 200, "{info}");
+        if info["online"] == false {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user} still online: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn post(node_url: &str, conv: &str, from: &str, cid: &str, text: &str) -> Value {
     let body = json!({"conv":conv,"from":from,"cid":cid,"body":{"text":text}});
     let (status, reply) = api("POST", &format!("{node_url}/v1/messages"), Some(body)).await;
@@ -132,6 +149,7 @@ push_max_members = 2",
         .expect("muted");
     assert_eq!(muted["type"], "ok", "{muted}");
     dave.close().await;
+    wait_offline(&base, "dave").await;
     let body = json!({"conv":"g:big","from":"alice","cid":"m1","body":{"text":"bob, dave"},"mentions":["bob","dave"]});
     let (status, reply) = api("POST", &format!("{base}/v1/messages"), Some(body)).await;
     assert_eq!(status, 200, "{reply}");
@@ -162,6 +180,7 @@ push_max_members = 2",
         .expect("unmuted");
     assert_eq!(unmuted["type"], "ok");
     dave.close().await;
+    wait_offline(&base, "dave").await;
     let body = json!({"conv":"g:big","from":"alice","cid":"m3","body":{"text":"dave?"},"mentions":["dave"]});
     let (status, _) = api("POST", &format!("{base}/v1/messages"), Some(body)).await;
     assert_eq!(status, 200);
