@@ -402,6 +402,30 @@ pub async fn put_chunk(
     path: web::Path<(String, String)>,
     mut payload: web::Payload,
 ) -> HttpResponse {
+    let response = store_chunk(req, router, path, &mut payload).await;
+    if !response.status().is_success() {
+        // read what the client is still sending (up to a bound) before answering: a client that is still
+        // writing its chunk when the connection closes sees a broken pipe instead of this answer
+        let mut left = DRAIN_MAX;
+        while let Some(Ok(part)) = payload.next().await {
+            left = left.saturating_sub(part.len());
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    response
+}
+
+/// At most this much of a refused chunk's body is read (and dropped) so the client gets the answer.
+const DRAIN_MAX: usize = 8 << 20;
+
+async fn store_chunk(
+    req: HttpRequest,
+    router: web::Data<Router>,
+    path: web::Path<(String, String)>,
+    payload: &mut web::Payload,
+) -> HttpResponse {
     let user = step!(user(&req, &router));
     let (id, index) = path.into_inner();
     let upload = step!(own_upload(&router, id, &user).await);
