@@ -175,6 +175,16 @@ async fn posting_errors_map_to_their_statuses() {
             "not_found",
         ),
         (
+            json!({"conv":"dm:alice:bob","from":"alice","cid":"r","body":{},"reply_to":7}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"conv":"dm:alice:bob","from":"alice","cid":"m","body":{},"mentions":["carol"]}),
+            400,
+            "bad_request",
+        ),
+        (
             json!({"conv":"dm:alice:bob","from":"alice","cid":"x","body":"text"}),
             400,
             "bad_request",

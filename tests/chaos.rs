@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,18 +226,11 @@ fn rng() -> (u64, rand::rngs::StdRng) {
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("cluster.toml");
-    let listen = format!("127.0.0.1:{}", free_port());
-    std::fs::write(&path, config_text(CONFIG, &listen, Path::new("data/n1"))).expect("config");
-    path
-}
-
 #[tokio::test]
 async fn single_node_killed_at_random_moments_loses_and_duplicates_nothing() {
     let (_seed, mut rng) = rng();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(tmp.path());
+    let config = write_node_config(tmp.path(), CONFIG);
     let conv = dm("alice", "bob");
     let mut senders = [Sender::new("alice"), Sender::new("bob")];
     for _ in 0..ROUNDS {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,19 +12,10 @@ use common::*;
 use rookery::client::Client;
 use serde_json::json;
 
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let path = dir.join("cluster.toml");
-    // a relative data_dir: resolved against the config file's folder
-    let text = config_text(extra, &listen, Path::new("data/n1"));
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 #[tokio::test]
 async fn kill_9_right_after_the_last_sent_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = write_node_config(
         tmp.path(),
         "[chat]\ndm_requires_friendship = false\n[store]\ndurability = \"sync\"",
     );
@@ -131,7 +121,7 @@ async fn kill_9_right_after_the_last_sent_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn read_positions_and_sequences_survive_kill_9() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(tmp.path(), "[chat]\ndm_requires_friendship = false");
+    let config = write_node_config(tmp.path(), "[chat]\ndm_requires_friendship = false");
     let mut node = NodeProcess::start(&config);
     let conv = dm("alice", "bob");
     {
@@ -177,7 +167,7 @@ async fn read_positions_and_sequences_survive_kill_9() {
 #[tokio::test]
 async fn sigterm_flushes_and_exits_zero() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = write_node_config(
         tmp.path(),
         "[chat]\ndm_requires_friendship = false\n[store]\ndurability = \"os\"",
     );
@@ -228,7 +218,7 @@ async fn sigterm_flushes_and_exits_zero() {
 #[test]
 fn token_subcommand_prints_only_the_token() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(tmp.path(), "");
+    let config = write_node_config(tmp.path(), "");
     let line = token_line(&["alice", "--ttl", "60"], &config);
     let user = rookery::net::auth::verify(SECRET, 2_592_000, &line).expect("valid token");
     assert_eq!(user.as_str(), "alice");
@@ -245,7 +235,7 @@ fn token_subcommand_prints_only_the_token() {
 #[test]
 fn token_subcommand_refuses_a_ttl_over_the_maximum() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(tmp.path(), "");
+    let config = write_node_config(tmp.path(), "");
     for ttl in ["18446744073709551615", "2592001"] {
         let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
             .args(["token", "alice", "--ttl", ttl, "--config"])

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -826,17 +825,10 @@ async fn blocks_silence_messages_requests_typing_and_presence_until_lifted() {
         .expect("presence again");
 }
 
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, config_text(extra, &listen, Path::new("data/n1"))).expect("config");
-    path
-}
-
 #[tokio::test]
 async fn kill_9_right_after_the_last_ok_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = write_node_config(
         tmp.path(),
         "[chat]\ndm_requires_friendship = false\n[store]\ndurability = \"sync\"",
     );

@@ -164,6 +164,15 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
+/// Writes a one-node `cluster.toml` with `extra` into `dir` (a free loopback port, `data_dir` relative to
+/// the file: `dir/data/n1`) for a real `rookery` process; returns its path.
+pub fn write_node_config(dir: &Path, extra: &str) -> PathBuf {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, config_text(extra, &listen, Path::new("data/n1"))).expect("write config");
+    path
+}
+
 /// The real `rookery` binary, started on a config file in `dir`.
 pub struct NodeProcess {
     pub child: Child,
