@@ -58,6 +58,10 @@ pub struct Metrics {
     pub raft_leader_changes: IntCounter,
     /// One round of the Raft driver: persist and sync the log, hand out messages and commits.
     pub raft_poll_seconds: Histogram,
+    /// From a proposal to its application on the node that made it (commit on a majority included).
+    pub raft_proposal_seconds: Histogram,
+    /// Requests answered `unavailable` because no leader of their key's partition was ready in time.
+    pub unrouted: IntCounter,
 }
 
 /// One peer link's metrics, resolved once per peer.
@@ -280,6 +284,20 @@ impl Metrics {
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
             ],
         );
+        let raft_proposal_seconds = histogram(
+            "rookery_raft_proposal_seconds",
+            "From a proposal to its entry applied on the proposing leader: appended, replicated and synced \
+             on a majority, committed and applied.",
+            vec![
+                0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        );
+        let unrouted = must(IntCounter::new(
+            "rookery_unrouted_total",
+            "Requests answered `unavailable` because no leader of their key's partition was ready within \
+             election_timeout_ms + 1 s.",
+        ));
+        reg(Box::new(unrouted.clone()));
         let raft_partitions = must(IntGauge::new(
             "rookery_raft_partitions",
             "Partitions (Raft groups) this node keeps a replica of.",
@@ -329,6 +347,8 @@ impl Metrics {
             raft_partitions_led,
             raft_leader_changes,
             raft_poll_seconds,
+            raft_proposal_seconds,
+            unrouted,
         }
     }
 

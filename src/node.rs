@@ -102,9 +102,14 @@ impl Node {
             layout,
             &node.data_dir.join("raft"),
             router.peers().to_vec(),
+            store.clone(),
             metrics,
         )?;
         router.set_replication(replication.clone());
+        {
+            let router = router.clone();
+            replication.on_change(move |partitions| router.leadership_changed(partitions));
+        }
 
         let (server, addr) =
             server::bind(&router, &node.listen, cores).map_err(|source| NodeError::Bind {

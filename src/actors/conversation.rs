@@ -32,6 +32,8 @@ use crate::net::protocol::{self, ConvSummary, Mention, ReceiptDetail, ServerFram
 use crate::net::ws::WireFrame;
 pub use crate::state::conv::Posted;
 use crate::state::conv::{Appended, ConvCommand, ConvState, Outcome, Rules, Write};
+use crate::state::overlay::Overlay;
+use crate::state::replica::{CarriedEvent, Command};
 use crate::store::ConvHistory;
 
 /// Post a message; answered with its seq and ts once it is durable.
@@ -135,10 +137,23 @@ pub struct Friendship {
     pub op: FriendOp,
 }
 
-/// The flusher made everything registered under `epoch` durable.
+/// The flusher made everything registered under `epoch` durable (with replication: the proposal numbered
+/// `epoch` is committed and applied here).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Flushed(u64);
+
+/// A proposal will not be answered by its entry (leadership moved): the actor's state may be ahead of the
+/// log, so it fails what it has in flight with `unavailable` and stops; the next request starts a fresh
+/// actor from the store on whichever node leads.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Lost(ChatError);
+
+/// This node no longer leads the conversation's partition (sent by the router): as [`Lost`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
 
 /// What to do once a write is durable.
 enum Done {
@@ -212,6 +227,15 @@ pub struct ConvActor {
     notify_window: Window,
     notify_scheduled: bool,
     pub(super) last_active: Instant,
+    /// With replication: changes are proposed to the partition's log, and the store is written only when
+    /// the committed entry is applied (by the node's replica, as on every other replica).
+    replicated: bool,
+    /// What the actor proposed and has not seen applied yet (read before the store).
+    overlay: Overlay,
+    addr: Option<Addr<ConvActor>>,
+    /// Stopped after a lost proposal or a move: changes are refused (messages still in the mailbox are
+    /// handled while the actor stops).
+    retired: bool,
 }
 
 /// Recipients handed to sessions per step of a fan-out. The steps of one fan-out run in the same poll of
@@ -266,11 +290,18 @@ impl ConvActor {
             (ConvState::empty(id.clone()), None)
         });
         let window = Duration::from_millis(router.config().chat.notify_window_ms);
+        let replicated = router
+            .replication()
+            .is_some_and(|r| r.replicated(id.as_str()));
         let view = state
             .group
             .as_ref()
             .map(|_| Arc::new(PullView::new(id, state.members.clone(), state.last_seq)));
         ConvActor {
+            replicated,
+            overlay: Overlay::default(),
+            addr: None,
+            retired: false,
             rules: Rules::from_config(&router.config().chat),
             router,
             last_activity_us: state.last_ts.saturating_mul(1000),
@@ -301,6 +332,15 @@ impl ConvActor {
     /// Applies `cmd` through the conversation's core and makes its writes (a read position advanced by a
     /// post rides on the next flush). A store failure leaves the state as the store has it.
     pub(super) fn execute(&mut self, cmd: ConvCommand) -> ChatResult<Outcome> {
+        if self.retired {
+            return Err(ChatError::unavailable(format!(
+                "{} moved to another node; resend with the same cid",
+                self.state.id
+            )));
+        }
+        if self.replicated {
+            return self.propose(cmd);
+        }
         let store = self.router.store();
         let mut writes = Vec::new();
         let id = self.state.id.clone();
@@ -328,6 +368,61 @@ impl ConvActor {
         Ok(outcome)
     }
 
+    /// [`ConvActor::execute`] with replication: the core decides against the store seen through what is
+    /// still in flight, and the command (with the webhook events decided here) is proposed as epoch
+    /// `self.epoch`; [`Flushed`] comes once its entry is applied on this node, [`Lost`] if it will not be.
+    fn propose(&mut self, cmd: ConvCommand) -> ChatResult<Outcome> {
+        let Some(replication) = self.router.replication().cloned() else {
+            return Err(ChatError::internal("replication is not running"));
+        };
+        let mut writes = Vec::new();
+        let id = self.state.id.clone();
+        let stored = ConvHistory {
+            store: self.router.store(),
+            conv: &id,
+        };
+        let history = self.overlay.over(&stored);
+        let outcome = self
+            .state
+            .apply(cmd.clone(), &self.rules, &history, &mut writes)?;
+        if writes.is_empty() {
+            return Ok(outcome);
+        }
+        crate::webhooks::events::for_outcome(&self.router, &self.state, &outcome, &mut writes);
+        let events = CarriedEvent::take(&mut writes);
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.overlay.push(epoch, writes);
+        let addr = self.addr.clone();
+        replication.propose(Command::Conv { conv: id, cmd }, events, move |result| {
+            if let Some(addr) = addr {
+                match result {
+                    Ok(()) => addr.do_send(Flushed(epoch)),
+                    Err(e) => addr.do_send(Lost(e)),
+                }
+            }
+        });
+        Ok(outcome)
+    }
+
+    /// Fails everything in flight with `e` and stops (see [`Lost`]).
+    fn abandon(&mut self, ctx: &mut Context<Self>, e: &ChatError) {
+        for p in self.pending.drain(..) {
+            match p.done {
+                Done::Posted { tx, .. } => {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                Done::Replied { tx, .. } => {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+        self.overlay.clear();
+        self.retired = true;
+        self.router.release_conv(&self.state.id, &ctx.address());
+        ctx.stop();
+    }
+
     /// Groups above `push_max_members` get `notify` instead of `msg`, and no typing.
     pub(super) fn is_large(&self) -> bool {
         self.state.group.is_some()
@@ -353,6 +448,15 @@ impl ConvActor {
     // ---- group commit ----
 
     fn enqueue(&mut self, ctx: &mut Context<Self>, done: Done) {
+        if self.replicated {
+            // answered once the last proposal so far is applied
+            self.pending.push_back(PendingWrite {
+                epoch: self.epoch,
+                done,
+            });
+            self.drain(ctx);
+            return;
+        }
         let epoch = match self.waiting {
             Some(w) => w + 1,
             None => self.register(ctx),
@@ -657,6 +761,7 @@ impl Actor for ConvActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.addr = Some(ctx.address());
         if let Some(view) = &self.view {
             self.router.register_view(&self.state.id, view.clone());
         }
@@ -668,6 +773,7 @@ impl Actor for ConvActor {
         let period = (idle / 2).max(Duration::from_millis(100));
         ctx.run_interval(period, move |act, ctx| {
             if act.pending.is_empty()
+                && act.overlay.is_empty()
                 && act.dirty_reads.is_empty()
                 && !act.index_pending
                 && act.last_active.elapsed() >= idle
@@ -690,6 +796,11 @@ impl Handler<Flushed> for ConvActor {
     type Result = ();
     fn handle(&mut self, Flushed(epoch): Flushed, ctx: &mut Context<Self>) {
         self.durable_epoch = self.durable_epoch.max(epoch);
+        if self.replicated {
+            self.overlay.applied(epoch);
+            self.drain(ctx);
+            return;
+        }
         if self.waiting == Some(epoch) {
             self.waiting = None;
         }
@@ -697,6 +808,25 @@ impl Handler<Flushed> for ConvActor {
         if self.waiting.is_none() && self.pending.iter().any(|p| p.epoch > self.durable_epoch) {
             self.register(ctx);
         }
+    }
+}
+
+impl Handler<Lost> for ConvActor {
+    type Result = ();
+    fn handle(&mut self, Lost(e): Lost, ctx: &mut Context<Self>) {
+        tracing::debug!(conv = %self.state.id, error = %e, "a proposal was lost; the actor stops");
+        self.abandon(ctx, &e);
+    }
+}
+
+impl Handler<Retire> for ConvActor {
+    type Result = ();
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        let e = ChatError::unavailable(format!(
+            "{} moved to another node; resend with the same cid",
+            self.state.id
+        ));
+        self.abandon(ctx, &e);
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::actors::now_ms;
 use crate::actors::session::Outbound;
@@ -17,6 +18,7 @@ use crate::error::{ChatError, ChatResult, ErrorCode};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
 use crate::net::protocol::{IncomingRequest, OutgoingRequest, ServerFrame};
 use crate::net::ws::WireFrame;
+use crate::state::replica::Command;
 use crate::state::settings::ConvSettings;
 use crate::state::user::{Refusal, UserCommand, UserState, UserWrite};
 use crate::store::FriendEntry;
@@ -187,7 +189,27 @@ pub struct UserActor {
     /// The conversation index, loaded when first listed and kept in step with the writes from then on.
     convs: Option<HashSet<ConvId>>,
     last_active: Instant,
+    /// With replication: changes are proposed to the partition's log (see [`UserActor::execute`]).
+    replicated: bool,
+    /// Proposals made and applied so far, and who waits for which.
+    proposed: u64,
+    applied: u64,
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// A proposal was lost or the partition moved: nothing more is changed here.
+    retired: bool,
+    addr: Option<Addr<UserActor>>,
 }
+
+/// The proposal numbered `0` is applied here.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Applied(u64);
+
+/// A proposal will not be applied (leadership moved), or this node no longer leads the user's partition:
+/// the actor stops; sessions register again with the user's new actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
 
 impl UserActor {
     pub fn new(id: UserId, router: Router) -> UserActor {
@@ -195,6 +217,9 @@ impl UserActor {
             tracing::error!(user = %id, error = %e, "cannot load friends");
             UserState::empty(id.clone())
         });
+        let replicated = router
+            .replication()
+            .is_some_and(|r| r.replicated(id.as_str()));
         UserActor {
             id,
             router,
@@ -202,6 +227,12 @@ impl UserActor {
             state,
             convs: None,
             last_active: Instant::now(),
+            replicated,
+            proposed: 0,
+            applied: 0,
+            waiters: Vec::new(),
+            retired: false,
+            addr: None,
         }
     }
 
@@ -215,7 +246,11 @@ impl UserActor {
     /// Applies `cmd` through the user's core and makes its writes (durable with the next flush; see
     /// [`UserActor::durable`]).
     fn execute(&mut self, cmd: UserCommand) {
+        if self.retired {
+            return;
+        }
         let mut writes = Vec::new();
+        let proposal = self.replicated.then(|| cmd.clone());
         self.state.apply(cmd, &mut writes);
         if let Some(convs) = &mut self.convs {
             for write in &writes {
@@ -227,6 +262,30 @@ impl UserActor {
                     }
                 }
             }
+        }
+        if let Some(cmd) = proposal {
+            if writes.is_empty() {
+                return;
+            }
+            let Some(replication) = self.router.replication() else {
+                return;
+            };
+            self.proposed += 1;
+            let epoch = self.proposed;
+            let addr = self.addr.clone();
+            let command = Command::User {
+                user: self.id.clone(),
+                cmd,
+            };
+            replication.propose(command, Vec::new(), move |result| {
+                if let Some(addr) = addr {
+                    match result {
+                        Ok(()) => addr.do_send(Applied(epoch)),
+                        Err(_) => addr.do_send(Retire),
+                    }
+                }
+            });
+            return;
         }
         if let Err(e) = self.router.store().write_user(&self.id, &writes) {
             tracing::error!(user = %self.id, error = %e, "cannot write the user's index");
@@ -287,8 +346,26 @@ impl UserActor {
             })
     }
 
-    fn durable(&self) -> ResponseFuture<()> {
-        Box::pin(self.router.store().flusher().flushed())
+    /// Resolves once every change made so far is durable: flushed, or with replication applied after its
+    /// commit. A change that will not be applied never resolves it: the caller's deadline answers
+    /// `unavailable` rather than a false success.
+    fn durable(&mut self) -> ResponseFuture<()> {
+        if !self.replicated {
+            return Box::pin(self.router.store().flusher().flushed());
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.retired {
+            drop(tx);
+        } else if self.proposed <= self.applied {
+            let _ = tx.send(());
+        } else {
+            self.waiters.push((self.proposed, tx));
+        }
+        Box::pin(async move {
+            if rx.await.is_err() {
+                tokio::time::sleep(crate::cluster::router::LOCAL_DEADLINE).await;
+            }
+        })
     }
 }
 
@@ -296,16 +373,39 @@ impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.addr = Some(ctx.address());
         let idle = self.router.config().actors.idle();
         let period = (idle / 2).max(Duration::from_millis(100));
         ctx.run_interval(period, move |act, ctx| {
             if act.devices.is_empty()
+                && act.waiters.is_empty()
                 && act.last_active.elapsed() >= idle
                 && act.router.release_user(&act.id, &ctx.address())
             {
                 ctx.stop();
             }
         });
+    }
+}
+
+impl Handler<Applied> for UserActor {
+    type Result = ();
+    fn handle(&mut self, Applied(epoch): Applied, _: &mut Context<Self>) {
+        self.applied = self.applied.max(epoch);
+        let applied = self.applied;
+        for (_, tx) in self.waiters.extract_if(.., |(e, _)| *e <= applied) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Handler<Retire> for UserActor {
+    type Result = ();
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.retired = true;
+        self.waiters.clear();
+        self.router.release_user(&self.id, &ctx.address());
+        ctx.stop();
     }
 }
 

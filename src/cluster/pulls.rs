@@ -147,5 +147,5 @@ pub async fn serve(router: Router, msg: FetchMany) -> ChatResult<FetchedMany> {
         return Ok(many);
     }
     let conv = msg.conv.clone();
-    router.ask_local_conv(&conv, msg).await?
+    router.ask_conv(&conv, msg).await?
 }

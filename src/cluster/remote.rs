@@ -226,7 +226,7 @@ macro_rules! remote_messages {
                             Ok(m) => m,
                             Err(e) => return Box::pin(async move { Err(e) }),
                         };
-                        let reply = router.ask_local_conv(&conv, msg);
+                        let reply = router.ask_conv(&conv, msg);
                         return Box::pin(async move { encode(&reply.await?) });
                     })*
                 }
@@ -236,7 +236,7 @@ macro_rules! remote_messages {
                             Ok(m) => m,
                             Err(e) => return Box::pin(async move { Err(e) }),
                         };
-                        let reply = router.ask_local_user(&user, msg);
+                        let reply = router.ask_user(&user, msg);
                         return Box::pin(async move { encode(&reply.await?) });
                     })*
                 }

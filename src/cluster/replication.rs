@@ -16,7 +16,7 @@
 //! without the durable record Raft's safety rests on (TiKV makes the same choice).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -30,10 +30,14 @@ use super::peer::Peer;
 use super::placement::{Layout, PartitionId};
 use super::remote::PeerFrame;
 use crate::config::Config;
+use crate::error::{ChatError, ChatResult};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::raft::log::LogError;
-use crate::raft::multi::{raft_id, Batch, Leadership, MultiRaft, ELECTION_TICKS};
+use crate::raft::multi::{raft_id, Batch, Committed, Leadership, MultiRaft, ELECTION_TICKS};
+use crate::state::conv::Rules;
+use crate::state::replica::{Applied, CarriedEvent, Command, Proposal, Replica};
+use crate::store::Store;
 
 /// Largest `Raft` peer frame before base64: a batch bigger than this is split (one group's append is at
 /// most 1 MiB, raft-rs's `max_size_per_msg`).
@@ -55,7 +59,46 @@ enum Input {
     HandOver {
         done: mpsc::Sender<usize>,
     },
+    /// An encoded [`Proposal`] for `partition`'s log; `done` is called once it is applied here, or with
+    /// `unavailable` if it cannot be (this node does not lead the partition, or lost it first).
+    Propose {
+        partition: PartitionId,
+        id: u64,
+        data: Vec<u8>,
+        done: ProposalDone,
+    },
     Stop,
+}
+
+/// Called once a proposal is applied on the node that made it (`Ok`), or when it will not be (`unavailable`:
+/// the entry may still commit under the next leader, which is why clients resend with the same `cid`).
+pub type ProposalDone = Box<dyn FnOnce(ChatResult<()>) + Send>;
+
+/// What the apply thread is given, in the order the driver produced it.
+enum ApplyInput {
+    /// A proposal accepted into the leader's log at `term`: its `done` waits for the entry.
+    Track {
+        partition: PartitionId,
+        id: u64,
+        term: u64,
+        done: ProposalDone,
+    },
+    Committed(Vec<Committed>),
+    /// Groups whose leader or term changed: what was proposed here under another term or leadership will
+    /// not be answered by its entry.
+    Leadership(Vec<Leadership>),
+    Stop,
+}
+
+/// Where a key's requests go, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// This node leads the key's partition and has applied everything committed before its term.
+    Here,
+    /// Another node leads it (or is its preferred replica, for a partition not replicated here).
+    At(NodeId),
+    /// No leader is known, or this node leads but has not caught up yet: ask again shortly.
+    Nobody,
 }
 
 /// A partition's leadership as this node sees it.
@@ -75,7 +118,20 @@ pub struct Replication {
     /// Raft ids of the cluster's nodes.
     nodes: HashMap<u64, NodeId>,
     led: AtomicUsize,
+    /// This node.
+    node: NodeId,
+    me: u64,
+    next_proposal: AtomicU64,
+    /// Per partition: the term whose first entry this node has applied as its leader (0: none). A leader
+    /// serves only at this term: everything committed before it is applied then.
+    ready: Vec<AtomicU64>,
+    apply_tx: Mutex<mpsc::Sender<ApplyInput>>,
+    apply_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Told which partitions changed leader (from the driver thread; see [`Replication::on_change`]).
+    on_change: std::sync::OnceLock<ChangeHook>,
 }
+
+type ChangeHook = Box<dyn Fn(&[PartitionId]) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -83,6 +139,8 @@ pub enum ReplicationError {
     Log { path: String, source: LogError },
     #[error("cannot start the raft driver: {0}")]
     Thread(std::io::Error),
+    #[error("cannot read the replicas' applied positions: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,6 +156,7 @@ impl Replication {
         layout: Layout,
         dir: &std::path::Path,
         peers: Vec<Arc<Peer>>,
+        store: Store,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Replication>, ReplicationError> {
         let nodes: HashMap<u64, NodeId> = config
@@ -142,7 +201,11 @@ impl Replication {
         let ticks = u32::try_from(2 * ELECTION_TICKS).unwrap_or(u32::MAX);
         let tick = (election / ticks).max(Duration::from_millis(1));
         let (tx, rx) = mpsc::channel();
+        let (apply_tx, apply_rx) = mpsc::channel();
         let view = vec![PartitionView::default(); layout.partitions() as usize];
+        let ready = (0..layout.partitions())
+            .map(|_| AtomicU64::new(0))
+            .collect();
         let replication = Arc::new(Replication {
             layout,
             view: RwLock::new(view),
@@ -150,7 +213,27 @@ impl Replication {
             thread: Mutex::new(None),
             nodes,
             led: AtomicUsize::new(0),
+            node: node.clone(),
+            me,
+            next_proposal: AtomicU64::new(1),
+            ready,
+            apply_tx: Mutex::new(apply_tx.clone()),
+            apply_thread: Mutex::new(None),
+            on_change: std::sync::OnceLock::new(),
         });
+        let applier = Applier {
+            replica: Replica::new(store, Rules::from_config(&config.chat)),
+            me,
+            rx: apply_rx,
+            pending: HashMap::new(),
+            shared: Arc::downgrade(&replication),
+            metrics: metrics.clone(),
+        };
+        let apply_thread = std::thread::Builder::new()
+            .name("raft-apply".into())
+            .spawn(move || applier.run())
+            .map_err(ReplicationError::Thread)?;
+        *lock(&replication.apply_thread) = Some(apply_thread);
         let peers: HashMap<u64, Arc<Peer>> =
             peers.into_iter().map(|p| (raft_id(&p.id), p)).collect();
         let driver = Driver {
@@ -165,6 +248,7 @@ impl Replication {
             preferred,
             led_since: HashMap::new(),
             next_balance: Instant::now(),
+            apply: apply_tx,
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -200,6 +284,79 @@ impl Replication {
         self.partition(self.layout.partition(key)).leader
     }
 
+    /// Where `key`'s actor runs: on its partition's leader, once that leader has applied everything
+    /// committed before its term. A node that does not replicate the partition sends to its preferred
+    /// replica, which forwards to the leader.
+    pub fn serving(&self, key: &str) -> Serving {
+        let p = self.layout.partition(key);
+        let replicas = self.layout.replicas(p);
+        if !replicas.contains(&self.node) {
+            return replicas
+                .first()
+                .map_or(Serving::Nobody, |n| Serving::At(n.clone()));
+        }
+        let view = self.partition(p);
+        match view.leader {
+            Some(leader) if leader == self.node => {
+                let ready = self
+                    .ready
+                    .get(p as usize)
+                    .is_some_and(|r| r.load(Ordering::Acquire) == view.term);
+                if ready {
+                    Serving::Here
+                } else {
+                    Serving::Nobody
+                }
+            }
+            Some(leader) => Serving::At(leader),
+            None => Serving::Nobody,
+        }
+    }
+
+    /// Whether `key`'s partition has more than one replica: its changes then go through its Raft log
+    /// ([`Replication::propose`]); a single replica writes its store directly, as an unreplicated node.
+    pub fn replicated(&self, key: &str) -> bool {
+        self.layout.replicas(self.layout.partition(key)).len() > 1
+    }
+
+    /// Proposes `command` (with the webhook `events` its leader decided) to its partition's log; `done` is
+    /// called once the entry is applied on this node (after its commit on a majority), or with
+    /// `unavailable` when it will not be answered here.
+    pub fn propose(
+        &self,
+        command: Command,
+        events: Vec<CarriedEvent>,
+        done: impl FnOnce(ChatResult<()>) + Send + 'static,
+    ) {
+        let partition = self.layout.partition(command.key());
+        let id = self.next_proposal.fetch_add(1, Ordering::Relaxed);
+        let proposal = Proposal {
+            origin: self.me,
+            id,
+            command,
+            events,
+        };
+        let data = match serde_json::to_vec(&proposal) {
+            Ok(data) => data,
+            Err(e) => return done(Err(ChatError::internal(format!("cannot encode: {e}")))),
+        };
+        let input = Input::Propose {
+            partition,
+            id,
+            data,
+            done: Box::new(done),
+        };
+        if let Err(mpsc::SendError(Input::Propose { done, .. })) = lock(&self.tx).send(input) {
+            done(Err(ChatError::unavailable("the node is stopping")));
+        }
+    }
+
+    /// Calls `hook` with the partitions whose leader (as this node sees it) changed, from the driver
+    /// thread: it must not block. Set once.
+    pub fn on_change(&self, hook: impl Fn(&[PartitionId]) + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(hook));
+    }
+
     /// A `Raft` frame from `from`: its groups' messages, decoded and stepped on the driver thread (not on
     /// the peer link's task). A frame that does not decode is dropped and logged (raft resends what
     /// matters).
@@ -227,10 +384,15 @@ impl Replication {
         self.led.load(Ordering::Relaxed)
     }
 
-    /// Stops the driver thread (after its current round; the log is synced every round).
+    /// Stops the driver thread (after its current round; the log is synced every round), then the apply
+    /// thread once it has applied what the driver handed it.
     pub fn stop(&self) {
         let _ = lock(&self.tx).send(Input::Stop);
         if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+        let _ = lock(&self.apply_tx).send(ApplyInput::Stop);
+        if let Some(thread) = lock(&self.apply_thread).take() {
             let _ = thread.join();
         }
     }
@@ -258,6 +420,8 @@ struct Driver {
     /// Since when this node leads each partition it leads.
     led_since: HashMap<PartitionId, Instant>,
     next_balance: Instant,
+    /// To the apply thread.
+    apply: mpsc::Sender<ApplyInput>,
 }
 
 impl Driver {
@@ -292,6 +456,12 @@ impl Driver {
                             retry: Instant::now(),
                         });
                     }
+                    Input::Propose {
+                        partition,
+                        id,
+                        data,
+                        done,
+                    } => self.propose(partition, id, data, done),
                     Input::Stop => stop = true,
                 }
             }
@@ -310,6 +480,26 @@ impl Driver {
             if stop {
                 return;
             }
+        }
+    }
+
+    fn propose(&mut self, partition: PartitionId, id: u64, data: Vec<u8>, done: ProposalDone) {
+        if self.handing_over.is_some() {
+            return done(Err(ChatError::unavailable("the node is handing over")));
+        }
+        let term = self.raft.term(partition).unwrap_or(0);
+        match self.raft.propose(partition, data) {
+            Ok(()) => {
+                let _ = self.apply.send(ApplyInput::Track {
+                    partition,
+                    id,
+                    term,
+                    done,
+                });
+            }
+            Err(e) => done(Err(ChatError::unavailable(format!(
+                "partition {partition}: {e}"
+            )))),
         }
     }
 
@@ -382,8 +572,12 @@ impl Driver {
         for batch in out.batches {
             self.send(batch);
         }
+        if !out.committed.is_empty() {
+            let _ = self.apply.send(ApplyInput::Committed(out.committed));
+        }
         if !out.leadership.is_empty() {
             self.publish(&out.leadership);
+            let _ = self.apply.send(ApplyInput::Leadership(out.leadership));
         }
         self.metrics
             .raft_poll_seconds
@@ -433,6 +627,118 @@ impl Driver {
                 self.led_since.remove(&c.partition);
             }
             tracing::debug!(partition = c.partition, leader = ?c.leader, term = c.term, local = c.local, "raft leadership");
+        }
+        if let Some(hook) = shared.on_change.get() {
+            let changed: Vec<PartitionId> = changes.iter().map(|c| c.partition).collect();
+            hook(&changed);
+        }
+    }
+}
+
+/// The apply thread: committed entries of every group, applied in log order through the cores
+/// ([`Replica`]) to this node's store; answers the proposals this node made once their entries are
+/// applied, and marks a partition ready to serve once its leader's first entry of the term is applied.
+struct Applier {
+    replica: Replica,
+    me: u64,
+    rx: mpsc::Receiver<ApplyInput>,
+    /// This node's proposals waiting for their entries: partition, term, when proposed, callback.
+    pending: HashMap<u64, (PartitionId, u64, Instant, ProposalDone)>,
+    shared: std::sync::Weak<Replication>,
+    metrics: Arc<Metrics>,
+}
+
+impl Applier {
+    fn run(mut self) {
+        while let Ok(input) = self.rx.recv() {
+            match input {
+                ApplyInput::Track {
+                    partition,
+                    id,
+                    term,
+                    done,
+                } => {
+                    self.pending
+                        .insert(id, (partition, term, Instant::now(), done));
+                }
+                ApplyInput::Committed(entries) => {
+                    for entry in entries {
+                        self.apply(entry);
+                    }
+                }
+                ApplyInput::Leadership(changes) => self.leadership(&changes),
+                ApplyInput::Stop => break,
+            }
+        }
+        for (_, (_, _, _, done)) in self.pending.drain() {
+            done(Err(ChatError::unavailable("the node is stopping")));
+        }
+    }
+
+    fn apply(&mut self, entry: Committed) {
+        if entry.data.is_empty() {
+            // a leader's first entry of its term: everything committed before it is applied now
+            if let Some(shared) = self.shared.upgrade() {
+                let view = shared.partition(entry.partition);
+                if view.leader.as_ref() == Some(&shared.node) && view.term == entry.term {
+                    if let Some(ready) = shared.ready.get(entry.partition as usize) {
+                        ready.store(entry.term, Ordering::Release);
+                    }
+                }
+            }
+            return;
+        }
+        let proposal: Proposal = match serde_json::from_slice(&entry.data) {
+            Ok(p) => p,
+            Err(e) => {
+                // every replica skips it alike: the data is the same everywhere
+                tracing::error!(partition = entry.partition, index = entry.index, error = %e, "skipping an entry that does not decode");
+                return;
+            }
+        };
+        let mine = proposal.origin == self.me;
+        let events = if mine { proposal.events } else { Vec::new() };
+        match self
+            .replica
+            .apply_with(entry.partition, entry.index, proposal.command, events)
+        {
+            Ok(Applied::Conv(Err(e))) if mine => {
+                tracing::warn!(partition = entry.partition, index = entry.index, error = %e, "an entry this node proposed was refused when applied");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // later entries must not be applied over a missing one
+                tracing::error!(partition = entry.partition, index = entry.index, error = %e, "cannot apply a committed entry: stopping the node");
+                std::process::abort();
+            }
+        }
+        if mine {
+            if let Some((_, _, since, done)) = self.pending.remove(&proposal.id) {
+                self.metrics
+                    .raft_proposal_seconds
+                    .observe(since.elapsed().as_secs_f64());
+                done(Ok(()));
+            }
+        }
+    }
+
+    /// Proposals made under a leadership this node no longer has will not be answered by their entries.
+    fn leadership(&mut self, changes: &[Leadership]) {
+        for c in changes {
+            let lost: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, (p, term, _, _))| *p == c.partition && (!c.local || *term != c.term))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                if let Some((_, _, _, done)) = self.pending.remove(&id) {
+                    done(Err(ChatError::unavailable(format!(
+                        "partition {} changed leader; resend with the same cid",
+                        c.partition
+                    ))));
+                }
+            }
         }
     }
 }

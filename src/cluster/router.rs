@@ -16,7 +16,7 @@
 //! Mailboxes are created large (`MAILBOX`), so `send` always enqueues at once and keeps the order of calls;
 //! the bounds are upstream (each session limits its requests in flight).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -34,11 +34,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::actors::conversation::{ConvActor, Fetch, Fetched, Range};
+use crate::actors::conversation::{ConvActor, Fetch, Fetched, Range, Retire as ConvRetire};
 use crate::actors::lane::Lane;
 use crate::actors::pull::PullView;
 use crate::actors::session::{Deliver, Outbound};
-use crate::actors::user::{Connect, UserActor};
+use crate::actors::user::{Connect, Retire as UserRetire, UserActor};
 use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::{ConvId, DeviceId, NodeId, UserId};
@@ -48,13 +48,28 @@ use crate::net::ws::WireFrame;
 use crate::store::Store;
 
 use super::peer::{LinkState, Peer};
+use super::placement::PartitionId;
 use super::pulls::{FetchMany, FetchedMany, PullBatches};
 use super::remote::{self, PeerFrame, Remote, Target};
-use super::replication::Replication;
+use super::replication::{Replication, Serving};
 use super::ring::Ring;
 
 /// Mailbox capacity of user and conversation actors (never reached in practice; see module docs).
 const MAILBOX: usize = 1 << 20;
+
+/// How often a request that waits for a leader looks again.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
+
+/// Where a key's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    Local,
+    Remote(NodeId),
+    /// Nowhere yet (a leader being elected or catching up).
+    Wait,
+}
+
+type Waiting<T> = Pin<Box<dyn Future<Output = ChatResult<T>>>>;
 
 /// How long a local request may wait for its actor before the caller gets `unavailable`.
 pub const LOCAL_DEADLINE: Duration = Duration::from_secs(10);
@@ -190,10 +205,68 @@ impl Router {
         u64::try_from(self.inner.metrics.ws_connections.get()).unwrap_or(0)
     }
 
-    /// The node owning `key`, if it is another one.
-    fn remote_owner(&self, key: &str) -> Option<&NodeId> {
-        let owner = self.inner.ring.owner(key);
-        (*owner != self.inner.node).then_some(owner)
+    /// Where `key`'s requests go now. With replication, to its partition's leader (see
+    /// [`Replication::serving`]); a leader that is not known yet, not caught up yet, or whose link is down
+    /// means waiting ([`Router::settled`]). Without (unit tests), to the ring's owner.
+    fn dest(&self, key: &str) -> Dest {
+        let Some(replication) = self.replication() else {
+            let owner = self.inner.ring.owner(key);
+            return if *owner == self.inner.node {
+                Dest::Local
+            } else {
+                Dest::Remote(owner.clone())
+            };
+        };
+        match replication.serving(key) {
+            Serving::Here => Dest::Local,
+            Serving::At(node) if node != self.inner.node && self.is_up(&node) => Dest::Remote(node),
+            Serving::At(_) | Serving::Nobody => Dest::Wait,
+        }
+    }
+
+    /// Waits until `key` has somewhere to go: at most an election timeout and a second (the contract's
+    /// failover bound), then `unavailable`.
+    async fn settled(&self, key: &str) -> ChatResult<Dest> {
+        let deadline = tokio::time::Instant::now()
+            + self.inner.config.cluster.election_timeout()
+            + Duration::from_secs(1);
+        loop {
+            match self.dest(key) {
+                Dest::Wait => {}
+                dest => return Ok(dest),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.inner.metrics.unrouted.inc();
+                return Err(ChatError::unavailable(format!(
+                    "no leader serves {key} yet; try again"
+                )));
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// The node that serves `key` (its partition's leader as this node sees it; its preferred replica
+    /// while none is known).
+    pub fn leader_of(&self, key: &str) -> NodeId {
+        let Some(replication) = self.replication() else {
+            return self.inner.ring.owner(key).clone();
+        };
+        replication.leader_of(key).unwrap_or_else(|| {
+            let layout = replication.layout();
+            layout
+                .replicas(layout.partition(key))
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.inner.node.clone())
+        })
+    }
+
+    /// The node `key`'s requests go to now, if it is another one (`None` also while they wait).
+    fn remote_owner(&self, key: &str) -> Option<NodeId> {
+        match self.dest(key) {
+            Dest::Remote(node) => Some(node),
+            Dest::Local | Dest::Wait => None,
+        }
     }
 
     /// Sends `msg` to the actor `to` on node `owner` now, and returns its reply.
@@ -319,9 +392,28 @@ impl Router {
         UserActor: Handler<M>,
         <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
     {
-        match self.remote_owner(user.as_str()) {
-            Some(owner) => Either::Left(self.call_remote(owner, Target::User(user.clone()), msg)),
-            None => Either::Right(self.ask_local_user(user, msg)),
+        match self.dest(user.as_str()) {
+            Dest::Remote(owner) => Either::Left(Either::Left(self.call_remote(
+                &owner,
+                Target::User(user.clone()),
+                msg,
+            ))),
+            Dest::Local => Either::Left(Either::Right(self.ask_local_user(user, msg))),
+            Dest::Wait => {
+                let router = self.clone();
+                let user = user.clone();
+                let waiting: Waiting<M::Result> = Box::pin(async move {
+                    match router.settled(user.as_str()).await? {
+                        Dest::Remote(owner) => {
+                            router
+                                .call_remote(&owner, Target::User(user.clone()), msg)
+                                .await
+                        }
+                        _ => router.ask_local_user(&user, msg).await,
+                    }
+                });
+                Either::Right(waiting)
+            }
         }
     }
 
@@ -352,20 +444,22 @@ impl Router {
         UserActor: Handler<M>,
         <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
     {
-        match self.remote_owner(user.as_str()) {
-            Some(owner) => {
+        match self.dest(user.as_str()) {
+            Dest::Remote(owner) => {
                 let frame = remote::encode_message(&msg).map(|body| PeerFrame::Tell {
                     to: Target::User(user.clone()),
                     name: M::NAME.to_owned(),
                     body,
                 });
-                if let (Ok(frame), Some(peer)) = (frame, self.peer(owner)) {
+                if let (Ok(frame), Some(peer)) = (frame, self.peer(&owner)) {
                     let _ = peer.send(&frame);
                 }
             }
-            None => {
+            Dest::Local => {
                 self.tell_local_live_user(user, msg);
             }
+            // a user whose partition is between leaders has no live actor to tell
+            Dest::Wait => {}
         }
     }
 
@@ -433,9 +527,28 @@ impl Router {
         ConvActor: Handler<M>,
         <ConvActor as Actor>::Context: ToEnvelope<ConvActor, M>,
     {
-        match self.remote_owner(conv.as_str()) {
-            Some(owner) => Either::Left(self.call_remote(owner, Target::Conv(conv.clone()), msg)),
-            None => Either::Right(self.ask_local_conv(conv, msg)),
+        match self.dest(conv.as_str()) {
+            Dest::Remote(owner) => Either::Left(Either::Left(self.call_remote(
+                &owner,
+                Target::Conv(conv.clone()),
+                msg,
+            ))),
+            Dest::Local => Either::Left(Either::Right(self.ask_local_conv(conv, msg))),
+            Dest::Wait => {
+                let router = self.clone();
+                let conv = conv.clone();
+                let waiting: Waiting<M::Result> = Box::pin(async move {
+                    match router.settled(conv.as_str()).await? {
+                        Dest::Remote(owner) => {
+                            router
+                                .call_remote(&owner, Target::Conv(conv.clone()), msg)
+                                .await
+                        }
+                        _ => router.ask_local_conv(&conv, msg).await,
+                    }
+                });
+                Either::Right(waiting)
+            }
         }
     }
 
@@ -476,8 +589,8 @@ impl Router {
         conv: &ConvId,
         msg: Fetch,
     ) -> Pin<Box<dyn Future<Output = ChatResult<ChatResult<Fetched>>>>> {
-        match (self.remote_owner(conv.as_str()), msg.range) {
-            (None, range) => {
+        match (self.dest(conv.as_str()), msg.range) {
+            (Dest::Local, range) => {
                 let answer = self
                     .pull_view(conv)
                     .and_then(|v| v.serve(&msg.user, range, msg.limit));
@@ -485,7 +598,7 @@ impl Router {
                     return Box::pin(std::future::ready(Ok(answer)));
                 }
             }
-            (Some(_), Range::After(after)) if !conv.is_direct() => {
+            (Dest::Remote(_), Range::After(after)) if !conv.is_direct() => {
                 let rx = self
                     .inner
                     .pulls
@@ -495,7 +608,7 @@ impl Router {
                         .map_err(|_| ChatError::unavailable("the pull was dropped"))
                 });
             }
-            (Some(_), _) => {}
+            (_, _) => {}
         }
         Box::pin(self.ask_conv(conv, msg))
     }
@@ -507,7 +620,7 @@ impl Router {
         msg: FetchMany,
     ) -> impl Future<Output = ChatResult<ChatResult<FetchedMany>>> + 'static {
         match self.remote_owner(conv.as_str()) {
-            Some(owner) => Either::Left(self.call_remote(owner, Target::Conv(conv.clone()), msg)),
+            Some(owner) => Either::Left(self.call_remote(&owner, Target::Conv(conv.clone()), msg)),
             None => Either::Right(super::pulls::serve(self.clone(), msg).map(Ok)),
         }
     }
@@ -602,14 +715,59 @@ impl Router {
         }
     }
 
-    /// Registers this node's sessions again with the user actors `peer` owns: a node that restarted has
+    /// Registers this node's sessions again with the user actors `peer` runs: a node that restarted has
     /// forgotten which devices are connected (for kicks and presence).
     pub fn reregister_sessions(&self, peer: &Peer) {
+        self.reregister(|user| self.remote_owner(user.as_str()).as_ref() == Some(&peer.id));
+    }
+
+    /// The leaders of `partitions` changed, as this node sees it (called from the Raft driver thread; it
+    /// does not block). The actors of those partitions that this node no longer leads are retired (what
+    /// they have in flight fails with `unavailable`; the next request finds the new leader), and this
+    /// node's sessions of users in them register with the users' new actors.
+    pub fn leadership_changed(&self, partitions: &[PartitionId]) {
+        let Some(replication) = self.replication() else {
+            return;
+        };
+        let layout = replication.layout();
+        let gone: HashSet<PartitionId> = partitions
+            .iter()
+            .copied()
+            .filter(|p| replication.partition(*p).leader.as_ref() != Some(&self.inner.node))
+            .collect();
+        if !gone.is_empty() {
+            let mut convs = lock(&self.inner.convs);
+            let mut views = lock(&self.inner.views);
+            convs.retain(|conv, addr| {
+                if !gone.contains(&layout.partition(conv.as_str())) {
+                    return true;
+                }
+                addr.do_send(ConvRetire);
+                views.remove(conv);
+                self.inner.metrics.actor(ActorKind::Conversation).dec();
+                false
+            });
+            drop((convs, views));
+            lock(&self.inner.users).retain(|user, addr| {
+                if !gone.contains(&layout.partition(user.as_str())) {
+                    return true;
+                }
+                addr.do_send(UserRetire);
+                self.inner.metrics.actor(ActorKind::User).dec();
+                false
+            });
+        }
+        let changed: HashSet<PartitionId> = partitions.iter().copied().collect();
+        self.reregister(|user| changed.contains(&layout.partition(user.as_str())));
+    }
+
+    /// Registers this node's sessions of the users `which` selects again with their user actors.
+    fn reregister(&self, which: impl Fn(&UserId) -> bool) {
         let connects: Vec<(UserId, Connect)> = {
             let sessions = lock(&self.inner.sessions);
             sessions
                 .iter()
-                .filter(|(user, _)| self.inner.ring.owner(user.as_str()) == &peer.id)
+                .filter(|(user, _)| which(user))
                 .flat_map(|(user, list)| {
                     list.iter().map(|s| {
                         let connect = Connect {
@@ -623,14 +781,21 @@ impl Router {
                 })
                 .collect()
         };
-        for (user, connect) in connects {
-            let reply = self.ask_user(&user, connect);
-            actix_rt::spawn(async move {
-                if let Err(e) = reply.await {
-                    tracing::debug!(%user, error = %e, "cannot re-register a session");
-                }
-            });
+        if connects.is_empty() {
+            return;
         }
+        let router = self.clone();
+        // from the Raft driver thread too: the requests are made on an arbiter
+        self.inner.arbiters[0].spawn(async move {
+            for (user, connect) in connects {
+                let reply = router.ask_user(&user, connect);
+                actix_rt::spawn(async move {
+                    if let Err(e) = reply.await {
+                        tracing::debug!(%user, error = %e, "cannot re-register a session");
+                    }
+                });
+            }
+        });
     }
 
     /// What `peer`'s accepted link says about the users connected there.

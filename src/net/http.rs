@@ -263,7 +263,8 @@ pub struct RouteResponse {
     ws: String,
 }
 
-/// The node that owns `user` (the shortest path for the user's client).
+/// The node that leads `user`'s partition, as this node sees it (the shortest path for the user's client);
+/// while a leader is being elected, the partition's preferred replica.
 #[utoipa::path(get, path = "/v1/route", tag = "node", params(RouteQuery),
     responses((status = 200, body = RouteResponse), (status = 400, body = ErrorBody)))]
 pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> HttpResponse {
@@ -274,7 +275,7 @@ pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> 
         Ok(u) => u,
         Err(e) => return error_response(&ChatError::from(e)),
     };
-    let owner = router.ring().owner(user.as_str()).clone();
+    let owner = router.leader_of(user.as_str());
     let listen = if owner == *router.node() {
         router.listen().to_string()
     } else {

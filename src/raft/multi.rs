@@ -60,7 +60,8 @@ pub struct Batch {
     pub messages: Vec<(PartitionId, Message)>,
 }
 
-/// A normal entry that a majority has stored, in log order per group.
+/// A normal entry that a majority has stored, in log order per group. A new leader's first entry of its term
+/// has empty `data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub partition: PartitionId,
@@ -409,8 +410,9 @@ fn route(
 
 fn collect(partition: PartitionId, entries: Vec<Entry>, committed: &mut Vec<Committed>) {
     for e in entries {
-        // a new leader's empty entry and configuration changes carry no command
-        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        // configuration changes carry no command; a new leader's empty entry is reported (with empty data):
+        // once it is applied, everything committed before the term is too
+        if e.get_entry_type() != EntryType::EntryNormal {
             continue;
         }
         committed.push(Committed {
@@ -583,7 +585,7 @@ mod tests {
                 .map(|entries| {
                     entries
                         .iter()
-                        .filter(|c| c.partition == p)
+                        .filter(|c| c.partition == p && !c.data.is_empty())
                         .map(|c| String::from_utf8_lossy(&c.data).into_owned())
                         .collect()
                 })

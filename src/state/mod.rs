@@ -26,6 +26,7 @@
 //! partition's applied index kept so that a restart replays only what is missing.
 
 pub mod conv;
+pub mod overlay;
 pub mod replica;
 pub mod settings;
 pub mod user;

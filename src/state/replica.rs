@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::conv::{ConvCommand, ConvState, Outcome, Rules};
+use super::conv::{ConvCommand, ConvState, Outcome, Rules, Write};
 use super::user::{UserCommand, UserState};
 use crate::cluster::placement::PartitionId;
 use crate::error::ChatResult;
@@ -38,6 +38,54 @@ impl Command {
         match self {
             Command::Conv { conv, .. } => conv.as_str(),
             Command::User { user, .. } => user.as_str(),
+        }
+    }
+}
+
+/// A Raft log entry's data: a command, who proposed it (the node's Raft id and a node-unique id, so that the
+/// proposer can answer its client once the entry is applied) and the webhook events its leader decided for
+/// it (who was offline is no state of the conversation; only the proposing node writes them to its outbox,
+/// so each event is sent by one node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub origin: u64,
+    pub id: u64,
+    pub command: Command,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<CarriedEvent>,
+}
+
+/// A webhook event carried by a proposal (outbox id, enqueue time in ms, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedEvent {
+    pub id: u64,
+    pub at: u64,
+    pub json: String,
+}
+
+impl CarriedEvent {
+    /// Takes the events out of a command's writes.
+    pub fn take(writes: &mut Vec<Write>) -> Vec<CarriedEvent> {
+        let mut events = Vec::new();
+        writes.retain(|w| match w {
+            Write::Event { id, at, json } => {
+                events.push(CarriedEvent {
+                    id: *id,
+                    at: *at,
+                    json: json.clone(),
+                });
+                false
+            }
+            _ => true,
+        });
+        events
+    }
+
+    fn write(self) -> Write {
+        Write::Event {
+            id: self.id,
+            at: self.at,
+            json: self.json,
         }
     }
 }
@@ -97,13 +145,25 @@ impl Replica {
         index: u64,
         command: Command,
     ) -> StoreResult<Applied> {
+        self.apply_with(partition, index, command, Vec::new())
+    }
+
+    /// [`Replica::apply`], writing `events` to the outbox with a conversation command's writes (on the
+    /// node that proposed it).
+    pub fn apply_with(
+        &mut self,
+        partition: PartitionId,
+        index: u64,
+        command: Command,
+        events: Vec<CarriedEvent>,
+    ) -> StoreResult<Applied> {
         let (conv_applied, user_applied) = self.applied(partition)?;
         match command {
             Command::Conv { conv, cmd } => {
                 if index <= conv_applied {
                     return Ok(Applied::Skipped);
                 }
-                let outcome = self.apply_conv(partition, index, conv, cmd)?;
+                let outcome = self.apply_conv(partition, index, conv, cmd, events)?;
                 self.applied.insert(partition, (index, user_applied));
                 Ok(Applied::Conv(outcome))
             }
@@ -124,6 +184,7 @@ impl Replica {
         index: u64,
         conv: ConvId,
         cmd: ConvCommand,
+        events: Vec<CarriedEvent>,
     ) -> StoreResult<ChatResult<Outcome>> {
         if !self.convs.contains_key(&conv) {
             if self.convs.len() >= CACHE_LIMIT {
@@ -141,6 +202,9 @@ impl Replica {
             conv: &conv,
         };
         let outcome = state.apply(cmd, &self.rules, &history, &mut writes);
+        if outcome.is_ok() {
+            writes.extend(events.into_iter().map(CarriedEvent::write));
+        }
         if let Err(e) = self.store.apply_conv(&conv, &writes, partition, index) {
             // the cached state is ahead of the store now: forget it
             self.convs.remove(&conv);

@@ -78,7 +78,15 @@ impl Store {
     ) -> StoreResult<()> {
         let mut changes = Vec::new();
         conv_changes(conv, writes, &mut changes)?;
-        apply_batch(&self.conv_log, changes, partition, index)
+        apply_batch(&self.conv_log, changes, partition, index)?;
+        let events = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Event { .. }))
+            .count();
+        if events > 0 {
+            self.outbox_added(events);
+        }
+        Ok(())
     }
 
     /// The last log index of `partition` whose conversation command is applied here (0: none).

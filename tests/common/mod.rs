@@ -298,6 +298,7 @@ impl Cluster {
             cluster.nodes.push(Some(node));
         }
         cluster.wait_links().await;
+        cluster.wait_leaders().await;
         cluster
     }
 
@@ -342,14 +343,77 @@ impl Cluster {
         format!("http://{}{}", self.addrs[i], path)
     }
 
-    /// The index of the node that owns `key` (a user or conversation id).
+    /// The index of the node whose actors serve `key` (a user or conversation id) once leadership has
+    /// settled: the preferred replica (the ring's first) of the key's partition.
     pub fn owner(&self, key: &str) -> usize {
+        self.preferred(rookery::cluster::placement::partition_of(
+            key,
+            self.config.cluster.partitions,
+        ))
+    }
+
+    /// The index of partition `p`'s preferred replica.
+    pub fn preferred(&self, p: u32) -> usize {
         let ring = rookery::cluster::Ring::new(&self.config);
-        let id = ring.owner(key).to_string();
+        let layout = rookery::cluster::placement::Layout::new(&self.config, &ring);
+        let id = layout.replicas(p)[0].to_string();
         self.ids
             .iter()
             .position(|n| *n == id)
             .expect("owner is a node")
+    }
+
+    /// Every partition's leader as node `i` sees it (`GET /v1/admin/cluster`).
+    pub async fn leaders(&self, i: usize) -> Vec<Option<String>> {
+        let (status, body) = http(
+            "GET",
+            &self.url(i, "/v1/admin/cluster"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).expect("cluster json");
+        view["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .map(|p| p["leader"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until every running node sees each partition led by its preferred replica when that one
+    /// runs, else by some running node (so that [`Cluster::owner`] names where keys are served).
+    pub async fn wait_leaders(&self) {
+        let running: Vec<usize> = (0..self.ids.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect();
+        let want: Vec<usize> = (0..self.config.cluster.partitions)
+            .map(|p| self.preferred(p))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        'outer: loop {
+            for &i in &running {
+                let leaders = self.leaders(i).await;
+                for (p, leader) in leaders.iter().enumerate() {
+                    let ok = match leader {
+                        None => false,
+                        Some(l) if running.contains(&want[p]) => *l == self.ids[want[p]],
+                        Some(l) => running.iter().any(|&r| self.ids[r] == *l),
+                    };
+                    if !ok {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "partition {p} not led as expected ({leader:?}); logs in {}",
+                            self.dir.path().display()
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'outer;
+                    }
+                }
+            }
+            return;
+        }
     }
 
     /// A user id with `prefix` owned by node `i`.
@@ -401,6 +465,7 @@ impl Cluster {
         let node = self.spawn(i);
         self.nodes[i] = Some(node);
         self.wait_links().await;
+        self.wait_leaders().await;
     }
 }
 
