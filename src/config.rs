@@ -184,6 +184,9 @@ pub struct ClusterConfig {
     pub partitions: u32,
     /// A partition whose leader has been silent this long elects another.
     pub election_timeout_ms: u64,
+    /// A partition's Raft log is compacted once it holds this many applied entries (half are kept, for
+    /// replicas slightly behind; one further behind gets a snapshot of the partition's data).
+    pub log_compact_entries: u64,
 }
 
 /// The most partitions a cluster may have.
@@ -197,6 +200,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             partitions: 256,
             election_timeout_ms: 1000,
+            log_compact_entries: 5_000,
         }
     }
 }
@@ -389,6 +393,10 @@ impl Config {
                 "cluster.election_timeout_ms",
                 self.cluster.election_timeout_ms,
             ),
+            (
+                "cluster.log_compact_entries",
+                self.cluster.log_compact_entries,
+            ),
             ("actors.idle_s", self.actors.idle_s),
             (
                 "actors.session_queue_bytes",
@@ -509,6 +517,7 @@ peer_timeout_ms = 2000          # a peer link silent this long is taken as down
 replicas = 3                    # copies of every user, conversation and group (taken as the node count when larger)
 partitions = 256                # keys hash into this many partitions; fixed when the cluster's data is first created
 election_timeout_ms = 1000      # a partition whose leader has been silent this long elects another
+log_compact_entries = 5000      # a partition's Raft log is compacted past this many applied entries
 
 [http]
 cors_origins = []               # browser origins allowed to call the HTTP endpoints and open /ws; ["*"] = any

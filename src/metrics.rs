@@ -62,6 +62,38 @@ pub struct Metrics {
     pub raft_proposal_seconds: Histogram,
     /// Requests answered `unavailable` because no leader of their key's partition was ready in time.
     pub unrouted: IntCounter,
+    /// Per partition kept here: 1 if this node leads it, its term, its commit and applied index.
+    pub raft_partition: RaftPartitionMetrics,
+    pub raft_snapshots_sent: IntCounter,
+    pub raft_snapshots_installed: IntCounter,
+}
+
+/// Per-partition Raft gauges (label `partition`).
+pub struct RaftPartitionMetrics {
+    pub leader: IntGaugeVec,
+    pub term: IntGaugeVec,
+    pub commit: IntGaugeVec,
+    pub applied: IntGaugeVec,
+}
+
+impl RaftPartitionMetrics {
+    fn set(vec: &IntGaugeVec, partition: u32, value: u64) {
+        vec.with_label_values(&[&partition.to_string()])
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_leader(&self, partition: u32, local: bool, term: u64) {
+        Self::set(&self.leader, partition, u64::from(local));
+        Self::set(&self.term, partition, term);
+    }
+
+    pub fn set_commit(&self, partition: u32, index: u64) {
+        Self::set(&self.commit, partition, index);
+    }
+
+    pub fn set_applied(&self, partition: u32, index: u64) {
+        Self::set(&self.applied, partition, index);
+    }
 }
 
 /// One peer link's metrics, resolved once per peer.
@@ -298,6 +330,39 @@ impl Metrics {
              election_timeout_ms + 1 s.",
         ));
         reg(Box::new(unrouted.clone()));
+        let partition_gauge = |name: &str, help: &str| {
+            let vec = must(IntGaugeVec::new(Opts::new(name, help), &["partition"]));
+            reg(Box::new(vec.clone()));
+            vec
+        };
+        let raft_partition = RaftPartitionMetrics {
+            leader: partition_gauge(
+                "rookery_raft_partition_leader",
+                "1 if this node leads the partition, 0 if it follows.",
+            ),
+            term: partition_gauge(
+                "rookery_raft_partition_term",
+                "The partition's Raft term as this node knows it.",
+            ),
+            commit: partition_gauge(
+                "rookery_raft_partition_commit_index",
+                "The partition's highest log index this node knows committed.",
+            ),
+            applied: partition_gauge(
+                "rookery_raft_partition_applied_index",
+                "The partition's highest log index applied to this node's store (commit minus applied is the lag).",
+            ),
+        };
+        let raft_snapshots_sent = must(IntCounter::new(
+            "rookery_raft_snapshots_sent_total",
+            "Snapshots of a partition's data sent to a replica that needed compacted entries.",
+        ));
+        reg(Box::new(raft_snapshots_sent.clone()));
+        let raft_snapshots_installed = must(IntCounter::new(
+            "rookery_raft_snapshots_installed_total",
+            "Snapshots of a partition's data installed here from its leader.",
+        ));
+        reg(Box::new(raft_snapshots_installed.clone()));
         let raft_partitions = must(IntGauge::new(
             "rookery_raft_partitions",
             "Partitions (Raft groups) this node keeps a replica of.",
@@ -349,6 +414,9 @@ impl Metrics {
             raft_poll_seconds,
             raft_proposal_seconds,
             unrouted,
+            raft_partition,
+            raft_snapshots_sent,
+            raft_snapshots_installed,
         }
     }
 

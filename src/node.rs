@@ -59,6 +59,8 @@ pub struct Node {
 
 /// How long a stopping node waits for its clients to take the hint and leave.
 const DRAIN: Duration = Duration::from_secs(2);
+/// How long a stopping node keeps its peer links after its clients are gone.
+const LINGER: Duration = Duration::from_millis(500);
 
 impl Node {
     /// Opens the store, starts one arbiter per core for user and conversation actors, binds `listen`.
@@ -179,8 +181,9 @@ impl Node {
         let still_led = actix_rt::task::spawn_blocking(move || replication.hand_over(deadline))
             .await
             .unwrap_or(0);
-        // stop taking part at once: a follower that stays would be handed leadership back by the balancer
-        self.replication.stop();
+        // follow on until the end (requests that still reach this node are forwarded to the new leaders
+        // it learns of), but never lead again
+        self.replication.retire();
         tracing::info!(still_led, "partition leadership handed over");
         let told = self.router.shutdown_sessions();
         let deadline = Instant::now() + DRAIN;
@@ -188,6 +191,10 @@ impl Node {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
         handle.stop(true).await;
+        // requests that reached this node just before its hand-over were forwarded to the new leaders:
+        // their answers come back over the peer links, which stay up a moment longer
+        actix_rt::time::sleep(LINGER).await;
+        self.replication.stop();
         for task in self.peer_tasks {
             task.abort();
         }

@@ -276,3 +276,213 @@ async fn heartbeats_of_all_groups_share_one_frame_per_node_pair_and_round() {
         "about one frame per driver round, not one per group: {frames}"
     );
 }
+
+/// A counter or gauge without labels from node `i`'s `/metrics`.
+async fn metric(cluster: &Cluster, i: usize, name: &str) -> u64 {
+    let (_, metrics) = http_get(&cluster.url(i, "/metrics")).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A direct conversation between users on nodes 0 and 1 whose partition node `leader` leads (when settled).
+fn conversation_led_by(cluster: &Cluster, leader: usize, tag: &str) -> (String, String, String) {
+    (0..10_000)
+        .map(|k| {
+            (
+                cluster.user_on(0, &format!("{tag}a{k}x")),
+                cluster.user_on(1, &format!("{tag}b{k}x")),
+            )
+        })
+        .find(|(a, b)| cluster.owner(&dm(a, b)) == leader)
+        .map(|(a, b)| {
+            let conv = dm(&a, &b);
+            (a, b, conv)
+        })
+        .expect("a conversation on that node")
+}
+
+/// Sends `n` messages (cids `{tag}{k}`) and returns their seqs.
+async fn send_many(
+    client: &mut rookery::client::Client,
+    conv: &str,
+    tag: &str,
+    n: usize,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for k in 0..n {
+        let sent = send_text(client, conv, &format!("{tag}{k}"), "x").await;
+        seqs.push(sent["seq"].as_u64().expect("seq"));
+    }
+    seqs
+}
+
+/// The cids of the whole conversation as `client` pulls it.
+async fn cids(client: &mut rookery::client::Client, conv: &str) -> Vec<String> {
+    let sync = client
+        .call(serde_json::json!({"type":"sync","conv":conv,"after":0,"limit":1000}))
+        .await
+        .expect("sync");
+    sync["msgs"]
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .map(|m| m["cid"].as_str().expect("cid").to_owned())
+        .collect()
+}
+
+const OPEN_DMS: &str = "[chat]\ndm_requires_friendship = false\n";
+
+/// A node restarted on an empty `data_dir` (a replaced disk) is rebuilt from the others' copies; then
+/// another node is stopped, and the rebuilt one serves everything with the third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_rebuilt_from_the_others_and_then_serves_everything() {
+    let _serial = SERIAL.lock().await;
+    // logs compacted past 20 entries: the entries n3 misses are gone from its peers' logs, so it is
+    // rebuilt from snapshots of the partitions' data
+    let config = format!("{}log_compact_entries = 20\n{OPEN_DMS}", extra());
+    let mut cluster = Cluster::start(3, &config).await;
+    let (a, b, conv) = conversation_led_by(&cluster, 2, "w");
+    let mut ca = cluster.login(0, &a, "d").await;
+    let mut cb = cluster.login(1, &b, "d").await;
+    assert_eq!(
+        send_many(&mut ca, &conv, "before", 30).await,
+        (1..=30).collect::<Vec<_>>()
+    );
+
+    cluster.kill9(2);
+    let data = cluster.dir.path().join("data").join(&cluster.ids[2]);
+    std::fs::remove_dir_all(&data).expect("wipe n3");
+    // written while it is gone: only the other two have these; their logs are compacted meanwhile (the
+    // apply threads look once a second)
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let during = send_many(&mut cb, &conv, "during", 10).await;
+    assert_eq!(during, (31..=40).collect::<Vec<_>>());
+    // back on an empty disk: `restart` waits until it leads its preferred partitions again, which a
+    // replica gets only once it has caught up
+    cluster.restart(2).await;
+    assert!(data.join("raft").exists(), "rebuilt in place");
+    let installed = metric(&cluster, 2, "rookery_raft_snapshots_installed_total").await;
+    let sent = metric(&cluster, 0, "rookery_raft_snapshots_sent_total").await
+        + metric(&cluster, 1, "rookery_raft_snapshots_sent_total").await;
+    eprintln!("snapshots: {sent} sent, {installed} installed");
+    assert!(installed > 0 && sent > 0, "caught up by snapshot");
+
+    // now n1 goes: the conversation lives on with n3 (rebuilt) and n2
+    cluster.kill9(0);
+    let mut cb2 = cluster.login(2, &b, "d2").await;
+    let expected: Vec<String> = (0..30)
+        .map(|k| format!("before{k}"))
+        .chain((0..10).map(|k| format!("during{k}")))
+        .collect();
+    assert_eq!(cids(&mut cb2, &conv).await, expected);
+    let sent = send_text(&mut cb2, &conv, "after", "x").await;
+    assert_eq!(sent["seq"], 41);
+    drop(ca);
+}
+
+/// A rolling restart: each node in turn is stopped with SIGTERM (it hands its leaderships over first) and
+/// started again, while a member connected to another node keeps sending. That member never sees
+/// `unavailable`, and every message is stored once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_makes_nothing_unavailable_to_clients_of_other_nodes() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, &format!("{}{OPEN_DMS}", extra())).await;
+    let mut sent_cids = Vec::new();
+    let mut unavailable = 0;
+    for leaving in 0..3 {
+        // members on the two nodes that stay; their conversation is led by the leaving one
+        let stay: Vec<usize> = (0..3).filter(|&i| i != leaving).collect();
+        let (a, b) = (0..10_000)
+            .map(|k| {
+                (
+                    cluster.user_on(stay[0], &format!("r{leaving}a{k}x")),
+                    cluster.user_on(stay[1], &format!("r{leaving}b{k}x")),
+                )
+            })
+            .find(|(a, b)| cluster.owner(&dm(a, b)) == leaving)
+            .expect("a conversation led by the leaving node");
+        let conv = dm(&a, &b);
+        let mut ca = cluster.login(stay[0], &a, "d").await;
+        let _cb = cluster.login(stay[1], &b, "d").await;
+        let sender = tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for k in 0..200 {
+                let cid = format!("m{k}");
+                let reply = ca
+                    .request(
+                        serde_json::json!({"type":"send","cid":cid,"conv":conv,"body":{"k":k}}),
+                    )
+                    .await
+                    .expect("answer");
+                answers.push((cid, reply));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ca, conv, answers)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = cluster.terminate(leaving);
+        assert!(status.success(), "clean exit: {status:?}");
+        let (mut ca, conv, answers) = sender.await.expect("sender");
+        for (cid, reply) in &answers {
+            if reply["type"] == "sent" {
+                sent_cids.push(cid.clone());
+            } else {
+                assert_eq!(reply["code"], "unavailable", "{reply}");
+                eprintln!(
+                    "restarting {}: {cid} answered {reply}",
+                    cluster.ids[leaving]
+                );
+                unavailable += 1;
+            }
+        }
+        let stored = cids(&mut ca, &conv).await;
+        let acked: Vec<String> = answers
+            .iter()
+            .filter(|(_, r)| r["type"] == "sent")
+            .map(|(c, _)| c.clone())
+            .collect();
+        assert_eq!(stored, acked, "every acknowledged message once, in order");
+        cluster.restart(leaving).await;
+    }
+    assert_eq!(
+        unavailable, 0,
+        "clients of the other nodes saw `unavailable`"
+    );
+    assert_eq!(sent_cids.len(), 600);
+}
+
+/// With two of three nodes down, the survivor leads nothing (it cannot reach a majority): requests answer
+/// `unavailable` within the election timeout plus a second, and nothing of them is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_down_answers_unavailable_and_stores_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, &format!("{}{OPEN_DMS}", extra())).await;
+    let (a, b, conv) = conversation_led_by(&cluster, 0, "m");
+    let mut ca = cluster.login(0, &a, "d").await;
+    assert_eq!(send_many(&mut ca, &conv, "ok", 3).await, vec![1, 2, 3]);
+    cluster.kill9(1);
+    cluster.kill9(2);
+    // the survivor steps down once it has not heard from a majority for an election timeout
+    tokio::time::sleep(Duration::from_millis(3 * ELECTION_MS)).await;
+    // a new login needs the user's actor, which no partition leader serves now
+    let refused = try_login(cluster.addrs[0], &token(&b), "d").await;
+    assert_eq!(refused.expect_err("no leader")["code"], "unavailable");
+    let started = Instant::now();
+    let reply = ca
+        .request(serde_json::json!({"type":"send","cid":"lost","conv":conv,"body":{}}))
+        .await
+        .expect("answer");
+    let took = started.elapsed();
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(
+        took < Duration::from_millis(ELECTION_MS + 1_500),
+        "answered after {took:?}"
+    );
+    cluster.restart(1).await;
+    cluster.restart(2).await;
+    let mut cb = cluster.login(1, &b, "d").await;
+    assert_eq!(cids(&mut cb, &conv).await, vec!["ok0", "ok1", "ok2"]);
+}

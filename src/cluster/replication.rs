@@ -48,6 +48,13 @@ const MAX_FRAME_BATCH: usize = 4 << 20;
 const BALANCE_AFTER_ELECTIONS: u32 = 3;
 const BALANCE_AT_ONCE: usize = 16;
 
+/// Before a hand-over: how long to wait at most for this node's proposals in flight to be applied, how
+/// often to look, and for how many looks in a row none may be in flight (an actor may still be handling a
+/// request that was routed here just before).
+const DRAIN_PROPOSALS: Duration = Duration::from_secs(2);
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+const DRAIN_QUIET_ROUNDS: u32 = 3;
+
 /// What the driver thread is asked to do.
 enum Input {
     /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
@@ -59,6 +66,16 @@ enum Input {
     HandOver {
         done: mpsc::Sender<usize>,
     },
+    /// A snapshot of `partition`'s data made by the apply thread at `index` (of `term`).
+    SnapshotReady {
+        partition: PartitionId,
+        index: u64,
+        term: u64,
+        data: Vec<u8>,
+    },
+    /// The store has durably applied these partitions up to these indexes: their logs may drop what is
+    /// before.
+    Compact(Vec<(PartitionId, u64)>),
     /// An encoded [`Proposal`] for `partition`'s log; `done` is called once it is applied here, or with
     /// `unavailable` if it cannot be (this node does not lead the partition, or lost it first).
     Propose {
@@ -67,6 +84,10 @@ enum Input {
         data: Vec<u8>,
         done: ProposalDone,
     },
+    /// The node is leaving (after a hand-over): it keeps following (it learns the new leaders, to which it
+    /// forwards what still reaches it, and stays up to date) but never leads again: no ticks (so no
+    /// campaign) and no leadership transfer to it.
+    Retire,
     Stop,
 }
 
@@ -83,6 +104,10 @@ enum ApplyInput {
         term: u64,
         done: ProposalDone,
     },
+    /// Snapshots of partitions' data from their leaders: installed before the entries that follow them.
+    Install(Vec<(PartitionId, raft::eraftpb::Snapshot)>),
+    /// Make a snapshot of a partition's data for the driver (a follower needs compacted entries).
+    MakeSnapshot(PartitionId),
     Committed(Vec<Committed>),
     /// Groups whose leader or term changed: what was proposed here under another term or leadership will
     /// not be answered by its entry.
@@ -128,7 +153,11 @@ pub struct Replication {
     apply_tx: Mutex<mpsc::Sender<ApplyInput>>,
     apply_thread: Mutex<Option<JoinHandle<()>>>,
     /// Told which partitions changed leader (from the driver thread; see [`Replication::on_change`]).
-    on_change: std::sync::OnceLock<ChangeHook>,
+    on_change: Mutex<Option<ChangeHook>>,
+    /// Set when the node starts handing its leaderships over: it serves nothing new from then on.
+    draining: std::sync::atomic::AtomicBool,
+    /// This node's proposals not yet answered.
+    in_flight: Arc<AtomicUsize>,
 }
 
 type ChangeHook = Box<dyn Fn(&[PartitionId]) + Send + Sync>;
@@ -219,15 +248,23 @@ impl Replication {
             ready,
             apply_tx: Mutex::new(apply_tx.clone()),
             apply_thread: Mutex::new(None),
-            on_change: std::sync::OnceLock::new(),
+            on_change: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         });
         let applier = Applier {
-            replica: Replica::new(store, Rules::from_config(&config.chat)),
+            replica: Replica::new(store.clone(), Rules::from_config(&config.chat)),
+            store,
+            partitions: replication.layout.partitions(),
+            compact_entries: config.cluster.log_compact_entries.max(2),
             me,
             rx: apply_rx,
             pending: HashMap::new(),
             shared: Arc::downgrade(&replication),
             metrics: metrics.clone(),
+            last: HashMap::new(),
+            compacted: HashMap::new(),
+            next_compaction: Instant::now() + COMPACTION_CHECK,
         };
         let apply_thread = std::thread::Builder::new()
             .name("raft-apply".into())
@@ -249,6 +286,7 @@ impl Replication {
             led_since: HashMap::new(),
             next_balance: Instant::now(),
             apply: apply_tx,
+            retiring: false,
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -298,6 +336,9 @@ impl Replication {
         let view = self.partition(p);
         match view.leader {
             Some(leader) if leader == self.node => {
+                if self.draining.load(Ordering::Acquire) {
+                    return Serving::Nobody;
+                }
                 let ready = self
                     .ready
                     .get(p as usize)
@@ -340,11 +381,16 @@ impl Replication {
             Ok(data) => data,
             Err(e) => return done(Err(ChatError::internal(format!("cannot encode: {e}")))),
         };
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.fetch_add(1, Ordering::AcqRel);
         let input = Input::Propose {
             partition,
             id,
             data,
-            done: Box::new(done),
+            done: Box::new(move |result| {
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                done(result);
+            }),
         };
         if let Err(mpsc::SendError(Input::Propose { done, .. })) = lock(&self.tx).send(input) {
             done(Err(ChatError::unavailable("the node is stopping")));
@@ -352,9 +398,9 @@ impl Replication {
     }
 
     /// Calls `hook` with the partitions whose leader (as this node sees it) changed, from the driver
-    /// thread: it must not block. Set once.
+    /// thread: it must not block. Dropped by [`Replication::stop`] (it holds the router, which holds this).
     pub fn on_change(&self, hook: impl Fn(&[PartitionId]) + Send + Sync + 'static) {
-        let _ = self.on_change.set(Box::new(hook));
+        *lock(&self.on_change) = Some(Box::new(hook));
     }
 
     /// A `Raft` frame from `from`: its groups' messages, decoded and stepped on the driver thread (not on
@@ -369,7 +415,22 @@ impl Replication {
 
     /// Hands every partition this node leads to another live replica and waits until they have taken over
     /// or `deadline` passes; returns how many it still leads.
+    ///
+    /// First the node stops serving: requests for its partitions wait (and then go to the new leaders)
+    /// while what its actors have already proposed commits, so that no client of another node sees a
+    /// request fail because leadership moved under it. Then each partition is transferred.
     pub fn hand_over(&self, deadline: Duration) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let started = Instant::now();
+        let mut quiet = 0;
+        while quiet < DRAIN_QUIET_ROUNDS && started.elapsed() < DRAIN_PROPOSALS {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                quiet += 1;
+            } else {
+                quiet = 0;
+            }
+            std::thread::sleep(DRAIN_POLL);
+        }
         let (done, answer) = mpsc::channel();
         if lock(&self.tx).send(Input::HandOver { done }).is_err() {
             return 0;
@@ -377,6 +438,11 @@ impl Replication {
         answer
             .recv_timeout(deadline)
             .unwrap_or_else(|_| self.led.load(Ordering::Relaxed))
+    }
+
+    /// After a hand-over: this node keeps following but will not lead again (see [`Input::Retire`]).
+    pub fn retire(&self) {
+        let _ = lock(&self.tx).send(Input::Retire);
     }
 
     /// How many partitions this node leads.
@@ -395,6 +461,7 @@ impl Replication {
         if let Some(thread) = lock(&self.apply_thread).take() {
             let _ = thread.join();
         }
+        lock(&self.on_change).take();
     }
 }
 
@@ -422,6 +489,8 @@ struct Driver {
     next_balance: Instant,
     /// To the apply thread.
     apply: mpsc::Sender<ApplyInput>,
+    /// See [`Input::Retire`].
+    retiring: bool,
 }
 
 impl Driver {
@@ -443,7 +512,11 @@ impl Driver {
                     Input::Step { from, batch } => match decode(&batch) {
                         Ok(messages) => {
                             for (p, m) in messages {
-                                self.raft.step(p, m);
+                                let to_lead =
+                                    m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow;
+                                if !(self.retiring && to_lead) {
+                                    self.raft.step(p, m);
+                                }
                             }
                         }
                         Err(e) => {
@@ -462,12 +535,33 @@ impl Driver {
                         data,
                         done,
                     } => self.propose(partition, id, data, done),
+                    Input::SnapshotReady {
+                        partition,
+                        index,
+                        term,
+                        data,
+                    } => {
+                        if let Err(e) = self.raft.offer_snapshot(partition, index, term, data) {
+                            tracing::warn!(partition, error = %e, "cannot offer a snapshot");
+                        }
+                    }
+                    Input::Compact(points) => {
+                        for (partition, index) in points {
+                            if let Err(e) = self.raft.compact(partition, index) {
+                                tracing::error!(error = %e, "the raft log cannot be compacted: stopping the node");
+                                std::process::abort();
+                            }
+                        }
+                    }
+                    Input::Retire => self.retiring = true,
                     Input::Stop => stop = true,
                 }
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.raft.tick();
+                if !self.retiring {
+                    self.raft.tick();
+                }
                 next_tick += self.tick;
                 if next_tick < now {
                     // the thread fell behind (a long sync): skip the missed ticks rather than burst them
@@ -537,7 +631,7 @@ impl Driver {
     /// moved, so a node that has just stopped (and still looks active for an election timeout) never gets
     /// a partition back; never while this node hands its partitions over.
     fn balance(&mut self, now: Instant) {
-        if now < self.next_balance || self.handing_over.is_some() {
+        if now < self.next_balance || self.handing_over.is_some() || self.retiring {
             return;
         }
         let settle = self.election;
@@ -569,10 +663,27 @@ impl Driver {
                 std::process::abort();
             }
         };
+        let snapshots = MultiRaft::snapshots_in(&out.batches);
+        if snapshots > 0 {
+            self.metrics.raft_snapshots_sent.inc_by(snapshots as u64);
+        }
         for batch in out.batches {
             self.send(batch);
         }
+        if !out.installs.is_empty() {
+            let _ = self.apply.send(ApplyInput::Install(out.installs));
+        }
+        for partition in self.raft.wanted_snapshots() {
+            let _ = self.apply.send(ApplyInput::MakeSnapshot(partition));
+        }
         if !out.committed.is_empty() {
+            // entries come in log order per group: the last of each group is its commit index
+            let mut seen = std::collections::HashSet::new();
+            for c in out.committed.iter().rev() {
+                if seen.insert(c.partition) {
+                    self.metrics.raft_partition.set_commit(c.partition, c.index);
+                }
+            }
             let _ = self.apply.send(ApplyInput::Committed(out.committed));
         }
         if !out.leadership.is_empty() {
@@ -619,6 +730,9 @@ impl Driver {
             .raft_partitions_led
             .set(i64::try_from(led).unwrap_or(i64::MAX));
         for c in changes {
+            self.metrics
+                .raft_partition
+                .set_leader(c.partition, c.local, c.term);
             if c.local {
                 self.led_since
                     .entry(c.partition)
@@ -628,8 +742,9 @@ impl Driver {
             }
             tracing::debug!(partition = c.partition, leader = ?c.leader, term = c.term, local = c.local, "raft leadership");
         }
-        if let Some(hook) = shared.on_change.get() {
-            let changed: Vec<PartitionId> = changes.iter().map(|c| c.partition).collect();
+        let changed: Vec<PartitionId> = changes.iter().map(|c| c.partition).collect();
+        let hook = lock(&shared.on_change);
+        if let Some(hook) = hook.as_ref() {
             hook(&changed);
         }
     }
@@ -640,13 +755,25 @@ impl Driver {
 /// applied, and marks a partition ready to serve once its leader's first entry of the term is applied.
 struct Applier {
     replica: Replica,
+    store: Store,
+    partitions: u32,
+    /// `cluster.log_compact_entries`.
+    compact_entries: u64,
     me: u64,
     rx: mpsc::Receiver<ApplyInput>,
     /// This node's proposals waiting for their entries: partition, term, when proposed, callback.
     pending: HashMap<u64, (PartitionId, u64, Instant, ProposalDone)>,
     shared: std::sync::Weak<Replication>,
     metrics: Arc<Metrics>,
+    /// Per partition: the index and term of the last entry applied (or skipped as applied before).
+    last: HashMap<PartitionId, (u64, u64)>,
+    /// Per partition: where its log was last compacted from here.
+    compacted: HashMap<PartitionId, u64>,
+    next_compaction: Instant,
 }
+
+/// How often the apply thread looks for logs to compact (each time it flushes the store first).
+const COMPACTION_CHECK: Duration = Duration::from_secs(1);
 
 impl Applier {
     fn run(mut self) {
@@ -665,7 +792,14 @@ impl Applier {
                     for entry in entries {
                         self.apply(entry);
                     }
+                    self.maybe_compact();
                 }
+                ApplyInput::Install(snapshots) => {
+                    for (partition, snapshot) in snapshots {
+                        self.install(partition, &snapshot);
+                    }
+                }
+                ApplyInput::MakeSnapshot(partition) => self.make_snapshot(partition),
                 ApplyInput::Leadership(changes) => self.leadership(&changes),
                 ApplyInput::Stop => break,
             }
@@ -676,14 +810,16 @@ impl Applier {
     }
 
     fn apply(&mut self, entry: Committed) {
+        self.metrics
+            .raft_partition
+            .set_applied(entry.partition, entry.index);
+        self.last.insert(entry.partition, (entry.index, entry.term));
         if entry.data.is_empty() {
-            // a leader's first entry of its term: everything committed before it is applied now
+            // a leader's first entry of its term: everything committed before it is applied now (this
+            // node serves the partition if it is that leader; see `Replication::serving`)
             if let Some(shared) = self.shared.upgrade() {
-                let view = shared.partition(entry.partition);
-                if view.leader.as_ref() == Some(&shared.node) && view.term == entry.term {
-                    if let Some(ready) = shared.ready.get(entry.partition as usize) {
-                        ready.store(entry.term, Ordering::Release);
-                    }
+                if let Some(ready) = shared.ready.get(entry.partition as usize) {
+                    ready.fetch_max(entry.term, Ordering::AcqRel);
                 }
             }
             return;
@@ -719,6 +855,81 @@ impl Applier {
                     .observe(since.elapsed().as_secs_f64());
                 done(Ok(()));
             }
+        }
+    }
+
+    /// Installs a snapshot of `partition`'s data from its leader: its keys replaced, its applied index set
+    /// to the snapshot's (the entries after it follow).
+    fn install(&mut self, partition: PartitionId, snapshot: &raft::eraftpb::Snapshot) {
+        let meta = snapshot.get_metadata();
+        let started = Instant::now();
+        if let Err(e) =
+            self.store
+                .install_partition(partition, self.partitions, &snapshot.data, meta.index)
+        {
+            tracing::error!(partition, error = %e, "cannot install a snapshot: stopping the node");
+            std::process::abort();
+        }
+        self.replica.forget(partition, meta.index);
+        self.last.insert(partition, (meta.index, meta.term));
+        self.compacted.insert(partition, meta.index);
+        self.metrics.raft_snapshots_installed.inc();
+        tracing::info!(partition, index = meta.index, bytes = snapshot.data.len(), took = ?started.elapsed(), "installed a partition snapshot");
+    }
+
+    /// A snapshot of `partition`'s data at the last entry applied here, for the driver to offer.
+    fn make_snapshot(&mut self, partition: PartitionId) {
+        let Some(&(index, term)) = self.last.get(&partition) else {
+            // nothing applied since the start: raft asks again with its next probe
+            return;
+        };
+        let data = match self.store.partition_snapshot(partition, self.partitions) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "cannot make a snapshot");
+                return;
+            }
+        };
+        if let Some(shared) = self.shared.upgrade() {
+            let _ = lock(&shared.tx).send(Input::SnapshotReady {
+                partition,
+                index,
+                term,
+                data,
+            });
+        }
+    }
+
+    /// At most once per [`COMPACTION_CHECK`]: the partitions whose logs hold more than
+    /// `log_compact_entries` applied entries are compacted, keeping the last half. The store is flushed
+    /// first: an entry leaves the log only once its effects are on disk.
+    fn maybe_compact(&mut self) {
+        let now = Instant::now();
+        if now < self.next_compaction {
+            return;
+        }
+        self.next_compaction = now + COMPACTION_CHECK;
+        let due: Vec<(PartitionId, u64)> = self
+            .last
+            .iter()
+            .filter_map(|(p, (index, _))| {
+                let from = self.compacted.get(p).copied().unwrap_or(0);
+                (index.saturating_sub(from) >= self.compact_entries)
+                    .then(|| (*p, index.saturating_sub(self.compact_entries / 2)))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.flush_now() {
+            tracing::error!(error = %e, "cannot flush the store before a compaction");
+            return;
+        }
+        for (p, index) in &due {
+            self.compacted.insert(*p, *index);
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            let _ = lock(&shared.tx).send(Input::Compact(due));
         }
     }
 

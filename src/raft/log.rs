@@ -15,9 +15,11 @@
 //! [`REWRITE_BYTES`] and at least twice what the groups still hold, it is rewritten with only the live state
 //! (to a temporary file, fsynced, renamed over the old one).
 //!
-//! Not yet here: compaction of applied entries, which needs snapshots of a partition's keys (a storage of
-//! our own instead of `MemStorage`, which cannot compact without a snapshot): until then the log holds a
-//! group's whole history.
+//! Compaction: once the node's store has durably applied a group's entries up to some index, the group
+//! drops them ([`super::storage::GroupStorage::compact`]) and a `SNAPSHOT` record (the new starting point)
+//! is written, followed by the entries kept; a snapshot of the partition's data installed from the leader
+//! writes the same record. The file is then mostly dead and the next rewrite shrinks it, so it stays
+//! bounded by the groups' uncompacted tails.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -25,7 +27,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
 use raft::Storage;
 
@@ -45,6 +47,9 @@ const MAX_RECORD: u32 = 256 << 20;
 const HARD_STATE: u8 = 1;
 const CONF_STATE: u8 = 2;
 const ENTRIES: u8 = 3;
+/// A snapshot point (`SnapshotMetadata`): the group's entries up to it are gone (compacted, or replaced
+/// by a snapshot of the partition's data installed in the store); entries follow from the next index.
+const SNAPSHOT: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -155,6 +160,16 @@ impl RaftLog {
     pub fn set_hard_state(&mut self, partition: PartitionId, hs: &HardState) -> LogResult<()> {
         let body = hs.write_to_bytes()?;
         self.record(partition, HARD_STATE, &body)
+    }
+
+    /// Records that `partition`'s log now starts after `point` (see [`SNAPSHOT`]).
+    pub fn set_snapshot(
+        &mut self,
+        partition: PartitionId,
+        point: &SnapshotMetadata,
+    ) -> LogResult<()> {
+        let body = point.write_to_bytes()?;
+        self.record(partition, SNAPSHOT, &body)
     }
 
     pub fn set_conf_state(&mut self, partition: PartitionId, cs: &ConfState) -> LogResult<()> {
@@ -309,6 +324,17 @@ fn apply(partition: PartitionId, storage: &MemStorage, kind: u8, body: &[u8]) ->
     match kind {
         HARD_STATE => core.set_hardstate(HardState::parse_from_bytes(body)?),
         CONF_STATE => core.set_conf_state(ConfState::parse_from_bytes(body)?),
+        SNAPSHOT => {
+            drop(core);
+            let point = SnapshotMetadata::parse_from_bytes(body)?;
+            // the hard state recorded after it restores the commit index the point may lower
+            if point.index >= storage.first_index()?.saturating_sub(1) {
+                storage.wl().apply_snapshot(Snapshot {
+                    metadata: Some(point).into(),
+                    ..Default::default()
+                })?;
+            }
+        }
         ENTRIES => {
             let mut entries = Vec::new();
             let mut at = 0usize;
@@ -354,6 +380,15 @@ fn encode_live(groups: &Groups) -> LogResult<Vec<u8>> {
         ));
         let first = storage.first_index()?;
         let last = storage.last_index()?;
+        if first > 1 {
+            let point = SnapshotMetadata {
+                index: first - 1,
+                term: storage.term(first - 1)?,
+                conf_state: Some(state.conf_state.clone()).into(),
+                ..Default::default()
+            };
+            out.extend(frame(partition, SNAPSHOT, &point.write_to_bytes()?));
+        }
         if last >= first {
             let entries =
                 storage.entries(first, last + 1, None, raft::GetEntriesContext::empty(false))?;

@@ -16,6 +16,7 @@
 
 pub mod log;
 pub mod multi;
+pub mod storage;
 
 /// raft-rs logs through `slog`; this forwards its records to `tracing` (raft's own `info` is chatty, so
 /// it becomes `debug`).

@@ -20,11 +20,12 @@ use std::hash::Hasher;
 use std::path::Path;
 
 use fnv::FnvHasher;
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::{RawNode, StateRole, Storage as _};
 
-use super::log::{LogResult, RaftLog};
+use super::log::{Groups, LogResult, RaftLog};
+use super::storage::GroupStorage;
 use crate::cluster::placement::PartitionId;
 use crate::ids::NodeId;
 
@@ -84,12 +85,15 @@ pub struct Leadership {
 pub struct Output {
     /// At most one batch per destination node.
     pub batches: Vec<Batch>,
+    /// Snapshots of a partition's data received from its leader, to install before `committed` (which
+    /// only holds entries after them).
+    pub installs: Vec<(PartitionId, Snapshot)>,
     pub committed: Vec<Committed>,
     pub leadership: Vec<Leadership>,
 }
 
 struct Group {
-    node: RawNode<MemStorage>,
+    node: RawNode<GroupStorage>,
     /// The leadership last reported.
     seen: Leadership,
 }
@@ -124,7 +128,10 @@ fn build(
     let mut built = BTreeMap::new();
     for (partition, storage) in storages {
         let logger = logger.new(slog::o!("partition" => partition));
-        let node = RawNode::new(&config(id), storage, &logger)?;
+        let mut config = config(id);
+        // what the store applied is at least the snapshot point: entries before it are gone
+        config.applied = storage.first_index()?.saturating_sub(1);
+        let node = RawNode::new(&config, GroupStorage::new(storage), &logger)?;
         let seen = unseen(partition);
         built.insert(partition, Group { node, seen });
     }
@@ -204,11 +211,48 @@ impl MultiRaft {
 
     /// Hands a peer's message to its group (a message for a group not replicated here is dropped: the
     /// sender's layout differs, and raft retries).
-    pub fn step(&mut self, partition: PartitionId, message: Message) {
-        if let Some(group) = self.groups.get_mut(&partition) {
-            if let Err(e) = group.node.step(message) {
-                tracing::debug!(partition, error = %e, "raft message refused");
+    ///
+    /// A replica started on an empty `data_dir` (a replaced disk) has lost its log and its vote while its
+    /// leader still counts what it had acknowledged. Three guards make that safe (raft-rs assumes durable
+    /// state and would panic or double-vote): it votes for no candidate that has entries until it has
+    /// entries itself (it may have voted in that term before the loss); a heartbeat whose commit index is
+    /// beyond what it holds is clamped, and answered with a rejection saying what it holds; and a leader
+    /// that sees a follower reject below what it had acknowledged starts that follower over from there
+    /// (by log or by snapshot).
+    pub fn step(&mut self, partition: PartitionId, mut message: Message) {
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return;
+        };
+        let raft = &mut group.node.raft;
+        let last = raft.raft_log.last_index();
+        match message.get_msg_type() {
+            MessageType::MsgRequestVote if last == 0 && message.index > 0 => return,
+            MessageType::MsgHeartbeat if message.commit > last => {
+                // and tell the leader, which would otherwise only send what follows its stale count
+                let mut lost = Message::default();
+                lost.set_msg_type(MessageType::MsgAppendResponse);
+                lost.to = message.from;
+                lost.from = message.to;
+                lost.term = message.term;
+                lost.index = message.commit;
+                lost.reject = true;
+                lost.reject_hint = last;
+                raft.msgs.push(lost);
+                message.commit = last;
             }
+            MessageType::MsgAppendResponse if message.reject && raft.state == StateRole::Leader => {
+                if let Some(pr) = raft.mut_prs().get_mut(message.from) {
+                    if message.reject_hint < pr.matched {
+                        tracing::warn!(partition, follower = message.from, had = pr.matched, has = message.reject_hint, "a follower lost acknowledged entries (a replaced disk?): starting it over");
+                        pr.matched = message.reject_hint;
+                        pr.become_probe();
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Err(e) = group.node.step(message) {
+            tracing::debug!(partition, error = %e, "raft message refused");
         }
     }
 
@@ -328,9 +372,14 @@ impl MultiRaft {
             }
             let mut ready = group.node.ready();
             route(partition, ready.take_messages(), &mut outgoing);
-            let store = group.node.raft.raft_log.store.clone();
+            let store = group.node.raft.raft_log.store.mem().clone();
             if !ready.snapshot().is_empty() {
-                store.wl().apply_snapshot(ready.snapshot().clone())?;
+                let snapshot = ready.snapshot().clone();
+                store.wl().apply_snapshot(snapshot.clone())?;
+                if let Some(log) = &mut self.log {
+                    log.set_snapshot(partition, snapshot.get_metadata())?;
+                }
+                out.installs.push((partition, snapshot));
             }
             collect(
                 partition,
@@ -366,6 +415,7 @@ impl MultiRaft {
                     .raft
                     .raft_log
                     .store
+                    .mem()
                     .wl()
                     .mut_hard_state()
                     .set_commit(commit);
@@ -395,6 +445,81 @@ impl MultiRaft {
             .map(|(to, messages)| Batch { to, messages })
             .collect();
         Ok(out)
+    }
+}
+
+impl MultiRaft {
+    /// Drops `partition`'s entries before `index`, which the node's store has durably applied; the log
+    /// file records the new starting point and the entries kept (and is rewritten once mostly dead).
+    /// Returns whether anything was dropped.
+    pub fn compact(&mut self, partition: PartitionId, index: u64) -> LogResult<bool> {
+        let Some(group) = self.groups.get(&partition) else {
+            return Ok(false);
+        };
+        let store = group.node.raft.raft_log.store.clone();
+        let Some(compacted) = store.compact(index)? else {
+            return Ok(false);
+        };
+        if let Some(log) = &mut self.log {
+            log.set_snapshot(partition, &compacted.point)?;
+            log.append(partition, &compacted.kept)?;
+            log.set_hard_state(partition, &store.initial_state()?.hard_state)?;
+            let groups: Groups = self
+                .groups
+                .iter()
+                .map(|(p, g)| (*p, g.node.raft.raft_log.store.mem().clone()))
+                .collect();
+            log.maybe_rewrite(&groups)?;
+        }
+        Ok(true)
+    }
+
+    /// The groups for which raft-rs wants a snapshot of the partition's data (to send a follower that
+    /// needs compacted entries), each reported once per want.
+    pub fn wanted_snapshots(&self) -> Vec<PartitionId> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.node.raft.raft_log.store.take_wanted())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// A snapshot of `partition`'s data at log index `index` (of term `term`), made by the apply thread:
+    /// raft-rs sends it with its next probe of the follower that needs it.
+    pub fn offer_snapshot(
+        &mut self,
+        partition: PartitionId,
+        index: u64,
+        term: u64,
+        data: Vec<u8>,
+    ) -> LogResult<()> {
+        let Some(group) = self.groups.get(&partition) else {
+            return Ok(());
+        };
+        let store = &group.node.raft.raft_log.store;
+        let state = store.initial_state()?;
+        let snapshot = Snapshot {
+            metadata: Some(raft::eraftpb::SnapshotMetadata {
+                index,
+                term,
+                conf_state: Some(state.conf_state).into(),
+                ..Default::default()
+            })
+            .into(),
+            data: data.into(),
+            ..Default::default()
+        };
+        store.offer(snapshot);
+        Ok(())
+    }
+
+    /// Snapshot messages in `batches` (for the metrics).
+    pub fn snapshots_in(batches: &[Batch]) -> usize {
+        batches
+            .iter()
+            .flat_map(|b| &b.messages)
+            .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
+            .count()
     }
 }
 

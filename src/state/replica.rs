@@ -124,6 +124,14 @@ impl Replica {
         }
     }
 
+    /// A snapshot of `partition`'s data replaced its keys in the store, applied up to `index`: cached
+    /// states may be stale.
+    pub fn forget(&mut self, partition: PartitionId, index: u64) {
+        self.convs.clear();
+        self.users.clear();
+        self.applied.insert(partition, (index, index));
+    }
+
     /// The last log index of `partition` applied to the store, for conversation and for user commands.
     fn applied(&mut self, partition: PartitionId) -> StoreResult<(u64, u64)> {
         if let Some(applied) = self.applied.get(&partition) {

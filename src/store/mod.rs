@@ -9,6 +9,7 @@ mod features;
 pub mod keys;
 pub mod media;
 pub mod outbox;
+mod partition;
 pub mod writer;
 
 use std::path::Path;
@@ -103,6 +104,13 @@ impl Store {
 
     pub fn flusher(&self) -> &Flusher {
         &self.flusher
+    }
+
+    /// Makes everything written so far durable now, on the calling thread (the replicas' apply thread,
+    /// before a log compaction).
+    pub fn flush_now(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Flushes everything and stops the flusher (clean shutdown).

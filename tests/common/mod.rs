@@ -363,6 +363,22 @@ impl Cluster {
             .expect("owner is a node")
     }
 
+    /// The last `n` lines of every node's log (for a failure's message: the directory goes with it).
+    pub fn log_tails(&self, n: usize) -> String {
+        let mut out = String::new();
+        for id in &self.ids {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- {id}\n"));
+            for line in &lines[lines.len().saturating_sub(n)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Every partition's leader as node `i` sees it (`GET /v1/admin/cluster`).
     pub async fn leaders(&self, i: usize) -> Vec<Option<String>> {
         let (status, body) = http(
@@ -404,8 +420,8 @@ impl Cluster {
                     if !ok {
                         assert!(
                             tokio::time::Instant::now() < deadline,
-                            "partition {p} not led as expected ({leader:?}); logs in {}",
-                            self.dir.path().display()
+                            "partition {p} not led as expected ({leader:?}); logs:\n{}",
+                            self.log_tails(40)
                         );
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue 'outer;

@@ -1,0 +1,241 @@
+//! [`GroupStorage`]: what raft-rs reads a group's log from. Entries and states live in raft-rs's own
+//! `MemStorage` (rebuilt from the node's [`super::log::RaftLog`] at start); this adds what `MemStorage`
+//! lacks for a bounded log:
+//!
+//! - **Compaction** ([`GroupStorage::compact`]): entries below an index that the node's store has durably
+//!   applied are dropped. The log then starts after a snapshot point (`MemStorage`'s snapshot metadata), so
+//!   raft-rs still knows the term of the entry just before the first one it keeps.
+//! - **Snapshots of the partition's data**: a follower that needs entries the leader no longer has gets the
+//!   partition's keys instead. raft-rs asks [`Storage::snapshot`] on the driver thread, which must not scan
+//!   the store; so the first ask answers "temporarily unavailable" and marks the snapshot as wanted, the
+//!   node's apply thread makes one at its applied index (a consistent cut: it is the only writer), and the
+//!   driver offers it here; raft-rs asks again with its next probe and sends it.
+
+use std::sync::{Arc, Mutex};
+
+use raft::eraftpb::{Entry, Snapshot, SnapshotMetadata};
+use raft::storage::{MemStorage, RaftState};
+use raft::{GetEntriesContext, Storage, StorageError};
+
+#[derive(Default)]
+struct Slot {
+    /// The latest snapshot of the partition's data made here.
+    ready: Option<Snapshot>,
+    /// raft-rs asked for a snapshot newer than `ready`.
+    wanted: bool,
+}
+
+/// A group's storage (cheap to clone: clones share it).
+#[derive(Clone)]
+pub struct GroupStorage {
+    mem: MemStorage,
+    slot: Arc<Mutex<Slot>>,
+}
+
+/// What a compaction left, for the log file: the new snapshot point and the entries kept after it.
+pub struct Compacted {
+    pub point: SnapshotMetadata,
+    pub kept: Vec<Entry>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl GroupStorage {
+    pub fn new(mem: MemStorage) -> GroupStorage {
+        GroupStorage {
+            mem,
+            slot: Arc::default(),
+        }
+    }
+
+    /// The entries and states.
+    pub fn mem(&self) -> &MemStorage {
+        &self.mem
+    }
+
+    /// Whether raft-rs wants a snapshot that has not been offered yet (asked once per want).
+    pub fn take_wanted(&self) -> bool {
+        std::mem::take(&mut lock(&self.slot).wanted)
+    }
+
+    /// A snapshot of the partition's data, made by the apply thread, for raft-rs to send.
+    pub fn offer(&self, snapshot: Snapshot) {
+        let mut slot = lock(&self.slot);
+        let newer = slot
+            .ready
+            .as_ref()
+            .is_none_or(|s| s.get_metadata().index < snapshot.get_metadata().index);
+        if newer {
+            slot.ready = Some(snapshot);
+        }
+    }
+
+    /// The snapshot point: the index and term just before the first entry kept (0, 0 before any).
+    pub fn point(&self) -> raft::Result<SnapshotMetadata> {
+        let first = self.mem.first_index()?;
+        let index = first.saturating_sub(1);
+        let term = if index == 0 { 0 } else { self.mem.term(index)? };
+        let state = self.mem.initial_state()?;
+        Ok(SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(state.conf_state).into(),
+            ..Default::default()
+        })
+    }
+
+    /// Drops the entries before `index` (which the node's store has durably applied); `None` if there is
+    /// nothing to drop. The hard state (commit included) is kept as it was.
+    pub fn compact(&self, index: u64) -> raft::Result<Option<Compacted>> {
+        let first = self.mem.first_index()?;
+        let last = self.mem.last_index()?;
+        let index = index.min(last);
+        if index <= first {
+            return Ok(None);
+        }
+        let state = self.mem.initial_state()?;
+        let term = self.mem.term(index - 1)?;
+        let kept = self
+            .mem
+            .entries(index, last + 1, None, GetEntriesContext::empty(false))?;
+        let point = SnapshotMetadata {
+            index: index - 1,
+            term,
+            conf_state: Some(state.conf_state.clone()).into(),
+            ..Default::default()
+        };
+        let mut core = self.mem.wl();
+        core.apply_snapshot(Snapshot {
+            metadata: Some(point.clone()).into(),
+            ..Default::default()
+        })?;
+        core.set_hardstate(state.hard_state);
+        core.append(&kept)?;
+        Ok(Some(Compacted { point, kept }))
+    }
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    /// The latest snapshot made here if it covers what the follower lacks (everything before the first
+    /// entry kept, and `request_index`); else "temporarily unavailable" until the apply thread made one.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let first = self.mem.first_index()?;
+        let needed = request_index.max(first.saturating_sub(1));
+        let mut slot = lock(&self.slot);
+        if let Some(s) = slot.ready.as_ref() {
+            if s.get_metadata().index >= needed {
+                return Ok(s.clone());
+            }
+        }
+        slot.wanted = true;
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfState, HardState};
+
+    fn storage(entries: u64) -> GroupStorage {
+        let mem = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        let list: Vec<Entry> = (1..=entries)
+            .map(|i| Entry {
+                index: i,
+                term: 1 + i / 10,
+                data: vec![u8::try_from(i % 256).unwrap_or(0)].into(),
+                ..Default::default()
+            })
+            .collect();
+        mem.wl().append(&list).expect("append");
+        mem.wl().set_hardstate(HardState {
+            term: 9,
+            vote: 2,
+            commit: entries,
+            ..Default::default()
+        });
+        GroupStorage::new(mem)
+    }
+
+    #[test]
+    fn compaction_keeps_the_tail_the_term_before_it_and_the_hard_state() {
+        let s = storage(100);
+        let c = s.compact(60).expect("compact").expect("something dropped");
+        assert_eq!(c.point.index, 59);
+        assert_eq!(c.point.term, 1 + 59 / 10);
+        assert_eq!(c.kept.len(), 41);
+        assert_eq!(s.first_index().expect("first"), 60);
+        assert_eq!(s.last_index().expect("last"), 100);
+        assert_eq!(s.term(59).expect("term before the first"), 6);
+        assert!(s.term(58).is_err(), "compacted");
+        let state = s.initial_state().expect("state");
+        assert_eq!(state.hard_state.commit, 100, "commit kept");
+        assert_eq!(state.hard_state.vote, 2);
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert!(s.compact(30).expect("compact").is_none(), "already dropped");
+        assert_eq!(s.point().expect("point").index, 59);
+    }
+
+    #[test]
+    fn a_snapshot_is_wanted_until_one_covering_the_compacted_entries_is_offered() {
+        let s = storage(100);
+        s.compact(60).expect("compact");
+        assert!(s.snapshot(0, 2).is_err());
+        assert!(s.take_wanted());
+        assert!(!s.take_wanted(), "asked once per want");
+        let old = Snapshot {
+            metadata: Some(SnapshotMetadata {
+                index: 40,
+                term: 5,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        s.offer(old);
+        assert!(s.snapshot(0, 2).is_err(), "too old to follow with the log");
+        let fresh = Snapshot {
+            metadata: Some(SnapshotMetadata {
+                index: 80,
+                term: 9,
+                ..Default::default()
+            })
+            .into(),
+            data: b"keys".to_vec().into(),
+        };
+        s.offer(fresh);
+        let got = s.snapshot(0, 2).expect("snapshot");
+        assert_eq!(got.get_metadata().index, 80);
+        assert_eq!(&got.data[..], b"keys");
+    }
+}
