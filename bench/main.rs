@@ -11,17 +11,27 @@
 //!   at a fixed total `--rate`). Reports accepted and delivered msgs/s and send-to-receipt latency.
 //! - `idle`: N authenticated idle connections, spread over several loopback source addresses; reports the
 //!   server's resident memory per connection.
+//! - `failover` ([`failover`]): steady 1:1 load from senders that resend with the same `cid` until acknowledged,
+//!   while nodes are SIGKILLed and restarted one at a time; reports each kill's outage and what `sync` shows
+//!   afterwards (lost, duplicated, gaps).
+//! - `rolling` ([`failover`]): the same load while every node in turn is SIGTERMed and restarted; reports the
+//!   `unavailable` answers seen through the other nodes (the target is none) and the same checks.
+//!
+//! `--replicas` and `--election-timeout-ms` set the started cluster's `[cluster]` settings. A started cluster
+//! of several nodes is used only once every partition has a leader and the leaderships are back on their
+//! preferred replicas (`GET /v1/admin/cluster`), so no measurement sees the moves that follow a start.
 //!
 //! With `--webhook-events` and/or `--before-send-ms`, a loopback receiver ([`hooks`]) takes the node's
 //! webhook batches and answers its before-send hook, and the result reports what it received.
 
 #![forbid(unsafe_code)]
 
+mod failover;
 mod hooks;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +46,13 @@ use rookery::net::auth;
 use serde_json::{json, Value};
 
 const SECRET: &str = "bench-secret";
+/// `auth.admin_key` of the started nodes, for `GET /v1/admin/cluster`.
+const ADMIN_KEY: &str = "bench-admin";
+/// `cluster.election_timeout_ms` when `--election-timeout-ms` is not given (the server's default).
+const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1000;
+/// How long a started or restarted cluster gets to put every partition's leadership back on its preferred
+/// replica (the server moves 16 per election timeout, starting 3 election timeouts after a change).
+const BALANCE_WAIT: Duration = Duration::from_secs(30);
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -61,9 +78,17 @@ struct Cli {
     /// Extra TOML for the started node's config (tables other than `[chat]`, e.g. `[limits]` then `sends_per_s = 1000`).
     #[arg(long, global = true, default_value = "")]
     extra_config: String,
-    /// Start a cluster of this many nodes (on this machine) and spread the clients over them.
-    #[arg(long, global = true, default_value_t = 1)]
-    nodes: usize,
+    /// Start a cluster of this many nodes (on this machine) and spread the clients over them (default 1;
+    /// 3 for `failover` and `rolling`, which need at least 3).
+    #[arg(long, global = true)]
+    nodes: Option<usize>,
+    /// `cluster.replicas` of the started cluster (default: the server's, 3 capped at the node count). Merged
+    /// into the `[cluster]` table of `--extra-config` if it has one (which must then not set `replicas`).
+    #[arg(long, global = true)]
+    replicas: Option<usize>,
+    /// `cluster.election_timeout_ms` of the started cluster (merged like `--replicas`).
+    #[arg(long, global = true)]
+    election_timeout_ms: Option<u64>,
     /// Point `webhooks.url` at a loopback receiver (started here) with these event types, comma-separated
     /// (e.g. `offline_message,message`).
     #[arg(long, global = true, value_delimiter = ',')]
@@ -144,6 +169,35 @@ enum Workload {
         #[arg(long, default_value_t = 64)]
         batch: u64,
     },
+    /// Steady 1:1 load with resending senders while nodes are SIGKILLed and restarted one at a time:
+    /// each kill's outage, then lost, duplicated and missing messages as `sync` shows them.
+    Failover {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Total messages per second over all senders.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// How long a killed node stays down before it is started again.
+        #[arg(long, default_value_t = 3000)]
+        down_ms: u64,
+        /// How long the load runs on the whole cluster before the first kill and after each restart.
+        #[arg(long, default_value_t = 5000)]
+        settle_ms: u64,
+    },
+    /// The same load while every node in turn is SIGTERMed and restarted: `unavailable` answers seen
+    /// through the other nodes (the target is none), reconnects, and the same checks.
+    Rolling {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Total messages per second over all senders.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// How long the load runs on the whole cluster before the first restart and after each one.
+        #[arg(long, default_value_t = 3000)]
+        settle_ms: u64,
+    },
     /// N authenticated idle connections; server memory per connection.
     Idle {
         #[arg(long, default_value_t = 19_000)]
@@ -159,11 +213,21 @@ struct Server {
     addr: SocketAddr,
     /// Every node's client address (`addr` first).
     addrs: Vec<SocketAddr>,
-    child: Option<Child>,
-    others: Vec<Child>,
+    /// The started nodes' processes, in node order (node `i` is `n{i+1}`).
+    children: Vec<Child>,
+    /// How the nodes were started, to start one again (`None` for a node given with `--addr`).
+    launch: Option<Launch>,
+    /// Copies of each partition, as the started cluster reports them (`None` for a node given with `--addr`).
+    replicas: Option<usize>,
     _dir: Option<tempfile::TempDir>,
     /// The webhook receiver the started nodes post to.
     hooks: Option<hooks::Receiver>,
+}
+
+/// The binary and the config file every started node runs with.
+struct Launch {
+    binary: PathBuf,
+    config: PathBuf,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -172,14 +236,108 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The id of the `i`th node (from 0) in the generated config.
+fn node_id(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+impl Cli {
+    /// The nodes to start: `--nodes`, or 3 for the workloads that take nodes down (which need a majority
+    /// of every partition's replicas left).
+    fn node_count(&self) -> anyhow::Result<usize> {
+        let takes_nodes_down = matches!(
+            self.workload,
+            Workload::Failover { .. } | Workload::Rolling { .. }
+        );
+        match self.nodes {
+            Some(n) if takes_nodes_down && n < 3 => {
+                bail!("failover and rolling need --nodes 3 or more")
+            }
+            Some(n) => Ok(n.max(1)),
+            None if takes_nodes_down => Ok(3),
+            None => Ok(1),
+        }
+    }
+
+    /// `--extra-config` with the `[cluster]` settings given as options merged in: into its own `[cluster]`
+    /// table when it has one (a second `[cluster]` header would make the file invalid), else as a new table.
+    fn merged_extra_config(&self) -> anyhow::Result<String> {
+        let mut settings = Vec::new();
+        if let Some(r) = self.replicas {
+            settings.push(("replicas", r.to_string()));
+        }
+        if let Some(ms) = self.election_timeout_ms {
+            settings.push(("election_timeout_ms", ms.to_string()));
+        }
+        if settings.is_empty() {
+            return Ok(self.extra_config.clone());
+        }
+        let given: toml::Table = self
+            .extra_config
+            .parse()
+            .context("--extra-config is not valid TOML")?;
+        let given = given.get("cluster");
+        if let Some((key, _)) = settings
+            .iter()
+            .find(|(k, _)| given.and_then(|c| c.get(k)).is_some())
+        {
+            bail!("cluster.{key} is set both by an option and in --extra-config");
+        }
+        let lines: String = settings
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        let mut merged = String::new();
+        let mut placed = false;
+        for line in self.extra_config.lines() {
+            merged.push_str(line);
+            merged.push('\n');
+            if !placed && line.trim() == "[cluster]" {
+                merged.push_str(&lines);
+                placed = true;
+            }
+        }
+        if given.is_some() && !placed {
+            bail!("--extra-config sets cluster keys without a `[cluster]` header line to add --replicas or --election-timeout-ms under");
+        }
+        if !placed {
+            merged.push_str("[cluster]\n");
+            merged.push_str(&lines);
+        }
+        Ok(merged)
+    }
+}
+
+/// Starts node `i` of `config` and waits until it says it is listening.
+fn spawn_node(binary: &Path, config: &Path, i: usize) -> anyhow::Result<Child> {
+    let mut child = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .arg("--node")
+        .arg(node_id(i))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().context("stdout")?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    if !line.contains("listening") {
+        bail!("node {} did not start: {line}", node_id(i));
+    }
+    Ok(child)
+}
+
 impl Server {
     fn start(cli: &Cli) -> anyhow::Result<Server> {
         if let Some(addr) = cli.addr {
             return Ok(Server {
                 addr,
                 addrs: vec![addr],
-                child: None,
-                others: Vec::new(),
+                children: Vec::new(),
+                launch: None,
+                replicas: None,
                 _dir: None,
                 hooks: None,
             });
@@ -190,9 +348,11 @@ impl Server {
         };
         let dir = tempfile::tempdir()?;
         let mut config = format!(
-            "[auth]\ntoken_secret = \"{SECRET}\"\n[chat]\ndm_requires_friendship = false\nheartbeat_s = 600\n\
-             push_max_members = {}\n[store]\ndurability = \"{}\"\n{}\n",
-            cli.push_max_members, cli.durability, cli.extra_config
+            "[auth]\ntoken_secret = \"{SECRET}\"\nadmin_key = \"{ADMIN_KEY}\"\n[chat]\ndm_requires_friendship = false\n\
+             heartbeat_s = 600\npush_max_members = {}\n[store]\ndurability = \"{}\"\n{}\n",
+            cli.push_max_members,
+            cli.durability,
+            cli.merged_extra_config()?
         );
         let hooks = if cli.webhook_events.is_some() || cli.before_send_ms.is_some() {
             let delay = Duration::from_millis(cli.before_send_ms.unwrap_or(0));
@@ -205,46 +365,43 @@ impl Server {
             None
         };
         let mut addrs: Vec<SocketAddr> = Vec::new();
-        for i in 1..=cli.nodes.max(1) {
-            let (port, peer) = (free_port()?, free_port()?);
+        for i in 0..cli.node_count()? {
+            let (port, peer, id) = (free_port()?, free_port()?, node_id(i));
             config.push_str(&format!(
-                "[[nodes]]\nid = \"n{i}\"\nlisten = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{peer}\"\n\
-                 data_dir = \"data/n{i}\"\n"
+                "[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{peer}\"\n\
+                 data_dir = \"data/{id}\"\n"
             ));
             addrs.push(format!("127.0.0.1:{port}").parse()?);
         }
         let path = dir.path().join("cluster.toml");
         std::fs::write(&path, config)?;
-        let mut children = Vec::new();
-        for i in 1..=addrs.len() {
-            let mut child = Command::new(&binary)
-                .arg("--config")
-                .arg(&path)
-                .arg("--node")
-                .arg(format!("n{i}"))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .with_context(|| format!("starting {}", binary.display()))?;
-            let mut line = String::new();
-            let stdout = child.stdout.take().context("stdout")?;
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-            if !line.contains("listening") {
-                bail!("node did not start: {line}");
-            }
-            children.push(child);
-        }
-        let mut children = children.into_iter();
-        let server = Server {
+        let mut server = Server {
             addr: addrs[0],
             addrs,
-            child: children.next(),
-            others: children.collect(),
+            children: Vec::new(),
+            launch: None,
+            replicas: None,
             _dir: Some(dir),
             hooks,
         };
+        for i in 0..server.addrs.len() {
+            // pushed one by one so that the nodes started so far are stopped if a later one fails
+            server.children.push(spawn_node(&binary, &path, i)?);
+        }
+        server.launch = Some(Launch {
+            binary,
+            config: path,
+        });
         server.wait_links()?;
+        server.replicas = Some(if server.addrs.len() > 1 {
+            let replicas = server.wait_leaders()?;
+            if server.wait_balanced().is_none() {
+                eprintln!("warning: leaderships still moving {BALANCE_WAIT:?} after the start");
+            }
+            replicas
+        } else {
+            1
+        });
         Ok(server)
     }
 
@@ -253,13 +410,111 @@ impl Server {
         Server {
             addr: self.addr,
             addrs: self.addrs.clone(),
-            child: None,
-            others: Vec::new(),
+            children: Vec::new(),
+            launch: None,
+            replicas: self.replicas,
             _dir: None,
             hooks: None,
         }
     }
 
+    /// Waits until every node knows a leader for each partition it keeps. Returns how many replicas a
+    /// partition has.
+    fn wait_leaders(&self) -> anyhow::Result<usize> {
+        self.wait_partitions(Duration::from_secs(30), |p| !p["leader"].is_null())
+            .map_err(|view| anyhow::anyhow!("partitions without a leader after 30 s: {view}"))
+    }
+
+    /// Waits up to [`BALANCE_WAIT`] until every partition is led by its preferred replica (the first of its
+    /// `replicas`): a few election timeouts after a start or a restart the cluster moves leaderships back
+    /// there, a few at a time, and a measurement taken meanwhile would measure those moves. Returns how
+    /// long it took, `None` if it did not happen in time.
+    fn wait_balanced(&self) -> Option<Duration> {
+        let started = Instant::now();
+        self.wait_partitions(BALANCE_WAIT, |p| p["leader"] == p["replicas"][0])
+            .ok()?;
+        Some(started.elapsed())
+    }
+
+    /// Polls `GET /v1/admin/cluster` on each node until `done` holds for every partition the node keeps (a
+    /// node does not follow the leadership of partitions it does not replicate: those stay `null` in its
+    /// answer). Returns the replicas per partition, or the last answer when `within` has passed.
+    fn wait_partitions(
+        &self,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<usize, Value> {
+        let deadline = Instant::now() + within;
+        let mut replicas = 0;
+        for (i, addr) in self.addrs.iter().enumerate() {
+            let id = node_id(i);
+            loop {
+                let view = admin_cluster(*addr).unwrap_or(Value::Null);
+                let kept: Vec<&Value> = view["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| {
+                        p["replicas"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|n| n == id.as_str()))
+                    })
+                    .collect();
+                if !kept.is_empty() && kept.iter().all(|p| done(p)) {
+                    replicas = kept
+                        .iter()
+                        .filter_map(|p| p["replicas"].as_array().map(Vec::len))
+                        .max()
+                        .unwrap_or(0);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(view);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(replicas)
+    }
+
+    /// SIGKILLs node `i` (a crash: no handover, its connections just end) and reaps it.
+    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = self.children.get_mut(i).context("no such started node")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERMs node `i` (it hands its leaderships over, closes its clients, exits) and waits up to 30 s for
+    /// it to exit; `None` if it did not (it is then SIGKILLed).
+    fn terminate(&mut self, i: usize) -> anyhow::Result<Option<ExitStatus>> {
+        let child = self.children.get_mut(i).context("no such started node")?;
+        signal_term(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(None)
+    }
+
+    /// Starts node `i` again with the same config and id, so on the data it kept, and waits until it is
+    /// linked and every partition has a leader again.
+    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let launch = self
+            .launch
+            .as_ref()
+            .context("only a cluster started by the bench can be restarted")?;
+        let child = spawn_node(&launch.binary, &launch.config, i)?;
+        *self.children.get_mut(i).context("no such started node")? = child;
+        self.wait_links()?;
+        self.wait_leaders()?;
+        Ok(())
+    }
     /// The node the `i`th client connects to.
     fn node(&self, i: usize) -> SocketAddr {
         self.addrs[i % self.addrs.len()]
@@ -373,20 +628,37 @@ impl Server {
 
     /// Resident memory of the (first) started node, in bytes.
     fn rss(&self) -> Option<u64> {
-        rss_of(self.child.as_ref()?.id())
+        rss_of(self.children.first()?.id())
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        for child in self.child.iter_mut().chain(self.others.iter_mut()) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        for child in &mut self.children {
+            // a node a workload killed and did not restart is reaped: its pid may be another process's now
+            if matches!(child.try_wait(), Ok(None)) {
+                signal_term(child);
+                let _ = child.wait();
+            }
         }
     }
+}
+
+/// Sends SIGTERM to a started node (std only sends SIGKILL).
+fn signal_term(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// `GET /v1/admin/cluster` of the node at `addr`.
+fn admin_cluster(addr: SocketAddr) -> anyhow::Result<Value> {
+    let text = ureq::get(&format!("http://{addr}/v1/admin/cluster"))
+        .set("Authorization", &format!("Bearer {ADMIN_KEY}"))
+        .call()?
+        .into_string()?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 fn token(user: &str) -> anyhow::Result<String> {
@@ -1226,7 +1498,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let server = Server::start(&cli)?;
+        let mut server = Server::start(&cli)?;
         let mut result = match cli.workload {
             Workload::Dm {
                 pairs,
@@ -1258,13 +1530,40 @@ fn main() -> anyhow::Result<()> {
                 spread_s,
                 sources,
             } => reaction_storm(&server, members, spread_s, sources).await?,
+            Workload::Failover {
+                pairs,
+                rate,
+                kills,
+                down_ms,
+                settle_ms,
+            } => {
+                let load = failover::LoadShape { pairs, rate };
+                let kills = failover::Kills {
+                    kills,
+                    down: Duration::from_millis(down_ms),
+                    settle: Duration::from_millis(settle_ms),
+                    election_timeout_ms: cli
+                        .election_timeout_ms
+                        .unwrap_or(DEFAULT_ELECTION_TIMEOUT_MS),
+                };
+                failover::failover(&mut server, load, kills).await?
+            }
+            Workload::Rolling {
+                pairs,
+                rate,
+                settle_ms,
+            } => {
+                let load = failover::LoadShape { pairs, rate };
+                failover::rolling(&mut server, load, Duration::from_millis(settle_ms)).await?
+            }
             Workload::Raftlog { .. } => unreachable!("run before the server starts"),
             Workload::Media { mib, parallel } => {
-                let (addr, pid) = (server.addr, server.child.as_ref().map(Child::id));
+                let (addr, pid) = (server.addr, server.children.first().map(Child::id));
                 tokio::task::spawn_blocking(move || media(addr, pid, mib, parallel)).await??
             }
         };
         result["durability"] = json!(cli.durability);
+        result["replicas"] = json!(server.replicas);
         if let Some(hooks) = &server.hooks {
             // let the node's sender deliver what the measured period produced
             tokio::time::sleep(Duration::from_secs(2)).await;
