@@ -283,8 +283,8 @@ async fn metric(cluster: &Cluster, i: usize, name: &str) -> u64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// A direct conversation between users on nodes 0 and 1 whose partition node `leader` leads (when settled).

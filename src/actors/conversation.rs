@@ -1,12 +1,16 @@
-//! `ConvActor`: one per conversation (`dm:A:B`, and groups: see `group.rs`), on the node that owns it. Owns
-//! the conversation's sequence numbers, its messages, `cid` dedupe, read and delivery positions, and the
-//! pair's friendship. The rules of every state change are the pure core's ([`crate::state::conv`]): the
-//! actor turns requests into [`ConvCommand`]s, makes the writes the core lists, and publishes the outcomes.
+//! `ConvActor`: one per conversation (`dm:A:B`, and groups: see `group.rs`), on the leader of its
+//! partition. Owns the conversation's sequence numbers, its messages, `cid` dedupe, read and delivery
+//! positions, and the pair's friendship. The rules of every state change are the pure core's
+//! ([`crate::state::conv`]): the actor turns requests into [`ConvCommand`]s and publishes the outcomes.
+//! Replicated, it proposes each command to the partition's Raft log (reading the history through its
+//! proposals still in flight, [`Overlay`]) and every replica, this node's included, makes the writes when
+//! the entry is applied; a single replica makes them itself, as an unreplicated node.
 //!
-//! Order and durability: a `send` gets the next seq and its message, dedupe entry and the sender's read
-//! position are written together; `sent` and the pushes go out only after the group-commit flush that
-//! covers that batch, in seq order. So no member ever sees a seq that a crash could take back, and everyone
-//! sees the same seq for the same message. It must never push before the flush, nor write another node's keys.
+//! Order and durability: a `send` gets the next seq; its message, dedupe entry and the sender's read
+//! position are written together; `sent` and the pushes go out only once that is durable (committed on a
+//! majority and applied here, or covered by the group-commit flush), in seq order. So no member ever sees a
+//! seq that a crash could take back, and everyone sees the same seq for the same message. A proposal that
+//! will not be applied (leadership moved) fails what is in flight with `unavailable` and stops the actor.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

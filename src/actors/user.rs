@@ -1,4 +1,5 @@
-//! `UserActor`: one per user, on the node that owns the user. Owns the user's live devices (which session
+//! `UserActor`: one per user, on the leader of the user's partition (its changes proposed to the partition's
+//! log like a conversation's; sessions register again when the leader moves). Owns the user's live devices (which session
 //! serves each), the user's friend index and conversation index, the user's blocks and settings of each
 //! conversation (mute, pin), and presence (none pushed from a blocked user). It never stores messages and
 //! never decides friendship or a block (the pair's conversation does); it only fans frames out to the

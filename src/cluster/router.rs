@@ -1,9 +1,12 @@
 //! The routing boundary: the only way actors reach each other.
 //!
 //! Actors ask the router for "the conversation `dm:alice:bob`" or "the user `bob`", never for an address they
-//! cached. The router consults the ring: a key owned by another node becomes a call on the peer link to that
-//! node (see [`super::peer`]), which hands it to its own router; a key owned here spawns the actor on demand
-//! (on an arbiter chosen by key hash) and enqueues the message.
+//! cached. The router maps the key to its partition and the partition to its leader ([`Replication::serving`]):
+//! a key led by another node becomes a call on the peer link to that node (see [`super::peer`]), which hands
+//! it to its own router (and forwards it again if leadership moved meanwhile); a key led here spawns the
+//! actor on demand (on an arbiter chosen by key hash) and enqueues the message; a key with no leader ready
+//! waits up to an election timeout and a second. When this node stops leading a partition its actors are
+//! retired, and its sessions of that partition's users register with the new leader.
 //!
 //! Pushes go to sessions, which live on whichever node their client reached. Every node keeps a session
 //! directory: its own sessions, and for each other node the users with a session there (each node announces

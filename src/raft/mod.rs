@@ -8,11 +8,11 @@
 //! heartbeats (TiKV's multi-raft shape).
 //!
 //! The engine ([`multi::MultiRaft`]: pre-vote, check-quorum, leader transfer and hand-over, proposal and
-//! commit, tested on a simulated network that drops, partitions and kills nodes) and its durable log
-//! ([`log::RaftLog`]) run in every node through [`crate::cluster::replication`], which carries their traffic
-//! over the authenticated peer links. Still to come (the README's "Replication" status): snapshots of a
-//! partition's keys with log compaction, and the actors on their partition's leader with every state change
-//! applied through [`crate::state`] on each replica.
+//! commit, guards for a replica that lost its disk, tested on a simulated network that drops, partitions
+//! and kills nodes), its storage ([`storage::GroupStorage`]: compaction and snapshots of a partition's
+//! data) and its durable log ([`log::RaftLog`]) run in every node through [`crate::cluster::replication`],
+//! which carries their traffic over the authenticated peer links and applies committed entries through
+//! [`crate::state::replica`].
 
 pub mod log;
 pub mod multi;

@@ -232,6 +232,7 @@ mod tests {
             })
             .into(),
             data: b"keys".to_vec().into(),
+            ..Default::default()
         };
         s.offer(fresh);
         let got = s.snapshot(0, 2).expect("snapshot");
