@@ -11,8 +11,7 @@
 //! store when missing; the cache is a pure optimisation, dropped when it grows past its bound.
 //!
 //! This is what a partition's followers run, and what its leader runs once an entry is committed (the
-//! leader's actors never write themselves). Wiring it to the Raft driver is the next step of replication
-//! (README, "Replication: where it stands").
+//! leader's actors never write themselves): the apply thread of [`crate::cluster::replication`] feeds it.
 
 use std::collections::HashMap;
 
