@@ -20,7 +20,7 @@ use rookery::config::StoreConfig;
 use rookery::ids::{Cid, ConvId, UserId};
 use rookery::net::protocol::Mention;
 use rookery::state::conv::{ConvCommand, Rules};
-use rookery::state::replica::{Command, Replica};
+use rookery::state::replica::{Command, Entry, Replica};
 use rookery::state::user::UserCommand;
 use rookery::store::{FriendEntry, Store};
 use serde_json::value::RawValue;
@@ -215,6 +215,23 @@ fn snapshot(store: &Store) -> String {
     out
 }
 
+/// Applies `entries` (indexes from 1) `batch` at a time.
+fn apply_in_batches(replica: &mut Replica, entries: &[Command], batch: usize) {
+    let numbered: Vec<(u64, &Command)> = (1u64..).zip(entries).collect();
+    for chunk in numbered.chunks(batch) {
+        let list = chunk
+            .iter()
+            .map(|(index, cmd)| Entry {
+                partition: partition(cmd),
+                index: *index,
+                command: (*cmd).clone(),
+                events: Vec::new(),
+            })
+            .collect();
+        replica.apply_entries(list).expect("apply");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -222,6 +239,7 @@ proptest! {
     fn a_replica_that_stops_and_replays_the_log_ends_like_one_that_applied_it_once(
         entries in log(),
         crashes in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        batch in 1usize..8,
     ) {
         // the replica that never crashes
         let clean_dir = tempfile::tempdir().expect("tempdir");
@@ -238,20 +256,18 @@ proptest! {
         let mut stops: Vec<usize> = crashes.iter().map(|at| at.index(entries.len())).collect();
         stops.sort_unstable();
         let mut store = open(dir.path());
+        // (it applies `batch` entries at a time, as the apply thread applies a round's entries: the
+        // result must be the same as one entry at a time)
         for at in stops {
             let mut replica = Replica::new(store.clone(), rules());
-            for (i, cmd) in entries.iter().enumerate().take(at) {
-                replica.apply(partition(cmd), i as u64 + 1, cmd.clone()).expect("apply");
-            }
+            apply_in_batches(&mut replica, &entries[..at], batch);
             drop(replica);
             store.close().expect("close");
             drop(store);
             store = open(dir.path());
         }
         let mut replica = Replica::new(store.clone(), rules());
-        for (i, cmd) in entries.iter().enumerate() {
-            replica.apply(partition(cmd), i as u64 + 1, cmd.clone()).expect("apply");
-        }
+        apply_in_batches(&mut replica, &entries, batch);
         prop_assert_eq!(snapshot(&store), expected);
         // and a replay of everything once more changes nothing
         let mut again = Replica::new(store.clone(), rules());

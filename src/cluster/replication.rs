@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::raft::log::LogError;
 use crate::raft::multi::{raft_id, Batch, Committed, Leadership, MultiRaft, ELECTION_TICKS};
 use crate::state::conv::Rules;
-use crate::state::replica::{Applied, CarriedEvent, Command, Proposal, Replica};
+use crate::state::replica::{Applied, CarriedEvent, Command, Entry, Proposal, Replica};
 use crate::store::Store;
 
 /// Largest `Raft` peer frame before base64: a batch bigger than this is split (one group's append is at
@@ -789,9 +789,7 @@ impl Applier {
                         .insert(id, (partition, term, Instant::now(), done));
                 }
                 ApplyInput::Committed(entries) => {
-                    for entry in entries {
-                        self.apply(entry);
-                    }
+                    self.apply(entries);
                     self.maybe_compact();
                 }
                 ApplyInput::Install(snapshots) => {
@@ -809,47 +807,67 @@ impl Applier {
         }
     }
 
-    fn apply(&mut self, entry: Committed) {
-        self.metrics
-            .raft_partition
-            .set_applied(entry.partition, entry.index);
-        self.last.insert(entry.partition, (entry.index, entry.term));
-        if entry.data.is_empty() {
-            // a leader's first entry of its term: everything committed before it is applied now (this
-            // node serves the partition if it is that leader; see `Replication::serving`)
-            if let Some(shared) = self.shared.upgrade() {
-                if let Some(ready) = shared.ready.get(entry.partition as usize) {
-                    ready.fetch_max(entry.term, Ordering::AcqRel);
+    /// Applies a round's committed entries in one batch ([`Replica::apply_entries`]); then marks the
+    /// partitions whose leader's first entry of its term is among them as caught up, and answers this
+    /// node's proposals.
+    fn apply(&mut self, committed: Vec<Committed>) {
+        let mut entries = Vec::with_capacity(committed.len());
+        let mut ready = Vec::new();
+        let mut mine = Vec::new();
+        for c in committed {
+            self.metrics
+                .raft_partition
+                .set_applied(c.partition, c.index);
+            self.last.insert(c.partition, (c.index, c.term));
+            if c.data.is_empty() {
+                // a leader's first entry of its term: once applied, everything committed before it is
+                // (this node serves the partition if it is that leader; see `Replication::serving`)
+                ready.push((c.partition, c.term));
+                continue;
+            }
+            let proposal: Proposal = match serde_json::from_slice(&c.data) {
+                Ok(p) => p,
+                Err(e) => {
+                    // every replica skips it alike: the data is the same everywhere
+                    tracing::error!(partition = c.partition, index = c.index, error = %e, "skipping an entry that does not decode");
+                    continue;
                 }
+            };
+            let from_here = proposal.origin == self.me;
+            if from_here {
+                mine.push((entries.len(), proposal.id));
             }
-            return;
+            entries.push(Entry {
+                partition: c.partition,
+                index: c.index,
+                command: proposal.command,
+                events: if from_here {
+                    proposal.events
+                } else {
+                    Vec::new()
+                },
+            });
         }
-        let proposal: Proposal = match serde_json::from_slice(&entry.data) {
-            Ok(p) => p,
+        let applied = match self.replica.apply_entries(entries) {
+            Ok(applied) => applied,
             Err(e) => {
-                // every replica skips it alike: the data is the same everywhere
-                tracing::error!(partition = entry.partition, index = entry.index, error = %e, "skipping an entry that does not decode");
-                return;
-            }
-        };
-        let mine = proposal.origin == self.me;
-        let events = if mine { proposal.events } else { Vec::new() };
-        match self
-            .replica
-            .apply_with(entry.partition, entry.index, proposal.command, events)
-        {
-            Ok(Applied::Conv(Err(e))) if mine => {
-                tracing::warn!(partition = entry.partition, index = entry.index, error = %e, "an entry this node proposed was refused when applied");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                // later entries must not be applied over a missing one
-                tracing::error!(partition = entry.partition, index = entry.index, error = %e, "cannot apply a committed entry: stopping the node");
+                // later entries must not be applied over missing ones
+                tracing::error!(error = %e, "cannot apply committed entries: stopping the node");
                 std::process::abort();
             }
+        };
+        if let Some(shared) = self.shared.upgrade() {
+            for (partition, term) in ready {
+                if let Some(r) = shared.ready.get(partition as usize) {
+                    r.fetch_max(term, Ordering::AcqRel);
+                }
+            }
         }
-        if mine {
-            if let Some((_, _, since, done)) = self.pending.remove(&proposal.id) {
+        for (at, id) in mine {
+            if let Some(Applied::Conv(Err(e))) = applied.get(at) {
+                tracing::warn!(error = %e, "an entry this node proposed was refused when applied");
+            }
+            if let Some((_, _, since, done)) = self.pending.remove(&id) {
                 self.metrics
                     .raft_proposal_seconds
                     .observe(since.elapsed().as_secs_f64());

@@ -2,6 +2,8 @@
 //! `conv_log` tree and the core's [`Write`]s applied to it (it reads dedupe entries and messages through
 //! [`ConvHistory`]); a user's state ([`crate::state::user`]) from the `user_index` tree and its writes.
 
+use std::collections::BTreeMap;
+
 use super::{keys, PairState, Store, StoreError, StoreResult};
 use crate::error::ChatResult;
 use crate::ids::{Cid, ConvId, UserId};
@@ -65,24 +67,24 @@ impl Store {
         Ok(())
     }
 
-    /// A replica's application of log entry `index` of `partition`: `writes` and the partition's applied
-    /// index in one atomic batch, so that a crash leaves the entry applied whole or not at all (a replay
-    /// of a half-applied entry could decide differently, e.g. a group's creation whose members landed but
-    /// whose system message did not).
-    pub fn apply_conv(
-        &self,
-        conv: &ConvId,
-        writes: &[Write],
-        partition: u32,
-        index: u64,
-    ) -> StoreResult<()> {
-        let mut changes = Vec::new();
-        conv_changes(conv, writes, &mut changes)?;
-        apply_batch(&self.conv_log, changes, partition, index)?;
-        let events = writes
-            .iter()
-            .filter(|w| matches!(w, Write::Event { .. }))
-            .count();
+    /// A replica's application of committed entries ([`ReplicaBatch`]): one sled batch for `conv_log` and
+    /// one for `user_index`, each with the applied index of every partition it covers, so that a crash
+    /// leaves every entry applied whole or not at all (a replay of a half-applied entry could decide
+    /// differently, e.g. a group's creation whose members landed but whose system message did not).
+    pub fn apply_replica_batch(&self, batch: ReplicaBatch) -> StoreResult<()> {
+        let ReplicaBatch {
+            conv,
+            user,
+            conv_applied,
+            user_applied,
+            events,
+        } = batch;
+        if !conv_applied.is_empty() {
+            apply_batch(&self.conv_log, conv, &conv_applied)?;
+        }
+        if !user_applied.is_empty() {
+            apply_batch(&self.user_index, user, &user_applied)?;
+        }
         if events > 0 {
             self.outbox_added(events);
         }
@@ -198,8 +200,7 @@ fn apply_each(tree: &sled::Tree, changes: Vec<Change>) -> StoreResult<()> {
 fn apply_batch(
     tree: &sled::Tree,
     changes: Vec<Change>,
-    partition: u32,
-    index: u64,
+    applied: &BTreeMap<u32, u64>,
 ) -> StoreResult<()> {
     let mut batch = sled::Batch::default();
     for (key, value) in changes {
@@ -208,9 +209,55 @@ fn apply_batch(
             None => batch.remove(key),
         }
     }
-    batch.insert(keys::applied(partition), &index.to_be_bytes()[..]);
+    for (partition, index) in applied {
+        batch.insert(keys::applied(*partition), &index.to_be_bytes()[..]);
+    }
     tree.apply_batch(batch)?;
     Ok(())
+}
+
+/// Committed entries' writes gathered for [`Store::apply_replica_batch`].
+#[derive(Default)]
+pub struct ReplicaBatch {
+    conv: Vec<Change>,
+    user: Vec<Change>,
+    /// Per partition, the last entry whose conversation (user) command is in the batch.
+    conv_applied: BTreeMap<u32, u64>,
+    user_applied: BTreeMap<u32, u64>,
+    /// Webhook events among the writes.
+    events: usize,
+}
+
+impl ReplicaBatch {
+    /// Entry `index` of `partition`: a conversation command's writes.
+    pub fn conv(
+        &mut self,
+        conv: &ConvId,
+        writes: &[Write],
+        partition: u32,
+        index: u64,
+    ) -> StoreResult<()> {
+        conv_changes(conv, writes, &mut self.conv)?;
+        self.events += writes
+            .iter()
+            .filter(|w| matches!(w, Write::Event { .. }))
+            .count();
+        self.conv_applied.insert(partition, index);
+        Ok(())
+    }
+
+    /// Entry `index` of `partition`: a user command's writes.
+    pub fn user(
+        &mut self,
+        user: &UserId,
+        writes: &[UserWrite],
+        partition: u32,
+        index: u64,
+    ) -> StoreResult<()> {
+        user_changes(user, writes, &mut self.user)?;
+        self.user_applied.insert(partition, index);
+        Ok(())
+    }
 }
 
 fn applied(tree: &sled::Tree, partition: u32) -> StoreResult<u64> {
@@ -236,19 +283,6 @@ impl Store {
         let mut changes = Vec::new();
         user_changes(user, writes, &mut changes)?;
         apply_each(&self.user_index, changes)
-    }
-
-    /// [`Store::apply_conv`] for a user command.
-    pub fn apply_user(
-        &self,
-        user: &UserId,
-        writes: &[UserWrite],
-        partition: u32,
-        index: u64,
-    ) -> StoreResult<()> {
-        let mut changes = Vec::new();
-        user_changes(user, writes, &mut changes)?;
-        apply_batch(&self.user_index, changes, partition, index)
     }
 
     /// The last log index of `partition` whose user command is applied here (0: none).

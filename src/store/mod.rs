@@ -20,7 +20,7 @@ use crate::config::{Durability, StoreConfig};
 use crate::ids::{ConvId, UserId};
 use crate::state::conv::Write;
 use crate::state::user::UserWrite;
-pub use conv::ConvHistory;
+pub use conv::{ConvHistory, ReplicaBatch};
 pub use writer::Flusher;
 
 #[derive(Debug, thiserror::Error)]
