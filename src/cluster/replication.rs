@@ -55,6 +55,10 @@ const DRAIN_PROPOSALS: Duration = Duration::from_secs(2);
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 const DRAIN_QUIET_ROUNDS: u32 = 3;
 
+/// The shortest time between the starts of two rounds that sync the log (as the store's group commit,
+/// [`crate::store::writer::COMMIT_WINDOW`]).
+const SYNC_WINDOW: Duration = Duration::from_micros(1000);
+
 /// What the driver thread is asked to do.
 enum Input {
     /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
@@ -287,6 +291,7 @@ impl Replication {
             next_balance: Instant::now(),
             apply: apply_tx,
             retiring: false,
+            last_sync: None,
         };
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -491,6 +496,8 @@ struct Driver {
     apply: mpsc::Sender<ApplyInput>,
     /// See [`Input::Retire`].
     retiring: bool,
+    /// When the last round that synced the log started.
+    last_sync: Option<Instant>,
 }
 
 impl Driver {
@@ -503,6 +510,15 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            // under load, let a round's worth of proposals and acks gather: one fsync (and one apply
+            // batch on every replica) then covers them all; an idle node syncs at once
+            if first.is_some() {
+                if let Some(wait) = self.last_sync.map(|t| SYNC_WINDOW.saturating_sub(t.elapsed())) {
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
             let inputs = first
                 .into_iter()
                 .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
@@ -657,7 +673,12 @@ impl Driver {
     fn round(&mut self) {
         let started = Instant::now();
         let out = match self.raft.poll() {
-            Ok(out) => out,
+            Ok(out) => {
+                if out.synced {
+                    self.last_sync = Some(started);
+                }
+                out
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
                 std::process::abort();

@@ -86,6 +86,8 @@ pub struct RaftLog {
     fsync: bool,
     /// The size from which [`RaftLog::maybe_rewrite`] considers a rewrite.
     rewrite_bytes: u64,
+    /// Records written since the last sync (a round of heartbeats writes none, and needs no fsync).
+    dirty: bool,
 }
 
 /// What replay rebuilt: every group's storage, by partition.
@@ -126,6 +128,7 @@ impl RaftLog {
             allocated: bytes.len() as u64,
             fsync,
             rewrite_bytes: REWRITE_BYTES,
+            dirty: false,
         };
         Ok((log, groups))
     }
@@ -177,8 +180,16 @@ impl RaftLog {
         self.record(partition, CONF_STATE, &body)
     }
 
-    /// Makes every record written so far durable: one fsync for all groups.
+    /// Whether records were written since the last sync.
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Makes every record written so far durable: one fsync for all groups (none if nothing was written).
     pub fn sync(&mut self) -> LogResult<()> {
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
         let path = &self.path;
         let io = |source| LogError::Io {
             path: path.clone(),
@@ -238,6 +249,7 @@ impl RaftLog {
             source,
         })?;
         self.len = end;
+        self.dirty = true;
         Ok(())
     }
 

@@ -90,6 +90,8 @@ pub struct Output {
     pub installs: Vec<(PartitionId, Snapshot)>,
     pub committed: Vec<Committed>,
     pub leadership: Vec<Leadership>,
+    /// The round wrote to the log and synced it.
+    pub synced: bool,
 }
 
 struct Group {
@@ -399,9 +401,8 @@ impl MultiRaft {
             waiting.push((partition, ready));
         }
         if let Some(log) = &mut self.log {
-            if !waiting.is_empty() {
-                log.sync()?;
-            }
+            out.synced = log.dirty();
+            log.sync()?;
         }
         for (partition, mut ready) in waiting {
             let Some(group) = self.groups.get_mut(&partition) else {
