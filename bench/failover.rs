@@ -182,21 +182,11 @@ fn kill_rounds(server: &mut Server, load: &Load, plan: &Kills) -> anyhow::Result
             }
         };
         last = Some(node);
-        load.down.store(node, Ordering::Relaxed);
-        let from = Instant::now();
-        server.kill(node)?;
-        std::thread::sleep(plan.down);
-        let restarted = Instant::now();
-        server.restart(node)?;
-        load.down.store(NONE, Ordering::Relaxed);
-        rounds.push(Round {
-            node,
-            from,
-            restarted,
-            back: Instant::now(),
-            balanced: server.wait_balanced(),
-            exit: None,
-        });
+        rounds.push(cycle(server, load, node, |server| {
+            server.kill(node)?;
+            std::thread::sleep(plan.down);
+            Ok(None)
+        })?);
         std::thread::sleep(plan.settle);
     }
     Ok(rounds)
@@ -208,23 +198,39 @@ fn restart_each(server: &mut Server, load: &Load, settle: Duration) -> anyhow::R
     let mut rounds = Vec::new();
     std::thread::sleep(settle);
     for node in 0..server.addrs.len() {
-        load.down.store(node, Ordering::Relaxed);
-        let from = Instant::now();
-        let exit = server.terminate(node)?;
-        let restarted = Instant::now();
-        server.restart(node)?;
-        load.down.store(NONE, Ordering::Relaxed);
-        rounds.push(Round {
-            node,
-            from,
-            restarted,
-            back: Instant::now(),
-            balanced: server.wait_balanced(),
-            exit: Some(exit.map_or("did not exit within 30 s".to_string(), |s| s.to_string())),
-        });
+        rounds.push(cycle(server, load, node, |server| {
+            let exit = server.terminate(node)?;
+            Ok(Some(
+                exit.map_or("did not exit within 30 s".to_string(), |s| s.to_string()),
+            ))
+        })?);
         std::thread::sleep(settle);
     }
     Ok(rounds)
+}
+
+/// One round on `node`: `stop` takes it down (and says how it exited, if it was asked to), then it is
+/// restarted and the leaderships are waited for.
+fn cycle(
+    server: &mut Server,
+    load: &Load,
+    node: usize,
+    stop: impl FnOnce(&mut Server) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<Round> {
+    load.down.store(node, Ordering::Relaxed);
+    let from = Instant::now();
+    let exit = stop(server)?;
+    let restarted = Instant::now();
+    server.restart(node)?;
+    load.down.store(NONE, Ordering::Relaxed);
+    Ok(Round {
+        node,
+        from,
+        restarted,
+        back: Instant::now(),
+        balanced: server.wait_balanced(),
+        exit,
+    })
 }
 
 /// What every sender shares with the others and with the controller.

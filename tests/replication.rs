@@ -22,29 +22,6 @@ fn extra() -> String {
     format!("[cluster]\npartitions = {PARTITIONS}\nelection_timeout_ms = {ELECTION_MS}\n")
 }
 
-async fn admin_cluster(cluster: &Cluster, i: usize) -> Value {
-    let (status, body) = http(
-        "GET",
-        &cluster.url(i, "/v1/admin/cluster"),
-        Some(ADMIN_KEY),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("cluster json")
-}
-
-/// Every partition's leader as node `i` sees it.
-async fn leaders(cluster: &Cluster, i: usize) -> Vec<Option<String>> {
-    let view = admin_cluster(cluster, i).await;
-    view["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .map(|p| p["leader"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Waits until every node in `live` agrees on one leader per partition, each among `live`; returns the
 /// leaders and how long it took.
 async fn settled(cluster: &Cluster, live: &[usize], within: Duration) -> (Vec<String>, Duration) {
@@ -53,7 +30,7 @@ async fn settled(cluster: &Cluster, live: &[usize], within: Duration) -> (Vec<St
     loop {
         let mut views = Vec::new();
         for &i in live {
-            views.push(leaders(cluster, i).await);
+            views.push(cluster.leaders(i).await);
         }
         let agreed = views.iter().all(|v| v == &views[0]);
         let all_live = views[0]
@@ -88,7 +65,7 @@ async fn every_partition_elects_one_leader_that_every_node_agrees_on() {
     let (leaders, _) = settled(&cluster, &[0, 1, 2], Duration::from_secs(15)).await;
     assert_eq!(leaders.len(), PARTITIONS);
 
-    let view = admin_cluster(&cluster, 1).await;
+    let view = cluster.admin_cluster(1).await;
     assert_eq!(view["epoch"], 1);
     assert_eq!(view["moving"], 0);
     for (p, part) in view["partitions"]
@@ -140,7 +117,7 @@ async fn every_partition_elects_one_leader_that_every_node_agrees_on() {
     // share the work the way the ring shares the partitions
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let view = admin_cluster(&cluster, 2).await;
+        let view = cluster.admin_cluster(2).await;
         let off: Vec<&Value> = view["partitions"]
             .as_array()
             .expect("partitions")

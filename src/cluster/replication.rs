@@ -513,7 +513,10 @@ impl Driver {
             // under load, let a round's worth of proposals and acks gather: one fsync (and one apply
             // batch on every replica) then covers them all; an idle node syncs at once
             if first.is_some() {
-                if let Some(wait) = self.last_sync.map(|t| SYNC_WINDOW.saturating_sub(t.elapsed())) {
+                if let Some(wait) = self
+                    .last_sync
+                    .map(|t| SYNC_WINDOW.saturating_sub(t.elapsed()))
+                {
                     if !wait.is_zero() {
                         std::thread::sleep(wait);
                     }

@@ -248,6 +248,38 @@ impl Router {
         }
     }
 
+    /// Sends `msg` for `key` where [`Router::dest`] says: to the actor `to` on the leading node, or to this
+    /// node's actor through `local`, or (no leader yet) wherever [`Router::settled`] finds one.
+    fn routed<M, L, F>(
+        &self,
+        key: &str,
+        to: Target,
+        msg: M,
+        local: L,
+    ) -> impl Future<Output = ChatResult<M::Result>> + 'static
+    where
+        M: Remote,
+        M::Result: Serialize + DeserializeOwned + Send,
+        L: FnOnce(&Router, M) -> F + 'static,
+        F: Future<Output = ChatResult<M::Result>> + 'static,
+    {
+        match self.dest(key) {
+            Dest::Remote(owner) => Either::Left(Either::Left(self.call_remote(&owner, to, msg))),
+            Dest::Local => Either::Left(Either::Right(local(self, msg))),
+            Dest::Wait => {
+                let router = self.clone();
+                let key = key.to_owned();
+                let waiting: Waiting<M::Result> = Box::pin(async move {
+                    match router.settled(&key).await? {
+                        Dest::Remote(owner) => router.call_remote(&owner, to, msg).await,
+                        _ => local(&router, msg).await,
+                    }
+                });
+                Either::Right(waiting)
+            }
+        }
+    }
+
     /// The node that serves `key` (its partition's leader as this node sees it; its preferred replica
     /// while none is known).
     pub fn leader_of(&self, key: &str) -> NodeId {
@@ -395,29 +427,13 @@ impl Router {
         UserActor: Handler<M>,
         <UserActor as Actor>::Context: ToEnvelope<UserActor, M>,
     {
-        match self.dest(user.as_str()) {
-            Dest::Remote(owner) => Either::Left(Either::Left(self.call_remote(
-                &owner,
-                Target::User(user.clone()),
-                msg,
-            ))),
-            Dest::Local => Either::Left(Either::Right(self.ask_local_user(user, msg))),
-            Dest::Wait => {
-                let router = self.clone();
-                let user = user.clone();
-                let waiting: Waiting<M::Result> = Box::pin(async move {
-                    match router.settled(user.as_str()).await? {
-                        Dest::Remote(owner) => {
-                            router
-                                .call_remote(&owner, Target::User(user.clone()), msg)
-                                .await
-                        }
-                        _ => router.ask_local_user(&user, msg).await,
-                    }
-                });
-                Either::Right(waiting)
-            }
-        }
+        let id = user.clone();
+        self.routed(
+            user.as_str(),
+            Target::User(user.clone()),
+            msg,
+            move |router: &Router, msg| router.ask_local_user(&id, msg),
+        )
     }
 
     /// [`Router::ask_user`] for a user owned by this node (and for calls arriving from peers).
@@ -530,29 +546,13 @@ impl Router {
         ConvActor: Handler<M>,
         <ConvActor as Actor>::Context: ToEnvelope<ConvActor, M>,
     {
-        match self.dest(conv.as_str()) {
-            Dest::Remote(owner) => Either::Left(Either::Left(self.call_remote(
-                &owner,
-                Target::Conv(conv.clone()),
-                msg,
-            ))),
-            Dest::Local => Either::Left(Either::Right(self.ask_local_conv(conv, msg))),
-            Dest::Wait => {
-                let router = self.clone();
-                let conv = conv.clone();
-                let waiting: Waiting<M::Result> = Box::pin(async move {
-                    match router.settled(conv.as_str()).await? {
-                        Dest::Remote(owner) => {
-                            router
-                                .call_remote(&owner, Target::Conv(conv.clone()), msg)
-                                .await
-                        }
-                        _ => router.ask_local_conv(&conv, msg).await,
-                    }
-                });
-                Either::Right(waiting)
-            }
-        }
+        let id = conv.clone();
+        self.routed(
+            conv.as_str(),
+            Target::Conv(conv.clone()),
+            msg,
+            move |router: &Router, msg| router.ask_local_conv(&id, msg),
+        )
     }
 
     /// [`Router::ask_conv`] for a conversation owned by this node (and for calls arriving from peers).

@@ -969,84 +969,8 @@ pub fn check_emoji(emoji: &str) -> ChatResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
+    use super::super::mem::Mem;
     use super::*;
-
-    /// History kept in maps, with the writes applied as the store would.
-    #[derive(Default)]
-    struct Mem {
-        cids: BTreeMap<(UserId, Cid), (u64, u64)>,
-        msgs: BTreeMap<u64, String>,
-        /// (seq, user) -> emoji held
-        held: BTreeMap<(u64, UserId), BTreeSet<String>>,
-        counts: BTreeMap<(u64, String), u64>,
-        mentions: BTreeSet<(u64, String)>,
-    }
-
-    impl History for Mem {
-        fn cid(&self, from: &UserId, cid: &Cid) -> ChatResult<Option<(u64, u64)>> {
-            Ok(self.cids.get(&(from.clone(), cid.clone())).copied())
-        }
-        fn message(&self, seq: u64) -> ChatResult<Option<String>> {
-            Ok(self.msgs.get(&seq).cloned())
-        }
-        fn reactions_of(&self, seq: u64, user: &UserId) -> ChatResult<Vec<String>> {
-            Ok(self
-                .held
-                .get(&(seq, user.clone()))
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default())
-        }
-        fn reaction_count(&self, seq: u64, emoji: &str) -> ChatResult<u64> {
-            Ok(self
-                .counts
-                .get(&(seq, emoji.to_string()))
-                .copied()
-                .unwrap_or(0))
-        }
-    }
-
-    impl Mem {
-        fn write(&mut self, writes: Vec<Write>) {
-            for w in writes {
-                match w {
-                    Write::Cid { from, cid, seq, ts } => {
-                        self.cids.insert((from, cid), (seq, ts));
-                    }
-                    Write::Message { seq, json } => {
-                        self.msgs.insert(seq, json);
-                    }
-                    Write::Reaction {
-                        seq,
-                        user,
-                        emoji,
-                        on,
-                        count,
-                    } => {
-                        let held = self.held.entry((seq, user)).or_default();
-                        if on {
-                            held.insert(emoji.clone());
-                        } else {
-                            held.remove(&emoji);
-                        }
-                        self.counts.insert((seq, emoji), count);
-                    }
-                    Write::Mentions { seq, mentions, on } => {
-                        for m in mentions {
-                            let key = (seq, m.as_str().to_string());
-                            if on {
-                                self.mentions.insert(key);
-                            } else {
-                                self.mentions.remove(&key);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).expect("user id")

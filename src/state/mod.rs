@@ -26,6 +26,8 @@
 //! partition's applied index kept so that a restart replays only what is missing.
 
 pub mod conv;
+#[cfg(test)]
+mod mem;
 pub mod overlay;
 pub mod replica;
 pub mod settings;

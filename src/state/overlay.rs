@@ -141,73 +141,10 @@ impl<H: History> History for Layered<'_, H> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::HashMap;
 
+    use super::super::mem::Mem;
     use super::*;
-
-    /// The store as a map, written by the same writes.
-    #[derive(Default)]
-    struct Mem {
-        cids: HashMap<(UserId, Cid), (u64, u64)>,
-        messages: HashMap<u64, String>,
-        held: BTreeSet<(u64, UserId, String)>,
-        counts: HashMap<(u64, String), u64>,
-    }
-
-    impl Mem {
-        fn write(&mut self, writes: &[Write]) {
-            for w in writes {
-                match w {
-                    Write::Cid { from, cid, seq, ts } => {
-                        self.cids.insert((from.clone(), cid.clone()), (*seq, *ts));
-                    }
-                    Write::Message { seq, json } => {
-                        self.messages.insert(*seq, json.clone());
-                    }
-                    Write::Reaction {
-                        seq,
-                        user,
-                        emoji,
-                        on,
-                        count,
-                    } => {
-                        let key = (*seq, user.clone(), emoji.clone());
-                        if *on {
-                            self.held.insert(key);
-                        } else {
-                            self.held.remove(&key);
-                        }
-                        self.counts.insert((*seq, emoji.clone()), *count);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    impl History for Mem {
-        fn cid(&self, from: &UserId, cid: &Cid) -> ChatResult<Option<(u64, u64)>> {
-            Ok(self.cids.get(&(from.clone(), cid.clone())).copied())
-        }
-        fn message(&self, seq: u64) -> ChatResult<Option<String>> {
-            Ok(self.messages.get(&seq).cloned())
-        }
-        fn reactions_of(&self, seq: u64, user: &UserId) -> ChatResult<Vec<String>> {
-            Ok(self
-                .held
-                .iter()
-                .filter(|(s, u, _)| *s == seq && u == user)
-                .map(|(_, _, e)| e.clone())
-                .collect())
-        }
-        fn reaction_count(&self, seq: u64, emoji: &str) -> ChatResult<u64> {
-            Ok(self
-                .counts
-                .get(&(seq, emoji.to_owned()))
-                .copied()
-                .unwrap_or(0))
-        }
-    }
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).expect("user")
@@ -271,7 +208,7 @@ mod tests {
                         }
                     }
                 }
-                everything.write(&writes);
+                everything.write(writes.clone());
                 overlay.push(epoch, writes.clone());
                 in_flight.push_back((epoch, writes));
                 if next(3) == 0 {
@@ -279,7 +216,7 @@ mod tests {
                     let upto = epoch.saturating_sub(next(4));
                     while in_flight.front().is_some_and(|(e, _)| *e <= upto) {
                         if let Some((_, w)) = in_flight.pop_front() {
-                            stored.write(&w);
+                            stored.write(w);
                         }
                     }
                     overlay.applied(upto);

@@ -379,8 +379,8 @@ impl Cluster {
         out
     }
 
-    /// Every partition's leader as node `i` sees it (`GET /v1/admin/cluster`).
-    pub async fn leaders(&self, i: usize) -> Vec<Option<String>> {
+    /// `GET /v1/admin/cluster` on node `i`.
+    pub async fn admin_cluster(&self, i: usize) -> Value {
         let (status, body) = http(
             "GET",
             &self.url(i, "/v1/admin/cluster"),
@@ -389,7 +389,12 @@ impl Cluster {
         )
         .await;
         assert_eq!(status, 200, "{body}");
-        let view: Value = serde_json::from_str(&body).expect("cluster json");
+        serde_json::from_str(&body).expect("cluster json")
+    }
+
+    /// Every partition's leader as node `i` sees it.
+    pub async fn leaders(&self, i: usize) -> Vec<Option<String>> {
+        let view = self.admin_cluster(i).await;
         view["partitions"]
             .as_array()
             .expect("partitions")
