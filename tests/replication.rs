@@ -463,3 +463,56 @@ async fn a_majority_down_answers_unavailable_and_stores_nothing() {
     let mut cb = cluster.login(1, &b, "d").await;
     assert_eq!(cids(&mut cb, &conv).await, vec!["ok0", "ok1", "ok2"]);
 }
+
+/// Five processes, three replicas per partition: the members of a conversation are connected to the two
+/// nodes that do not keep its partition (their requests go through a replica, which forwards to the
+/// leader). The leader is killed: sends are served again within the bound, through the surviving
+/// replicas, and everything acknowledged is there once, in order, also after the leader's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_fail_over_for_clients_of_nodes_that_do_not_keep_the_partition() {
+    let _serial = SERIAL.lock().await;
+    let config = format!("{}replicas = 3\n{OPEN_DMS}", extra());
+    let mut cluster = Cluster::start(5, &config).await;
+    let conv = dm("fivea", "fiveb");
+    let replicas = cluster.replicas_of(&conv);
+    assert_eq!(replicas.len(), 3);
+    let outside: Vec<usize> = (0..5).filter(|i| !replicas.contains(i)).collect();
+    let mut ca = cluster.login(outside[0], "fivea", "d").await;
+    let mut cb = cluster.login(outside[1], "fiveb", "d").await;
+    assert_eq!(
+        send_many(&mut ca, &conv, "a", 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    cb.expect(is_msg(&conv, 10), WAIT).await.expect("pushed");
+
+    let leader = replicas[0];
+    cluster.kill9(leader);
+    let started = Instant::now();
+    let sent = loop {
+        let reply = ca
+            .request(serde_json::json!({"type":"send","cid":"b0","conv":conv,"body":{}}))
+            .await
+            .expect("answer");
+        if reply["type"] == "sent" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+    };
+    let outage = started.elapsed();
+    eprintln!("served again after {outage:?}");
+    assert_eq!(sent["seq"], 11);
+    assert!(
+        outage < Duration::from_millis(ELECTION_MS + 1_500),
+        "{outage:?}"
+    );
+    cb.expect(is_msg(&conv, 11), WAIT)
+        .await
+        .expect("pushed by the new leader");
+
+    cluster.restart(leader).await;
+    let mut on_leader = cluster.login(leader, "fiveb", "d2").await;
+    let mut expected: Vec<String> = (0..10).map(|k| format!("a{k}")).collect();
+    expected.push("b0".into());
+    assert_eq!(cids(&mut on_leader, &conv).await, expected);
+    assert_eq!(cids(&mut cb, &conv).await, expected);
+}

@@ -506,6 +506,7 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
     peer.fail_pending();
     pinger.abort();
     writer.abort();
+    router.link_down(peer);
 }
 
 /// Accepts the other nodes' links until the task is aborted.

@@ -160,8 +160,11 @@ pub struct Replication {
     on_change: Mutex<Option<ChangeHook>>,
     /// Set when the node starts handing its leaderships over: it serves nothing new from then on.
     draining: std::sync::atomic::AtomicBool,
-    /// This node's proposals not yet answered.
+    /// This node's proposals not yet answered, in all and per partition.
     in_flight: Arc<AtomicUsize>,
+    in_flight_by: Arc<Vec<AtomicUsize>>,
+    /// Per partition: being moved to another replica (not served here meanwhile).
+    moving: Vec<std::sync::atomic::AtomicBool>,
 }
 
 type ChangeHook = Box<dyn Fn(&[PartitionId]) + Send + Sync>;
@@ -236,6 +239,7 @@ impl Replication {
         let (tx, rx) = mpsc::channel();
         let (apply_tx, apply_rx) = mpsc::channel();
         let view = vec![PartitionView::default(); layout.partitions() as usize];
+        let layout_partitions = layout.partitions();
         let ready = (0..layout.partitions())
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -255,6 +259,14 @@ impl Replication {
             on_change: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight_by: Arc::new(
+                (0..layout_partitions)
+                    .map(|_| AtomicUsize::new(0))
+                    .collect(),
+            ),
+            moving: (0..layout_partitions)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         });
         let applier = Applier {
             replica: Replica::new(store.clone(), Rules::from_config(&config.chat)),
@@ -291,6 +303,7 @@ impl Replication {
             next_balance: Instant::now(),
             apply: apply_tx,
             retiring: false,
+            moving: HashMap::new(),
             last_sync: None,
         };
         let thread = std::thread::Builder::new()
@@ -328,20 +341,25 @@ impl Replication {
     }
 
     /// Where `key`'s actor runs: on its partition's leader, once that leader has applied everything
-    /// committed before its term. A node that does not replicate the partition sends to its preferred
-    /// replica, which forwards to the leader.
-    pub fn serving(&self, key: &str) -> Serving {
+    /// committed before its term. A node that does not replicate the partition sends to the first of its
+    /// replicas that `is_up` (the preferred one while it lives), which forwards to the leader.
+    pub fn serving(&self, key: &str, is_up: impl Fn(&NodeId) -> bool) -> Serving {
         let p = self.layout.partition(key);
         let replicas = self.layout.replicas(p);
         if !replicas.contains(&self.node) {
             return replicas
-                .first()
+                .iter()
+                .find(|n| is_up(n))
                 .map_or(Serving::Nobody, |n| Serving::At(n.clone()));
         }
         let view = self.partition(p);
         match view.leader {
             Some(leader) if leader == self.node => {
-                if self.draining.load(Ordering::Acquire) {
+                let moving = self
+                    .moving
+                    .get(p as usize)
+                    .is_some_and(|m| m.load(Ordering::Acquire));
+                if moving || self.draining.load(Ordering::Acquire) {
                     return Serving::Nobody;
                 }
                 let ready = self
@@ -387,13 +405,20 @@ impl Replication {
             Err(e) => return done(Err(ChatError::internal(format!("cannot encode: {e}")))),
         };
         let in_flight = Arc::clone(&self.in_flight);
+        let in_flight_by = Arc::clone(&self.in_flight_by);
         in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Some(n) = in_flight_by.get(partition as usize) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
         let input = Input::Propose {
             partition,
             id,
             data,
             done: Box::new(move |result| {
                 in_flight.fetch_sub(1, Ordering::AcqRel);
+                if let Some(n) = in_flight_by.get(partition as usize) {
+                    n.fetch_sub(1, Ordering::AcqRel);
+                }
                 done(result);
             }),
         };
@@ -443,6 +468,19 @@ impl Replication {
         answer
             .recv_timeout(deadline)
             .unwrap_or_else(|_| self.led.load(Ordering::Relaxed))
+    }
+
+    fn set_moving(&self, partition: PartitionId, on: bool) {
+        if let Some(m) = self.moving.get(partition as usize) {
+            m.store(on, Ordering::Release);
+        }
+    }
+
+    /// This node's proposals to `partition` not yet answered.
+    fn in_flight_in(&self, partition: PartitionId) -> usize {
+        self.in_flight_by
+            .get(partition as usize)
+            .map_or(0, |n| n.load(Ordering::Acquire))
     }
 
     /// After a hand-over: this node keeps following but will not lead again (see [`Input::Retire`]).
@@ -496,6 +534,8 @@ struct Driver {
     apply: mpsc::Sender<ApplyInput>,
     /// See [`Input::Retire`].
     retiring: bool,
+    /// Partitions being moved to their preferred replica: where to, and since when.
+    moving: HashMap<PartitionId, (u64, Instant)>,
     /// When the last round that synced the log started.
     last_sync: Option<Instant>,
 }
@@ -649,26 +689,58 @@ impl Driver {
     /// staying wherever the last election happened to put it. Only partitions led here for a while are
     /// moved, so a node that has just stopped (and still looks active for an election timeout) never gets
     /// a partition back; never while this node hands its partitions over.
+    ///
+    /// A move is drained like a hand-over: the partition stops being served here first (requests wait,
+    /// then go to the new leader), and is transferred once what its actors proposed has been applied, so
+    /// no request fails because leadership moved under it.
     fn balance(&mut self, now: Instant) {
+        self.transfer_drained(now);
         if now < self.next_balance || self.handing_over.is_some() || self.retiring {
             return;
         }
         let settle = self.election;
         self.next_balance = now + settle;
-        let mut moved = 0;
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         for p in self.raft.led().collect::<Vec<_>>() {
+            if self.moving.len() >= BALANCE_AT_ONCE {
+                break;
+            }
             let Some(&to) = self.preferred.get(&p) else {
                 continue;
             };
             let long_enough = self.led_since.get(&p).is_some_and(|since| {
                 now.duration_since(*since) >= settle * BALANCE_AFTER_ELECTIONS
             });
-            if long_enough && self.raft.transfer_if_caught_up(p, to) {
-                moved += 1;
-                if moved == BALANCE_AT_ONCE {
-                    break;
-                }
+            if long_enough && !self.moving.contains_key(&p) && self.raft.caught_up(p, to) {
+                shared.set_moving(p, true);
+                self.moving.insert(p, (to, now));
             }
+        }
+    }
+
+    /// Transfers the partitions being moved whose proposals in flight are all applied; gives a move up
+    /// after an election timeout (it is tried again later).
+    fn transfer_drained(&mut self, now: Instant) {
+        if self.moving.is_empty() {
+            return;
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for (&p, &(to, since)) in &self.moving {
+            let waited = now.duration_since(since);
+            if waited >= self.election {
+                done.push(p);
+            } else if waited >= DRAIN_POLL * DRAIN_QUIET_ROUNDS && shared.in_flight_in(p) == 0 {
+                self.raft.transfer_if_caught_up(p, to);
+            }
+        }
+        for p in done {
+            self.moving.remove(&p);
+            shared.set_moving(p, false);
         }
     }
 
@@ -754,6 +826,9 @@ impl Driver {
             .raft_partitions_led
             .set(i64::try_from(led).unwrap_or(i64::MAX));
         for c in changes {
+            if self.moving.remove(&c.partition).is_some() {
+                shared.set_moving(c.partition, false);
+            }
             self.metrics
                 .raft_partition
                 .set_leader(c.partition, c.local, c.term);

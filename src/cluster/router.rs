@@ -220,7 +220,7 @@ impl Router {
                 Dest::Remote(owner.clone())
             };
         };
-        match replication.serving(key) {
+        match replication.serving(key, |n| self.is_up(n)) {
             Serving::Here => Dest::Local,
             Serving::At(node) if node != self.inner.node && self.is_up(&node) => Dest::Remote(node),
             Serving::At(_) | Serving::Nobody => Dest::Wait,
@@ -722,6 +722,20 @@ impl Router {
     /// forgotten which devices are connected (for kicks and presence).
     pub fn reregister_sessions(&self, peer: &Peer) {
         self.reregister(|user| self.remote_owner(user.as_str()).as_ref() == Some(&peer.id));
+    }
+
+    /// The dialed link to `peer` went down: this node's sessions of users whose partitions `peer`
+    /// replicates, and this node does not, register with the users' actors wherever they lead now (the
+    /// partitions this node replicates are handled by [`Router::leadership_changed`]).
+    pub fn link_down(&self, peer: &Peer) {
+        let Some(replication) = self.replication() else {
+            return;
+        };
+        let layout = replication.layout();
+        self.reregister(|user| {
+            let replicas = layout.replicas(layout.partition(user.as_str()));
+            replicas.contains(&peer.id) && !replicas.contains(&self.inner.node)
+        });
     }
 
     /// The leaders of `partitions` changed, as this node sees it (called from the Raft driver thread; it

@@ -165,6 +165,16 @@ impl RaftLog {
         self.record(partition, HARD_STATE, &body)
     }
 
+    /// A hard state whose term and vote are unchanged (only the commit index moved): written like any
+    /// record, but it does not make the next [`RaftLog::sync`] necessary (a commit index lost to a crash is
+    /// learnt again from the leader; raft-rs needs term and vote durable, not commit).
+    pub fn set_commit(&mut self, partition: PartitionId, hs: &HardState) -> LogResult<()> {
+        let dirty = self.dirty;
+        self.set_hard_state(partition, hs)?;
+        self.dirty = dirty;
+        Ok(())
+    }
+
     /// Records that `partition`'s log now starts after `point` (see [`SNAPSHOT`]).
     pub fn set_snapshot(
         &mut self,

@@ -319,7 +319,17 @@ impl MultiRaft {
     /// If this node leads the group and `to` is a voter that answered recently and holds the whole log,
     /// hands leadership to it (the ring's preferred replica getting its leadership back); true if asked.
     pub fn transfer_if_caught_up(&mut self, partition: PartitionId, to: u64) -> bool {
-        let Some(group) = self.groups.get_mut(&partition) else {
+        let ready = self.caught_up(partition, to);
+        if let (true, Some(group)) = (ready, self.groups.get_mut(&partition)) {
+            group.node.transfer_leader(to);
+        }
+        ready
+    }
+
+    /// Whether this node leads `partition`, is not transferring it yet, and `to` (another live replica)
+    /// has every entry of its log.
+    pub fn caught_up(&self, partition: PartitionId, to: u64) -> bool {
+        let Some(group) = self.groups.get(&partition) else {
             return false;
         };
         let raft = &group.node.raft;
@@ -327,14 +337,9 @@ impl MultiRaft {
             return false;
         }
         let last = raft.raft_log.last_index();
-        let ready = raft
-            .prs()
+        raft.prs()
             .get(to)
-            .is_some_and(|pr| pr.recent_active && pr.matched == last);
-        if ready {
-            group.node.transfer_leader(to);
-        }
-        ready
+            .is_some_and(|pr| pr.recent_active && pr.matched == last)
     }
 
     /// The group's leader as this node knows it.
@@ -393,9 +398,17 @@ impl MultiRaft {
                 log.append(partition, ready.entries())?;
             }
             if let Some(hs) = ready.hs() {
+                let before = store.rl().hard_state().clone();
                 store.wl().set_hardstate(hs.clone());
                 if let Some(log) = &mut self.log {
-                    log.set_hard_state(partition, hs)?;
+                    // term and vote must be durable before anything is sent; a commit index need not
+                    // (one lost to a crash is learnt again from the leader), so a change of it alone
+                    // rides on the next sync instead of costing one
+                    if hs.term != before.term || hs.vote != before.vote {
+                        log.set_hard_state(partition, hs)?;
+                    } else {
+                        log.set_commit(partition, hs)?;
+                    }
                 }
             }
             waiting.push((partition, ready));

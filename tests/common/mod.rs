@@ -352,6 +352,23 @@ impl Cluster {
         ))
     }
 
+    /// The indexes of the nodes that keep `key`'s partition, the preferred one first.
+    pub fn replicas_of(&self, key: &str) -> Vec<usize> {
+        let ring = rookery::cluster::Ring::new(&self.config);
+        let layout = rookery::cluster::placement::Layout::new(&self.config, &ring);
+        let p = rookery::cluster::placement::partition_of(key, self.config.cluster.partitions);
+        layout
+            .replicas(p)
+            .iter()
+            .map(|id| {
+                self.ids
+                    .iter()
+                    .position(|n| *n == id.as_str())
+                    .expect("a node")
+            })
+            .collect()
+    }
+
     /// The index of partition `p`'s preferred replica.
     pub fn preferred(&self, p: u32) -> usize {
         let ring = rookery::cluster::Ring::new(&self.config);
@@ -412,11 +429,25 @@ impl Cluster {
         let want: Vec<usize> = (0..self.config.cluster.partitions)
             .map(|p| self.preferred(p))
             .collect();
+        let ring = rookery::cluster::Ring::new(&self.config);
+        let layout = rookery::cluster::placement::Layout::new(&self.config, &ring);
+        // a node knows the leaders of the partitions it keeps only
+        let keeps = |i: usize, p: usize| {
+            u32::try_from(p).is_ok_and(|p| {
+                layout
+                    .replicas(p)
+                    .iter()
+                    .any(|id| id.as_str() == self.ids[i])
+            })
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         'outer: loop {
             for &i in &running {
                 let leaders = self.leaders(i).await;
                 for (p, leader) in leaders.iter().enumerate() {
+                    if !keeps(i, p) {
+                        continue;
+                    }
                     let ok = match leader {
                         None => false,
                         Some(l) if running.contains(&want[p]) => *l == self.ids[want[p]],
