@@ -154,7 +154,8 @@ struct Flushed(u64);
 #[rtype(result = "()")]
 struct Lost(ChatError);
 
-/// This node no longer leads the conversation's partition (sent by the router): as [`Lost`].
+/// This node no longer leads the conversation's partition (sent by the router): what is in flight fails
+/// with `unavailable` and the actor stops.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Retire;

@@ -483,7 +483,8 @@ impl Replication {
             .map_or(0, |n| n.load(Ordering::Acquire))
     }
 
-    /// After a hand-over: this node keeps following but will not lead again (see [`Input::Retire`]).
+    /// After a hand-over: this node keeps following but will not lead again (no ticks, so no campaign,
+    /// and no leadership transfer to it).
     pub fn retire(&self) {
         let _ = lock(&self.tx).send(Input::Retire);
     }

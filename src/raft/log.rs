@@ -175,7 +175,7 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records that `partition`'s log now starts after `point` (see [`SNAPSHOT`]).
+    /// Records that `partition`'s log now starts after `point` (a `SNAPSHOT` record: see the module docs).
     pub fn set_snapshot(
         &mut self,
         partition: PartitionId,
