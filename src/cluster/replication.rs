@@ -919,6 +919,10 @@ impl Applier {
                 .raft_partition
                 .set_applied(c.partition, c.index);
             self.last.insert(c.partition, (c.index, c.term));
+            if c.conf {
+                // applied to the group by the driver; a snapshot from here on carries it
+                continue;
+            }
             if c.data.is_empty() {
                 // a leader's first entry of its term: once applied, everything committed before it is
                 // (this node serves the partition if it is that leader; see `Replication::serving`)

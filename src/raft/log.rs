@@ -21,7 +21,7 @@
 //! writes the same record. The file is then mostly dead and the next rewrite shrinks it, so it stays
 //! bounded by the groups' uncompacted tails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -50,6 +50,9 @@ const ENTRIES: u8 = 3;
 /// A snapshot point (`SnapshotMetadata`): the group's entries up to it are gone (compacted, or replaced
 /// by a snapshot of the partition's data installed in the store); entries follow from the next index.
 const SNAPSHOT: u8 = 4;
+/// The group was dropped (this node no longer keeps the partition): replay forgets it, and the node does
+/// not create it again from its first configuration (a later record of the group starts it anew).
+const DROPPED: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -88,6 +91,8 @@ pub struct RaftLog {
     rewrite_bytes: u64,
     /// Records written since the last sync (a round of heartbeats writes none, and needs no fsync).
     dirty: bool,
+    /// Groups dropped and not started again (kept across rewrites).
+    dropped: BTreeSet<PartitionId>,
 }
 
 /// What replay rebuilt: every group's storage, by partition.
@@ -111,7 +116,8 @@ impl RaftLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut groups = Groups::new();
-        let good = replay(&bytes, &mut groups)?;
+        let mut dropped = BTreeSet::new();
+        let good = replay(&bytes, &mut groups, &mut dropped)?;
         let tail = bytes.get(good..).unwrap_or_default();
         if tail.iter().any(|b| *b != 0) {
             tracing::warn!(path = %path.display(), kept = good, dropped = tail.len(), "raft log: torn tail cut");
@@ -129,6 +135,7 @@ impl RaftLog {
             fsync,
             rewrite_bytes: REWRITE_BYTES,
             dirty: false,
+            dropped,
         };
         Ok((log, groups))
     }
@@ -190,6 +197,18 @@ impl RaftLog {
         self.record(partition, CONF_STATE, &body)
     }
 
+    /// Records that this node dropped its replica of `partition`.
+    pub fn drop_group(&mut self, partition: PartitionId) -> LogResult<()> {
+        self.record(partition, DROPPED, &[])?;
+        self.dropped.insert(partition);
+        Ok(())
+    }
+
+    /// Whether `partition`'s group was dropped (and not started again since).
+    pub fn was_dropped(&self, partition: PartitionId) -> bool {
+        self.dropped.contains(&partition)
+    }
+
     /// Whether records were written since the last sync.
     pub fn dirty(&self) -> bool {
         self.dirty
@@ -217,7 +236,7 @@ impl RaftLog {
         if self.len < self.rewrite_bytes {
             return Ok(false);
         }
-        let live = encode_live(groups)?;
+        let live = encode_live(groups, &self.dropped)?;
         if (live.len() as u64).saturating_mul(2) > self.len {
             return Ok(false);
         }
@@ -248,6 +267,9 @@ impl RaftLog {
     }
 
     fn record(&mut self, partition: PartitionId, kind: u8, body: &[u8]) -> LogResult<()> {
+        if kind != DROPPED {
+            self.dropped.remove(&partition);
+        }
         let bytes = frame(partition, kind, body);
         let end = self.len.saturating_add(bytes.len() as u64);
         if end > self.allocated {
@@ -311,7 +333,11 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Applies every whole record of `bytes` to `groups`; the length of the good prefix.
-fn replay(bytes: &[u8], groups: &mut Groups) -> LogResult<usize> {
+fn replay(
+    bytes: &[u8],
+    groups: &mut Groups,
+    dropped: &mut BTreeSet<PartitionId>,
+) -> LogResult<usize> {
     let mut at = 0usize;
     loop {
         let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at.saturating_add(4)))
@@ -334,8 +360,14 @@ fn replay(bytes: &[u8], groups: &mut Groups) -> LogResult<usize> {
         let Some(partition) = u32_at(payload, 0) else {
             return Ok(at);
         };
-        let storage = groups.entry(partition).or_default();
-        apply(partition, storage, payload[4], &payload[5..])?;
+        if payload[4] == DROPPED {
+            groups.remove(&partition);
+            dropped.insert(partition);
+        } else {
+            dropped.remove(&partition);
+            let storage = groups.entry(partition).or_default();
+            apply(partition, storage, payload[4], &payload[5..])?;
+        }
         at = start + payload.len();
     }
 }
@@ -391,8 +423,11 @@ fn apply(partition: PartitionId, storage: &MemStorage, kind: u8, body: &[u8]) ->
 }
 
 /// Every group's live state as records.
-fn encode_live(groups: &Groups) -> LogResult<Vec<u8>> {
+fn encode_live(groups: &Groups, dropped: &BTreeSet<PartitionId>) -> LogResult<Vec<u8>> {
     let mut out = Vec::new();
+    for &partition in dropped {
+        out.extend(frame(partition, DROPPED, &[]));
+    }
     for (&partition, storage) in groups {
         let state = storage.initial_state()?;
         out.extend(frame(
@@ -555,6 +590,39 @@ mod tests {
                 "case {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_dropped_group_stays_dropped_across_reopen_and_rewrite_until_started_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
+        log.set_rewrite_bytes(1024);
+        log.append(1, &[entry(1, 1, "a")]).expect("append");
+        log.append(2, &[entry(1, 1, "b")]).expect("append");
+        log.drop_group(2).expect("drop");
+        log.sync().expect("sync");
+        drop(log);
+        let (mut log, groups) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(groups.contains_key(&1));
+        assert!(!groups.contains_key(&2), "replay forgets a dropped group");
+        assert!(log.was_dropped(2) && !log.was_dropped(1));
+        log.set_rewrite_bytes(1024);
+        for commit in 0..100 {
+            log.set_hard_state(1, &hs(1, commit % 2)).expect("hs");
+        }
+        let before = log.len();
+        assert!(log.maybe_rewrite(&groups).expect("rewrite"), "{before}");
+        drop(log);
+        let (mut log, groups) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(log.was_dropped(2), "the rewrite kept the drop");
+        assert!(!groups.contains_key(&2));
+        log.set_conf_state(2, &ConfState::default())
+            .expect("start again");
+        assert!(!log.was_dropped(2));
+        log.sync().expect("sync");
+        drop(log);
+        let (log, groups) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(groups.contains_key(&2) && !log.was_dropped(2));
     }
 
     #[test]

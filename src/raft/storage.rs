@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use raft::eraftpb::{Entry, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
 use raft::storage::{MemStorage, RaftState};
 use raft::{GetEntriesContext, Storage, StorageError};
 
@@ -86,24 +86,29 @@ impl GroupStorage {
         })
     }
 
-    /// Drops the entries before `index` (which the node's store has durably applied); `None` if there is
-    /// nothing to drop. The hard state (commit included) is kept as it was.
-    pub fn compact(&self, index: u64) -> raft::Result<Option<Compacted>> {
+    /// Drops the entries before `index` (which the node's store has durably applied; all of them for
+    /// `index` past the last); `None` if there is nothing to drop. `conf` is the group's configuration at
+    /// the new point (`index - 1`): the storage's configuration is always its point's. The hard state
+    /// (commit included) is kept as it was.
+    pub fn compact(&self, index: u64, conf: ConfState) -> raft::Result<Option<Compacted>> {
         let first = self.mem.first_index()?;
         let last = self.mem.last_index()?;
-        let index = index.min(last);
+        let index = index.min(last.saturating_add(1));
         if index <= first {
             return Ok(None);
         }
         let state = self.mem.initial_state()?;
         let term = self.mem.term(index - 1)?;
-        let kept = self
-            .mem
-            .entries(index, last + 1, None, GetEntriesContext::empty(false))?;
+        let kept = if index <= last {
+            self.mem
+                .entries(index, last + 1, None, GetEntriesContext::empty(false))?
+        } else {
+            Vec::new()
+        };
         let point = SnapshotMetadata {
             index: index - 1,
             term,
-            conf_state: Some(state.conf_state.clone()).into(),
+            conf_state: Some(conf).into(),
             ..Default::default()
         };
         let mut core = self.mem.wl();
@@ -190,7 +195,11 @@ mod tests {
     #[test]
     fn compaction_keeps_the_tail_the_term_before_it_and_the_hard_state() {
         let s = storage(100);
-        let c = s.compact(60).expect("compact").expect("something dropped");
+        let conf = s.initial_state().expect("state").conf_state;
+        let c = s
+            .compact(60, conf.clone())
+            .expect("compact")
+            .expect("something dropped");
         assert_eq!(c.point.index, 59);
         assert_eq!(c.point.term, 1 + 59 / 10);
         assert_eq!(c.kept.len(), 41);
@@ -202,14 +211,22 @@ mod tests {
         assert_eq!(state.hard_state.commit, 100, "commit kept");
         assert_eq!(state.hard_state.vote, 2);
         assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
-        assert!(s.compact(30).expect("compact").is_none(), "already dropped");
+        assert!(
+            s.compact(30, conf.clone()).expect("compact").is_none(),
+            "already dropped"
+        );
         assert_eq!(s.point().expect("point").index, 59);
+        let all = s.compact(500, conf).expect("compact").expect("all dropped");
+        assert_eq!(all.point.index, 100);
+        assert!(all.kept.is_empty());
+        assert_eq!(s.first_index().expect("first"), 101);
     }
 
     #[test]
     fn a_snapshot_is_wanted_until_one_covering_the_compacted_entries_is_offered() {
         let s = storage(100);
-        s.compact(60).expect("compact");
+        let conf = s.initial_state().expect("state").conf_state;
+        s.compact(60, conf).expect("compact");
         assert!(s.snapshot(0, 2).is_err());
         assert!(s.take_wanted());
         assert!(!s.take_wanted(), "asked once per want");
