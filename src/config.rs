@@ -187,6 +187,9 @@ pub struct ClusterConfig {
     /// A partition's Raft log is compacted once it holds this many applied entries (half are kept, for
     /// replicas slightly behind; one further behind gets a snapshot of the partition's data).
     pub log_compact_entries: u64,
+    /// How many partitions each node, as their leader, moves to other nodes at once while the membership
+    /// changes.
+    pub max_moving_partitions: usize,
 }
 
 /// The most partitions a cluster may have.
@@ -201,6 +204,7 @@ impl Default for ClusterConfig {
             partitions: 256,
             election_timeout_ms: 1000,
             log_compact_entries: 5_000,
+            max_moving_partitions: 4,
         }
     }
 }
@@ -397,6 +401,10 @@ impl Config {
                 "cluster.log_compact_entries",
                 self.cluster.log_compact_entries,
             ),
+            (
+                "cluster.max_moving_partitions",
+                self.cluster.max_moving_partitions as u64,
+            ),
             ("actors.idle_s", self.actors.idle_s),
             (
                 "actors.session_queue_bytes",
@@ -518,6 +526,7 @@ replicas = 3                    # copies of every user, conversation and group (
 partitions = 256                # keys hash into this many partitions; fixed when the cluster's data is first created
 election_timeout_ms = 1000      # a partition whose leader has been silent this long elects another
 log_compact_entries = 5000      # a partition's Raft log is compacted past this many applied entries
+max_moving_partitions = 4       # partitions each node moves at once while the membership changes
 
 [http]
 cors_origins = []               # browser origins allowed to call the HTTP endpoints and open /ws; ["*"] = any

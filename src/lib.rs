@@ -117,6 +117,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -1,4 +1,5 @@
-//! The `rookery` command: start a node, or mint a client token.
+//! The `rookery` command: start a node (or join one to a running cluster), mint a client token, or change
+//! the cluster's membership.
 
 #![forbid(unsafe_code)]
 
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use rookery::cli::ClusterAction;
 use rookery::config::Config;
 use rookery::ids::UserId;
 use rookery::net::auth;
@@ -25,6 +27,11 @@ struct Cli {
     /// Which node of the config to run (default: the first).
     #[arg(long)]
     node: Option<String>,
+    /// Join the running cluster whose member has this peer address (HOST:PORT) instead of starting from
+    /// the config's `[[nodes]]`: the node waits until it is added (`rookery cluster add`), then receives
+    /// its share of the partitions.
+    #[arg(long, value_name = "PEER_ADDR")]
+    join: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,6 +48,34 @@ enum Command {
         #[arg(long)]
         link: bool,
     },
+    /// Show or change the cluster's membership (with the config's admin key).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+        /// A member's client address (HOST:PORT) to ask (default: the config's nodes, first that answers).
+        #[arg(long, global = true)]
+        via: Option<String>,
+        /// Return once the change is accepted instead of showing progress until it has settled.
+        #[arg(long, global = true)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The members, their state, and how many partitions are moving.
+    Status,
+    /// Add node ID (its addresses from its `[[nodes]]` entry in the config, or given); shows progress
+    /// until it holds its share of the partitions.
+    Add {
+        id: String,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Remove node ID; shows progress until its partitions have moved and it may be stopped.
+    Remove { id: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,8 +107,20 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Cluster {
+            action,
+            via,
+            no_wait,
+        }) => {
+            let action = match action {
+                ClusterCommand::Status => ClusterAction::Status,
+                ClusterCommand::Add { id, listen, peer } => ClusterAction::Add { id, listen, peer },
+                ClusterCommand::Remove { id } => ClusterAction::Remove { id },
+            };
+            rookery::cli::cluster(&config, &action, via.as_deref(), !no_wait)
+        }
         None => actix_rt::System::new().block_on(async move {
-            let node = Node::start(config, cli.node.as_deref())?;
+            let node = Node::start_joining(config, cli.node.as_deref(), cli.join)?;
             let addr = node.addr();
             println!(
                 "rookery node {} listening on http://{addr} (WebSocket ws://{addr}/ws)",

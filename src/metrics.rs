@@ -66,6 +66,14 @@ pub struct Metrics {
     pub raft_partition: RaftPartitionMetrics,
     pub raft_snapshots_sent: IntCounter,
     pub raft_snapshots_installed: IntCounter,
+    /// The epoch of the membership record this node applied.
+    pub membership_epoch: IntGauge,
+    /// Partitions whose replicas are not where the membership wants them (as this node's record says).
+    pub partitions_moving: IntGauge,
+    /// Bytes of partition snapshots this node sent to new or lagging replicas.
+    pub move_bytes: IntCounter,
+    /// From the first change of a partition's replicas that this node led to its replicas settled.
+    pub move_seconds: Histogram,
 }
 
 /// Per-partition Raft gauges (label `partition`).
@@ -324,6 +332,26 @@ impl Metrics {
                 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ],
         );
+        let membership_epoch = must(IntGauge::new(
+            "rookery_membership_epoch",
+            "The epoch of the cluster membership record this node applied (grows with every change).",
+        ));
+        reg(Box::new(membership_epoch.clone()));
+        let partitions_moving = must(IntGauge::new(
+            "rookery_partitions_moving",
+            "Partitions whose replicas are not yet where the membership wants them.",
+        ));
+        reg(Box::new(partitions_moving.clone()));
+        let move_bytes = must(IntCounter::new(
+            "rookery_move_bytes_total",
+            "Bytes of partition snapshots sent to replicas being added (or far behind).",
+        ));
+        reg(Box::new(move_bytes.clone()));
+        let move_seconds = histogram(
+            "rookery_move_seconds",
+            "How long moving a partition's replicas took, from its first change of replicas to settled.",
+            vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        );
         let unrouted = must(IntCounter::new(
             "rookery_unrouted_total",
             "Requests answered `unavailable` because no leader of their key's partition was ready within \
@@ -417,6 +445,10 @@ impl Metrics {
             raft_partition,
             raft_snapshots_sent,
             raft_snapshots_installed,
+            membership_epoch,
+            partitions_moving,
+            move_bytes,
+            move_seconds,
         }
     }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 
-use crate::cluster::placement::Layout;
-use crate::cluster::replication::Replication;
+use crate::cluster::membership::Membership;
+use crate::cluster::replication::{Replication, StoredMembership};
 use crate::cluster::{peer, Router};
 use crate::config::{Config, ConfigError};
 use crate::ids::NodeId;
@@ -65,6 +65,18 @@ const LINGER: Duration = Duration::from_millis(500);
 impl Node {
     /// Opens the store, starts one arbiter per core for user and conversation actors, binds `listen`.
     pub fn start(config: Config, node_id: Option<&str>) -> Result<Node, NodeError> {
+        Node::start_joining(config, node_id, None)
+    }
+
+    /// [`Node::start`] for a node that joins a running cluster through the member whose peer address is
+    /// `join` (`rookery --join`): unless its data directory already holds a membership record (it joined
+    /// before), it takes the membership from the cluster rather than from `[[nodes]]`, keeps no partition
+    /// until a leader adds it, and exits if the member refuses it for good (another secret or shape).
+    pub fn start_joining(
+        config: Config,
+        node_id: Option<&str>,
+        join: Option<String>,
+    ) -> Result<Node, NodeError> {
         config.validate()?;
         let node = config.node(node_id)?.clone();
         let id = NodeId::parse(&node.id).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
@@ -89,7 +101,15 @@ impl Node {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(Arbiter::handle).collect();
-        let config_nodes = config.nodes.len();
+        let stored = store
+            .membership()?
+            .and_then(|bytes| serde_json::from_slice::<StoredMembership>(&bytes).ok())
+            .map(|s| s.membership);
+        let (membership, first) = match (stored, &join) {
+            (Some(stored), _) => (Some(stored), false),
+            (None, Some(_)) => (None, false),
+            (None, None) => (Some(Membership::initial(&config)), true),
+        };
         let router = Router::new(
             id.clone(),
             Arc::new(config),
@@ -97,20 +117,24 @@ impl Node {
             metrics.clone(),
             handles,
         );
-        let layout = Layout::new(router.config(), router.ring());
         let replication = Replication::start(
             router.config(),
             &id,
-            layout,
+            membership.clone(),
+            first,
             &node.data_dir.join("raft"),
-            router.peers().to_vec(),
             store.clone(),
             metrics,
         )?;
         router.set_replication(replication.clone());
+        router.set_members(membership.as_ref());
         {
             let router = router.clone();
-            replication.on_change(move |partitions| router.leadership_changed(partitions));
+            replication.on_change(move |event| router.on_event(event));
+        }
+        {
+            let router = router.clone();
+            replication.on_membership(move |layout| router.set_members(layout.membership()));
         }
 
         let (server, addr) =
@@ -120,29 +144,39 @@ impl Node {
             })?;
         router.set_listen(addr);
 
+        // the peer address is bound even on a single node: nodes may join it later
         let mut peer_tasks = Vec::new();
-        if !router.peers().is_empty() {
-            let bind = |listen: &str| -> std::io::Result<tokio::net::TcpListener> {
-                let listener = std::net::TcpListener::bind(listen)?;
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener)
-            };
-            let listener = bind(&node.peer).map_err(|source| NodeError::Bind {
-                addr: node.peer.clone(),
-                source,
-            })?;
-            peer_tasks.push(actix_rt::spawn(peer::accept_forever(
-                router.clone(),
-                listener,
-            )));
-            for p in router.peers() {
-                peer_tasks.push(actix_rt::spawn(peer::dial_forever(
-                    router.clone(),
-                    p.clone(),
-                )));
-            }
+        let bind = |listen: &str| -> std::io::Result<tokio::net::TcpListener> {
+            let listener = std::net::TcpListener::bind(listen)?;
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        };
+        let listener = bind(&node.peer).map_err(|source| NodeError::Bind {
+            addr: node.peer.clone(),
+            source,
+        })?;
+        peer_tasks.push(actix_rt::spawn(peer::accept_forever(
+            router.clone(),
+            listener,
+        )));
+        if let Some(dialers) = router.take_dialers() {
+            peer_tasks.push(actix_rt::spawn(peer::manage(dialers)));
         }
-        tracing::info!(node = %router.node(), %addr, peer = %node.peer, nodes = config_nodes, "node started");
+        if let Some(addr) = join {
+            let router = router.clone();
+            peer_tasks.push(actix_rt::spawn(async move {
+                match peer::await_membership(router, addr.clone()).await {
+                    Ok(member) => tracing::info!(%member, "accepted by the cluster"),
+                    Err(reason) => {
+                        tracing::error!(join = %addr, %reason, "the cluster refuses this node: stopping");
+                        eprintln!("rookery: {addr} refuses this node: {reason}");
+                        std::process::exit(2);
+                    }
+                }
+            }));
+        }
+        let members = router.peers().len() + 1;
+        tracing::info!(node = %router.node(), %addr, peer = %node.peer, members, "node started");
         Ok(Node {
             router,
             replication,

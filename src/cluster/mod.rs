@@ -3,6 +3,7 @@
 //! of [`remote`]. [`placement`] is the replicated layout (key → partition → replicas), and
 //! [`replication`] runs this node's Raft groups over it (one thread, traffic over the peer links).
 
+pub mod membership;
 pub mod peer;
 pub mod placement;
 pub mod pulls;

@@ -72,6 +72,8 @@ pub struct Peer {
     /// the highest seq and the users. Sent as `notify` frames when the link is back, so a device that stayed
     /// connected there pulls what it missed.
     missed: Mutex<Missed>,
+    /// The partitions the peer leads, from its last `Pong`.
+    led: Mutex<Vec<u32>>,
 }
 
 #[derive(Default)]
@@ -227,7 +229,20 @@ impl Peer {
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             missed: Mutex::new(Missed::default()),
+            led: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether the peer said it leads partition `p` (in its last `Pong`).
+    pub fn leads(&self, p: u32) -> bool {
+        lock(&self.led).binary_search(&p).is_ok()
+    }
+
+    /// The node is no longer a member: its link is closed and what waits on it fails.
+    pub fn close(&self) {
+        *lock(&self.link) = None;
+        self.set_state(LinkState::Down);
+        self.fail_pending();
     }
 
     pub fn state(&self) -> LinkState {
@@ -342,6 +357,44 @@ impl Peer {
     }
 }
 
+/// What the task that runs the dialers ([`manage`]) is told.
+pub enum Dialer {
+    /// Keep a link to this peer up.
+    Start(Router, Arc<Peer>),
+    /// The node is no longer a member: stop dialing it.
+    Stop(NodeId),
+}
+
+/// Runs one dialer per peer, started and stopped as the membership changes, until the task is aborted
+/// (its dialers with it).
+pub async fn manage(mut commands: mpsc::UnboundedReceiver<Dialer>) {
+    struct Dialers(HashMap<NodeId, actix_rt::task::JoinHandle<()>>);
+    impl Drop for Dialers {
+        fn drop(&mut self) {
+            for task in self.0.values() {
+                task.abort();
+            }
+        }
+    }
+    let mut dialers = Dialers(HashMap::new());
+    while let Some(command) = commands.recv().await {
+        match command {
+            Dialer::Start(router, peer) => {
+                let id = peer.id.clone();
+                let task = actix_rt::spawn(dial_forever(router, peer));
+                if let Some(old) = dialers.0.insert(id, task) {
+                    old.abort();
+                }
+            }
+            Dialer::Stop(id) => {
+                if let Some(task) = dialers.0.remove(&id) {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
 /// Keeps this node's link to `peer` up until the task is aborted.
 pub async fn dial_forever(router: Router, peer: Arc<Peer>) {
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
@@ -390,8 +443,20 @@ async fn with_timeout<T>(
 
 /// Connects and authenticates; returns the stream once the peer welcomed us.
 async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
+    let (stream, node) = handshake(router, &peer.peer_addr).await?;
+    if node != peer.id {
+        return Err(Refusal::Refused(format!(
+            "{} answered as node {node}",
+            peer.peer_addr
+        )));
+    }
+    Ok(stream)
+}
+
+/// Opens and authenticates a link to `addr`; returns it and the node that welcomed this one.
+async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId), Refusal> {
     let timeout = router.config().cluster.peer_timeout();
-    let mut stream = with_timeout(timeout, TcpStream::connect(&peer.peer_addr)).await?;
+    let mut stream = with_timeout(timeout, TcpStream::connect(addr)).await?;
     let _ = stream.set_nodelay(true);
     let signature = router.signature();
     let nonce = match with_timeout(timeout, read_frame(&mut stream, MAX_HANDSHAKE_FRAME)).await? {
@@ -401,11 +466,14 @@ async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
     };
     let secret = &router.config().auth.token_secret;
     let ours = self::nonce();
+    let me = router.config().node(Some(router.node().as_str())).ok();
     let hello = PeerFrame::Hello {
         node: router.node().clone(),
         signature: signature.clone(),
         proof: proof(secret, Side::Hello, &nonce, router.node(), &signature),
         nonce: ours.clone(),
+        listen: me.map(|n| n.listen.clone()).unwrap_or_default(),
+        peer: me.map(|n| n.peer.clone()).unwrap_or_default(),
     };
     stream.write_all(&encode(&hello)).await?;
     match with_timeout(timeout, read_frame(&mut stream, MAX_HANDSHAKE_FRAME)).await? {
@@ -421,25 +489,46 @@ async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
             // unreachable peer (the link stays down and is dialed again), never a refusal that changes state
             if !verify_proof(secret, Side::Welcome, &ours, &node, &theirs, &given) {
                 return Err(Refusal::Io(io_error(format!(
-                    "{} answered without proving the cluster secret",
-                    peer.peer_addr
+                    "{addr} answered without proving the cluster secret"
                 ))));
             }
-            if node != peer.id {
-                Err(Refusal::Refused(format!(
-                    "{} answered as node {node}",
-                    peer.peer_addr
-                )))
-            } else if theirs != signature {
+            if theirs != signature {
                 Err(Refusal::Refused(format!(
                     "node {node} has cluster signature {theirs}, this node {signature}"
                 )))
             } else {
-                Ok(stream)
+                Ok((stream, node))
             }
         }
         (PeerFrame::Refused { reason }, _) => Err(Refusal::Refused(reason)),
         _ => Err(Refusal::Io(io_error("expected welcome"))),
+    }
+}
+
+/// The start of a refusal that only means "not added yet" (see [`await_membership`]).
+const NOT_A_MEMBER: &str = "not a member of this cluster";
+
+/// For a node started with `--join ADDR`: asks the member at `addr` to accept this node until it does
+/// (the node has been added with `POST /v1/admin/nodes`). A refusal for any other reason (another
+/// `token_secret`, another `partitions`, `replicas` or `vnodes`) is returned: the node cannot join.
+pub async fn await_membership(router: Router, addr: String) -> Result<NodeId, String> {
+    let mut told = false;
+    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
+    loop {
+        match handshake(&router, &addr).await {
+            Ok((_, node)) => return Ok(node),
+            Err(Refusal::Refused(reason)) if reason.starts_with(NOT_A_MEMBER) => {
+                if !told {
+                    tracing::info!(join = %addr, node = %router.node(), "waiting to be added: POST /v1/admin/nodes (or `rookery cluster add`) on any member");
+                    told = true;
+                }
+            }
+            Err(Refusal::Refused(reason)) => return Err(reason),
+            Err(Refusal::Io(e)) => {
+                tracing::debug!(join = %addr, error = %e, "cannot reach the member to join")
+            }
+        }
+        tokio::time::sleep(backoff.next(rand::random())).await;
     }
 }
 
@@ -493,8 +582,13 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
                     let _ = tx.send(result);
                 }
             }
-            PeerFrame::Pong { connections } => {
+            PeerFrame::Pong {
+                connections,
+                mut led,
+            } => {
                 peer.connections.store(connections, Ordering::Relaxed);
+                led.sort_unstable();
+                *lock(&peer.led) = led;
             }
             other => {
                 tracing::warn!(peer = %peer.id, frame = ?other, "unexpected frame on a dialed link")
@@ -539,16 +633,18 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
         }))
         .await?;
     let hello = with_timeout(timeout, read_frame(&mut stream, MAX_HANDSHAKE_FRAME)).await?;
-    let (node, signature, given, theirs) = match hello {
+    let (node, signature, given, theirs, addresses) = match hello {
         (
             PeerFrame::Hello {
                 node,
                 signature,
                 proof,
                 nonce,
+                listen,
+                peer,
             },
             _,
-        ) => (node, signature, proof, nonce),
+        ) => (node, signature, proof, nonce, (peer, listen)),
         _ => return Err(io_error("expected hello")),
     };
     let secret = &router.config().auth.token_secret;
@@ -563,18 +659,28 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             .await?;
         return Ok(());
     }
+    let joining = router
+        .replication()
+        .is_some_and(|r| r.layout().membership().is_none());
     let refusal = if signature != router.signature() {
         Some(format!(
-            "cluster signature {signature} differs from this node's {} (nodes or vnodes differ)",
+            "cluster signature {signature} differs from this node's {} (`partitions`, `replicas` or \
+             `vnodes` differ)",
             router.signature()
         ))
-    } else if router.peer(&node).is_none() {
-        Some(format!("{node} is not a peer of this node"))
+    } else if router.peer(&node).is_none() && !joining {
+        Some(format!(
+            "{NOT_A_MEMBER}: add {node} with POST /v1/admin/nodes (or `rookery cluster add`)"
+        ))
     } else {
         None
     };
     if let Some(reason) = refusal {
-        tracing::error!(peer = %node, %reason, "refusing peer");
+        if reason.starts_with(NOT_A_MEMBER) {
+            tracing::info!(peer = %node, "refusing a node that is not a member (yet)");
+        } else {
+            tracing::error!(peer = %node, %reason, "refusing peer");
+        }
         if let Some(peer) = router.peer(&node) {
             peer.set_state(LinkState::Refused);
         }
@@ -583,8 +689,13 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             .await?;
         return Ok(());
     }
-    let Some(peer) = router.peer(&node).cloned() else {
-        return Ok(());
+    let peer = match router.peer(&node) {
+        Some(peer) => peer,
+        // a node that joins learns its peers from the members that dial it
+        None => match router.adopt_peer(&node, &addresses.0, &addresses.1) {
+            Some(peer) => peer,
+            None => return Ok(()),
+        },
     };
     stream
         .write_all(&encode(&PeerFrame::Welcome {
@@ -647,15 +758,21 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 online,
                 reset,
             } => router.set_remote_online(peer.index, &users, online, reset),
-            PeerFrame::Raft { batch } => {
+            PeerFrame::Raft { batch, gone } => {
                 if let Some(replication) = router.replication() {
-                    replication.receive(&peer.id, batch);
+                    replication.receive(&peer.id, batch, gone);
+                }
+            }
+            PeerFrame::Meta { command } => {
+                if let Some(replication) = router.replication() {
+                    replication.receive_meta(command.into_bytes());
                 }
             }
             PeerFrame::Ping { connections } => {
                 peer.connections.store(connections, Ordering::Relaxed);
                 reply(&PeerFrame::Pong {
                     connections: router.connections(),
+                    led: router.led_partitions(),
                 });
             }
             other => {

@@ -8,13 +8,16 @@
 //! dependency bump can move no key to another partition; the partition count itself is fixed once a node
 //! holds data (the store refuses another value, see `Store::fix_partitions`).
 
+use std::collections::HashMap;
 use std::hash::Hasher;
 
 use fnv::FnvHasher;
 
+use super::membership::{Membership, Shape};
 use super::ring::Ring;
 use crate::config::Config;
 use crate::ids::NodeId;
+use crate::raft::multi::raft_id;
 
 /// A partition's number, `0..cluster.partitions`.
 pub type PartitionId = u32;
@@ -28,49 +31,117 @@ pub fn partition_of(key: &str, partitions: u32) -> PartitionId {
     u32::try_from(p).unwrap_or(0)
 }
 
-/// Every partition's replicas, computed once from the config.
+/// Where every partition is, as this node's membership record says: its replicas as last reported
+/// (the placement) and where the ring wants them (the target). Rebuilt whenever the record changes; a
+/// node that joins has none until its first record arrives.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    partitions: u32,
-    replicas: Vec<Vec<NodeId>>,
+    shape: Shape,
+    membership: Option<Membership>,
+    target: Vec<Vec<NodeId>>,
+    /// The holders of the metadata group (every member that holds data), ring order.
+    holders: Vec<NodeId>,
+    /// Raft id → node, for every member.
+    ids: HashMap<u64, NodeId>,
 }
 
 impl Layout {
-    pub fn new(config: &Config, ring: &Ring) -> Layout {
-        let count = config.cluster.replicas.min(config.nodes.len()).max(1);
-        let replicas = (0..config.cluster.partitions)
-            .map(|p| ring.candidates(&partition_point(p)).take(count).collect())
+    pub fn of(shape: Shape, membership: Option<Membership>) -> Layout {
+        let target = membership
+            .as_ref()
+            .map(|m| m.target(shape))
+            .unwrap_or_else(|| vec![Vec::new(); shape.partitions as usize]);
+        let holders = membership
+            .as_ref()
+            .map(|m| {
+                let ring = Ring::from_ids(m.holders().cloned().collect(), shape.vnodes);
+                ring.candidates(&partition_point(shape.partitions))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ids = membership
+            .iter()
+            .flat_map(|m| &m.members)
+            .map(|m| (raft_id(&m.id), m.id.clone()))
             .collect();
         Layout {
-            partitions: config.cluster.partitions,
-            replicas,
+            shape,
+            membership,
+            target,
+            holders,
+            ids,
         }
     }
 
+    /// The config's first members (a cluster that has not changed its membership yet).
+    pub fn initial(config: &Config) -> Layout {
+        Layout::of(Shape::of(config), Some(Membership::initial(config)))
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
     pub fn partitions(&self) -> u32 {
-        self.partitions
+        self.shape.partitions
+    }
+
+    /// The metadata group's number: the one after the last partition.
+    pub fn meta(&self) -> PartitionId {
+        self.shape.partitions
     }
 
     pub fn partition(&self, key: &str) -> PartitionId {
-        partition_of(key, self.partitions)
+        partition_of(key, self.shape.partitions)
     }
 
-    /// The nodes that keep partition `p`, the preferred leader first.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
+    /// The nodes that keep partition `p` as last reported, the preferred leader first while it is
+    /// settled (for the metadata group: every member that holds data).
     pub fn replicas(&self, p: PartitionId) -> &[NodeId] {
-        usize::try_from(p)
-            .ok()
-            .and_then(|i| self.replicas.get(i))
+        if p == self.meta() {
+            return &self.holders;
+        }
+        self.membership
+            .as_ref()
+            .and_then(|m| m.placement.get(usize::try_from(p).ok()?))
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The partitions `node` keeps a replica of.
+    /// Where the ring wants partition `p`'s replicas, the preferred leader first.
+    pub fn target(&self, p: PartitionId) -> &[NodeId] {
+        if p == self.meta() {
+            return &self.holders;
+        }
+        usize::try_from(p)
+            .ok()
+            .and_then(|i| self.target.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// How many partitions are not where the ring wants them.
+    pub fn moving(&self) -> usize {
+        self.membership
+            .as_ref()
+            .map_or(0, |m| m.moving(&self.target))
+    }
+
+    /// The member with Raft id `id`.
+    pub fn node(&self, id: u64) -> Option<&NodeId> {
+        self.ids.get(&id)
+    }
+
+    /// The partitions (and the metadata group) `node` keeps a replica of, as last reported.
     pub fn partitions_of<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = PartitionId> + 'a {
-        (0..self.partitions).filter(move |p| self.replicas(*p).contains(node))
+        (0..=self.meta()).filter(move |p| self.replicas(*p).contains(node))
     }
 }
 
 /// The point on the ring a partition's replicas are taken from.
-fn partition_point(p: PartitionId) -> String {
+pub(crate) fn partition_point(p: PartitionId) -> String {
     format!("partition/{p}")
 }
 
@@ -93,8 +164,7 @@ mod tests {
     }
 
     fn layout(nodes: usize, replicas: usize, partitions: u32) -> Layout {
-        let config = config(nodes, replicas, partitions);
-        Layout::new(&config, &Ring::new(&config))
+        Layout::initial(&config(nodes, replicas, partitions))
     }
 
     /// Pins the partition hash and a few layouts: a dependency bump must not move keys silently.
@@ -129,9 +199,15 @@ mod tests {
             single
                 .partitions_of(&NodeId::parse("n1").expect("id"))
                 .count(),
-            8
+            8 + 1,
+            "and the metadata group"
         );
-        assert!(l.replicas(64).is_empty());
+        assert_eq!(
+            l.replicas(64).len(),
+            3,
+            "the metadata group is on every member"
+        );
+        assert!(l.replicas(65).is_empty());
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub enum PeerFrame {
         proof: String,
         #[serde(default)]
         nonce: String,
+        /// The dialer's addresses: a node that joins (and has no membership record yet) learns its peers
+        /// from the members that dial it.
+        #[serde(default)]
+        listen: String,
+        #[serde(default)]
+        peer: String,
     },
     /// The acceptor's answer: `proof` is the same HMAC over the "welcome" label, the dialer's nonce, the
     /// acceptor's id and the signature, so the dialer knows it reached a node that holds the secret.
@@ -113,17 +119,29 @@ pub enum PeerFrame {
     },
     Pong {
         connections: u64,
+        /// The partitions the answering node leads (so that every node can name every partition's leader,
+        /// including those it keeps no replica of).
+        #[serde(default)]
+        led: Vec<u32>,
     },
     /// Raft messages of every group the sender shares with the receiver, from one round of the sender's
     /// driver (see `cluster::replication`): base64 of (partition, length, protobuf message) records.
     Raft {
         batch: String,
+        /// Groups the sender leads that no longer have the receiver, with the index of the configuration
+        /// that removed it (the receiver drops its replica; see `raft::multi::MultiRaft::gone`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gone: Vec<(u32, u64)>,
+    },
+    /// A membership command (JSON) for the metadata group, sent to the node seen leading it.
+    Meta {
+        command: String,
     },
 }
 
 impl PeerFrame {
     /// Every frame kind, for metrics labels.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "challenge",
         "hello",
         "welcome",
@@ -137,6 +155,7 @@ impl PeerFrame {
         "ping",
         "pong",
         "raft",
+        "meta",
     ];
 
     /// This frame's index in [`PeerFrame::KINDS`].
@@ -155,6 +174,7 @@ impl PeerFrame {
             PeerFrame::Ping { .. } => 10,
             PeerFrame::Pong { .. } => 11,
             PeerFrame::Raft { .. } => 12,
+            PeerFrame::Meta { .. } => 13,
         }
     }
 }

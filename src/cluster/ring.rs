@@ -1,20 +1,16 @@
-//! The consistent-hash ring over the nodes of `cluster.toml`.
+//! The consistent-hash ring over a set of nodes (the members that hold data; see `cluster::membership`).
 //!
 //! The ring is built from the node ids sorted, with `vnodes` points each and a fixed hasher (FNV-1a), so
-//! every node computes the same owner for every key. [`Ring::signature`] hashes the membership (ids,
-//! addresses, vnodes) so nodes with different views can refuse each other.
-
-use std::hash::Hasher;
+//! every node computes the same owner for every key.
 
 use consistent_hash_ring::RingBuilder;
-use fnv::{FnvBuildHasher, FnvHasher};
+use fnv::FnvBuildHasher;
 
 use crate::config::Config;
 use crate::ids::NodeId;
 
 pub struct Ring {
     ring: consistent_hash_ring::Ring<NodeId, FnvBuildHasher>,
-    signature: u64,
 }
 
 impl Ring {
@@ -25,22 +21,17 @@ impl Ring {
             .iter()
             .filter_map(|n| NodeId::parse(&n.id).ok())
             .collect();
+        Ring::from_ids(ids, config.cluster.vnodes)
+    }
+
+    /// The ring over `ids` (in any order) with `vnodes` points each.
+    pub fn from_ids(mut ids: Vec<NodeId>, vnodes: usize) -> Ring {
+        ids.sort();
         let ring = RingBuilder::new(FnvBuildHasher::default())
-            .vnodes(config.cluster.vnodes)
+            .vnodes(vnodes)
             .nodes_iter(ids)
             .build();
-        let mut h = FnvHasher::default();
-        h.write_u64(config.cluster.vnodes as u64);
-        for n in &nodes {
-            for part in [&n.id, &n.listen, &n.peer] {
-                h.write(part.as_bytes());
-                h.write_u8(0);
-            }
-        }
-        Ring {
-            ring,
-            signature: h.finish(),
-        }
+        Ring { ring }
     }
 
     /// The node that owns `key` (a user id or conversation id).
@@ -51,10 +42,6 @@ impl Ring {
     /// Distinct nodes in ring order from `key`'s point: the replication candidates for `key`.
     pub fn candidates<'a>(&'a self, key: &'a str) -> impl Iterator<Item = NodeId> + 'a {
         self.ring.replicas(key).cloned()
-    }
-
-    pub fn signature(&self) -> u64 {
-        self.signature
     }
 }
 
@@ -117,13 +104,5 @@ mod tests {
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|c| *c > 600), "{counts:?}");
-    }
-
-    #[test]
-    fn signature_changes_with_membership() {
-        let a = Ring::new(&config(&["n1", "n2"]));
-        let b = Ring::new(&config(&["n1", "n2", "n3"]));
-        assert_ne!(a.signature(), b.signature());
-        assert_eq!(a.signature(), Ring::new(&config(&["n2", "n1"])).signature());
     }
 }

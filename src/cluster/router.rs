@@ -24,7 +24,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use actix::dev::channel::channel;
@@ -50,11 +50,11 @@ use crate::net::protocol::ServerFrame;
 use crate::net::ws::WireFrame;
 use crate::store::Store;
 
-use super::peer::{LinkState, Peer};
+use super::peer::{self, LinkState, Peer};
 use super::placement::PartitionId;
 use super::pulls::{FetchMany, FetchedMany, PullBatches};
 use super::remote::{self, PeerFrame, Remote, Target};
-use super::replication::{Replication, Serving};
+use super::replication::{Event, Replication, Serving};
 use super::ring::Ring;
 
 /// Mailbox capacity of user and conversation actors (never reached in practice; see module docs).
@@ -110,7 +110,11 @@ struct Inner {
     sessions: Mutex<HashMap<UserId, Vec<LocalSession>>>,
     /// Users with sessions on other nodes: a bit per node (by [`Peer::index`]).
     remote_online: Mutex<HashMap<UserId, u64>>,
-    peers: Vec<Arc<Peer>>,
+    /// The other members, as this node's membership record lists them (see [`Router::set_members`]).
+    peers: RwLock<Arc<Vec<Arc<Peer>>>>,
+    /// Starts and stops the dialers of peers as the membership changes (see [`peer::manage`]).
+    dialers: tokio::sync::mpsc::UnboundedSender<peer::Dialer>,
+    dialer_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<peer::Dialer>>>,
     signature: String,
     next_session: AtomicU64,
     listen: std::sync::OnceLock<std::net::SocketAddr>,
@@ -131,25 +135,11 @@ impl Router {
         arbiters: Vec<ArbiterHandle>,
     ) -> Router {
         let ring = Ring::new(&config);
-        let mut nodes: Vec<&crate::config::NodeConfig> = config.nodes.iter().collect();
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        let peers = nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.id != node.as_str())
-            .filter_map(|(index, n)| {
-                let id = NodeId::parse(&n.id).ok()?;
-                let m = metrics.peer(&n.id);
-                Some(Arc::new(Peer::new(
-                    index,
-                    id,
-                    n.peer.clone(),
-                    n.listen.clone(),
-                    m,
-                )))
-            })
-            .collect();
-        let signature = format!("{:016x}", ring.signature());
+        let signature = format!(
+            "{:016x}",
+            crate::cluster::membership::Shape::of(&config).signature()
+        );
+        let (dialers, dialer_rx) = tokio::sync::mpsc::unbounded_channel();
         Router {
             inner: Arc::new(Inner {
                 node,
@@ -164,13 +154,114 @@ impl Router {
                 pulls: PullBatches::default(),
                 sessions: Mutex::new(HashMap::new()),
                 remote_online: Mutex::new(HashMap::new()),
-                peers,
+                peers: RwLock::new(Arc::new(Vec::new())),
+                dialers,
+                dialer_rx: Mutex::new(Some(dialer_rx)),
                 signature,
                 next_session: AtomicU64::new(1),
                 listen: std::sync::OnceLock::new(),
                 replication: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The other members become this node's peers: links to new members are dialed, links to members that
+    /// are gone are closed (and what their sessions told this node is forgotten). `None` (a node that
+    /// joins, before its first record) keeps the peers it has. Called at start and whenever the
+    /// membership record changes.
+    pub fn set_members(&self, membership: Option<&crate::cluster::membership::Membership>) {
+        let Some(membership) = membership else {
+            return;
+        };
+        let mut gone = Vec::new();
+        let peers = {
+            let mut peers = self
+                .inner
+                .peers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut list: Vec<Arc<Peer>> = Vec::new();
+            for old in peers.iter() {
+                if membership.member(&old.id).is_some() {
+                    list.push(old.clone());
+                } else {
+                    gone.push(old.clone());
+                }
+            }
+            for m in &membership.members {
+                if m.id == self.inner.node || list.iter().any(|p| p.id == m.id) {
+                    continue;
+                }
+                if let Some(peer) = self.new_peer(&list, m.id.clone(), &m.peer, &m.listen) {
+                    list.push(peer);
+                }
+            }
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+            *peers = Arc::new(list);
+            peers.clone()
+        };
+        for peer in gone {
+            tracing::info!(peer = %peer.id, "no longer a member: closing its link");
+            let _ = self.inner.dialers.send(peer::Dialer::Stop(peer.id.clone()));
+            peer.close();
+            self.set_remote_online(peer.index, &[], false, true);
+        }
+        if let Some(replication) = self.replication() {
+            replication.set_peers(&peers);
+        }
+    }
+
+    /// A node that joins (and has no membership record yet) takes a member that dialed it as a peer.
+    pub fn adopt_peer(&self, id: &NodeId, peer_addr: &str, listen: &str) -> Option<Arc<Peer>> {
+        let peers = {
+            let mut peers = self
+                .inner
+                .peers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(known) = peers.iter().find(|p| p.id == *id) {
+                return Some(known.clone());
+            }
+            let mut list: Vec<Arc<Peer>> = peers.as_ref().clone();
+            let peer = self.new_peer(&list, id.clone(), peer_addr, listen)?;
+            list.push(peer);
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+            *peers = Arc::new(list);
+            peers.clone()
+        };
+        if let Some(replication) = self.replication() {
+            replication.set_peers(&peers);
+        }
+        peers.iter().find(|p| p.id == *id).cloned()
+    }
+
+    /// A peer for `id` with the lowest directory bit `list` leaves free; its dialer is started.
+    fn new_peer(
+        &self,
+        list: &[Arc<Peer>],
+        id: NodeId,
+        peer_addr: &str,
+        listen: &str,
+    ) -> Option<Arc<Peer>> {
+        let index = (0..crate::config::MAX_NODES).find(|i| list.iter().all(|p| p.index != *i))?;
+        let metrics = self.inner.metrics.peer(id.as_str());
+        let peer = Arc::new(Peer::new(
+            index,
+            id,
+            peer_addr.to_owned(),
+            listen.to_owned(),
+            metrics,
+        ));
+        let _ = self
+            .inner
+            .dialers
+            .send(peer::Dialer::Start(self.clone(), peer.clone()));
+        Some(peer)
+    }
+
+    /// The receiving end of the dialer commands, taken once by the task that runs the dialers.
+    pub fn take_dialers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<peer::Dialer>> {
+        lock(&self.inner.dialer_rx).take()
     }
 
     pub fn node(&self) -> &NodeId {
@@ -194,13 +285,17 @@ impl Router {
         self.inner.signature.clone()
     }
 
-    /// The other nodes of the cluster.
-    pub fn peers(&self) -> &[Arc<Peer>] {
-        &self.inner.peers
+    /// The other members of the cluster.
+    pub fn peers(&self) -> Arc<Vec<Arc<Peer>>> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    pub fn peer(&self, id: &NodeId) -> Option<&Arc<Peer>> {
-        self.inner.peers.iter().find(|p| p.id == *id)
+    pub fn peer(&self, id: &NodeId) -> Option<Arc<Peer>> {
+        self.peers().iter().find(|p| p.id == *id).cloned()
     }
 
     /// Open client connections on this node.
@@ -286,14 +381,18 @@ impl Router {
         let Some(replication) = self.replication() else {
             return self.inner.ring.owner(key).clone();
         };
-        replication.leader_of(key).unwrap_or_else(|| {
-            let layout = replication.layout();
-            layout
-                .replicas(layout.partition(key))
-                .first()
-                .cloned()
-                .unwrap_or_else(|| self.inner.node.clone())
-        })
+        let layout = replication.layout();
+        let p = layout.partition(key);
+        replication
+            .leader_of(key)
+            .or_else(|| self.led_by_peer(p))
+            .unwrap_or_else(|| {
+                layout
+                    .replicas(p)
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| self.inner.node.clone())
+            })
     }
 
     /// The node `key`'s requests go to now, if it is another one (`None` also while they wait).
@@ -315,7 +414,7 @@ impl Router {
         M: Remote,
         M::Result: Serialize + DeserializeOwned + Send,
     {
-        let peer = self.peer(owner).cloned();
+        let peer = self.peer(owner);
         let sent = match peer {
             Some(peer) => remote::encode_message(&msg)
                 .and_then(|body| peer.call(to, M::NAME, body))
@@ -645,7 +744,8 @@ impl Router {
 
     /// Tells every peer that `user`'s first session on this node came up or its last one ended.
     fn announce(&self, user: &UserId, online: bool) {
-        if self.inner.peers.is_empty() {
+        let peers = self.peers();
+        if peers.is_empty() {
             return;
         }
         let frame = PeerFrame::Online {
@@ -653,7 +753,7 @@ impl Router {
             online,
             reset: false,
         };
-        for peer in &self.inner.peers {
+        for peer in peers.iter() {
             let _ = peer.send(&frame);
         }
     }
@@ -733,16 +833,27 @@ impl Router {
         };
         let layout = replication.layout();
         self.reregister(|user| {
-            let replicas = layout.replicas(layout.partition(user.as_str()));
-            replicas.contains(&peer.id) && !replicas.contains(&self.inner.node)
+            let p = layout.partition(user.as_str());
+            layout.replicas(p).contains(&peer.id) && !replication.keeps(p)
         });
     }
 
-    /// The leaders of `partitions` changed, as this node sees it (called from the Raft driver thread; it
-    /// does not block). The actors of those partitions that this node no longer leads are retired (what
-    /// they have in flight fails with `unavailable`; the next request finds the new leader), and this
-    /// node's sessions of users in them register with the users' new actors.
-    pub fn leadership_changed(&self, partitions: &[PartitionId]) {
+    /// What changed in this node's Raft groups (called from the Raft driver thread; it does not block).
+    pub fn on_event(&self, event: Event<'_>) {
+        match event {
+            Event::Leaders(partitions) => self.leadership_changed(partitions),
+            Event::Widened(partitions) => {
+                let which: HashSet<PartitionId> = partitions.iter().copied().collect();
+                self.retire_partitions(&which);
+            }
+        }
+    }
+
+    /// The leaders of `partitions` changed, as this node sees it. The actors of those partitions that this
+    /// node no longer leads are retired (what they have in flight fails with `unavailable`; the next
+    /// request finds the new leader), and this node's sessions of users in them register with the users'
+    /// new actors.
+    fn leadership_changed(&self, partitions: &[PartitionId]) {
         let Some(replication) = self.replication() else {
             return;
         };
@@ -752,30 +863,56 @@ impl Router {
             .copied()
             .filter(|p| replication.partition(*p).leader.as_ref() != Some(&self.inner.node))
             .collect();
-        if !gone.is_empty() {
-            let mut convs = lock(&self.inner.convs);
-            let mut views = lock(&self.inner.views);
-            convs.retain(|conv, addr| {
-                if !gone.contains(&layout.partition(conv.as_str())) {
-                    return true;
-                }
-                addr.do_send(ConvRetire);
-                views.remove(conv);
-                self.inner.metrics.actor(ActorKind::Conversation).dec();
-                false
-            });
-            drop((convs, views));
-            lock(&self.inner.users).retain(|user, addr| {
-                if !gone.contains(&layout.partition(user.as_str())) {
-                    return true;
-                }
-                addr.do_send(UserRetire);
-                self.inner.metrics.actor(ActorKind::User).dec();
-                false
-            });
-        }
+        self.retire_partitions(&gone);
         let changed: HashSet<PartitionId> = partitions.iter().copied().collect();
         self.reregister(|user| changed.contains(&layout.partition(user.as_str())));
+    }
+
+    /// Retires the actors of `partitions` that run here (their next requests go wherever the partition is
+    /// served then).
+    fn retire_partitions(&self, partitions: &HashSet<PartitionId>) {
+        let Some(replication) = self.replication() else {
+            return;
+        };
+        if partitions.is_empty() {
+            return;
+        }
+        let layout = replication.layout();
+        let mut convs = lock(&self.inner.convs);
+        let mut views = lock(&self.inner.views);
+        convs.retain(|conv, addr| {
+            if !partitions.contains(&layout.partition(conv.as_str())) {
+                return true;
+            }
+            addr.do_send(ConvRetire);
+            views.remove(conv);
+            self.inner.metrics.actor(ActorKind::Conversation).dec();
+            false
+        });
+        drop((convs, views));
+        lock(&self.inner.users).retain(|user, addr| {
+            if !partitions.contains(&layout.partition(user.as_str())) {
+                return true;
+            }
+            addr.do_send(UserRetire);
+            self.inner.metrics.actor(ActorKind::User).dec();
+            false
+        });
+    }
+
+    /// The partitions this node leads (told to peers in `Pong`).
+    pub fn led_partitions(&self) -> Vec<u32> {
+        self.replication()
+            .map(|r| r.led_partitions())
+            .unwrap_or_default()
+    }
+
+    /// The peer that said it leads partition `p`.
+    pub fn led_by_peer(&self, p: PartitionId) -> Option<NodeId> {
+        self.peers()
+            .iter()
+            .find(|peer| peer.state() == LinkState::Up && peer.leads(p))
+            .map(|peer| peer.id.clone())
     }
 
     /// Registers this node's sessions of the users `which` selects again with their user actors.
@@ -856,7 +993,8 @@ impl Router {
         bulk: bool,
     ) -> Vec<UserId> {
         let mut local = Vec::new();
-        let mut per_node: Vec<Vec<UserId>> = vec![Vec::new(); self.inner.peers.len()];
+        let peers = self.peers();
+        let mut per_node: Vec<Vec<UserId>> = vec![Vec::new(); peers.len()];
         {
             let sessions = lock(&self.inner.sessions);
             let remote = lock(&self.inner.remote_online);
@@ -865,7 +1003,7 @@ impl Router {
                     local.push(user.clone());
                 }
                 if let Some(bits) = remote.get(user) {
-                    for (i, peer) in self.inner.peers.iter().enumerate() {
+                    for (i, peer) in peers.iter().enumerate() {
                         if bits & (1 << peer.index) != 0 {
                             per_node[i].push(user.clone());
                         }
@@ -873,7 +1011,7 @@ impl Router {
                 }
             }
         }
-        for (peer, users) in self.inner.peers.iter().zip(per_node) {
+        for (peer, users) in peers.iter().zip(per_node) {
             if users.is_empty() {
                 continue;
             }

@@ -134,119 +134,49 @@ pub async fn nodes(router: web::Data<Router>) -> HttpResponse {
     let me = router.node().as_str();
     let leaders: Vec<crate::ids::NodeId> =
         partition_leaders(&router).into_iter().flatten().collect();
-    let list: Vec<_> = router
-        .config()
-        .nodes
-        .iter()
-        .map(|n| {
-            let peer = router.peers().iter().find(|p| p.id.as_str() == n.id);
+    let list: Vec<_> = crate::net::cluster::members(&router)
+        .into_iter()
+        .map(|m| {
+            let peer = router.peer(&m.id);
             let (listen, up, connections) = match peer {
                 Some(p) => (
-                    n.listen.clone(),
+                    m.listen.clone(),
                     p.state() == LinkState::Up,
                     p.connections(),
                 ),
-                None if n.id == me => (router.listen().to_string(), true, router.connections()),
-                None => (n.listen.clone(), false, 0),
+                None if m.id.as_str() == me => {
+                    (router.listen().to_string(), true, router.connections())
+                }
+                None => (m.listen.clone(), false, 0),
             };
             NodeEntry {
-                id: n.id.clone(),
+                id: m.id.to_string(),
                 listen,
                 up,
                 connections,
-                partitions_led: leaders.iter().filter(|l| l.as_str() == n.id).count(),
+                partitions_led: leaders.iter().filter(|l| **l == m.id).count(),
             }
         })
         .collect();
     HttpResponse::Ok().json(list)
 }
 
-/// The leader of every partition as this node knows it (unknown for partitions it does not replicate).
-fn partition_leaders(router: &Router) -> Vec<Option<crate::ids::NodeId>> {
-    router
-        .replication()
-        .map(|r| r.partitions().into_iter().map(|v| v.leader).collect())
-        .unwrap_or_default()
-}
-
-/// A member of the cluster in `GET /v1/admin/cluster`.
-#[derive(Serialize, ToSchema)]
-pub struct ClusterNode {
-    id: String,
-    listen: String,
-    peer: String,
-    up: bool,
-    /// `active`, `joining` or `leaving`.
-    state: &'static str,
-}
-
-/// A partition's replicas (the preferred leader first) and its leader as the answering node sees it.
-#[derive(Serialize, ToSchema)]
-pub struct PartitionEntry {
-    id: u32,
-    replicas: Vec<String>,
-    leader: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ClusterView {
-    epoch: u64,
-    nodes: Vec<ClusterNode>,
-    partitions: Vec<PartitionEntry>,
-    /// Partitions being moved to other nodes.
-    moving: u64,
-}
-
-/// The membership and every partition's replicas and leader. The membership is the `[[nodes]]` of
-/// `cluster.toml` (epoch 1; changing it on a running cluster is not built yet), so every node is `active`
-/// and nothing is `moving`.
-#[utoipa::path(get, path = "/v1/admin/cluster", tag = "cluster", security(("admin_key" = [])),
-    responses((status = 200, body = ClusterView), (status = 401, body = ErrorBody)))]
-pub async fn admin_cluster(req: HttpRequest, router: web::Data<Router>) -> HttpResponse {
-    if let Err(e) = require_admin(&req, &router) {
-        return error_response(&e);
-    }
-    let me = router.node().as_str();
-    let nodes = router
-        .config()
-        .nodes
-        .iter()
-        .map(|n| ClusterNode {
-            id: n.id.clone(),
-            listen: n.listen.clone(),
-            peer: n.peer.clone(),
-            up: n.id == me
-                || router
-                    .peers()
-                    .iter()
-                    .any(|p| p.id.as_str() == n.id && p.state() == LinkState::Up),
-            state: "active",
+/// The leader of every partition (the metadata group not included): as this node knows it for those it
+/// replicates, as the leading peer last said for the others.
+pub(crate) fn partition_leaders(router: &Router) -> Vec<Option<crate::ids::NodeId>> {
+    let Some(replication) = router.replication() else {
+        return Vec::new();
+    };
+    let meta = replication.layout().meta();
+    replication
+        .partitions()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(p, v)| {
+            let p = u32::try_from(p).ok().filter(|p| *p != meta)?;
+            Some(v.leader.or_else(|| router.led_by_peer(p)))
         })
-        .collect();
-    let leaders = partition_leaders(&router);
-    let partitions = router
-        .replication()
-        .map(|r| {
-            let layout = r.layout();
-            (0..layout.partitions())
-                .map(|p| PartitionEntry {
-                    id: p,
-                    replicas: layout.replicas(p).iter().map(ToString::to_string).collect(),
-                    leader: leaders
-                        .get(p as usize)
-                        .cloned()
-                        .flatten()
-                        .map(|l| l.to_string()),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    HttpResponse::Ok().json(ClusterView {
-        epoch: 1,
-        nodes,
-        partitions,
-        moving: 0,
-    })
+        .collect()
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -279,12 +209,10 @@ pub async fn route(router: web::Data<Router>, query: web::Query<RouteQuery>) -> 
     let listen = if owner == *router.node() {
         router.listen().to_string()
     } else {
-        router
-            .config()
-            .nodes
-            .iter()
-            .find(|n| n.id == owner.as_str())
-            .map(|n| n.listen.clone())
+        crate::net::cluster::members(&router)
+            .into_iter()
+            .find(|m| m.id == owner)
+            .map(|m| m.listen)
             .unwrap_or_default()
     };
     HttpResponse::Ok().json(RouteResponse {

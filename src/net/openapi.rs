@@ -9,7 +9,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::net::{api, http, media, server, web};
+use crate::net::{api, cluster, http, media, server, web};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +24,9 @@ use crate::net::{api, http, media, server, web};
         http::token,
         http::nodes,
         http::route,
-        http::admin_cluster,
+        cluster::admin_cluster,
+        cluster::add_node,
+        cluster::remove_node,
         openapi_json,
         media::start,
         media::upload_status,

@@ -18,7 +18,7 @@ use actix_web::{web, App, HttpResponse};
 
 use crate::cluster::Router;
 use crate::config::HttpConfig;
-use crate::net::{api, http, media, openapi, web as web_client};
+use crate::net::{api, cluster, http, media, openapi, web as web_client};
 
 /// Every route of the App, from one table: the App's routes and [`SERVED`] are both made from it, so the
 /// OpenAPI document ([`crate::net::openapi`]) can be checked against what is really served.
@@ -39,7 +39,9 @@ served! {
     post "/v1/token" => http::token,
     get "/v1/nodes" => http::nodes,
     get "/v1/route" => http::route,
-    get "/v1/admin/cluster" => http::admin_cluster,
+    get "/v1/admin/cluster" => cluster::admin_cluster,
+    post "/v1/admin/nodes" => cluster::add_node,
+    delete "/v1/admin/nodes/{id}" => cluster::remove_node,
     get "/v1/openapi.json" => openapi::openapi_json,
     post "/v1/uploads" => media::start,
     get "/v1/uploads/{upload}" => media::upload_status,

@@ -900,13 +900,23 @@ impl MultiRaft {
         Ok(())
     }
 
-    /// Snapshot messages in `batches` (for the metrics).
-    pub fn snapshots_in(batches: &[Batch]) -> usize {
+    /// Snapshot messages in `batches` and their data's bytes (for the metrics).
+    pub fn snapshots_in(batches: &[Batch]) -> (usize, u64) {
         batches
             .iter()
             .flat_map(|b| &b.messages)
             .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
-            .count()
+            .fold((0, 0), |(n, bytes), (_, m)| {
+                (n + 1, bytes + m.get_snapshot().get_data().len() as u64)
+            })
+    }
+
+    /// Whether the group's log starts after a snapshot point (a replica added now starts from a
+    /// snapshot, which carries the group's configuration).
+    pub fn compacted(&self, partition: PartitionId) -> bool {
+        self.groups
+            .get(&partition)
+            .is_some_and(|g| g.node.raft.raft_log.store.first_index().unwrap_or(1) > 1)
     }
 }
 

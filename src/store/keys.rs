@@ -44,6 +44,8 @@ pub const META: &str = "meta";
 
 /// `meta`: the partition count this node's data was created with.
 pub const META_PARTITIONS: &[u8] = b"partitions";
+/// The cluster's membership record as this node last applied it (JSON).
+pub const META_MEMBERSHIP: &[u8] = b"membership";
 
 /// `A` partition:u32 in `conv_log` and in `user_index`: the last Raft log index of that partition whose
 /// conversation (user) command that tree holds, written in the same batch as the command's writes.

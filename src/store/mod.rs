@@ -145,6 +145,20 @@ impl Store {
         }
     }
 
+    /// The membership record this node last applied (see `cluster::membership`), as stored.
+    pub fn membership(&self) -> StoreResult<Option<Vec<u8>>> {
+        let meta = self.db.open_tree(keys::META)?;
+        Ok(meta.get(keys::META_MEMBERSHIP)?.map(|v| v.to_vec()))
+    }
+
+    /// Replaces the stored membership record (durable with the next flush; the metadata group's log
+    /// holds what a crash loses until then).
+    pub fn set_membership(&self, bytes: &[u8]) -> StoreResult<()> {
+        let meta = self.db.open_tree(keys::META)?;
+        meta.insert(keys::META_MEMBERSHIP, bytes)?;
+        Ok(())
+    }
+
     // ---- conversations ----
 
     /// The highest seq of `conv` and that message's JSON.

@@ -2,6 +2,7 @@
 //! real WebSocket clients, and fixtures for the usual set-ups.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -186,11 +187,22 @@ impl NodeProcess {
 
     /// Starts node `node` of the config (the first when None), its log appended to `log`.
     pub fn start_node(config_path: &Path, node: Option<&str>, log: Option<&Path>) -> NodeProcess {
+        Self::start_with_args(config_path, node, log, &[])
+    }
+
+    /// [`NodeProcess::start_node`] with more arguments (`--join ADDR`).
+    pub fn start_with_args(
+        config_path: &Path,
+        node: Option<&str>,
+        log: Option<&Path>,
+        args: &[&str],
+    ) -> NodeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rookery"));
         cmd.arg("--config").arg(config_path);
         if let Some(node) = node {
             cmd.arg("--node").arg(node);
         }
+        cmd.args(args);
         let stderr = match log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -202,7 +214,10 @@ impl NodeProcess {
             None => Stdio::null(),
         };
         let mut child = cmd
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -262,7 +277,13 @@ pub struct Cluster {
     pub config: Config,
     pub ids: Vec<String>,
     pub addrs: Vec<SocketAddr>,
+    /// Each node's peer address.
+    pub peers: Vec<String>,
     nodes: Vec<Option<NodeProcess>>,
+    /// The `extra` config the cluster started with.
+    extra: String,
+    /// Nodes that joined later: their own config file and the `--join` address they started with.
+    joined: HashMap<usize, (PathBuf, String)>,
 }
 
 impl Cluster {
@@ -291,7 +312,10 @@ impl Cluster {
             config,
             ids,
             addrs,
+            peers: peers.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             nodes: Vec::new(),
+            extra: extra.to_owned(),
+            joined: HashMap::new(),
         };
         for i in 0..n {
             let node = cluster.spawn(i);
@@ -304,7 +328,104 @@ impl Cluster {
 
     fn spawn(&self, i: usize) -> NodeProcess {
         let log = self.dir.path().join(format!("{}.log", self.ids[i]));
-        NodeProcess::start_node(&self.config_path, Some(&self.ids[i]), Some(&log))
+        match self.joined.get(&i) {
+            Some((config, join)) => NodeProcess::start_with_args(
+                config,
+                Some(&self.ids[i]),
+                Some(&log),
+                &["--join", join],
+            ),
+            None => NodeProcess::start_node(&self.config_path, Some(&self.ids[i]), Some(&log)),
+        }
+    }
+
+    /// The config file of a node `id` that joins this cluster: the cluster's `[auth]` and extra config
+    /// (or `head` instead), and only the node's own `[[nodes]]` entry. Returns the file, the client and
+    /// the peer address.
+    pub fn joiner_config(&self, id: &str, head: Option<&str>) -> (PathBuf, SocketAddr, String) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let peer = format!("127.0.0.1:{}", free_port());
+        let head = head.map_or_else(
+            || {
+                format!(
+                    "[auth]\ntoken_secret = \"{SECRET}\"\nadmin_key = \"{ADMIN_KEY}\"\n{}\n",
+                    self.extra
+                )
+            },
+            str::to_owned,
+        );
+        let text = format!(
+            "{head}[[nodes]]\nid = \"{id}\"\nlisten = \"{addr}\"\npeer = \"{peer}\"\ndata_dir = \"data/{id}\"\n"
+        );
+        let path = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, text).expect("write joiner config");
+        (path, addr, peer)
+    }
+
+    /// Starts node `id` with its own config and `--join` on node `via`'s peer address (it waits to be
+    /// added); returns its index.
+    pub fn join(&mut self, id: &str, via: usize) -> usize {
+        let (config, addr, peer) = self.joiner_config(id, None);
+        let i = self.ids.len();
+        self.ids.push(id.to_owned());
+        self.addrs.push(addr);
+        self.peers.push(peer);
+        self.joined.insert(i, (config, self.peers[via].clone()));
+        let node = self.spawn(i);
+        self.nodes.push(Some(node));
+        i
+    }
+
+    /// An admin call on node `i`: status and JSON body.
+    pub async fn admin(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, text) =
+            http(method, &self.url(i, path), Some(ADMIN_KEY), body.as_deref()).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `POST /v1/admin/nodes` for node `j` on node `i`.
+    pub async fn add_node(&self, i: usize, j: usize) -> (u16, Value) {
+        let body = serde_json::json!({
+            "id": self.ids[j],
+            "listen": self.addrs[j].to_string(),
+            "peer": self.peers[j],
+        });
+        self.admin(i, "POST", "/v1/admin/nodes", Some(body)).await
+    }
+
+    /// Waits until node `i`'s `GET /v1/admin/cluster` satisfies `done` (at most `within`); returns it.
+    pub async fn wait_cluster(
+        &self,
+        i: usize,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let view = self.admin_cluster(i).await;
+            if done(&view) {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cluster did not settle: {}\n{}",
+                view,
+                self.log_tails(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether node `i` is running.
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(Option::is_some)
     }
 
     /// Waits until every running node sees every other running node as up.
@@ -322,7 +443,10 @@ impl Cluster {
             for &i in &running {
                 let nodes = self.nodes_view(i).await;
                 for &j in &running {
-                    if nodes[j]["up"] != true {
+                    let up = nodes
+                        .iter()
+                        .any(|n| n["id"] == self.ids[j].as_str() && n["up"] == true);
+                    if !up {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue 'outer;
                     }
@@ -354,8 +478,7 @@ impl Cluster {
 
     /// The indexes of the nodes that keep `key`'s partition, the preferred one first.
     pub fn replicas_of(&self, key: &str) -> Vec<usize> {
-        let ring = rookery::cluster::Ring::new(&self.config);
-        let layout = rookery::cluster::placement::Layout::new(&self.config, &ring);
+        let layout = rookery::cluster::placement::Layout::initial(&self.config);
         let p = rookery::cluster::placement::partition_of(key, self.config.cluster.partitions);
         layout
             .replicas(p)
@@ -371,8 +494,7 @@ impl Cluster {
 
     /// The index of partition `p`'s preferred replica.
     pub fn preferred(&self, p: u32) -> usize {
-        let ring = rookery::cluster::Ring::new(&self.config);
-        let layout = rookery::cluster::placement::Layout::new(&self.config, &ring);
+        let layout = rookery::cluster::placement::Layout::initial(&self.config);
         let id = layout.replicas(p)[0].to_string();
         self.ids
             .iter()
@@ -429,8 +551,7 @@ impl Cluster {
         let want: Vec<usize> = (0..self.config.cluster.partitions)
             .map(|p| self.preferred(p))
             .collect();
-        let ring = rookery::cluster::Ring::new(&self.config);
-        let layout = rookery::cluster::placement::Layout::new(&self.config, &ring);
+        let layout = rookery::cluster::placement::Layout::initial(&self.config);
         // a node knows the leaders of the partitions it keeps only
         let keeps = |i: usize, p: usize| {
             u32::try_from(p).is_ok_and(|p| {
@@ -510,6 +631,20 @@ impl Cluster {
             .status()
             .expect("kill");
         node.child.wait().expect("wait")
+    }
+
+    /// Starts node `i` again and waits for the links only (after a membership change, where the config's
+    /// layout no longer says who leads).
+    pub async fn restart_linked(&mut self, i: usize) {
+        self.start_again(i);
+        self.wait_links().await;
+    }
+
+    /// Starts node `i` again without waiting for anything.
+    pub fn start_again(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let node = self.spawn(i);
+        self.nodes[i] = Some(node);
     }
 
     pub async fn restart(&mut self, i: usize) {

@@ -1,0 +1,416 @@
+//! The apply thread ([`Applier`]): committed entries in log order, applied to this node's store through
+//! the cores; snapshots of partitions made and installed; logs compacted once the store holds their
+//! entries; the membership record applied from the metadata group.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use super::{lock, ApplyInput, Input, ProposalDone, Replication, ReplicationError};
+use crate::cluster::membership::{MemberCommand, Membership, Shape};
+use crate::cluster::placement::PartitionId;
+use crate::config::Config;
+use crate::error::ChatError;
+use crate::metrics::Metrics;
+use crate::raft::multi::{Committed, Leadership};
+use crate::state::conv::Rules;
+use crate::state::replica::{Applied, Entry, Proposal, Replica};
+use crate::store::Store;
+
+/// The apply thread: committed entries of every group, applied in log order through the cores
+/// ([`Replica`]) to this node's store; answers the proposals this node made once their entries are
+/// applied, and marks a partition ready to serve once its leader's first entry of the term is applied.
+pub(super) struct Applier {
+    replica: Replica,
+    store: Store,
+    partitions: u32,
+    /// `cluster.log_compact_entries`.
+    compact_entries: u64,
+    me: u64,
+    rx: mpsc::Receiver<ApplyInput>,
+    /// This node's proposals waiting for their entries: partition, term, when proposed, callback.
+    pending: HashMap<u64, (PartitionId, u64, Instant, ProposalDone)>,
+    shared: std::sync::Weak<Replication>,
+    metrics: Arc<Metrics>,
+    /// Per partition: the index and term of the last entry applied (or skipped as applied before).
+    last: HashMap<PartitionId, (u64, u64)>,
+    /// Per partition: where its log was last compacted from here.
+    compacted: HashMap<PartitionId, u64>,
+    next_compaction: Instant,
+    /// The membership record (none yet on a node that joins) and the metadata group's entry it reflects.
+    membership: Option<Membership>,
+    meta_index: u64,
+    shape: Shape,
+}
+
+/// How often the apply thread looks for logs to compact (each time it flushes the store first).
+const COMPACTION_CHECK: Duration = Duration::from_secs(1);
+
+/// The membership record as stored and as a snapshot of the metadata group: the record and the index of
+/// the metadata entry it reflects.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StoredMembership {
+    pub index: u64,
+    pub membership: Membership,
+}
+
+impl Applier {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        config: &Config,
+        store: Store,
+        membership: Option<Membership>,
+        me: u64,
+        rx: mpsc::Receiver<ApplyInput>,
+        shared: std::sync::Weak<Replication>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Applier, ReplicationError> {
+        let meta_index = match store.membership()? {
+            Some(bytes) => serde_json::from_slice::<StoredMembership>(&bytes)
+                .map(|s| s.index)
+                .unwrap_or(0),
+            None => 0,
+        };
+        Ok(Applier {
+            replica: Replica::new(store.clone(), Rules::from_config(&config.chat)),
+            store,
+            partitions: config.cluster.partitions,
+            compact_entries: config.cluster.log_compact_entries.max(2),
+            me,
+            rx,
+            pending: HashMap::new(),
+            shared,
+            metrics,
+            last: HashMap::new(),
+            compacted: HashMap::new(),
+            next_compaction: Instant::now() + COMPACTION_CHECK,
+            membership,
+            meta_index,
+            shape: Shape::of(config),
+        })
+    }
+
+    pub(super) fn run(mut self) {
+        while let Ok(input) = self.rx.recv() {
+            match input {
+                ApplyInput::Track {
+                    partition,
+                    id,
+                    term,
+                    done,
+                } => {
+                    self.pending
+                        .insert(id, (partition, term, Instant::now(), done));
+                }
+                ApplyInput::Committed(entries) => {
+                    self.apply(entries);
+                    self.maybe_compact();
+                }
+                ApplyInput::Install(snapshots) => {
+                    for (partition, snapshot) in snapshots {
+                        self.install(partition, &snapshot);
+                    }
+                }
+                ApplyInput::MakeSnapshot(partition) => self.make_snapshot(partition),
+                ApplyInput::Leadership(changes) => self.leadership(&changes),
+                ApplyInput::Drop(partitions) => self.drop_partitions(&partitions),
+                ApplyInput::CompactNow(partition) => self.compact_now(partition),
+                ApplyInput::Stop => break,
+            }
+        }
+        for (_, (_, _, _, done)) in self.pending.drain() {
+            done(Err(ChatError::unavailable("the node is stopping")));
+        }
+    }
+
+    /// Applies a round's committed entries in one batch ([`Replica::apply_entries`]); then marks the
+    /// partitions whose leader's first entry of its term is among them as caught up, and answers this
+    /// node's proposals.
+    fn apply(&mut self, committed: Vec<Committed>) {
+        let mut entries = Vec::with_capacity(committed.len());
+        let mut ready = Vec::new();
+        let mut mine = Vec::new();
+        for c in committed {
+            self.metrics
+                .raft_partition
+                .set_applied(c.partition, c.index);
+            self.last.insert(c.partition, (c.index, c.term));
+            if c.conf {
+                // applied to the group by the driver; a snapshot from here on carries it
+                continue;
+            }
+            if c.partition == self.partitions && !c.data.is_empty() {
+                self.apply_meta(c.index, &c.data);
+                continue;
+            }
+            if c.data.is_empty() {
+                // a leader's first entry of its term: once applied, everything committed before it is
+                // (this node serves the partition if it is that leader; see `Replication::serving`)
+                ready.push((c.partition, c.term));
+                continue;
+            }
+            let proposal: Proposal = match serde_json::from_slice(&c.data) {
+                Ok(p) => p,
+                Err(e) => {
+                    // every replica skips it alike: the data is the same everywhere
+                    tracing::error!(partition = c.partition, index = c.index, error = %e, "skipping an entry that does not decode");
+                    continue;
+                }
+            };
+            let from_here = proposal.origin == self.me;
+            if from_here {
+                mine.push((entries.len(), proposal.id));
+            }
+            entries.push(Entry {
+                partition: c.partition,
+                index: c.index,
+                command: proposal.command,
+                events: if from_here {
+                    proposal.events
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        let applied = match self.replica.apply_entries(entries) {
+            Ok(applied) => applied,
+            Err(e) => {
+                // later entries must not be applied over missing ones
+                tracing::error!(error = %e, "cannot apply committed entries: stopping the node");
+                std::process::abort();
+            }
+        };
+        if let Some(shared) = self.shared.upgrade() {
+            for (partition, term) in ready {
+                if let Some(r) = shared.ready.get(partition as usize) {
+                    r.fetch_max(term, Ordering::AcqRel);
+                }
+            }
+        }
+        for (at, id) in mine {
+            if let Some(Applied::Conv(Err(e))) = applied.get(at) {
+                tracing::warn!(error = %e, "an entry this node proposed was refused when applied");
+            }
+            if let Some((_, _, since, done)) = self.pending.remove(&id) {
+                self.metrics
+                    .raft_proposal_seconds
+                    .observe(since.elapsed().as_secs_f64());
+                done(Ok(()));
+            }
+        }
+    }
+
+    /// A membership command committed to the metadata group (skipped if the stored record reflects it).
+    fn apply_meta(&mut self, index: u64, data: &[u8]) {
+        if index <= self.meta_index {
+            return;
+        }
+        let command: MemberCommand = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(index, error = %e, "skipping a membership entry that does not decode");
+                return;
+            }
+        };
+        let Some(mut membership) = self.membership.clone() else {
+            tracing::error!(index, "a membership entry before any record: skipped");
+            return;
+        };
+        match membership.apply(&command, self.shape) {
+            Ok(true) => {
+                tracing::info!(epoch = membership.epoch, ?command, "membership changed");
+                self.set_membership(index, membership);
+            }
+            Ok(false) => self.meta_index = index,
+            Err(e) => {
+                tracing::warn!(?command, error = %e, "membership command refused");
+                self.meta_index = index;
+            }
+        }
+    }
+
+    /// Stores `membership` as the record at metadata index `index` and publishes it.
+    fn set_membership(&mut self, index: u64, membership: Membership) {
+        let stored = StoredMembership {
+            index,
+            membership: membership.clone(),
+        };
+        let bytes = match serde_json::to_vec(&stored) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the membership record");
+                return;
+            }
+        };
+        if let Err(e) = self.store.set_membership(&bytes) {
+            tracing::error!(error = %e, "cannot store the membership record: stopping the node");
+            std::process::abort();
+        }
+        self.meta_index = index;
+        self.membership = Some(membership.clone());
+        self.metrics
+            .membership_epoch
+            .set(i64::try_from(membership.epoch).unwrap_or(i64::MAX));
+        if let Some(shared) = self.shared.upgrade() {
+            shared.set_membership(membership);
+        }
+    }
+
+    /// Deletes the keys of groups this node no longer keeps.
+    fn drop_partitions(&mut self, partitions: &[PartitionId]) {
+        for &p in partitions {
+            self.last.remove(&p);
+            self.compacted.remove(&p);
+            if p == self.partitions {
+                continue;
+            }
+            if let Err(e) = self.store.install_partition(p, self.partitions, &[], 0) {
+                tracing::error!(partition = p, error = %e, "cannot delete a dropped partition's keys");
+                continue;
+            }
+            self.replica.forget(p, 0);
+            tracing::info!(
+                partition = p,
+                "deleted the keys of a partition this node no longer keeps"
+            );
+        }
+    }
+
+    /// Flushes the store, then lets the driver drop the group's first entries (see
+    /// [`ApplyInput::CompactNow`]).
+    fn compact_now(&mut self, partition: PartitionId) {
+        let Some(&(index, _)) = self.last.get(&partition) else {
+            return;
+        };
+        if let Err(e) = self.store.flush_now() {
+            tracing::error!(error = %e, "cannot flush the store before a compaction");
+            return;
+        }
+        let to = self.compacted.get(&partition).copied().unwrap_or(0).max(2);
+        if index + 1 >= to {
+            self.compacted.insert(partition, to);
+            if let Some(shared) = self.shared.upgrade() {
+                let _ = lock(&shared.tx).send(Input::Compact(vec![(partition, to)]));
+            }
+        }
+    }
+
+    /// Installs a snapshot of `partition`'s data from its leader: its keys replaced, its applied index set
+    /// to the snapshot's (the entries after it follow).
+    fn install(&mut self, partition: PartitionId, snapshot: &raft::eraftpb::Snapshot) {
+        let meta = snapshot.get_metadata();
+        let started = Instant::now();
+        if partition == self.partitions {
+            match serde_json::from_slice::<StoredMembership>(&snapshot.data) {
+                Ok(stored) => {
+                    self.set_membership(meta.index.max(stored.index), stored.membership);
+                    self.last.insert(partition, (meta.index, meta.term));
+                    self.compacted.insert(partition, meta.index);
+                }
+                Err(e) => tracing::error!(error = %e, "a membership snapshot that does not decode"),
+            }
+            return;
+        }
+        if let Err(e) =
+            self.store
+                .install_partition(partition, self.partitions, &snapshot.data, meta.index)
+        {
+            tracing::error!(partition, error = %e, "cannot install a snapshot: stopping the node");
+            std::process::abort();
+        }
+        self.replica.forget(partition, meta.index);
+        self.last.insert(partition, (meta.index, meta.term));
+        self.compacted.insert(partition, meta.index);
+        self.metrics.raft_snapshots_installed.inc();
+        tracing::info!(partition, index = meta.index, bytes = snapshot.data.len(), took = ?started.elapsed(), "installed a partition snapshot");
+    }
+
+    /// A snapshot of `partition`'s data at the last entry applied here, for the driver to offer.
+    fn make_snapshot(&mut self, partition: PartitionId) {
+        let Some(&(index, term)) = self.last.get(&partition) else {
+            // nothing applied since the start: raft asks again with its next probe
+            return;
+        };
+        let data = if partition == self.partitions {
+            let Some(membership) = self.membership.clone() else {
+                return;
+            };
+            serde_json::to_vec(&StoredMembership {
+                index: self.meta_index,
+                membership,
+            })
+            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))
+        } else {
+            self.store.partition_snapshot(partition, self.partitions)
+        };
+        let data = match data {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "cannot make a snapshot");
+                return;
+            }
+        };
+        if let Some(shared) = self.shared.upgrade() {
+            let _ = lock(&shared.tx).send(Input::SnapshotReady {
+                partition,
+                index,
+                term,
+                data,
+            });
+        }
+    }
+
+    /// At most once per [`COMPACTION_CHECK`]: the partitions whose logs hold more than
+    /// `log_compact_entries` applied entries are compacted, keeping the last half. The store is flushed
+    /// first: an entry leaves the log only once its effects are on disk.
+    fn maybe_compact(&mut self) {
+        let now = Instant::now();
+        if now < self.next_compaction {
+            return;
+        }
+        self.next_compaction = now + COMPACTION_CHECK;
+        let due: Vec<(PartitionId, u64)> = self
+            .last
+            .iter()
+            .filter_map(|(p, (index, _))| {
+                let from = self.compacted.get(p).copied().unwrap_or(0);
+                (index.saturating_sub(from) >= self.compact_entries)
+                    .then(|| (*p, index.saturating_sub(self.compact_entries / 2)))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.flush_now() {
+            tracing::error!(error = %e, "cannot flush the store before a compaction");
+            return;
+        }
+        for (p, index) in &due {
+            self.compacted.insert(*p, *index);
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            let _ = lock(&shared.tx).send(Input::Compact(due));
+        }
+    }
+
+    /// Proposals made under a leadership this node no longer has will not be answered by their entries.
+    fn leadership(&mut self, changes: &[Leadership]) {
+        for c in changes {
+            let lost: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, (p, term, _, _))| *p == c.partition && (!c.local || *term != c.term))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                if let Some((_, _, _, done)) = self.pending.remove(&id) {
+                    done(Err(ChatError::unavailable(format!(
+                        "partition {} changed leader; resend with the same cid",
+                        c.partition
+                    ))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The driver thread ([`Driver`]): owns this node's [`MultiRaft`], ticks it, steps what peers sent, proposes,
+//! and after each round persists, sends and publishes what the groups produced; hands leadership over on
+//! SIGTERM and back to the preferred replicas; moves replicas where the membership wants them
+//! (`moves.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::wire::{decode, encode};
+use super::*;
+use crate::cluster::remote::PeerFrame;
+use crate::error::ChatError;
+use crate::metrics::Metrics;
+use crate::raft::multi::{raft_id, Batch, Leadership, MultiRaft, ProposeError, Stepped};
+
+/// A hand-over in progress.
+pub(super) struct HandingOver {
+    done: mpsc::Sender<usize>,
+    /// When to ask again (a transfer that raft gave up on) and when to give up.
+    retry: Instant,
+}
+
+pub(super) struct Driver {
+    pub(super) raft: MultiRaft,
+    rx: mpsc::Receiver<Input>,
+    tick: Duration,
+    /// `cluster.election_timeout_ms`.
+    election: Duration,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) shared: std::sync::Weak<Replication>,
+    handing_over: Option<HandingOver>,
+    /// Since when this node leads each partition it leads.
+    led_since: HashMap<PartitionId, Instant>,
+    next_balance: Instant,
+    /// To the apply thread.
+    pub(super) apply: mpsc::Sender<ApplyInput>,
+    /// See [`Input::Retire`].
+    pub(super) retiring: bool,
+    /// Partitions whose leadership is being moved to another replica: where to, and since when.
+    pub(super) moving: HashMap<PartitionId, (u64, Instant)>,
+    /// When the last round that synced the log started.
+    last_sync: Option<Instant>,
+    /// Moves of replicas led from here (see `moves.rs`).
+    pub(super) moves: super::moves::Moves,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        raft: MultiRaft,
+        rx: mpsc::Receiver<Input>,
+        tick: Duration,
+        election: Duration,
+        max_moving: usize,
+        metrics: Arc<Metrics>,
+        shared: std::sync::Weak<Replication>,
+        apply: mpsc::Sender<ApplyInput>,
+    ) -> Driver {
+        Driver {
+            raft,
+            rx,
+            tick,
+            election,
+            metrics,
+            shared,
+            handing_over: None,
+            led_since: HashMap::new(),
+            next_balance: Instant::now(),
+            apply,
+            retiring: false,
+            moving: HashMap::new(),
+            last_sync: None,
+            moves: super::moves::Moves::new(max_moving),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // under load, let a round's worth of proposals and acks gather: one fsync (and one apply
+            // batch on every replica) then covers them all; an idle node syncs at once
+            if first.is_some() {
+                if let Some(wait) = self
+                    .last_sync
+                    .map(|t| SYNC_WINDOW.saturating_sub(t.elapsed()))
+                {
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            let inputs = first
+                .into_iter()
+                .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
+            let mut stop = false;
+            for input in inputs.collect::<Vec<_>>() {
+                match input {
+                    Input::Step { from, batch, gone } => {
+                        match decode(&batch) {
+                            Ok(messages) => {
+                                for (p, m) in messages {
+                                    self.step(p, m);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(peer = %from, error = %e, "dropping an undecodable raft frame")
+                            }
+                        }
+                        for (p, index) in gone {
+                            if let Err(e) = self.raft.gone(p, index) {
+                                tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
+                                std::process::abort();
+                            }
+                        }
+                    }
+                    Input::ProposeMeta { data, forwarded } => self.propose_meta(data, forwarded),
+                    Input::HandOver { done } => {
+                        self.handing_over = Some(HandingOver {
+                            done,
+                            retry: Instant::now(),
+                        });
+                    }
+                    Input::Propose {
+                        partition,
+                        id,
+                        data,
+                        done,
+                    } => self.propose(partition, id, data, done),
+                    Input::SnapshotReady {
+                        partition,
+                        index,
+                        term,
+                        data,
+                    } => {
+                        if let Err(e) = self.raft.offer_snapshot(partition, index, term, data) {
+                            tracing::warn!(partition, error = %e, "cannot offer a snapshot");
+                        }
+                    }
+                    Input::Compact(points) => {
+                        for (partition, index) in points {
+                            if let Err(e) = self.raft.compact(partition, index) {
+                                tracing::error!(error = %e, "the raft log cannot be compacted: stopping the node");
+                                std::process::abort();
+                            }
+                        }
+                    }
+                    Input::Retire => self.retiring = true,
+                    Input::Stop => stop = true,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                if !self.retiring {
+                    self.raft.tick();
+                }
+                next_tick += self.tick;
+                if next_tick < now {
+                    // the thread fell behind (a long sync): skip the missed ticks rather than burst them
+                    next_tick = now + self.tick;
+                }
+            }
+            self.hand_over(now);
+            self.balance(now);
+            self.reconcile(now);
+            self.round();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Steps a peer's message; a leader's message for a group not kept here starts a replica (the leader
+    /// added this node). A retiring node takes no leadership.
+    fn step(&mut self, p: PartitionId, m: raft::eraftpb::Message) {
+        if self.retiring && m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
+            return;
+        }
+        if self.raft.step(p, m.clone()) == Stepped::Unknown {
+            let known = self
+                .shared
+                .upgrade()
+                .is_some_and(|s| (p as usize) < s.kept.len());
+            if !known {
+                return;
+            }
+            if let Err(e) = self.raft.create(p) {
+                tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
+                std::process::abort();
+            }
+            self.reconfigured(&[p]);
+            self.raft.step(p, m);
+        }
+    }
+
+    /// Proposes a membership command if this node leads the metadata group, else sends it to the leader.
+    fn propose_meta(&mut self, data: Vec<u8>, forwarded: bool) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let meta = shared.layout().meta();
+        match self.raft.propose(meta, data.clone()) {
+            Ok(()) => {}
+            Err(ProposeError::NotLeader {
+                leader: Some(leader),
+            }) if !forwarded => {
+                if let Some(peer) = shared.peer(leader) {
+                    let command = String::from_utf8_lossy(&data).into_owned();
+                    let _ = peer.send(&PeerFrame::Meta { command });
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "membership command not proposed (the caller retries)")
+            }
+        }
+    }
+
+    fn propose(&mut self, partition: PartitionId, id: u64, data: Vec<u8>, done: ProposalDone) {
+        if self.handing_over.is_some() {
+            return done(Err(ChatError::unavailable("the node is handing over")));
+        }
+        let term = self.raft.term(partition).unwrap_or(0);
+        match self.raft.propose(partition, data) {
+            Ok(()) => {
+                let _ = self.apply.send(ApplyInput::Track {
+                    partition,
+                    id,
+                    term,
+                    done,
+                });
+            }
+            Err(e) => done(Err(ChatError::unavailable(format!(
+                "partition {partition}: {e}"
+            )))),
+        }
+    }
+
+    /// While handing over: asks each led group to transfer (again after an election timeout, if raft gave
+    /// up), and answers once nothing is led here.
+    fn hand_over(&mut self, now: Instant) {
+        let Some(h) = &mut self.handing_over else {
+            return;
+        };
+        let led: Vec<PartitionId> = self.raft.led().collect();
+        if led.is_empty() {
+            let _ = h.done.send(0);
+            self.handing_over = None;
+            return;
+        }
+        if now >= h.retry {
+            let still = led.len();
+            let asked = led
+                .into_iter()
+                .filter(|p| self.raft.hand_over(*p).is_some())
+                .count();
+            if asked == 0 {
+                // nobody to take them (a single node, or every other replica down)
+                let _ = h.done.send(still);
+                self.handing_over = None;
+                return;
+            }
+            h.retry = now + self.election;
+        }
+    }
+
+    /// Gives partitions back to their preferred replica, a few at a time, so that leadership (and with it
+    /// the actors' work) spreads over the nodes the way the ring spreads the partitions, instead of
+    /// staying wherever the last election happened to put it. Only partitions led here for a while are
+    /// moved, so a node that has just stopped (and still looks active for an election timeout) never gets
+    /// a partition back; never while this node hands its partitions over.
+    ///
+    /// A move is drained like a hand-over: the partition stops being served here first (requests wait,
+    /// then go to the new leader), and is transferred once what its actors proposed has been applied, so
+    /// no request fails because leadership moved under it.
+    fn balance(&mut self, now: Instant) {
+        self.transfer_drained(now);
+        if now < self.next_balance || self.handing_over.is_some() || self.retiring {
+            return;
+        }
+        let settle = self.election;
+        self.next_balance = now + settle;
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for p in self.raft.led().collect::<Vec<_>>() {
+            if self.moving.len() >= BALANCE_AT_ONCE {
+                break;
+            }
+            let layout = shared.layout();
+            let Some(to) = layout.target(p).first().map(raft_id) else {
+                continue;
+            };
+            if to == self.raft.id() {
+                continue;
+            }
+            let long_enough = self.led_since.get(&p).is_some_and(|since| {
+                now.duration_since(*since) >= settle * BALANCE_AFTER_ELECTIONS
+            });
+            if long_enough && !self.moving.contains_key(&p) && self.raft.caught_up(p, to) {
+                shared.set_moving(p, true);
+                self.moving.insert(p, (to, now));
+            }
+        }
+    }
+
+    /// Transfers the partitions being moved whose proposals in flight are all applied; gives a move up
+    /// after an election timeout (it is tried again later).
+    fn transfer_drained(&mut self, now: Instant) {
+        if self.moving.is_empty() {
+            return;
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for (&p, &(to, since)) in &self.moving {
+            let waited = now.duration_since(since);
+            if waited >= self.election {
+                done.push(p);
+            } else if waited >= DRAIN_POLL * DRAIN_QUIET_ROUNDS && shared.in_flight_in(p) == 0 {
+                self.raft.transfer_if_caught_up(p, to);
+            }
+        }
+        for p in done {
+            self.moving.remove(&p);
+            shared.set_moving(p, false);
+        }
+    }
+
+    /// Persists, sends and publishes what the groups produced.
+    fn round(&mut self) {
+        let started = Instant::now();
+        let out = match self.raft.poll() {
+            Ok(out) => {
+                if out.synced {
+                    self.last_sync = Some(started);
+                }
+                out
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
+                std::process::abort();
+            }
+        };
+        let (snapshots, bytes) = MultiRaft::snapshots_in(&out.batches);
+        if snapshots > 0 {
+            self.metrics.raft_snapshots_sent.inc_by(snapshots as u64);
+            self.metrics.move_bytes.inc_by(bytes);
+        }
+        for batch in out.batches {
+            self.send(batch);
+        }
+        if !out.installs.is_empty() {
+            let _ = self.apply.send(ApplyInput::Install(out.installs));
+        }
+        if !out.removed.is_empty() {
+            let _ = self.apply.send(ApplyInput::Drop(out.removed.clone()));
+        }
+        if !out.committed.is_empty() {
+            // entries come in log order per group: the last of each group is its commit index
+            let mut seen = std::collections::HashSet::new();
+            for c in out.committed.iter().rev() {
+                if seen.insert(c.partition) {
+                    self.metrics.raft_partition.set_commit(c.partition, c.index);
+                }
+            }
+            let _ = self.apply.send(ApplyInput::Committed(out.committed));
+        }
+        // after the round's entries (a snapshot then carries the configuration they changed)
+        for partition in self.raft.wanted_snapshots() {
+            let _ = self.apply.send(ApplyInput::MakeSnapshot(partition));
+        }
+        let mut changed = out.reconfigured;
+        changed.extend(out.removed.iter().copied());
+        if !changed.is_empty() {
+            self.reconfigured(&changed);
+        }
+        if !out.leadership.is_empty() {
+            self.publish(&out.leadership);
+            let _ = self.apply.send(ApplyInput::Leadership(out.leadership));
+        }
+        self.metrics
+            .raft_poll_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn send(&self, batch: Batch) {
+        let Some(peer) = self.shared.upgrade().and_then(|s| s.peer(batch.to)) else {
+            return;
+        };
+        let mut gone = batch.gone;
+        let chunks = encode(&batch.messages);
+        if chunks.is_empty() && !gone.is_empty() {
+            let _ = peer.send(&PeerFrame::Raft {
+                batch: String::new(),
+                gone,
+            });
+            return;
+        }
+        for chunk in chunks {
+            // a link that is down drops the frame; raft resends after the heartbeat or election timeout
+            let _ = peer.send(&PeerFrame::Raft {
+                batch: chunk,
+                gone: std::mem::take(&mut gone),
+            });
+        }
+    }
+
+    fn publish(&mut self, changes: &[Leadership]) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        {
+            let mut view = shared
+                .view
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for c in changes {
+                if let Some(v) = view.get_mut(c.partition as usize) {
+                    v.leader = c.leader.unwrap_or(0);
+                    v.term = c.term;
+                }
+            }
+        }
+        self.metrics
+            .raft_leader_changes
+            .inc_by(changes.len() as u64);
+        let led = self.raft.led().count();
+        shared.led.store(led, Ordering::Relaxed);
+        self.metrics
+            .raft_partitions_led
+            .set(i64::try_from(led).unwrap_or(i64::MAX));
+        for c in changes {
+            if self.moving.remove(&c.partition).is_some() {
+                shared.set_moving(c.partition, false);
+            }
+            self.metrics
+                .raft_partition
+                .set_leader(c.partition, c.local, c.term);
+            if c.local {
+                self.led_since
+                    .entry(c.partition)
+                    .or_insert_with(Instant::now);
+            } else {
+                self.led_since.remove(&c.partition);
+            }
+            tracing::debug!(partition = c.partition, leader = ?c.leader, term = c.term, local = c.local, "raft leadership");
+        }
+        for c in changes {
+            if !c.local {
+                self.lost(c.partition);
+            }
+        }
+        let changed: Vec<PartitionId> = changes.iter().map(|c| c.partition).collect();
+        shared.emit(Event::Leaders(&changed));
+    }
+}

@@ -1,0 +1,128 @@
+//! The `Raft` peer frame's payload: a batch of raft-rs messages, each with its partition.
+
+use base64::Engine as _;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use crate::cluster::placement::PartitionId;
+
+/// Largest `Raft` peer frame before base64: a batch bigger than this is split (one group's append is at
+/// most 1 MiB, raft-rs's `max_size_per_msg`).
+const MAX_FRAME_BATCH: usize = 4 << 20;
+
+/// A batch as `Raft` frame payloads: per message its partition and length (4 bytes each, big-endian) and
+/// its protobuf bytes, split so that no payload exceeds [`MAX_FRAME_BATCH`] (unless one message does),
+/// in base64.
+pub(super) fn encode(messages: &[(PartitionId, Message)]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    for (p, m) in messages {
+        let bytes = match m.write_to_bytes() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a raft message");
+                continue;
+            }
+        };
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            continue;
+        };
+        if !buf.is_empty() && buf.len() + bytes.len() + 8 > MAX_FRAME_BATCH {
+            chunks.push(base64::engine::general_purpose::STANDARD.encode(&buf));
+            buf.clear();
+        }
+        buf.extend_from_slice(&p.to_be_bytes());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&bytes);
+    }
+    if !buf.is_empty() {
+        chunks.push(base64::engine::general_purpose::STANDARD.encode(&buf));
+    }
+    chunks
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DecodeError {
+    #[error("not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    #[error("not a raft message: {0}")]
+    Protobuf(#[from] protobuf::ProtobufError),
+}
+
+pub(super) fn decode(batch: &str) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(batch)?;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let header = bytes
+            .get(at..at.saturating_add(8))
+            .ok_or(DecodeError::Truncated(at))?;
+        let p = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let start = at.saturating_add(8);
+        let end = start.checked_add(len).ok_or(DecodeError::Truncated(at))?;
+        let body = bytes.get(start..end).ok_or(DecodeError::Truncated(at))?;
+        out.push((p, Message::parse_from_bytes(body)?));
+        at = end;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(to: u64, term: u64) -> Message {
+        let mut m = Message {
+            to,
+            from: 7,
+            term,
+            ..Default::default()
+        };
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        m
+    }
+
+    #[test]
+    fn batches_round_trip_and_split_at_the_frame_limit() {
+        let small: Vec<(PartitionId, Message)> =
+            (0..300).map(|p| (p, message(2, u64::from(p)))).collect();
+        let chunks = encode(&small);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(decode(&chunks[0]).expect("decodes"), small);
+
+        let mut big = message(2, 1);
+        big.set_entries(
+            vec![raft::eraftpb::Entry {
+                data: vec![7u8; 1 << 20].into(),
+                ..Default::default()
+            }]
+            .into(),
+        );
+        let many: Vec<(PartitionId, Message)> = (0..9).map(|p| (p, big.clone())).collect();
+        let chunks = encode(&many);
+        assert!(
+            chunks.len() >= 3,
+            "9 MiB in frames of at most 4 MiB: {}",
+            chunks.len()
+        );
+        let back: Vec<(PartitionId, Message)> = chunks
+            .iter()
+            .flat_map(|c| decode(c).expect("decodes"))
+            .collect();
+        assert_eq!(back, many);
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        assert!(decode("!!").is_err());
+        let truncated =
+            base64::engine::general_purpose::STANDARD.encode([0u8, 0, 0, 1, 0, 0, 1, 0, 9]);
+        assert!(decode(&truncated).is_err());
+        let huge_len =
+            base64::engine::general_purpose::STANDARD.encode([0u8, 0, 0, 1, 255, 255, 255, 255]);
+        assert!(decode(&huge_len).is_err());
+    }
+}
