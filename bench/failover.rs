@@ -247,7 +247,7 @@ struct Load {
 }
 
 /// The senders at work.
-struct Running {
+pub(super) struct Running {
     load: Arc<Load>,
     tasks: Vec<JoinHandle<SenderLog>>,
     stop: watch::Sender<bool>,
@@ -255,7 +255,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(server: &Server, shape: &LoadShape) -> Running {
+    pub(super) fn start(server: &Server, shape: &LoadShape) -> Running {
         let pairs = shape.pairs.max(1);
         let load = Arc::new(Load {
             nodes: server.addrs.clone(),
@@ -278,7 +278,7 @@ impl Running {
 
     /// Stops new messages, gives the senders [`DRAIN`] to have the rest acknowledged, then stops them.
     /// Returns their logs and how long new messages were sent, in seconds.
-    async fn finish(self) -> anyhow::Result<(Vec<SenderLog>, f64)> {
+    pub(super) async fn finish(self) -> anyhow::Result<(Vec<SenderLog>, f64)> {
         self.load.sending.store(false, Ordering::Relaxed);
         let span = self.started.elapsed().as_secs_f64();
         let deadline = Instant::now() + DRAIN;
@@ -296,7 +296,7 @@ impl Running {
 
 /// What one sender saw, for the checks and the report.
 #[derive(Default)]
-struct SenderLog {
+pub(super) struct SenderLog {
     conv: String,
     /// The first `seq` acknowledged for each message (by its number: `cid` is `c{n}`).
     acked: HashMap<u64, u64>,
@@ -316,6 +316,9 @@ struct SenderLog {
     reconnects: u64,
     /// Messages still unacknowledged when the senders were stopped.
     unacked: usize,
+    /// For each message acknowledged: when its first `sent` arrived, and how long after the message was
+    /// first sent.
+    pub(super) latencies: Vec<(Instant, Duration)>,
 }
 
 impl SenderLog {
@@ -363,8 +366,9 @@ struct Sender {
     /// The number of the last new message (its `rid`; its `cid` is `c{n}`).
     n: u64,
     next_send: tokio::time::Instant,
-    /// Frames not yet acknowledged, by message number.
+    /// Frames not yet acknowledged, by message number, and when each was first sent.
     unacked: BTreeMap<u64, String>,
+    first_sent: HashMap<u64, Instant>,
     /// Messages answered `unavailable` or `rate_limited`, sent again at `retry_at`.
     retry: Vec<u64>,
     retry_at: Option<tokio::time::Instant>,
@@ -388,6 +392,7 @@ impl Sender {
             user,
             n: 0,
             unacked: BTreeMap::new(),
+            first_sent: HashMap::new(),
             retry: Vec::new(),
             retry_at: None,
             log,
@@ -491,6 +496,7 @@ impl Sender {
             r#"{{"type":"send","rid":{n},"cid":"c{n}","conv":"{conv}","body":{{"text":"failover message {n}"}}}}"#
         );
         self.unacked.insert(n, frame.clone());
+        self.first_sent.insert(n, Instant::now());
         client.send_text(frame).await.is_ok()
     }
 
@@ -539,8 +545,12 @@ impl Sender {
         let Some(n) = cid.and_then(|c| c.strip_prefix('c')?.parse::<u64>().ok()) else {
             return;
         };
-        self.log.sent_at.push(Instant::now());
+        let now = Instant::now();
+        self.log.sent_at.push(now);
         self.unacked.remove(&n);
+        if let Some(first) = self.first_sent.remove(&n) {
+            self.log.latencies.push((now, now - first));
+        }
         let first = *self.log.acked.entry(n).or_insert(seq);
         if first != seq {
             self.log.resend_seq_changes += 1;
@@ -570,7 +580,11 @@ struct Check {
 }
 
 /// The counters of every sender, the end-of-run checks, and the throughput over `span` seconds.
-async fn load_report(server: &Server, logs: &[SenderLog], span: f64) -> anyhow::Result<Value> {
+pub(super) async fn load_report(
+    server: &Server,
+    logs: &[SenderLog],
+    span: f64,
+) -> anyhow::Result<Value> {
     let check = check_all(&server.addrs, logs).await?;
     let sum = |f: fn(&SenderLog) -> u64| logs.iter().map(f).sum::<u64>();
     let acknowledged = sum(|l| l.acked.len() as u64);
@@ -705,7 +719,7 @@ fn ms(seconds: f64) -> f64 {
 }
 
 /// Adds the fields of the object `more` to the object `report`.
-fn extend(report: &mut Value, more: Value) {
+pub(super) fn extend(report: &mut Value, more: Value) {
     if let (Value::Object(report), Value::Object(more)) = (report, more) {
         report.extend(more);
     }

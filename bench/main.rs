@@ -28,6 +28,7 @@
 
 mod failover;
 mod hooks;
+mod rebalance;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -198,6 +199,24 @@ enum Workload {
         #[arg(long, default_value_t = 3000)]
         settle_ms: u64,
     },
+    /// A cluster filled with `fill_mib` MiB of messages gets one more node (`rookery --join`, then
+    /// `POST /v1/admin/nodes`) under a steady 1:1 load: time until settled, snapshot MiB/s streamed, and
+    /// the load's p99 while the partitions move next to before.
+    Rebalance {
+        #[arg(long, default_value_t = 1024)]
+        fill_mib: u64,
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Total messages per second over all senders.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds of load before the node is added.
+        #[arg(long, default_value_t = 10)]
+        before_s: u64,
+        /// Seconds of load after the layout settled.
+        #[arg(long, default_value_t = 5)]
+        after_s: u64,
+    },
     /// N authenticated idle connections; server memory per connection.
     Idle {
         #[arg(long, default_value_t = 19_000)]
@@ -215,6 +234,8 @@ struct Server {
     addrs: Vec<SocketAddr>,
     /// The started nodes' processes, in node order (node `i` is `n{i+1}`).
     children: Vec<Child>,
+    /// The started nodes' peer addresses, in node order.
+    peers: Vec<String>,
     /// How the nodes were started, to start one again (`None` for a node given with `--addr`).
     launch: Option<Launch>,
     /// Copies of each partition, as the started cluster reports them (`None` for a node given with `--addr`).
@@ -247,7 +268,7 @@ impl Cli {
     fn node_count(&self) -> anyhow::Result<usize> {
         let takes_nodes_down = matches!(
             self.workload,
-            Workload::Failover { .. } | Workload::Rolling { .. }
+            Workload::Failover { .. } | Workload::Rolling { .. } | Workload::Rebalance { .. }
         );
         match self.nodes {
             Some(n) if takes_nodes_down && n < 3 => {
@@ -310,11 +331,21 @@ impl Cli {
 
 /// Starts node `i` of `config` and waits until it says it is listening.
 fn spawn_node(binary: &Path, config: &Path, i: usize) -> anyhow::Result<Child> {
+    spawn_with(binary, config, i, &[])
+}
+
+/// Starts node `i` of `config` with `--join join`.
+fn spawn_joining(binary: &Path, config: &Path, i: usize, join: &str) -> anyhow::Result<Child> {
+    spawn_with(binary, config, i, &["--join", join])
+}
+
+fn spawn_with(binary: &Path, config: &Path, i: usize, args: &[&str]) -> anyhow::Result<Child> {
     let mut child = Command::new(binary)
         .arg("--config")
         .arg(config)
         .arg("--node")
         .arg(node_id(i))
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -336,6 +367,7 @@ impl Server {
                 addr,
                 addrs: vec![addr],
                 children: Vec::new(),
+                peers: Vec::new(),
                 launch: None,
                 replicas: None,
                 _dir: None,
@@ -365,8 +397,10 @@ impl Server {
             None
         };
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut peers = Vec::new();
         for i in 0..cli.node_count()? {
             let (port, peer, id) = (free_port()?, free_port()?, node_id(i));
+            peers.push(format!("127.0.0.1:{peer}"));
             config.push_str(&format!(
                 "[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{peer}\"\n\
                  data_dir = \"data/{id}\"\n"
@@ -379,6 +413,7 @@ impl Server {
             addr: addrs[0],
             addrs,
             children: Vec::new(),
+            peers,
             launch: None,
             replicas: None,
             _dir: Some(dir),
@@ -411,6 +446,7 @@ impl Server {
             addr: self.addr,
             addrs: self.addrs.clone(),
             children: Vec::new(),
+            peers: self.peers.clone(),
             launch: None,
             replicas: self.replicas,
             _dir: None,
@@ -1555,6 +1591,21 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let load = failover::LoadShape { pairs, rate };
                 failover::rolling(&mut server, load, Duration::from_millis(settle_ms)).await?
+            }
+            Workload::Rebalance {
+                fill_mib,
+                pairs,
+                rate,
+                before_s,
+                after_s,
+            } => {
+                let load = failover::LoadShape { pairs, rate };
+                let plan = rebalance::Plan {
+                    fill_mib,
+                    before: Duration::from_secs(before_s),
+                    after: Duration::from_secs(after_s),
+                };
+                rebalance::rebalance(&mut server, load, plan).await?
             }
             Workload::Raftlog { .. } => unreachable!("run before the server starts"),
             Workload::Media { mib, parallel } => {

@@ -1,7 +1,9 @@
 //! Placement and routing: the consistent-hash [`ring`] says which node owns a key; the [`router`] is the one
 //! boundary actors use to reach each other, locally or over the [`peer`] links, with the messages and frames
-//! of [`remote`]. [`placement`] is the replicated layout (key → partition → replicas), and
-//! [`replication`] runs this node's Raft groups over it (one thread, traffic over the peer links).
+//! of [`remote`]. [`membership`] is the cluster's own record of its members and of where every partition's
+//! replicas are, [`placement`] the layout it gives (key → partition → replicas, and where the ring wants
+//! them), and [`replication`] runs this node's Raft groups over it (a driver and an apply thread, traffic
+//! over the peer links), moving replicas when the membership changes.
 
 pub mod membership;
 pub mod peer;

@@ -4,8 +4,11 @@
 //! tells, pushes, kicks, directory updates, pings), so what one node sends another arrives in the order
 //! sent. It *accepts* the links of the others and answers calls on them. A link is authenticated with a
 //! challenge and an HMAC keyed by the cluster's `token_secret` (a client token cannot open one), and carries
-//! the ring signature: a peer with a different membership or `vnodes` is refused (`rookery_peer_link_state`
-//! 2) instead of both nodes owning the same keys.
+//! the shape signature: a peer with other `partitions`, `replicas` or `vnodes` is refused
+//! (`rookery_peer_link_state` 2) instead of placing keys differently, and so is a node that is not in this
+//! node's membership record ("not a member": a node started with `--join` waits for that to change, see
+//! [`await_membership`]). The peers follow the membership: the router adds and drops them (and [`manage`]
+//! their dialers) when the record changes.
 //!
 //! Liveness: the dialer pings every `peer_timeout / 4`; a link silent for `peer_timeout` is dropped, its
 //! pending calls fail with `unavailable`, and the dialer reconnects with jittered exponential backoff.

@@ -1,9 +1,11 @@
 //! Where a key lives with replication: every user, conversation and group key hashes to one of
 //! `cluster.partitions` partitions, and each partition is kept on `cluster.replicas` distinct nodes taken
-//! from the consistent-hash ring (the ring's replication candidates for the partition's point, in ring
-//! order; the first is the preferred leader).
+//! from the consistent-hash ring over the cluster's members (the ring's replication candidates for the
+//! partition's point, in ring order; the first is the preferred leader).
 //!
-//! Both steps are pure functions of the config: every node computes the same [`Layout`]. The partition
+//! The [`Layout`] is a pure function of the membership record (see [`super::membership`]) and the config's
+//! shape, so every node with the same record computes the same one: the *placement* (each partition's
+//! replicas as its leader last reported them) and the *target* (where the ring wants them). The partition
 //! hash (FNV-1a 64 of the key's bytes, modulo the partition count) is pinned by a unit test so that a
 //! dependency bump can move no key to another partition; the partition count itself is fixed once a node
 //! holds data (the store refuses another value, see `Store::fix_partitions`).

@@ -6,6 +6,11 @@
 //! kinds belong to no key and are never carried: a partition's applied index (`A`, set to the snapshot's
 //! index on installation) and the webhook outbox (`o`, each node's own). Media stays per node.
 //!
+//! The keys are not ordered by partition, so a snapshot reads every key: several are made in one pass
+//! ([`Store::partition_snapshots`]), a new replica installs without looking for old keys
+//! ([`Store::holds_partition`]), and the keys of partitions a node dropped are deleted in batches
+//! ([`Store::delete_partitions`]).
+//!
 //! Format: records `tree:u8 | key_len:u32 | key | value_len:u32 | value`, big-endian, `tree` 0 for
 //! `conv_log` and 1 for `user_index`.
 
@@ -27,10 +32,14 @@ fn owner(key: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
-fn in_partition(key: &[u8], partition: u32, partitions: u32) -> bool {
+fn partition_of_key(key: &[u8], partitions: u32) -> Option<u32> {
     owner(key)
         .and_then(|o| std::str::from_utf8(o).ok())
-        .is_some_and(|o| partition_of(o, partitions) == partition)
+        .map(|o| partition_of(o, partitions))
+}
+
+fn in_partition(key: &[u8], partition: u32, partitions: u32) -> bool {
+    partition_of_key(key, partitions) == Some(partition)
 }
 
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -59,18 +68,76 @@ impl Store {
     /// Every key of `partition` (of `partitions`) as one blob. Made on the apply thread, between two
     /// entries, so it is the state at the partition's applied index.
     pub fn partition_snapshot(&self, partition: u32, partitions: u32) -> StoreResult<Vec<u8>> {
-        let mut out = Vec::new();
+        let mut blobs = self.partition_snapshots(&[partition], partitions)?;
+        Ok(blobs.pop().unwrap_or_default())
+    }
+
+    /// [`Store::partition_snapshot`] of several partitions with one pass over the store (the keys are not
+    /// ordered by partition: every snapshot reads every key), in the order asked.
+    pub fn partition_snapshots(
+        &self,
+        wanted: &[u32],
+        partitions: u32,
+    ) -> StoreResult<Vec<Vec<u8>>> {
+        let mut out = vec![Vec::new(); wanted.len()];
         for (tag, tree) in self.trees() {
             for item in tree.iter() {
                 let (k, v) = item?;
-                if in_partition(&k, partition, partitions) {
-                    out.push(tag);
-                    put(&mut out, &k);
-                    put(&mut out, &v);
+                let Some(p) = partition_of_key(&k, partitions) else {
+                    continue;
+                };
+                if let Some(i) = wanted.iter().position(|w| *w == p) {
+                    let blob = &mut out[i];
+                    blob.push(tag);
+                    put(blob, &k);
+                    put(blob, &v);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Whether this node has a record of applying anything to `partition` (an applied index): a node
+    /// without one holds no key of it (see [`Store::delete_partitions`]).
+    pub fn holds_partition(&self, partition: u32) -> StoreResult<bool> {
+        let key = keys::applied(partition);
+        Ok(self.conv_log.contains_key(&key)? || self.user_index.contains_key(&key)?)
+    }
+
+    /// Records that this node holds keys of `partition` (an applied index of 0 where there is none): a
+    /// partition written directly (one replica, no log) has no applied index otherwise.
+    pub fn hold_partition(&self, partition: u32) -> StoreResult<()> {
+        let key = keys::applied(partition);
+        for (_, tree) in self.trees() {
+            tree.compare_and_swap(&key, None as Option<&[u8]>, Some(&0u64.to_be_bytes()[..]))?
+                .ok();
+        }
+        Ok(())
+    }
+
+    /// Deletes every key of `partitions`, with one pass over the store, then their applied indexes (a
+    /// crash before that leaves the indexes, and an installation later deletes what is left first).
+    pub fn delete_partitions(&self, doomed: &[u32], partitions: u32) -> StoreResult<usize> {
+        let mut deleted = 0;
+        for (_, tree) in self.trees() {
+            let mut batch = sled::Batch::default();
+            for item in tree.iter().keys() {
+                let k = item?;
+                if partition_of_key(&k, partitions).is_some_and(|p| doomed.contains(&p)) {
+                    batch.remove(k);
+                    deleted += 1;
+                }
+            }
+            tree.apply_batch(batch)?;
+        }
+        for (_, tree) in self.trees() {
+            let mut batch = sled::Batch::default();
+            for p in doomed {
+                batch.remove(keys::applied(*p));
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(deleted)
     }
 
     /// Replaces every key of `partition` with the snapshot's and sets its applied index to `index`, in one
@@ -83,12 +150,16 @@ impl Store {
         index: u64,
     ) -> StoreResult<()> {
         let mut batches = [sled::Batch::default(), sled::Batch::default()];
+        // a node that holds nothing of the partition (a new replica) has nothing to replace
+        let holds = self.holds_partition(partition)?;
         for (tag, tree) in self.trees() {
             let batch = &mut batches[usize::from(tag)];
-            for item in tree.iter().keys() {
-                let k = item?;
-                if in_partition(&k, partition, partitions) {
-                    batch.remove(k);
+            if holds {
+                for item in tree.iter().keys() {
+                    let k = item?;
+                    if in_partition(&k, partition, partitions) {
+                        batch.remove(k);
+                    }
                 }
             }
             batch.insert(keys::applied(partition), &index.to_be_bytes()[..]);

@@ -24,7 +24,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub fn config_text(extra: &str, listen: &str, data_dir: &Path) -> String {
     format!(
         "[auth]\ntoken_secret = \"{SECRET}\"\nadmin_key = \"{ADMIN_KEY}\"\n{extra}\n\
-         [[nodes]]\nid = \"n1\"\nlisten = \"{listen}\"\npeer = \"127.0.0.1:1\"\ndata_dir = \"{}\"\n",
+         [[nodes]]\nid = \"n1\"\nlisten = \"{listen}\"\npeer = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
         data_dir.display()
     )
 }

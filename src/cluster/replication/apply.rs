@@ -42,7 +42,13 @@ pub(super) struct Applier {
     membership: Option<Membership>,
     meta_index: u64,
     shape: Shape,
+    /// Partitions dropped here whose keys are still to be deleted, and when that last happened.
+    doomed: std::collections::BTreeSet<PartitionId>,
+    next_delete: Instant,
 }
+
+/// How often the keys of dropped partitions are deleted (in one pass over the store).
+const DELETE_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the apply thread looks for logs to compact (each time it flushes the store first).
 const COMPACTION_CHECK: Duration = Duration::from_secs(1);
@@ -88,11 +94,21 @@ impl Applier {
             membership,
             meta_index,
             shape: Shape::of(config),
+            doomed: std::collections::BTreeSet::new(),
+            next_delete: Instant::now(),
         })
     }
 
     pub(super) fn run(mut self) {
-        while let Ok(input) = self.rx.recv() {
+        loop {
+            let input = match self.rx.recv_timeout(DELETE_EVERY) {
+                Ok(input) => input,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.maybe_delete(false);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match input {
                 ApplyInput::Track {
                     partition,
@@ -112,13 +128,20 @@ impl Applier {
                         self.install(partition, &snapshot);
                     }
                 }
-                ApplyInput::MakeSnapshot(partition) => self.make_snapshot(partition),
+                ApplyInput::MakeSnapshots(partitions) => self.make_snapshots(&partitions),
                 ApplyInput::Leadership(changes) => self.leadership(&changes),
                 ApplyInput::Drop(partitions) => self.drop_partitions(&partitions),
+                ApplyInput::Hold(partition) => {
+                    if let Err(e) = self.store.hold_partition(partition) {
+                        tracing::error!(partition, error = %e, "cannot mark a partition as held");
+                    }
+                }
                 ApplyInput::CompactNow(partition) => self.compact_now(partition),
                 ApplyInput::Stop => break,
             }
+            self.maybe_delete(false);
         }
+        self.maybe_delete(true);
         for (_, (_, _, _, done)) in self.pending.drain() {
             done(Err(ChatError::unavailable("the node is stopping")));
         }
@@ -257,7 +280,9 @@ impl Applier {
         }
     }
 
-    /// Deletes the keys of groups this node no longer keeps.
+    /// Groups this node no longer keeps: their keys are deleted with the next batch (see
+    /// [`Applier::maybe_delete`]); until then they are marked as held, so that a snapshot installed if
+    /// the partition comes back replaces them.
     fn drop_partitions(&mut self, partitions: &[PartitionId]) {
         for &p in partitions {
             self.last.remove(&p);
@@ -265,15 +290,39 @@ impl Applier {
             if p == self.partitions {
                 continue;
             }
-            if let Err(e) = self.store.install_partition(p, self.partitions, &[], 0) {
-                tracing::error!(partition = p, error = %e, "cannot delete a dropped partition's keys");
-                continue;
+            if let Err(e) = self.store.hold_partition(p) {
+                tracing::error!(partition = p, error = %e, "cannot mark a dropped partition");
             }
             self.replica.forget(p, 0);
-            tracing::info!(
-                partition = p,
-                "deleted the keys of a partition this node no longer keeps"
-            );
+            self.doomed.insert(p);
+        }
+    }
+
+    /// Deletes the keys of the partitions dropped since the last time, at most every [`DELETE_EVERY`]
+    /// (each deletion reads every key of the store; a rebalance drops many partitions) or when stopping.
+    /// One kept here again is spared: its keys are live.
+    fn maybe_delete(&mut self, now: bool) {
+        if self.doomed.is_empty() || (!now && self.next_delete.elapsed() < DELETE_EVERY) {
+            return;
+        }
+        self.next_delete = Instant::now();
+        let kept = self.shared.upgrade();
+        let doomed: Vec<PartitionId> = std::mem::take(&mut self.doomed)
+            .into_iter()
+            .filter(|p| !kept.as_ref().is_some_and(|s| s.keeps(*p)))
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match self.store.delete_partitions(&doomed, self.partitions) {
+            Ok(keys) => {
+                tracing::info!(partitions = ?doomed, keys, took = ?started.elapsed(), "deleted the keys of partitions this node no longer keeps")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete dropped partitions' keys (tried again later)");
+                self.doomed.extend(doomed);
+            }
         }
     }
 
@@ -326,32 +375,47 @@ impl Applier {
         tracing::info!(partition, index = meta.index, bytes = snapshot.data.len(), took = ?started.elapsed(), "installed a partition snapshot");
     }
 
-    /// A snapshot of `partition`'s data at the last entry applied here, for the driver to offer.
-    fn make_snapshot(&mut self, partition: PartitionId) {
-        let Some(&(index, term)) = self.last.get(&partition) else {
-            // nothing applied since the start: raft asks again with its next probe
+    /// Snapshots of `partitions`' data at the last entry applied here, for the driver to offer (the
+    /// partitions' keys in one pass over the store; the metadata group's record as it is).
+    fn make_snapshots(&mut self, partitions: &[PartitionId]) {
+        // a group with nothing applied since the start is left out: raft asks again with its next probe
+        let wanted: Vec<PartitionId> = partitions
+            .iter()
+            .copied()
+            .filter(|p| self.last.contains_key(p))
+            .collect();
+        let (meta, data): (Vec<PartitionId>, Vec<PartitionId>) =
+            wanted.into_iter().partition(|p| *p == self.partitions);
+        let mut made: Vec<(PartitionId, Vec<u8>)> = Vec::new();
+        if !meta.is_empty() {
+            if let Some(membership) = self.membership.clone() {
+                let stored = StoredMembership {
+                    index: self.meta_index,
+                    membership,
+                };
+                match serde_json::to_vec(&stored) {
+                    Ok(bytes) => made.push((self.partitions, bytes)),
+                    Err(e) => tracing::error!(error = %e, "cannot encode the membership snapshot"),
+                }
+            }
+        }
+        if !data.is_empty() {
+            let started = Instant::now();
+            match self.store.partition_snapshots(&data, self.partitions) {
+                Ok(blobs) => {
+                    tracing::debug!(partitions = ?data, took = ?started.elapsed(), "made partition snapshots");
+                    made.extend(data.into_iter().zip(blobs));
+                }
+                Err(e) => tracing::error!(partitions = ?data, error = %e, "cannot make snapshots"),
+            }
+        }
+        let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let data = if partition == self.partitions {
-            let Some(membership) = self.membership.clone() else {
-                return;
+        for (partition, data) in made {
+            let Some(&(index, term)) = self.last.get(&partition) else {
+                continue;
             };
-            serde_json::to_vec(&StoredMembership {
-                index: self.meta_index,
-                membership,
-            })
-            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))
-        } else {
-            self.store.partition_snapshot(partition, self.partitions)
-        };
-        let data = match data {
-            Ok(data) => data,
-            Err(e) => {
-                tracing::error!(partition, error = %e, "cannot make a snapshot");
-                return;
-            }
-        };
-        if let Some(shared) = self.shared.upgrade() {
             let _ = lock(&shared.tx).send(Input::SnapshotReady {
                 partition,
                 index,

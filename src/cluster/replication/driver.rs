@@ -375,8 +375,9 @@ impl Driver {
             let _ = self.apply.send(ApplyInput::Committed(out.committed));
         }
         // after the round's entries (a snapshot then carries the configuration they changed)
-        for partition in self.raft.wanted_snapshots() {
-            let _ = self.apply.send(ApplyInput::MakeSnapshot(partition));
+        let wanted = self.raft.wanted_snapshots();
+        if !wanted.is_empty() {
+            let _ = self.apply.send(ApplyInput::MakeSnapshots(wanted));
         }
         let mut changed = out.reconfigured;
         changed.extend(out.removed.iter().copied());
@@ -435,9 +436,11 @@ impl Driver {
             .inc_by(changes.len() as u64);
         let led = self.raft.led().count();
         shared.led.store(led, Ordering::Relaxed);
+        let meta = shared.layout().meta();
+        let led_partitions = self.raft.led().filter(|p| *p != meta).count();
         self.metrics
             .raft_partitions_led
-            .set(i64::try_from(led).unwrap_or(i64::MAX));
+            .set(i64::try_from(led_partitions).unwrap_or(i64::MAX));
         for c in changes {
             if self.moving.remove(&c.partition).is_some() {
                 shared.set_moving(c.partition, false);

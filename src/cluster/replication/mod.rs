@@ -1,5 +1,6 @@
-//! [`Replication`]: this node's replicas of the partitions the [`Layout`] gives it, one Raft group each,
-//! driven by one thread.
+//! [`Replication`]: this node's replicas of the partitions (and of the metadata group that holds the
+//! membership record), one Raft group each, driven by one thread (`driver.rs`) and applied by another
+//! (`apply.rs`); replicas move where the membership wants them (`moves.rs`).
 //!
 //! The thread owns the [`MultiRaft`]. It ticks every group on one timer (`election_timeout_ms / 20`), steps
 //! what peers sent, and after each round polls: every group's new entries and hard state are appended to
@@ -118,14 +119,17 @@ enum ApplyInput {
     },
     /// Snapshots of partitions' data from their leaders: installed before the entries that follow them.
     Install(Vec<(PartitionId, raft::eraftpb::Snapshot)>),
-    /// Make a snapshot of a partition's data for the driver (a follower needs compacted entries).
-    MakeSnapshot(PartitionId),
+    /// Make snapshots of these partitions' data for the driver (followers need compacted entries).
+    MakeSnapshots(Vec<PartitionId>),
     Committed(Vec<Committed>),
     /// Groups whose leader or term changed: what was proposed here under another term or leadership will
     /// not be answered by its entry.
     Leadership(Vec<Leadership>),
-    /// Groups this node no longer keeps: their keys are deleted from the store.
+    /// Groups this node no longer keeps: their keys are deleted from the store (in batches, soon after).
     Drop(Vec<PartitionId>),
+    /// A group led here with one replica is about to get more: its keys (written directly) are marked as
+    /// held, so that a snapshot installed here later replaces them.
+    Hold(PartitionId),
     /// Flush the store and let the driver compact this group's log from its second entry on: a replica
     /// about to be added then starts from a snapshot (which carries the group's configuration).
     CompactNow(PartitionId),

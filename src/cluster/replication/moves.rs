@@ -174,6 +174,7 @@ impl Driver {
         if let Some(w) = shared.wide.get(p as usize) {
             w.store(true, Ordering::Release);
         }
+        let _ = self.apply.send(ApplyInput::Hold(p));
         shared.emit(Event::Widened(&[p]));
         self.moves.widening.insert(p, now);
         false
