@@ -503,6 +503,22 @@ impl MultiRaft {
         group.node.raft.prs().get(to).map(|pr| pr.matched)
     }
 
+    /// Whether this node leads `partition`, its log still starts at the first entry, and a replica has
+    /// nothing of it: that replica (a new one) must start from a snapshot, which needs the log compacted
+    /// first (see [`MultiRaft::step`]).
+    pub fn needs_start(&self, partition: PartitionId) -> bool {
+        let Some(group) = self.groups.get(&partition) else {
+            return false;
+        };
+        let raft = &group.node.raft;
+        raft.state == StateRole::Leader
+            && raft.raft_log.store.first_index().unwrap_or(1) <= 1
+            && raft
+                .prs()
+                .iter()
+                .any(|(id, pr)| *id != self.id && pr.matched == 0 && pr.next_idx <= 1)
+    }
+
     /// The group's commit index here.
     pub fn commit_index(&self, partition: PartitionId) -> Option<u64> {
         self.groups
@@ -538,6 +554,10 @@ impl MultiRaft {
     /// Returns [`Stepped::Unknown`] for a leader's message to a group this node does not keep: the caller
     /// decides whether to [`create`](MultiRaft::create) it and step again.
     pub fn step(&mut self, partition: PartitionId, mut message: Message) -> Stepped {
+        let unconfigured = self.groups.get(&partition).is_some_and(|g| {
+            let r = g.replicas();
+            r.voters.is_empty() && r.learners.is_empty() && r.outgoing.is_empty()
+        });
         let Some(group) = self.groups.get_mut(&partition) else {
             let from_leader = matches!(
                 message.get_msg_type(),
@@ -565,6 +585,20 @@ impl MultiRaft {
         match message.get_msg_type() {
             MessageType::MsgRequestVote if last == 0 && message.index > 0 => {
                 return Stepped::Dropped
+            }
+            // a replica its leader started has no configuration until a snapshot brings one: entries from
+            // the log's start would be applied on no configuration (the first one is the config's, never
+            // in the log), so they are refused; the leader compacts its log and sends a snapshot instead
+            // (see `needs_start`)
+            MessageType::MsgAppend if unconfigured && message.index == 0 => {
+                let mut refused = Message::default();
+                refused.set_msg_type(MessageType::MsgAppendResponse);
+                refused.to = message.from;
+                refused.from = message.to;
+                refused.term = message.term;
+                refused.reject = true;
+                raft.msgs.push(refused);
+                return Stepped::Dropped;
             }
             MessageType::MsgHeartbeat if message.commit > last => {
                 // and tell the leader, which would otherwise only send what follows its stale count
@@ -1541,6 +1575,41 @@ mod tests {
         sim.propose(0, "later")
             .expect("propose under the new leader");
         assert_eq!(sim.log(4, 0).last().map(String::as_str), Some("later"));
+    }
+
+    #[test]
+    fn a_new_replica_takes_no_entries_from_the_log_start_and_waits_for_a_snapshot() {
+        let mut sim = Sim::new(&IDS, 1);
+        sim.add(4);
+        sim.elect(0);
+        for i in 0..5 {
+            sim.propose(0, &format!("m{i}")).expect("propose");
+        }
+        let leader = sim.leader(0).expect("leader");
+        // added by a leader whose log still starts at its first entry (a previous leader compacted its own)
+        sim.nodes
+            .get_mut(&leader)
+            .expect("leader")
+            .change_replicas(0, &Change::AddLearners(vec![4]))
+            .expect("add");
+        sim.rounds(3);
+        assert!(sim.nodes[&4].has(0), "started by its leader");
+        assert!(
+            sim.log(4, 0).is_empty(),
+            "no entries without a configuration"
+        );
+        assert!(sim.nodes[&leader].needs_start(0));
+        let commit = sim.nodes[&leader].commit_index(0).expect("commit");
+        sim.nodes
+            .get_mut(&leader)
+            .expect("leader")
+            .compact(0, commit.min(2))
+            .expect("compact");
+        sim.rounds(5);
+        assert!(!sim.nodes[&leader].needs_start(0));
+        assert_eq!(sim.log(4, 0), sim.log(leader, 0), "snapshot, then the log");
+        let learner = sim.nodes[&4].replicas(0).expect("replicas");
+        assert_eq!(learner.learners, vec![4]);
     }
 
     #[test]

@@ -94,6 +94,10 @@ impl Driver {
             let Some(replicas) = self.raft.replicas(p) else {
                 continue;
             };
+            if self.raft.needs_start(p) {
+                // a replica this node did not add (under a previous leader) needs a snapshot
+                self.compact_now(p, now);
+            }
             let target: Vec<u64> = layout.target(p).iter().map(raft_id).collect();
             let commit = self.raft.commit_index(p).unwrap_or(0);
             let raft = &self.raft;
@@ -120,17 +124,7 @@ impl Driver {
             }
             match step {
                 Step::LeaveJoint => self.raft.leave_joint(p),
-                Step::Compact => {
-                    let due = self
-                        .moves
-                        .compacting
-                        .get(&p)
-                        .is_none_or(|at| now.duration_since(*at) >= RETRY);
-                    if due {
-                        self.moves.compacting.insert(p, now);
-                        let _ = self.apply.send(ApplyInput::CompactNow(p));
-                    }
-                }
+                Step::Compact => self.compact_now(p, now),
                 Step::AddLearners(ids) => {
                     let single = replicas.voters.len() + replicas.learners.len() == 1;
                     if single && p != meta && !self.widened(p, now) {
@@ -149,6 +143,20 @@ impl Driver {
                 }
                 Step::Wait | Step::Settled => {}
             }
+        }
+    }
+
+    /// Asks the apply thread to flush and compact `p`'s log from its second entry (at most every
+    /// [`RETRY`]).
+    fn compact_now(&mut self, p: PartitionId, now: Instant) {
+        let due = self
+            .moves
+            .compacting
+            .get(&p)
+            .is_none_or(|at| now.duration_since(*at) >= RETRY);
+        if due {
+            self.moves.compacting.insert(p, now);
+            let _ = self.apply.send(ApplyInput::CompactNow(p));
         }
     }
 
