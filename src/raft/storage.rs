@@ -66,7 +66,7 @@ impl GroupStorage {
         let newer = slot
             .ready
             .as_ref()
-            .is_none_or(|s| s.get_metadata().index < snapshot.get_metadata().index);
+            .is_none_or(|s| s.get_metadata().index <= snapshot.get_metadata().index);
         if newer {
             slot.ready = Some(snapshot);
         }
@@ -150,13 +150,22 @@ impl Storage for GroupStorage {
     }
 
     /// The latest snapshot made here if it covers what the follower lacks (everything before the first
-    /// entry kept, and `request_index`); else "temporarily unavailable" until the apply thread made one.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// entry kept, and `request_index`) and its configuration has the follower (a replica just added
+    /// refuses a snapshot from before its addition); else "temporarily unavailable" until the apply thread
+    /// made one.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let first = self.mem.first_index()?;
         let needed = request_index.max(first.saturating_sub(1));
         let mut slot = lock(&self.slot);
         if let Some(s) = slot.ready.as_ref() {
-            if s.get_metadata().index >= needed {
+            let cs = s.get_metadata().get_conf_state();
+            let has = cs
+                .get_voters()
+                .iter()
+                .chain(cs.get_learners())
+                .chain(cs.get_voters_outgoing())
+                .any(|id| *id == to);
+            if s.get_metadata().index >= needed && has {
                 return Ok(s.clone());
             }
         }
@@ -245,6 +254,7 @@ mod tests {
             metadata: Some(SnapshotMetadata {
                 index: 80,
                 term: 9,
+                conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))).into(),
                 ..Default::default()
             })
             .into(),
@@ -252,6 +262,10 @@ mod tests {
             ..Default::default()
         };
         s.offer(fresh);
+        assert!(
+            s.snapshot(0, 9).is_err(),
+            "not for a replica its configuration lacks"
+        );
         let got = s.snapshot(0, 2).expect("snapshot");
         assert_eq!(got.get_metadata().index, 80);
         assert_eq!(&got.data[..], b"keys");

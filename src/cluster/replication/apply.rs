@@ -298,15 +298,21 @@ impl Applier {
         }
     }
 
-    /// Deletes the keys of the partitions dropped since the last time, at most every [`DELETE_EVERY`]
-    /// (each deletion reads every key of the store; a rebalance drops many partitions) or when stopping.
+    /// Deletes the keys of the partitions dropped since the last time, at most every [`DELETE_EVERY`] and
+    /// once nothing moves (each deletion reads every key of the store; a rebalance drops many
+    /// partitions), or when stopping.
     /// One kept here again is spared: its keys are live.
     fn maybe_delete(&mut self, now: bool) {
         if self.doomed.is_empty() || (!now && self.next_delete.elapsed() < DELETE_EVERY) {
             return;
         }
-        self.next_delete = Instant::now();
         let kept = self.shared.upgrade();
+        // not while partitions move: the deletion's writes would compete with the moves' (and the Raft
+        // log's fsyncs) for the disk; the keys wait as garbage until the layout has settled
+        if !now && kept.as_ref().is_some_and(|s| s.layout().moving() > 0) {
+            return;
+        }
+        self.next_delete = Instant::now();
         let doomed: Vec<PartitionId> = std::mem::take(&mut self.doomed)
             .into_iter()
             .filter(|p| !kept.as_ref().is_some_and(|s| s.keeps(*p)))

@@ -85,7 +85,9 @@ impl Driver {
             .set(i64::try_from(layout.moving()).unwrap_or(i64::MAX));
         let me = self.raft.id();
         let meta = layout.meta();
-        let led: Vec<PartitionId> = self.raft.led().collect();
+        // the metadata group first: a joining node needs the membership record before anything else
+        let mut led: Vec<PartitionId> = self.raft.led().collect();
+        led.sort_by_key(|p| *p != meta);
         self.moves.active.retain(|p, _| led.contains(p));
         for p in led {
             if !shared.is_ready(p) {
@@ -117,7 +119,9 @@ impl Driver {
                 continue;
             }
             if !self.moves.active.contains_key(&p) {
-                if self.moves.active.len() >= self.moves.max {
+                // the metadata group is never held back by the partitions' limit
+                let moving = self.moves.active.keys().filter(|a| **a != meta).count();
+                if p != meta && moving >= self.moves.max {
                     continue;
                 }
                 self.moves.active.insert(p, now);
