@@ -826,7 +826,7 @@ impl Router {
 
     /// The dialed link to `peer` went down: this node's sessions of users whose partitions `peer`
     /// replicates, and this node does not, register with the users' actors wherever they lead now (the
-    /// partitions this node replicates are handled by [`Router::leadership_changed`]).
+    /// partitions this node replicates are handled by `Router::leadership_changed`).
     pub fn link_down(&self, peer: &Peer) {
         let Some(replication) = self.replication() else {
             return;
