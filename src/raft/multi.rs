@@ -676,12 +676,14 @@ impl MultiRaft {
             return None;
         }
         let me = self.id;
+        // learners cannot lead: raft-rs ignores a transfer to one
+        let voters = group.replicas().voters;
         let to = group
             .node
             .raft
             .prs()
             .iter()
-            .filter(|(id, pr)| **id != me && pr.recent_active)
+            .filter(|(id, pr)| **id != me && pr.recent_active && voters.contains(id))
             .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)?;
         group.node.transfer_leader(to);
@@ -705,7 +707,11 @@ impl MultiRaft {
             return false;
         };
         let raft = &group.node.raft;
-        if raft.state != StateRole::Leader || to == self.id || raft.lead_transferee.is_some() {
+        if raft.state != StateRole::Leader
+            || to == self.id
+            || raft.lead_transferee.is_some()
+            || !group.replicas().voters.contains(&to)
+        {
             return false;
         }
         let last = raft.raft_log.last_index();
@@ -1683,6 +1689,14 @@ mod tests {
         learners.sort_unstable();
         assert_eq!(learners, vec![4, 5]);
         assert!(sim.nodes[&5].has(0));
+        assert_eq!(
+            sim.nodes[&leader].matched(0, 4),
+            sim.nodes[&leader].commit_index(0)
+        );
+        assert!(
+            !sim.nodes[&leader].caught_up(0, 4),
+            "a learner, caught up or not, is not given leadership"
+        );
     }
 
     #[test]
