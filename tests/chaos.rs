@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::*;
 use rand::{Rng, SeedableRng};
 use rookery::client::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ROUNDS: usize = 4;
 /// New messages each sender pipelines per round (on top of its unacknowledged ones).
@@ -160,25 +160,6 @@ async fn settle(addrs: &[SocketAddr], conv: &str, senders: &mut [Sender; 2]) {
     }
     let left: Vec<_> = senders.iter().map(|s| s.pending.len()).collect();
     panic!("cids never acknowledged: {left:?}");
-}
-
-/// The whole conversation as `user` pulls it.
-async fn pull_all(addrs: &[SocketAddr], user: &str, conv: &str) -> Vec<Value> {
-    let (mut c, _, _) = Client::login_any(addrs, &token(user), "verify", 10)
-        .await
-        .expect("login");
-    let mut out: Vec<Value> = Vec::new();
-    loop {
-        let page = c
-            .call(json!({"type":"sync","conv":conv,"after":out.len(),"limit":1000}))
-            .await
-            .expect("sync");
-        let msgs = page["msgs"].as_array().expect("msgs").clone();
-        if msgs.is_empty() {
-            return out;
-        }
-        out.extend(msgs);
-    }
 }
 
 /// Every promise, checked on both members' views.

@@ -174,57 +174,55 @@ impl Router {
             return;
         };
         let mut gone = Vec::new();
-        let peers = {
-            let mut peers = self
-                .inner
-                .peers
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut list: Vec<Arc<Peer>> = Vec::new();
-            for old in peers.iter() {
-                if membership.member(&old.id).is_some() {
-                    list.push(old.clone());
-                } else {
-                    gone.push(old.clone());
-                }
-            }
+        self.change_peers(|list| {
+            let (kept, left): (Vec<Arc<Peer>>, Vec<Arc<Peer>>) = list
+                .drain(..)
+                .partition(|p| membership.member(&p.id).is_some());
+            *list = kept;
+            gone = left;
             for m in &membership.members {
                 if m.id == self.inner.node || list.iter().any(|p| p.id == m.id) {
                     continue;
                 }
-                if let Some(peer) = self.new_peer(&list, m.id.clone(), &m.peer, &m.listen) {
+                if let Some(peer) = self.new_peer(list, m.id.clone(), &m.peer, &m.listen) {
                     list.push(peer);
                 }
             }
-            list.sort_by(|a, b| a.id.cmp(&b.id));
-            *peers = Arc::new(list);
-            peers.clone()
-        };
+        });
         for peer in gone {
             tracing::info!(peer = %peer.id, "no longer a member: closing its link");
             let _ = self.inner.dialers.send(peer::Dialer::Stop(peer.id.clone()));
             peer.close();
             self.set_remote_online(peer.index, &[], false, true);
         }
-        if let Some(replication) = self.replication() {
-            replication.set_peers(&peers);
-        }
     }
 
     /// A node that joins (and has no membership record yet) takes a member that dialed it as a peer.
     pub fn adopt_peer(&self, id: &NodeId, peer_addr: &str, listen: &str) -> Option<Arc<Peer>> {
+        if let Some(known) = self.peer(id) {
+            return Some(known);
+        }
+        self.change_peers(|list| {
+            if list.iter().all(|p| p.id != *id) {
+                if let Some(peer) = self.new_peer(list, id.clone(), peer_addr, listen) {
+                    list.push(peer);
+                }
+            }
+        });
+        self.peer(id)
+    }
+
+    /// Changes the peer list under its lock (kept sorted by id), then hands the new list to the Raft
+    /// driver.
+    fn change_peers(&self, change: impl FnOnce(&mut Vec<Arc<Peer>>)) {
         let peers = {
             let mut peers = self
                 .inner
                 .peers
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(known) = peers.iter().find(|p| p.id == *id) {
-                return Some(known.clone());
-            }
             let mut list: Vec<Arc<Peer>> = peers.as_ref().clone();
-            let peer = self.new_peer(&list, id.clone(), peer_addr, listen)?;
-            list.push(peer);
+            change(&mut list);
             list.sort_by(|a, b| a.id.cmp(&b.id));
             *peers = Arc::new(list);
             peers.clone()
@@ -232,7 +230,6 @@ impl Router {
         if let Some(replication) = self.replication() {
             replication.set_peers(&peers);
         }
-        peers.iter().find(|p| p.id == *id).cloned()
     }
 
     /// A peer for `id` with the lowest directory bit `list` leaves free; its dialer is started.

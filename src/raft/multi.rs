@@ -1041,6 +1041,19 @@ mod tests {
             }
         }
 
+        /// Proposes a change of `p`'s replicas on node `leader`.
+        fn change(
+            &mut self,
+            leader: u64,
+            p: PartitionId,
+            change: Change,
+        ) -> Result<(), ProposeError> {
+            self.nodes
+                .get_mut(&leader)
+                .expect("leader")
+                .change_replicas(p, &change)
+        }
+
         /// A node that keeps no group yet (leaders add it).
         fn add(&mut self, id: u64) {
             let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -1517,10 +1530,7 @@ mod tests {
         sim.dirs.insert(4, tempfile::tempdir().expect("tempdir"));
         sim.reopen(4);
         assert!(!sim.nodes[&4].has(0));
-        sim.nodes
-            .get_mut(&leader)
-            .expect("leader")
-            .change_replicas(0, &Change::AddLearners(vec![4]))
+        sim.change(leader, 0, Change::AddLearners(vec![4]))
             .expect("add a learner");
         sim.rounds(5);
         assert!(
@@ -1536,17 +1546,15 @@ mod tests {
         assert!(!learner.joint(), "adding learners left its joint step");
 
         let out = *IDS.iter().find(|id| **id != leader).expect("a follower");
-        sim.nodes
-            .get_mut(&leader)
-            .expect("leader")
-            .change_replicas(
-                0,
-                &Change::Replace {
-                    promote: vec![4],
-                    remove: vec![out],
-                },
-            )
-            .expect("replace");
+        sim.change(
+            leader,
+            0,
+            Change::Replace {
+                promote: vec![4],
+                remove: vec![out],
+            },
+        )
+        .expect("replace");
         sim.rounds(5);
         let mut expected: Vec<u64> = IDS.iter().copied().filter(|id| *id != out).collect();
         expected.push(4);
@@ -1593,10 +1601,7 @@ mod tests {
         }
         let leader = sim.leader(0).expect("leader");
         // added by a leader whose log still starts at its first entry (a previous leader compacted its own)
-        sim.nodes
-            .get_mut(&leader)
-            .expect("leader")
-            .change_replicas(0, &Change::AddLearners(vec![4]))
+        sim.change(leader, 0, Change::AddLearners(vec![4]))
             .expect("add");
         sim.rounds(3);
         assert!(sim.nodes[&4].has(0), "started by its leader");
@@ -1631,17 +1636,15 @@ mod tests {
             .expect("add");
         sim.rounds(3);
         sim.down.insert(out);
-        sim.nodes
-            .get_mut(&leader)
-            .expect("leader")
-            .change_replicas(
-                0,
-                &Change::Replace {
-                    promote: vec![4],
-                    remove: vec![out],
-                },
-            )
-            .expect("replace while a replica is down");
+        sim.change(
+            leader,
+            0,
+            Change::Replace {
+                promote: vec![4],
+                remove: vec![out],
+            },
+        )
+        .expect("replace while a replica is down");
         sim.rounds(3);
         assert!(!sim.nodes[&leader].replicas(0).expect("r").has(out));
         assert!(sim.nodes[&out].has(0), "it was down");
@@ -1678,10 +1681,7 @@ mod tests {
             "a second change waits for the first"
         );
         sim.rounds(3);
-        sim.nodes
-            .get_mut(&leader)
-            .expect("leader")
-            .change_replicas(0, &Change::AddLearners(vec![5]))
+        sim.change(leader, 0, Change::AddLearners(vec![5]))
             .expect("after the first applied");
         sim.rounds(3);
         let r = sim.nodes[&leader].replicas(0).expect("replicas");

@@ -1026,3 +1026,23 @@ pub fn dedupe(events: &[Value]) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+/// The whole conversation as `user` pulls it, page by page with `sync`, from the first of `addrs` that
+/// accepts the login.
+pub async fn pull_all(addrs: &[SocketAddr], user: &str, conv: &str) -> Vec<Value> {
+    let (mut c, _, _) = Client::login_any(addrs, &token(user), "verify", 10)
+        .await
+        .expect("login");
+    let mut out: Vec<Value> = Vec::new();
+    loop {
+        let page = c
+            .call(json!({"type":"sync","conv":conv,"after":out.len(),"limit":1000}))
+            .await
+            .expect("sync");
+        let msgs = page["msgs"].as_array().expect("msgs").clone();
+        if msgs.is_empty() {
+            return out;
+        }
+        out.extend(msgs);
+    }
+}
