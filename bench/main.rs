@@ -334,6 +334,23 @@ fn spawn_node(binary: &Path, config: &Path, i: usize) -> anyhow::Result<Child> {
     spawn_with(binary, config, i, &[])
 }
 
+/// Where node `i` logs: `$NODE_LOG_DIR/nI.log` when that is set (with `NODE_LOG` as its `RUST_LOG`, for
+/// looking into a run), else this process's stderr.
+fn node_stderr(i: usize) -> anyhow::Result<Stdio> {
+    Ok(match std::env::var_os("NODE_LOG_DIR") {
+        Some(dir) => {
+            let path = Path::new(&dir).join(format!("{}.log", node_id(i)));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .into()
+        }
+        None => Stdio::inherit(),
+    })
+}
+
 /// Starts node `i` of `config` with `--join join`.
 fn spawn_joining(binary: &Path, config: &Path, i: usize, join: &str) -> anyhow::Result<Child> {
     spawn_with(binary, config, i, &["--join", join])
@@ -346,9 +363,12 @@ fn spawn_with(binary: &Path, config: &Path, i: usize, args: &[&str]) -> anyhow::
         .arg("--node")
         .arg(node_id(i))
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(node_stderr(i)?)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let mut line = String::new();

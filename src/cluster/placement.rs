@@ -24,13 +24,35 @@ use crate::raft::multi::raft_id;
 /// A partition's number, `0..cluster.partitions`.
 pub type PartitionId = u32;
 
-/// The partition of `key` (a user id or a conversation id) among `partitions`.
-pub fn partition_of(key: &str, partitions: u32) -> PartitionId {
+/// How many slots keys hash into: [`crate::config::MAX_PARTITIONS`]. Every key of the store starts with
+/// its owner's slot, so a partition's keys are a few ranges of the store (see `store::keys`).
+pub const SLOTS: u32 = crate::config::MAX_PARTITIONS;
+
+/// The slot of `key` (a user id or a conversation id): its FNV-1a hash modulo [`SLOTS`].
+pub fn slot_of(key: &[u8]) -> u16 {
     let mut h = FnvHasher::default();
-    h.write(key.as_bytes());
-    let p = h.finish() % u64::from(partitions.max(1));
-    // the remainder is below `partitions`, a u32
-    u32::try_from(p).unwrap_or(0)
+    h.write(key);
+    // the remainder is below SLOTS, 2^16
+    u16::try_from(h.finish() % u64::from(SLOTS)).unwrap_or(0)
+}
+
+/// The partition of `key` (a user id or a conversation id) among `partitions`: its slot modulo
+/// `partitions` (for a partition count that divides [`SLOTS`], as every power of two up to it does,
+/// the same as its hash modulo `partitions`).
+pub fn partition_of(key: &str, partitions: u32) -> PartitionId {
+    partition_of_slot(slot_of(key.as_bytes()), partitions)
+}
+
+/// The partition the keys of `slot` belong to.
+pub fn partition_of_slot(slot: u16, partitions: u32) -> PartitionId {
+    u32::from(slot) % partitions.max(1)
+}
+
+/// The slots of `partition`, in order.
+pub fn slots_of(partition: PartitionId, partitions: u32) -> impl Iterator<Item = u16> {
+    (partition..SLOTS)
+        .step_by(partitions.max(1) as usize)
+        .filter_map(|s| u16::try_from(s).ok())
 }
 
 /// Where every partition is, as this node's membership record says: its replicas as last reported
@@ -152,6 +174,36 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn slots_keep_the_partition_of_every_key_for_a_power_of_two() {
+        for key in ["alice", "g:team", "dm:a:b", ""] {
+            let mut h = FnvHasher::default();
+            h.write(key.as_bytes());
+            for partitions in [1u32, 16, 256, SLOTS] {
+                let by_hash = u32::try_from(h.finish() % u64::from(partitions)).expect("u32");
+                assert_eq!(
+                    partition_of(key, partitions),
+                    by_hash,
+                    "{key} of {partitions}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_slot_belongs_to_exactly_one_partition() {
+        for partitions in [1u32, 3, 16, 100, 256] {
+            let mut seen = vec![0u8; SLOTS as usize];
+            for p in 0..partitions {
+                for slot in slots_of(p, partitions) {
+                    assert_eq!(partition_of_slot(slot, partitions), p);
+                    seen[usize::from(slot)] += 1;
+                }
+            }
+            assert!(seen.iter().all(|n| *n == 1), "{partitions} partitions");
+        }
+    }
 
     fn config(nodes: usize, replicas: usize, partitions: u32) -> Config {
         let mut text = format!("[cluster]\nreplicas = {replicas}\npartitions = {partitions}\n");

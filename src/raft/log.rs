@@ -16,10 +16,13 @@
 //! (to a temporary file, fsynced, renamed over the old one).
 //!
 //! Compaction: once the node's store has durably applied a group's entries up to some index, the group
-//! drops them ([`super::storage::GroupStorage::compact`]) and a `SNAPSHOT` record (the new starting point)
-//! is written, followed by the entries kept; a snapshot of the partition's data installed from the leader
-//! writes the same record. The file is then mostly dead and the next rewrite shrinks it, so it stays
-//! bounded by the groups' uncompacted tails.
+//! drops them ([`super::storage::GroupStorage::compact`]) and a `COMPACTED` record (the new starting point)
+//! is written: replay drops the entries up to it and keeps those after, so a compaction costs one small
+//! record whatever the group keeps. A snapshot of the partition's data installed from the leader writes
+//! a `SNAPSHOT` record instead (every entry before it is gone, the log starts after it). The file is then
+//! mostly dead and the next rewrite shrinks it, so it stays bounded by the groups' uncompacted tails. A
+//! rewrite needs the live state encoded; after one that did not pay (the file not yet twice the live
+//! state) the next look waits until the file has grown by that much again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -50,6 +53,8 @@ const ENTRIES: u8 = 3;
 /// A snapshot point (`SnapshotMetadata`): the group's entries up to it are gone (compacted, or replaced
 /// by a snapshot of the partition's data installed in the store); entries follow from the next index.
 const SNAPSHOT: u8 = 4;
+/// A compaction point (`SnapshotMetadata`): the group's entries up to it are gone, the ones after it stay.
+const COMPACTED: u8 = 6;
 /// The group was dropped (this node no longer keeps the partition): replay forgets it, and the node does
 /// not create it again from its first configuration (a later record of the group starts it anew).
 const DROPPED: u8 = 5;
@@ -89,6 +94,8 @@ pub struct RaftLog {
     fsync: bool,
     /// The size from which [`RaftLog::maybe_rewrite`] considers a rewrite.
     rewrite_bytes: u64,
+    /// Do not look at rewriting before the file is this large (see the module docs).
+    next_rewrite_look: u64,
     /// Records written since the last sync (a round of heartbeats writes none, and needs no fsync).
     dirty: bool,
     /// Groups dropped and not started again (kept across rewrites).
@@ -134,6 +141,7 @@ impl RaftLog {
             allocated: bytes.len() as u64,
             fsync,
             rewrite_bytes: REWRITE_BYTES,
+            next_rewrite_look: 0,
             dirty: false,
             dropped,
         };
@@ -192,6 +200,17 @@ impl RaftLog {
         self.record(partition, SNAPSHOT, &body)
     }
 
+    /// Records that `partition`'s log dropped its entries up to `point` and keeps the ones after it (a
+    /// `COMPACTED` record: see the module docs).
+    pub fn set_compacted(
+        &mut self,
+        partition: PartitionId,
+        point: &SnapshotMetadata,
+    ) -> LogResult<()> {
+        let body = point.write_to_bytes()?;
+        self.record(partition, COMPACTED, &body)
+    }
+
     pub fn set_conf_state(&mut self, partition: PartitionId, cs: &ConfState) -> LogResult<()> {
         let body = cs.write_to_bytes()?;
         self.record(partition, CONF_STATE, &body)
@@ -233,13 +252,16 @@ impl RaftLog {
 
     /// Rewrites the file with only what `groups` still hold, when it has grown large and mostly dead.
     pub fn maybe_rewrite(&mut self, groups: &Groups) -> LogResult<bool> {
-        if self.len < self.rewrite_bytes {
+        if self.len < self.rewrite_bytes.max(self.next_rewrite_look) {
             return Ok(false);
         }
         let live = encode_live(groups, &self.dropped)?;
-        if (live.len() as u64).saturating_mul(2) > self.len {
+        let live_len = live.len() as u64;
+        if live_len.saturating_mul(2) > self.len {
+            self.next_rewrite_look = self.len.saturating_add(live_len);
             return Ok(false);
         }
+        self.next_rewrite_look = live_len.saturating_mul(2);
         self.sync()?;
         let tmp = self.path.with_extension("log.tmp");
         let io = |source| LogError::Io {
@@ -387,6 +409,31 @@ fn apply(partition: PartitionId, storage: &MemStorage, kind: u8, body: &[u8]) ->
                     metadata: Some(point).into(),
                     ..Default::default()
                 })?;
+            }
+        }
+        COMPACTED => {
+            drop(core);
+            let point = SnapshotMetadata::parse_from_bytes(body)?;
+            let (first, last) = (storage.first_index()?, storage.last_index()?);
+            if point.index >= first && point.index <= last {
+                let state = storage.initial_state()?;
+                let kept = if point.index < last {
+                    storage.entries(
+                        point.index + 1,
+                        last + 1,
+                        None,
+                        raft::GetEntriesContext::empty(false),
+                    )?
+                } else {
+                    Vec::new()
+                };
+                let mut core = storage.wl();
+                core.apply_snapshot(Snapshot {
+                    metadata: Some(point).into(),
+                    ..Default::default()
+                })?;
+                core.set_hardstate(state.hard_state);
+                core.append(&kept)?;
             }
         }
         ENTRIES => {
@@ -662,5 +709,48 @@ mod tests {
                 .commit,
             1
         );
+    }
+
+    #[test]
+    fn a_compaction_drops_the_entries_up_to_its_point_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
+            let five: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &i.to_string())).collect();
+            log.append(4, &five).expect("append");
+            log.set_hard_state(4, &hs(1, 5)).expect("hs");
+            let point = SnapshotMetadata {
+                index: 3,
+                term: 1,
+                conf_state: Some(ConfState::from((vec![1, 2], vec![]))).into(),
+                ..Default::default()
+            };
+            log.set_compacted(4, &point).expect("compacted");
+            log.append(4, &[entry(6, 2, "6")]).expect("append");
+            // a compaction point older than the group's start changes nothing
+            log.set_compacted(
+                4,
+                &SnapshotMetadata {
+                    index: 1,
+                    term: 1,
+                    ..Default::default()
+                },
+            )
+            .expect("stale");
+            log.sync().expect("sync");
+        }
+        let (_, groups) = RaftLog::open(dir.path(), true).expect("reopen");
+        let g = &groups[&4];
+        assert_eq!(
+            datas(g),
+            vec![(4, 1, "4".into()), (5, 1, "5".into()), (6, 2, "6".into())]
+        );
+        assert_eq!(g.term(3).expect("the point's term"), 1);
+        let state = g.initial_state().expect("state");
+        assert_eq!(
+            state.hard_state.commit, 5,
+            "the hard state is not lowered to the point"
+        );
+        assert_eq!(state.conf_state.voters, vec![1, 2]);
     }
 }

@@ -889,9 +889,7 @@ impl MultiRaft {
             group.confs.drain(..keep);
         }
         if let Some(log) = &mut self.log {
-            log.set_snapshot(partition, &compacted.point)?;
-            log.append(partition, &compacted.kept)?;
-            log.set_hard_state(partition, &store.initial_state()?.hard_state)?;
+            log.set_compacted(partition, &compacted.point)?;
             let groups: Groups = self
                 .groups
                 .iter()
@@ -903,12 +901,18 @@ impl MultiRaft {
     }
 
     /// The groups for which raft-rs wants a snapshot of the partition's data (to send a follower that
-    /// needs compacted entries), each reported once per want.
-    pub fn wanted_snapshots(&self) -> Vec<PartitionId> {
+    /// needs compacted entries), each reported once per want, with the log index the snapshot must be
+    /// made at or after: past the compacted entries, and past the group's latest configuration (the
+    /// one that added the follower: a snapshot from before it is refused, see
+    /// [`GroupStorage`](super::storage::GroupStorage)'s `snapshot`).
+    pub fn wanted_snapshots(&self) -> Vec<(PartitionId, u64)> {
         self.groups
             .iter()
-            .filter(|(_, g)| g.node.raft.raft_log.store.take_wanted())
-            .map(|(p, _)| *p)
+            .filter_map(|(p, g)| {
+                let needed = g.node.raft.raft_log.store.take_wanted()?;
+                let conf = g.confs.last().map_or(0, |(at, _)| *at);
+                Some((*p, needed.max(conf)))
+            })
             .collect()
     }
 
@@ -1135,7 +1139,7 @@ mod tests {
                     }
                     self.applied.entry(id).or_default().extend(out.committed);
                     let wanted = self.nodes[&id].wanted_snapshots();
-                    for p in wanted {
+                    for (p, _) in wanted {
                         if let Some((index, term, data)) = self.snapshot_of(id, p) {
                             let node = self.nodes.get_mut(&id).expect("node");
                             node.offer_snapshot(p, index, term, data).expect("offer");

@@ -21,8 +21,8 @@ use raft::{GetEntriesContext, Storage, StorageError};
 struct Slot {
     /// The latest snapshot of the partition's data made here.
     ready: Option<Snapshot>,
-    /// raft-rs asked for a snapshot newer than `ready`.
-    wanted: bool,
+    /// raft-rs asked for a snapshot newer than `ready`: the index it must reach at least.
+    wanted: Option<u64>,
 }
 
 /// A group's storage (cheap to clone: clones share it).
@@ -55,9 +55,10 @@ impl GroupStorage {
         &self.mem
     }
 
-    /// Whether raft-rs wants a snapshot that has not been offered yet (asked once per want).
-    pub fn take_wanted(&self) -> bool {
-        std::mem::take(&mut lock(&self.slot).wanted)
+    /// Whether raft-rs wants a snapshot that has not been offered yet, and the index it must reach at
+    /// least (asked once per want).
+    pub fn take_wanted(&self) -> Option<u64> {
+        lock(&self.slot).wanted.take()
     }
 
     /// A snapshot of the partition's data, made by the apply thread, for raft-rs to send.
@@ -169,7 +170,7 @@ impl Storage for GroupStorage {
                 return Ok(s.clone());
             }
         }
-        slot.wanted = true;
+        slot.wanted = Some(slot.wanted.unwrap_or(0).max(needed));
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
@@ -237,8 +238,12 @@ mod tests {
         let conf = s.initial_state().expect("state").conf_state;
         s.compact(60, conf).expect("compact");
         assert!(s.snapshot(0, 2).is_err());
-        assert!(s.take_wanted());
-        assert!(!s.take_wanted(), "asked once per want");
+        assert_eq!(
+            s.take_wanted(),
+            Some(59),
+            "everything before the first entry kept"
+        );
+        assert_eq!(s.take_wanted(), None, "asked once per want");
         let old = Snapshot {
             metadata: Some(SnapshotMetadata {
                 index: 40,

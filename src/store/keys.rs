@@ -1,6 +1,12 @@
 //! The catalogue of sled trees and their key layouts. Keys are big-endian so byte order is `seq` order;
 //! ids never contain `0x00` (they are validated), so `0x00` separates the parts of a key.
 //!
+//! Every key of `conv_log` and `user_index` that belongs to a conversation or a user (all but `A` and `o`)
+//! starts with a head: `0x01` then the owner's slot:u16 ([`slot_of`]: its hash modulo 65,536; its
+//! partition is the slot modulo `cluster.partitions`). So the keys of one partition are a few ranges of
+//! each tree, one per slot: a partition's snapshot and its deletion read those ranges, not the store. The
+//! table shows the keys after the head.
+//!
 //! | tree         | key                                   | value                                  |
 //! |--------------|---------------------------------------|----------------------------------------|
 //! | `conv_log`   | `m` conv `\0` seq:u64                 | the message JSON as clients see it     |
@@ -37,10 +43,22 @@
 //! message at its seq carries the same sender and cid, so a crash between the two writes cannot duplicate or
 //! misattribute a message.
 
+use crate::cluster::placement::slot_of;
+
 pub const CONV_LOG: &str = "conv_log";
 pub const USER_INDEX: &str = "user_index";
 pub const MEDIA: &str = "media";
 pub const META: &str = "meta";
+
+/// `meta`: the key layout of this node's data ([`LAYOUT`]; none: the first, without heads).
+pub const META_LAYOUT: &[u8] = b"layout";
+/// The key layout written now: keys with an owner start with its head.
+pub const LAYOUT: u32 = 2;
+
+/// The first byte of a key that belongs to a conversation or a user.
+pub const OWNED: u8 = 0x01;
+/// The head's length: [`OWNED`] and the slot.
+pub const HEAD: usize = 3;
 
 /// `meta`: the partition count this node's data was created with.
 pub const META_PARTITIONS: &[u8] = b"partitions";
@@ -64,9 +82,27 @@ const PAIR: u8 = b'p';
 const USER_CONV: u8 = b'c';
 const USER_FRIEND: u8 = b'f';
 
+/// A key of `conv_log` or `user_index` owned by `parts[0]` (a conversation or a user): the head, the tag,
+/// then the parts.
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let len = HEAD + 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
     let mut k = Vec::with_capacity(len + 8);
+    k.push(OWNED);
+    k.extend_from_slice(&slot_of(parts.first().copied().unwrap_or_default()).to_be_bytes());
+    k.push(tag);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// A key of the `media` tree (node-local: no head).
+fn media_key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
     k.push(tag);
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -148,7 +184,7 @@ pub fn reaction_count(conv: &str, seq: u64, emoji: &str) -> Vec<u8> {
 
 /// The seq and emoji of a [`reaction_count`] key of `conv`.
 pub fn parse_reaction_count(conv: &str, key: &[u8]) -> Option<(u64, String)> {
-    let at = 1 + conv.len() + 1;
+    let at = HEAD + 1 + conv.len() + 1;
     let seq = parse_u64(key, at)?;
     let emoji = std::str::from_utf8(key.get(at + 8..)?).ok()?;
     Some((seq, emoji.to_string()))
@@ -272,15 +308,15 @@ pub fn user_access(user: &str) -> Vec<u8> {
 }
 
 pub fn media(id: &str) -> Vec<u8> {
-    key(b'm', &[id.as_bytes()])
+    media_key(b'm', &[id.as_bytes()])
 }
 
 pub fn media_by_hash(sha256: &str) -> Vec<u8> {
-    key(b'h', &[sha256.as_bytes()])
+    media_key(b'h', &[sha256.as_bytes()])
 }
 
 pub fn upload(id: &str) -> Vec<u8> {
-    key(b'u', &[id.as_bytes()])
+    media_key(b'u', &[id.as_bytes()])
 }
 
 pub fn upload_prefix() -> Vec<u8> {
@@ -288,7 +324,7 @@ pub fn upload_prefix() -> Vec<u8> {
 }
 
 pub fn pending_upload(owner: &str, sha256: &str, size: u64) -> Vec<u8> {
-    key(
+    media_key(
         b'p',
         &[owner.as_bytes(), sha256.as_bytes(), &size.to_be_bytes()],
     )
@@ -296,7 +332,40 @@ pub fn pending_upload(owner: &str, sha256: &str, size: u64) -> Vec<u8> {
 
 /// A user who uploaded this content, or proved they have it (their instant uploads need no proof).
 pub fn media_holder(sha256: &str, user: &str) -> Vec<u8> {
-    key(b'o', &[sha256.as_bytes(), user.as_bytes()])
+    media_key(b'o', &[sha256.as_bytes(), user.as_bytes()])
+}
+
+/// The range of keys whose owner is in `slot`: `start..end`.
+pub fn slot_range(slot: u16) -> (Vec<u8>, Vec<u8>) {
+    let start = [&[OWNED][..], &slot.to_be_bytes()[..]].concat();
+    let end = match slot.checked_add(1) {
+        Some(next) => [&[OWNED][..], &next.to_be_bytes()[..]].concat(),
+        None => vec![OWNED + 1],
+    };
+    (start, end)
+}
+
+/// The slot of an owned key (`None` for `A` and `o`, and for a key of the first layout).
+pub fn slot_of_key(key: &[u8]) -> Option<u16> {
+    match key {
+        [OWNED, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
+/// A key of the first layout (no head), if `key` is one: the same key with its head. In the first
+/// layout the owner follows the tag, up to the first `0x00` or the end.
+pub fn with_head(key: &[u8]) -> Option<Vec<u8>> {
+    let (&tag, rest) = key.split_first()?;
+    if tag == OWNED || tag == b'A' || tag == OUTBOX {
+        return None;
+    }
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let mut k = Vec::with_capacity(HEAD + key.len());
+    k.push(OWNED);
+    k.extend_from_slice(&slot_of(&rest[..end]).to_be_bytes());
+    k.extend_from_slice(key);
+    Some(k)
 }
 
 /// Two u64s, big-endian (seq and ts of a dedupe entry).
@@ -339,15 +408,24 @@ mod tests {
         assert!(!user_conv("ab", "g:x").starts_with(&user_conv_prefix("a")));
     }
 
+    /// `key` with `owner`'s head.
+    fn headed(owner: &str, key: &[u8]) -> Vec<u8> {
+        let mut k = vec![OWNED];
+        k.extend_from_slice(&slot_of(owner.as_bytes()).to_be_bytes());
+        k.extend_from_slice(key);
+        k
+    }
+
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(msg("g:x", 1), b"mg:x\0\0\0\0\0\0\0\0\x01".to_vec());
-        assert_eq!(cid("g:x", "al", "c1"), b"cg:x\0al\0c1".to_vec());
-        assert_eq!(read("g:x", "al"), b"rg:x\0al".to_vec());
+        assert_eq!(slot_of(b"g:x"), 0xbf04, "FNV-1a of the owner, modulo 2^16");
+        assert_eq!(msg("g:x", 1), headed("g:x", b"mg:x\0\0\0\0\0\0\0\0\x01"));
+        assert_eq!(cid("g:x", "al", "c1"), headed("g:x", b"cg:x\0al\0c1"));
+        assert_eq!(read("g:x", "al"), headed("g:x", b"rg:x\0al"));
         assert_eq!(parse_u64(&two_u64(7, 9), 8), Some(9));
         assert_eq!(
             reaction_count("g:x", 2, "+1"),
-            b"eg:x\0\0\0\0\0\0\0\0\x02+1".to_vec()
+            headed("g:x", b"eg:x\0\0\0\0\0\0\0\0\x02+1")
         );
         assert_eq!(
             parse_reaction_count("g:x", &reaction_count("g:x", 2, "+1")),
@@ -355,13 +433,48 @@ mod tests {
         );
         assert_eq!(
             reactor("g:x", 1, "+1", "al"),
-            b"Eg:x\0\0\0\0\0\0\0\0\x01+1\0al".to_vec()
+            headed("g:x", b"Eg:x\0\0\0\0\0\0\0\0\x01+1\0al")
         );
         assert_eq!(
             mention("g:x", "*", 1),
-            b"ng:x\0*\0\0\0\0\0\0\0\0\x01".to_vec()
+            headed("g:x", b"ng:x\0*\0\0\0\0\0\0\0\0\x01")
         );
-        assert_eq!(user_settings("al", "g:x"), b"sal\0g:x".to_vec());
+        assert_eq!(user_settings("al", "g:x"), headed("al", b"sal\0g:x"));
+        assert_eq!(user_access("al"), headed("al", b"aal"));
+        assert_eq!(media("x1"), b"mx1".to_vec(), "media keys have no head");
+        assert_eq!(applied(7), b"A\0\0\0\x07".to_vec());
+        assert_eq!(outbox(1), b"o\0\0\0\0\0\0\0\x01".to_vec());
+    }
+
+    #[test]
+    fn keys_of_the_first_layout_get_their_head() {
+        assert_eq!(with_head(b"mg:x\0\0\0\0\0\0\0\0\x01"), Some(msg("g:x", 1)));
+        assert_eq!(with_head(b"sal\0g:x"), Some(user_settings("al", "g:x")));
+        assert_eq!(with_head(b"aal"), Some(user_access("al")));
+        assert_eq!(with_head(&msg("g:x", 1)), None, "already headed");
+        assert_eq!(with_head(&applied(7)), None);
+        assert_eq!(with_head(&outbox(1)), None);
+    }
+
+    #[test]
+    fn a_slot_range_holds_exactly_its_owners_keys() {
+        let slot = slot_of(b"g:x");
+        let (start, end) = slot_range(slot);
+        for k in [
+            msg("g:x", 1),
+            msg("g:x", u64::MAX),
+            group("g:x"),
+            member("g:x", "zz"),
+        ] {
+            assert!(start <= k && k < end);
+            assert_eq!(slot_of_key(&k), Some(slot));
+        }
+        let (_, last_end) = slot_range(u16::MAX);
+        assert!(
+            applied(1) > last_end && outbox(1) > last_end,
+            "unowned keys sort after every slot"
+        );
+        assert_eq!(slot_of_key(&applied(1)), None);
     }
 
     #[test]

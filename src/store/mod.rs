@@ -84,6 +84,7 @@ impl Store {
         let db = open_db(dir, config.cache_bytes())?;
         let conv_log = db.open_tree(keys::CONV_LOG)?;
         let user_index = db.open_tree(keys::USER_INDEX)?;
+        upgrade_layout(&db, &[&conv_log, &user_index])?;
         let media = media::MediaStore::open(dir, &db)?;
         let flusher = Flusher::start(db.clone(), durability, flush_seconds);
         let outbox = outbox::OutboxState::open(&conv_log)?;
@@ -423,6 +424,50 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens sled, waiting up to `LOCK_WAIT` while another instance still holds the directory's lock (a node
 /// restarted right after the old one was told to stop). Two live nodes on one directory still fail.
+/// Keys re-written per batch while upgrading the key layout.
+const UPGRADE_BATCH: usize = 10_000;
+
+/// Gives every key of the first layout its head ([`keys::with_head`]), in batches that each move keys
+/// atomically (a crash in between leaves some keys moved and the rest for the next start), then records
+/// the layout. A store already at [`keys::LAYOUT`] is left alone.
+fn upgrade_layout(db: &sled::Db, trees: &[&sled::Tree]) -> StoreResult<()> {
+    let meta = db.open_tree(keys::META)?;
+    if meta.contains_key(keys::META_LAYOUT)? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut moved = 0;
+    for tree in trees {
+        loop {
+            // headed keys start with `OWNED` and sort before every key of the first layout
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in tree.range(vec![keys::OWNED + 1]..) {
+                let (k, v) = item?;
+                if let Some(headed) = keys::with_head(&k) {
+                    batch.insert(headed, v);
+                    batch.remove(k);
+                    n += 1;
+                    if n == UPGRADE_BATCH {
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            tree.apply_batch(batch)?;
+            moved += n;
+        }
+    }
+    meta.insert(keys::META_LAYOUT, &keys::LAYOUT.to_be_bytes()[..])?;
+    db.flush()?;
+    if moved > 0 {
+        tracing::info!(keys = moved, took = ?started.elapsed(), "store upgraded to key layout {}", keys::LAYOUT);
+    }
+    Ok(())
+}
+
 fn open_db(dir: &Path, cache_bytes: u64) -> StoreResult<sled::Db> {
     let started = std::time::Instant::now();
     loop {
@@ -493,6 +538,93 @@ mod tests {
             vec![(a.clone(), 10)]
         );
         s.close().expect("close");
+    }
+
+    /// Conversations `dm:a:bN` until one in each of two partitions (of 16) is found.
+    fn convs_in_two_partitions() -> (ConvId, ConvId, u32) {
+        let all: Vec<ConvId> = (0..100)
+            .map(|i| ConvId::parse(&format!("dm:a:b{i}")).expect("valid"))
+            .collect();
+        let p = |c: &ConvId| crate::cluster::placement::partition_of(c.as_str(), 16);
+        let first = all[0].clone();
+        let other = all
+            .iter()
+            .find(|c| p(c) != p(&first))
+            .expect("another partition")
+            .clone();
+        let partition = p(&first);
+        (first, other, partition)
+    }
+
+    #[test]
+    fn a_partition_moves_as_its_keys_alone() {
+        let (conv, other, p) = convs_in_two_partitions();
+        let a = UserId::parse("a").expect("valid");
+        let from = tempfile::tempdir().expect("tempdir");
+        let to = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (store(from.path()), store(to.path()));
+        for seq in 1..=5u64 {
+            src.append(&conv, seq, &format!("{{\"seq\":{seq}}}"))
+                .expect("append");
+        }
+        src.set_read(&conv, &a, 3).expect("read");
+        src.append(&other, 1, "{}").expect("append");
+        dst.append(&conv, 9, "{\"stale\":true}")
+            .expect("stale key on the receiver");
+        dst.hold_partition(p).expect("hold");
+        let blob = src.partition_snapshot(p, 16).expect("snapshot");
+        dst.install_partition(p, 16, &blob, 42).expect("install");
+        assert_eq!(
+            dst.messages_after(&conv, 0, 100).expect("after").len(),
+            5,
+            "the stale key replaced"
+        );
+        assert_eq!(
+            dst.read_positions(&conv).expect("reads"),
+            vec![(a.clone(), 3)]
+        );
+        assert!(
+            dst.last_message(&other).expect("other").is_none(),
+            "other partitions stay out"
+        );
+        let deleted = src.delete_partitions(&[p], 16).expect("delete");
+        assert_eq!(deleted, 6);
+        assert!(src.last_message(&conv).expect("gone").is_none());
+        assert_eq!(
+            src.last_message(&other).expect("kept").map(|l| l.0),
+            Some(1)
+        );
+        assert!(!src.holds_partition(p).expect("holds"));
+    }
+
+    #[test]
+    fn a_store_of_the_first_layout_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conv = ConvId::parse("dm:a:b").expect("valid");
+        {
+            // the first layout: the tag, then the owner (no head), and no layout record
+            let db = sled::open(dir.path()).expect("sled");
+            let log = db.open_tree(keys::CONV_LOG).expect("tree");
+            let mut old = b"mdm:a:b\0".to_vec();
+            old.extend_from_slice(&7u64.to_be_bytes());
+            log.insert(old, &b"{\"seq\":7}"[..]).expect("insert");
+            log.insert(keys::applied(3), &5u64.to_be_bytes()[..])
+                .expect("applied");
+            db.open_tree(keys::USER_INDEX)
+                .expect("tree")
+                .insert(b"ca\0dm:a:b", &b""[..])
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let s = store(dir.path());
+        assert_eq!(s.last_message(&conv).expect("last").map(|l| l.0), Some(7));
+        let a = UserId::parse("a").expect("valid");
+        assert_eq!(s.user_convs(&a).expect("convs"), vec![conv.clone()]);
+        assert!(s.holds_partition(3).expect("applied index kept"));
+        s.close().expect("close");
+        drop(s);
+        let s = store(dir.path());
+        assert_eq!(s.last_message(&conv).expect("again").map(|l| l.0), Some(7));
     }
 
     #[test]

@@ -45,9 +45,14 @@ pub(super) struct Applier {
     /// Partitions dropped here whose keys are still to be deleted, and when that last happened.
     doomed: std::collections::BTreeSet<PartitionId>,
     next_delete: Instant,
+    /// Snapshots the driver asked for that wait until this node has applied the index given.
+    wanted: HashMap<PartitionId, u64>,
+    /// The index of the last snapshot made of each partition: raft-rs asks again with every probe of a
+    /// follower until the one made reaches the driver, and one that covers a want is not made again.
+    made: HashMap<PartitionId, u64>,
 }
 
-/// How often the keys of dropped partitions are deleted (in one pass over the store).
+/// How often the keys of dropped partitions are deleted.
 const DELETE_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the apply thread looks for logs to compact (each time it flushes the store first).
@@ -96,6 +101,8 @@ impl Applier {
             shape: Shape::of(config),
             doomed: std::collections::BTreeSet::new(),
             next_delete: Instant::now(),
+            wanted: HashMap::new(),
+            made: HashMap::new(),
         })
     }
 
@@ -122,13 +129,23 @@ impl Applier {
                 ApplyInput::Committed(entries) => {
                     self.apply(entries);
                     self.maybe_compact();
+                    self.make_snapshots();
                 }
                 ApplyInput::Install(snapshots) => {
                     for (partition, snapshot) in snapshots {
                         self.install(partition, &snapshot);
                     }
                 }
-                ApplyInput::MakeSnapshots(partitions) => self.make_snapshots(&partitions),
+                ApplyInput::MakeSnapshots(wanted) => {
+                    for (p, index) in wanted {
+                        if self.made.get(&p).is_some_and(|made| *made >= index) {
+                            continue;
+                        }
+                        let at = self.wanted.entry(p).or_default();
+                        *at = (*at).max(index);
+                    }
+                    self.make_snapshots();
+                }
                 ApplyInput::Leadership(changes) => self.leadership(&changes),
                 ApplyInput::Drop(partitions) => self.drop_partitions(&partitions),
                 ApplyInput::Hold(partition) => {
@@ -286,6 +303,8 @@ impl Applier {
     fn drop_partitions(&mut self, partitions: &[PartitionId]) {
         for &p in partitions {
             self.last.remove(&p);
+            self.wanted.remove(&p);
+            self.made.remove(&p);
             self.compacted.remove(&p);
             if p == self.partitions {
                 continue;
@@ -299,8 +318,8 @@ impl Applier {
     }
 
     /// Deletes the keys of the partitions dropped since the last time, at most every [`DELETE_EVERY`] and
-    /// once nothing moves (each deletion reads every key of the store; a rebalance drops many
-    /// partitions), or when stopping.
+    /// once nothing moves (a rebalance drops many partitions, and their deletion's writes would compete
+    /// with the moves' for the disk), or when stopping.
     /// One kept here again is spared: its keys are live.
     fn maybe_delete(&mut self, now: bool) {
         if self.doomed.is_empty() || (!now && self.next_delete.elapsed() < DELETE_EVERY) {
@@ -338,10 +357,12 @@ impl Applier {
         let Some(&(index, _)) = self.last.get(&partition) else {
             return;
         };
+        let started = Instant::now();
         if let Err(e) = self.store.flush_now() {
             tracing::error!(error = %e, "cannot flush the store before a compaction");
             return;
         }
+        tracing::debug!(partition, took = ?started.elapsed(), "flushed the store for a move");
         let to = self.compacted.get(&partition).copied().unwrap_or(0).max(2);
         if index + 1 >= to {
             self.compacted.insert(partition, to);
@@ -381,15 +402,27 @@ impl Applier {
         tracing::info!(partition, index = meta.index, bytes = snapshot.data.len(), took = ?started.elapsed(), "installed a partition snapshot");
     }
 
-    /// Snapshots of `partitions`' data at the last entry applied here, for the driver to offer (the
-    /// partitions' keys in one pass over the store; the metadata group's record as it is).
-    fn make_snapshots(&mut self, partitions: &[PartitionId]) {
-        // a group with nothing applied since the start is left out: raft asks again with its next probe
-        let wanted: Vec<PartitionId> = partitions
+    /// Snapshots of the wanted partitions' data that this node has applied far enough (see
+    /// [`ApplyInput::MakeSnapshots`]), at the last entry applied here, for the driver to offer (the
+    /// partitions' keys; the metadata group's record as it is). One made before the index asked for
+    /// would be refused by the follower, or be too old for the log that follows it.
+    fn make_snapshots(&mut self) {
+        if self.wanted.is_empty() {
+            return;
+        }
+        let last = &self.last;
+        let wanted: Vec<PartitionId> = self
+            .wanted
             .iter()
-            .copied()
-            .filter(|p| self.last.contains_key(p))
+            .filter(|(p, at)| last.get(p).is_some_and(|(index, _)| index >= at))
+            .map(|(p, _)| *p)
             .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        for p in &wanted {
+            self.wanted.remove(p);
+        }
         let (meta, data): (Vec<PartitionId>, Vec<PartitionId>) =
             wanted.into_iter().partition(|p| *p == self.partitions);
         let mut made: Vec<(PartitionId, Vec<u8>)> = Vec::new();
@@ -405,14 +438,14 @@ impl Applier {
                 }
             }
         }
-        if !data.is_empty() {
+        for p in data {
             let started = Instant::now();
-            match self.store.partition_snapshots(&data, self.partitions) {
-                Ok(blobs) => {
-                    tracing::debug!(partitions = ?data, took = ?started.elapsed(), "made partition snapshots");
-                    made.extend(data.into_iter().zip(blobs));
+            match self.store.partition_snapshot(p, self.partitions) {
+                Ok(blob) => {
+                    tracing::debug!(partition = p, bytes = blob.len(), took = ?started.elapsed(), "made a partition snapshot");
+                    made.push((p, blob));
                 }
-                Err(e) => tracing::error!(partitions = ?data, error = %e, "cannot make snapshots"),
+                Err(e) => tracing::error!(partition = p, error = %e, "cannot make a snapshot"),
             }
         }
         let Some(shared) = self.shared.upgrade() else {
@@ -422,6 +455,7 @@ impl Applier {
             let Some(&(index, term)) = self.last.get(&partition) else {
                 continue;
             };
+            self.made.insert(partition, index);
             let _ = lock(&shared.tx).send(Input::SnapshotReady {
                 partition,
                 index,
@@ -452,10 +486,12 @@ impl Applier {
         if due.is_empty() {
             return;
         }
+        let started = Instant::now();
         if let Err(e) = self.store.flush_now() {
             tracing::error!(error = %e, "cannot flush the store before a compaction");
             return;
         }
+        tracing::debug!(took = ?started.elapsed(), "flushed the store for compactions");
         for (p, index) in &due {
             self.compacted.insert(*p, *index);
         }

@@ -23,6 +23,9 @@ pub(super) struct HandingOver {
     retry: Instant,
 }
 
+/// A driver round at least this long is logged.
+const SLOW_ROUND: Duration = Duration::from_millis(250);
+
 pub(super) struct Driver {
     pub(super) raft: MultiRaft,
     rx: mpsc::Receiver<Input>,
@@ -98,6 +101,7 @@ impl Driver {
                     }
                 }
             }
+            let round_started = Instant::now();
             let inputs = first
                 .into_iter()
                 .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
@@ -168,10 +172,18 @@ impl Driver {
                     next_tick = now + self.tick;
                 }
             }
+            let stepped = now.duration_since(round_started);
             self.hand_over(now);
             self.balance(now);
             self.reconcile(now);
+            let planned = now.elapsed();
             self.round();
+            let took = round_started.elapsed();
+            if took >= SLOW_ROUND {
+                // peers hear nothing from this node meanwhile: a leader elsewhere that misses its
+                // followers for an election timeout steps down
+                tracing::warn!(?took, ?stepped, ?planned, "a slow raft driver round");
+            }
             if stop {
                 return;
             }

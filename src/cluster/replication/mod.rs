@@ -119,8 +119,9 @@ enum ApplyInput {
     },
     /// Snapshots of partitions' data from their leaders: installed before the entries that follow them.
     Install(Vec<(PartitionId, raft::eraftpb::Snapshot)>),
-    /// Make snapshots of these partitions' data for the driver (followers need compacted entries).
-    MakeSnapshots(Vec<PartitionId>),
+    /// Make snapshots of these partitions' data for the driver (followers need compacted entries), each
+    /// once this node has applied its log up to the index given (see `MultiRaft::wanted_snapshots`).
+    MakeSnapshots(Vec<(PartitionId, u64)>),
     Committed(Vec<Committed>),
     /// Groups whose leader or term changed: what was proposed here under another term or leadership will
     /// not be answered by its entry.
