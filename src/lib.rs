@@ -48,8 +48,10 @@
 //!   upgrade and frame reader, the typed protocol, tokens, and the
 //!   browser client ([`net::web`]: `GET /` the web chat app, `/app.js`, `/app.css`, `GET /sdk/rookery.js`
 //!   the JavaScript SDK), embedded at build time from the committed `web/dist/` and `clients/js/dist/`.
-//! - [`store`]: the sled trees (catalogue in [`store::keys`]), group commit ([`store::writer`]) and media
-//!   files ([`store::media`]); the media HTTP endpoints are [`net::media`].
+//! - [`store`]: the sled trees (catalogue in [`store::keys`]: every key of a conversation or user starts
+//!   with its owner's slot, so a partition is a few key ranges: `store::partition` snapshots, installs
+//!   and deletes one by its ranges), group commit ([`store::writer`]) and media files ([`store::media`]);
+//!   the media HTTP endpoints are [`net::media`].
 //! - [`webhooks`]: events for the product's backend ([`webhooks::events`]: which events a message or
 //!   presence change causes, written to the durable outbox [`store::outbox`] in the message's own batch;
 //!   [`webhooks::sender`]: the node's delivery task, batched, signed, retried with backoff) and the

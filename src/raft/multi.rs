@@ -904,7 +904,7 @@ impl MultiRaft {
     /// needs compacted entries), each reported once per want, with the log index the snapshot must be
     /// made at or after: past the compacted entries, and past the group's latest configuration (the
     /// one that added the follower: a snapshot from before it is refused, see
-    /// [`GroupStorage`](super::storage::GroupStorage)'s `snapshot`).
+    /// [`GroupStorage`]'s `snapshot`).
     pub fn wanted_snapshots(&self) -> Vec<(PartitionId, u64)> {
         self.groups
             .iter()
