@@ -141,7 +141,16 @@ fn wait_settled(server: &Server, new: usize) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last = u64::MAX;
     loop {
-        let view = admin_cluster(server.addr)?;
+        // a node this busy may answer late (408): asked again, until the deadline
+        let view = match admin_cluster(server.addr) {
+            Ok(view) => view,
+            Err(e) => {
+                anyhow::ensure!(Instant::now() < deadline, "no cluster view: {e}");
+                eprintln!("cluster view: {e} (asking again)");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
         let moving = view["moving"].as_u64().unwrap_or(u64::MAX);
         let active = view["nodes"].as_array().is_some_and(|ns| {
             ns.iter()
