@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -86,6 +87,8 @@ pub type LogResult<T> = Result<T, LogError>;
 pub struct RaftLog {
     path: PathBuf,
     file: BufWriter<File>,
+    /// The same file, for a sync made on another thread (see [`RaftLog::prepare_sync`]).
+    shared: Arc<File>,
     /// Bytes of records in the file (the zeros written ahead of them not counted).
     len: u64,
     /// Bytes the file holds, records and zeros.
@@ -134,8 +137,10 @@ impl RaftLog {
             file.sync_all().map_err(io)?;
         }
         file.seek(SeekFrom::Start(good as u64)).map_err(io)?;
+        let shared = Arc::new(file.try_clone().map_err(io)?);
         let log = RaftLog {
             path: path.clone(),
+            shared,
             file: BufWriter::with_capacity(1 << 16, file),
             len: good as u64,
             allocated: bytes.len() as u64,
@@ -233,6 +238,25 @@ impl RaftLog {
         self.dirty
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hands every record written so far to the OS and returns the file to sync to make them durable
+    /// (`None` if nothing was written, or the node does not fsync): the caller syncs it, on another thread
+    /// if it likes, while records go on being written.
+    pub fn prepare_sync(&mut self) -> LogResult<Option<Arc<File>>> {
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(None);
+        }
+        let path = &self.path;
+        self.file.flush().map_err(|source| LogError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(self.fsync.then(|| self.shared.clone()))
+    }
+
     /// Makes every record written so far durable: one fsync for all groups (none if nothing was written).
     pub fn sync(&mut self) -> LogResult<()> {
         if !std::mem::take(&mut self.dirty) {
@@ -282,6 +306,7 @@ impl RaftLog {
             .open(&self.path)
             .map_err(io)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
+        self.shared = Arc::new(file.try_clone().map_err(io)?);
         self.file = BufWriter::with_capacity(1 << 16, file);
         self.len = live.len() as u64;
         self.allocated = self.len;

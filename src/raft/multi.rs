@@ -4,14 +4,18 @@
 //! [`MultiRaft::step`], proposes with [`MultiRaft::propose`], and after each of these calls
 //! [`MultiRaft::poll`], which persists what the groups produced, and hands back one [`Batch`] of messages
 //! per destination node (every group's heartbeats and appends to that node together), the entries that
-//! became committed, in log order per group, and the groups whose leader or term changed.
+//! became committed, in log order per group, and the groups whose leader or term changed. A poll comes in
+//! two halves for an owner that syncs on another thread: [`MultiRaft::poll_write`] writes and hands back
+//! what may go before the sync, [`MultiRaft::persisted`] releases the rest once the sync is done; the
+//! groups go on stepping and proposing in between (raft-rs's asynchronous ready).
 //!
 //! Every group runs with pre-vote and check-quorum: a node that comes back from a partition cannot depose
 //! a healthy leader, and a leader cut off from its majority steps down instead of serving stale state.
 //!
 //! Each group serves raft-rs from a `MemStorage`; with a [`RaftLog`] (see [`MultiRaft::open`]) every entry
-//! and hard state is also appended to the node's log file, and one fsync per poll makes the round durable
-//! before any message that depends on it leaves (group commit across every group of the node). A node
+//! and hard state is also appended to the node's log file, and one fsync per round (or per several, when
+//! rounds come faster than syncs) makes it durable before any message that depends on it leaves (group
+//! commit across every group of the node). A node
 //! reopened on the same directory rebuilds its groups from the file; entries committed before are handed
 //! out again by its first polls (whoever applies them skips what it already applied).
 
@@ -58,7 +62,8 @@ pub enum ProposeError {
     Raft(String),
 }
 
-/// Every message of every group for one other node, produced by one [`MultiRaft::poll`].
+/// Every message of every group for one other node, produced by one [`MultiRaft::poll`] (or one half of
+/// it).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub to: u64,
@@ -146,7 +151,7 @@ pub struct Output {
     pub reconfigured: Vec<PartitionId>,
     /// Groups this node was removed from and has dropped in this round (their data is to be deleted).
     pub removed: Vec<PartitionId>,
-    /// The round wrote to the log and synced it.
+    /// The round wrote to the log, to be synced.
     pub synced: bool,
 }
 
@@ -744,13 +749,37 @@ impl MultiRaft {
             .map(|(p, _)| *p)
     }
 
-    /// Persists and collects what every group produced since the last poll: every group's new entries and
-    /// hard state are written first and made durable with one sync, then the messages that had to wait for
-    /// that are released. A failed write or sync is returned: the node cannot go on safely.
+    /// Persists and collects what every group produced since the last poll, synchronously: the round's
+    /// writes are made durable with one sync before anything that waits for them is released (what
+    /// follows locally from that, a single replica's commit, is polled too). A failed write or sync is
+    /// returned: the node cannot go on safely.
     pub fn poll(&mut self) -> LogResult<Output> {
         let mut out = Output::default();
+        for _ in 0..3 {
+            let (written, unsynced) = self.poll_write()?;
+            unsynced.sync().map_err(|e| self.io_error(e))?;
+            out.merge(written);
+            out.merge(self.persisted(unsynced));
+            if !self.groups.values().any(|g| g.node.has_ready()) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first half of a poll: writes every group's new entries, snapshot points and hard states to the
+    /// log (not synced) and hands back what may go at once: a leader's messages (raft thesis 10.2.1: the
+    /// leader replicates while it writes; its own copy counts for the commit only once synced), every
+    /// heartbeat response (it promises nothing about the log, and a follower busy syncing must not look
+    /// dead to its leader: as etcd's raft, which holds back only append and vote responses), the entries
+    /// that are committed and already durable here, and the changes of leadership and replicas. What must
+    /// wait for the sync (the other messages, a received snapshot to install) is in the [`Unsynced`],
+    /// released by [`MultiRaft::persisted`] once [`Unsynced::sync`] has returned, in the order they were
+    /// written.
+    pub fn poll_write(&mut self) -> LogResult<(Output, Unsynced)> {
+        let mut out = Output::default();
+        let mut unsynced = Unsynced::default();
         let mut outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>> = BTreeMap::new();
-        let mut waiting = Vec::new();
         for (&partition, group) in &mut self.groups {
             if !group.node.has_ready() {
                 continue;
@@ -767,9 +796,11 @@ impl MultiRaft {
                 let meta = snapshot.get_metadata();
                 group.confs = vec![(meta.index, meta.get_conf_state().clone())];
                 out.reconfigured.push(partition);
-                out.installs.push((partition, snapshot));
+                unsynced.installs.push((partition, snapshot));
             }
             let committed = ready.take_committed_entries();
+            // handed out: raft-rs counts them applied (a snapshot's point only once it is durable)
+            let applied = committed.last().map(|e| e.index);
             collect(partition, group, committed, &mut out);
             store.wl().append(ready.entries())?;
             if let Some(log) = &mut self.log {
@@ -789,34 +820,21 @@ impl MultiRaft {
                     }
                 }
             }
-            waiting.push((partition, ready));
+            let (now, held): (Vec<Message>, Vec<Message>) = ready
+                .take_persisted_messages()
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+            route(partition, now, &mut outgoing);
+            unsynced.readies.push((partition, ready.number(), held));
+            group.node.advance_append_async(ready);
+            if let Some(index) = applied {
+                group.node.advance_apply_to(index);
+            }
         }
         if let Some(log) = &mut self.log {
-            out.synced = log.dirty();
-            log.sync()?;
+            unsynced.file = log.prepare_sync()?;
         }
-        for (partition, mut ready) in waiting {
-            let Some(group) = self.groups.get_mut(&partition) else {
-                continue;
-            };
-            route(partition, ready.take_persisted_messages(), &mut outgoing);
-            let mut light = group.node.advance(ready);
-            if let Some(commit) = light.commit_index() {
-                group
-                    .node
-                    .raft
-                    .raft_log
-                    .store
-                    .mem()
-                    .wl()
-                    .mut_hard_state()
-                    .set_commit(commit);
-            }
-            route(partition, light.take_messages(), &mut outgoing);
-            let committed = light.take_committed_entries();
-            collect(partition, group, committed, &mut out);
-            group.node.advance_apply();
-        }
+        out.synced = unsynced.file.is_some();
         // a replica that applied a configuration without itself is done: the others no longer count it
         let me = self.id;
         let dropped: Vec<PartitionId> = out
@@ -861,7 +879,118 @@ impl MultiRaft {
                 gone: gone.remove(&to).unwrap_or_default(),
             })
             .collect();
-        Ok(out)
+        Ok((out, unsynced))
+    }
+
+    /// The second half of a poll, once `unsynced` (and every one written before it) is durable: the groups
+    /// learn it (a leader's own copy now counts for the commit; the next poll has what follows), and what
+    /// waited is released: the held messages and the snapshots to install.
+    pub fn persisted(&mut self, unsynced: Unsynced) -> Output {
+        let mut outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>> = BTreeMap::new();
+        for (partition, number, held) in unsynced.readies {
+            // a group dropped meanwhile has nobody left to tell
+            let Some(group) = self.groups.get_mut(&partition) else {
+                continue;
+            };
+            group.node.on_persist_ready(number);
+            route(partition, held, &mut outgoing);
+        }
+        for (partition, snapshot) in &unsynced.installs {
+            if let Some(group) = self.groups.get_mut(partition) {
+                group.node.advance_apply_to(snapshot.get_metadata().index);
+            }
+        }
+        Output {
+            batches: outgoing
+                .into_iter()
+                .map(|(to, messages)| Batch {
+                    to,
+                    messages,
+                    gone: Vec::new(),
+                })
+                .collect(),
+            installs: unsynced.installs,
+            ..Output::default()
+        }
+    }
+
+    fn io_error(&self, source: std::io::Error) -> super::log::LogError {
+        super::log::LogError::Io {
+            path: self
+                .log
+                .as_ref()
+                .map(|l| l.path().to_path_buf())
+                .unwrap_or_default(),
+            source,
+        }
+    }
+}
+
+/// What a round wrote and has not yet synced (see [`MultiRaft::poll_write`]): the groups' ready numbers
+/// with the messages that wait for the sync, and the snapshots to install once it is done.
+#[derive(Default)]
+pub struct Unsynced {
+    /// The log file to sync, if the round wrote to it and the node syncs (`durability = "sync"`).
+    file: Option<std::sync::Arc<std::fs::File>>,
+    readies: Vec<(PartitionId, u64, Vec<Message>)>,
+    installs: Vec<(PartitionId, Snapshot)>,
+}
+
+impl Unsynced {
+    /// Makes the round's writes durable (nothing to do if it wrote nothing, or the node does not fsync).
+    pub fn sync(&self) -> std::io::Result<()> {
+        match &self.file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether there is something to sync.
+    pub fn needs_sync(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Whether the round wrote nothing and produced nothing (no group was ready).
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none() && self.installs.is_empty() && self.readies.is_empty()
+    }
+
+    /// Makes every round of `rounds` durable: one sync per file (one, unless the log was rewritten
+    /// between), which covers every round written before it started.
+    pub fn sync_together(rounds: &[Unsynced]) -> std::io::Result<()> {
+        let mut synced: Vec<&std::sync::Arc<std::fs::File>> = Vec::new();
+        for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
+            if !synced.iter().any(|s| std::sync::Arc::ptr_eq(s, file)) {
+                file.sync_data()?;
+                synced.push(file);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Output {
+    /// Adds what a later poll produced.
+    fn merge(&mut self, later: Output) {
+        for batch in later.batches {
+            match self.batches.iter_mut().find(|b| b.to == batch.to) {
+                Some(b) => {
+                    b.messages.extend(batch.messages);
+                    b.gone.extend(batch.gone);
+                }
+                None => self.batches.push(batch),
+            }
+        }
+        self.installs.extend(later.installs);
+        self.committed.extend(later.committed);
+        self.leadership.extend(later.leadership);
+        for p in later.reconfigured {
+            if !self.reconfigured.contains(&p) {
+                self.reconfigured.push(p);
+            }
+        }
+        self.removed.extend(later.removed);
+        self.synced |= later.synced;
     }
 }
 
@@ -1408,6 +1537,128 @@ mod tests {
         sim.rounds(2 * ELECTION_TICKS);
         assert_eq!(sim.leader(0), Some(leader));
         assert_eq!(sim.nodes[&leader].term(0), term);
+    }
+
+    /// Delivers what `from` produced in the sim (no links cut, no snapshots in these tests).
+    fn deliver(sim: &mut Sim, from: u64, out: Output) {
+        sim.applied.entry(from).or_default().extend(out.committed);
+        for batch in out.batches {
+            let to = sim.nodes.get_mut(&batch.to).expect("destination");
+            for (p, m) in batch.messages {
+                to.step(p, m);
+            }
+        }
+    }
+
+    #[test]
+    fn a_leader_commits_with_its_followers_before_its_own_sync_and_a_syncing_follower_answers_heartbeats(
+    ) {
+        let mut sim = Sim::durable(&IDS, 1);
+        sim.elect(0);
+        let leader = sim.leader(0).expect("leader");
+        let followers: Vec<u64> = IDS.iter().copied().filter(|id| *id != leader).collect();
+        let (syncing, answering) = (followers[0], followers[1]);
+        let mut leader_rounds = Vec::new();
+        let mut follower_rounds = Vec::new();
+        // the leader writes and sends at once; its sync stays pending to the end
+        let node = sim.nodes.get_mut(&leader).expect("leader");
+        node.propose(0, b"a".to_vec()).expect("propose");
+        let (out, unsynced) = node.poll_write().expect("write");
+        assert!(unsynced.needs_sync());
+        leader_rounds.push(unsynced);
+        let index = node.groups[&0].node.raft.raft_log.last_index();
+        assert!(out.batches.iter().any(|b| b
+            .messages
+            .iter()
+            .any(|(_, m)| m.get_msg_type() == MessageType::MsgAppend)));
+        deliver(&mut sim, leader, out);
+        for id in &followers {
+            let out = sim
+                .nodes
+                .get_mut(id)
+                .expect("follower")
+                .poll()
+                .expect("poll");
+            deliver(&mut sim, *id, out);
+        }
+        let node = sim.nodes.get_mut(&leader).expect("leader");
+        let (out, unsynced) = node.poll_write().expect("write");
+        leader_rounds.push(unsynced);
+        let log = &node.groups[&0].node.raft.raft_log;
+        assert!(log.committed >= index, "both followers make a majority");
+        assert!(
+            log.persisted < index,
+            "the leader's own copy is not synced yet"
+        );
+        assert!(
+            out.committed.is_empty(),
+            "nothing is applied before it is durable here"
+        );
+        deliver(&mut sim, leader, out);
+        // a follower whose sync is pending acknowledges no append, but answers heartbeats at once
+        let node = sim.nodes.get_mut(&leader).expect("leader");
+        node.propose(0, b"b".to_vec()).expect("propose");
+        let (out, unsynced) = node.poll_write().expect("write");
+        leader_rounds.push(unsynced);
+        deliver(&mut sim, leader, out);
+        let (out, unsynced) = sim
+            .nodes
+            .get_mut(&syncing)
+            .expect("follower")
+            .poll_write()
+            .expect("write");
+        assert!(unsynced.needs_sync());
+        follower_rounds.push(unsynced);
+        assert!(
+            out.batches.iter().all(|b| b
+                .messages
+                .iter()
+                .all(|(_, m)| m.get_msg_type() != MessageType::MsgAppendResponse)),
+            "an append is acknowledged only once synced"
+        );
+        deliver(&mut sim, syncing, out);
+        let out = sim
+            .nodes
+            .get_mut(&answering)
+            .expect("follower")
+            .poll()
+            .expect("poll");
+        deliver(&mut sim, answering, out);
+        let node = sim.nodes.get_mut(&leader).expect("leader");
+        for _ in 0..HEARTBEAT_TICKS {
+            node.tick();
+        }
+        let (out, unsynced) = node.poll_write().expect("write");
+        leader_rounds.push(unsynced);
+        deliver(&mut sim, leader, out);
+        let (out, unsynced) = sim
+            .nodes
+            .get_mut(&syncing)
+            .expect("follower")
+            .poll_write()
+            .expect("write");
+        follower_rounds.push(unsynced);
+        assert!(out.batches.iter().any(|b| b.to == leader
+            && b.messages
+                .iter()
+                .any(|(_, m)| m.get_msg_type() == MessageType::MsgHeartbeatResponse)));
+        deliver(&mut sim, syncing, out);
+        // the syncs done, in order, everything is released: every node applies both entries once
+        for (id, rounds) in [(leader, leader_rounds), (syncing, follower_rounds)] {
+            Unsynced::sync_together(&rounds).expect("sync");
+            for round in rounds {
+                let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                deliver(&mut sim, id, out);
+            }
+        }
+        sim.rounds(HEARTBEAT_TICKS);
+        for id in IDS {
+            assert_eq!(
+                sim.log(id, 0),
+                vec!["a".to_string(), "b".to_string()],
+                "node {id}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::*;
 use crate::cluster::remote::PeerFrame;
 use crate::error::ChatError;
 use crate::metrics::Metrics;
-use crate::raft::multi::{raft_id, Batch, Leadership, MultiRaft, ProposeError, Stepped};
+use crate::raft::multi::{raft_id, Batch, Leadership, MultiRaft, ProposeError, Stepped, Unsynced};
 
 /// A hand-over in progress.
 pub(super) struct HandingOver {
@@ -44,8 +44,11 @@ pub(super) struct Driver {
     pub(super) retiring: bool,
     /// Partitions whose leadership is being moved to another replica: where to, and since when.
     pub(super) moving: HashMap<PartitionId, (u64, Instant)>,
-    /// When the last round that synced the log started.
+    /// When the last round that wrote to the log started.
     last_sync: Option<Instant>,
+    /// To the sync thread ([`sync_rounds`]), and how many rounds it has not answered yet.
+    sync: mpsc::Sender<Unsynced>,
+    syncing: usize,
     /// Moves of replicas led from here (see `moves.rs`).
     pub(super) moves: super::moves::Moves,
 }
@@ -61,8 +64,11 @@ impl Driver {
         metrics: Arc<Metrics>,
         shared: std::sync::Weak<Replication>,
         apply: mpsc::Sender<ApplyInput>,
+        sync: mpsc::Sender<Unsynced>,
     ) -> Driver {
         Driver {
+            sync,
+            syncing: 0,
             raft,
             rx,
             tick,
@@ -158,6 +164,13 @@ impl Driver {
                         }
                     }
                     Input::Retire => self.retiring = true,
+                    Input::Synced(rounds) => {
+                        self.syncing -= rounds.len();
+                        for unsynced in rounds {
+                            let out = self.raft.persisted(unsynced);
+                            self.deliver(out);
+                        }
+                    }
                     Input::Stop => stop = true,
                 }
             }
@@ -347,21 +360,40 @@ impl Driver {
         }
     }
 
-    /// Persists, sends and publishes what the groups produced.
+    /// Writes what the groups produced to the log, sends and publishes what need not wait for the sync,
+    /// and hands the sync to the sync thread (what waits for it is released when it answers, see
+    /// [`Input::Synced`]). Rounds are synced in order: a round that wrote nothing waits behind the
+    /// syncs in flight, else it is done here.
     fn round(&mut self) {
         let started = Instant::now();
-        let out = match self.raft.poll() {
-            Ok(out) => {
-                if out.synced {
-                    self.last_sync = Some(started);
-                }
-                out
-            }
+        let (out, unsynced) = match self.raft.poll_write() {
+            Ok(written) => written,
             Err(e) => {
                 tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
                 std::process::abort();
             }
         };
+        if out.synced {
+            self.last_sync = Some(started);
+        }
+        self.deliver(out);
+        if unsynced.needs_sync() || (self.syncing > 0 && !unsynced.is_empty()) {
+            self.syncing += 1;
+            if self.sync.send(unsynced).is_err() {
+                tracing::error!("the raft log sync thread is gone: stopping the node");
+                std::process::abort();
+            }
+        } else if !unsynced.is_empty() {
+            let out = self.raft.persisted(unsynced);
+            self.deliver(out);
+        }
+        self.metrics
+            .raft_poll_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Sends, hands to the apply thread and publishes what a half of a poll produced.
+    fn deliver(&mut self, out: crate::raft::multi::Output) {
         let (snapshots, bytes) = MultiRaft::snapshots_in(&out.batches);
         if snapshots > 0 {
             self.metrics.raft_snapshots_sent.inc_by(snapshots as u64);
@@ -400,9 +432,6 @@ impl Driver {
             self.publish(&out.leadership);
             let _ = self.apply.send(ApplyInput::Leadership(out.leadership));
         }
-        self.metrics
-            .raft_poll_seconds
-            .observe(started.elapsed().as_secs_f64());
     }
 
     fn send(&self, batch: Batch) {
@@ -476,5 +505,28 @@ impl Driver {
         }
         let changed: Vec<PartitionId> = changes.iter().map(|c| c.partition).collect();
         shared.emit(Event::Leaders(&changed));
+    }
+}
+
+/// The sync thread: makes the driver's rounds durable in the order they were written, several at a time
+/// when they come faster than one sync (group commit), and hands them back to the driver, which keeps
+/// stepping, ticking and answering heartbeats meanwhile (a sync slowed by a busy disk no longer silences
+/// the node for its peers). Ends when the driver does.
+pub(super) fn sync_rounds(rounds: mpsc::Receiver<Unsynced>, driver: mpsc::Sender<Input>) {
+    while let Ok(first) = rounds.recv() {
+        let mut batch = vec![first];
+        batch.extend(rounds.try_iter());
+        let started = Instant::now();
+        if let Err(e) = Unsynced::sync_together(&batch) {
+            tracing::error!(error = %e, "the raft log cannot be synced: stopping the node");
+            std::process::abort();
+        }
+        let took = started.elapsed();
+        if took >= SLOW_ROUND {
+            tracing::warn!(?took, rounds = batch.len(), "a slow raft log sync");
+        }
+        if driver.send(Input::Synced(batch)).is_err() {
+            return;
+        }
     }
 }

@@ -97,6 +97,8 @@ enum Input {
         data: Vec<u8>,
         done: ProposalDone,
     },
+    /// Rounds the sync thread made durable, in the order they were written.
+    Synced(Vec<crate::raft::multi::Unsynced>),
     /// The node is leaving (after a hand-over): it keeps following (it learns the new leaders, to which it
     /// forwards what still reaches it, and stays up to date) but never leads again: no ticks (so no
     /// campaign) and no leadership transfer to it.
@@ -236,6 +238,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl Drop for Replication {
+    /// Stops the threads of a replication that was not stopped (they hold only a weak reference to it).
+    fn drop(&mut self) {
+        let _ = lock(&self.tx).send(Input::Stop);
+        let _ = lock(&self.apply_tx).send(ApplyInput::Stop);
+    }
+}
+
 impl Replication {
     /// Opens (or creates) the Raft log in `dir` and starts the driver and apply threads.
     ///
@@ -297,6 +307,9 @@ impl Replication {
         let ticks = u32::try_from(2 * ELECTION_TICKS).unwrap_or(u32::MAX);
         let tick = (election / ticks).max(Duration::from_millis(1));
         let (tx, rx) = mpsc::channel();
+        // the sync thread answers on the driver's channel, which then no longer closes by itself: dropping
+        // `Replication` stops the driver instead (see its `Drop`)
+        let synced = tx.clone();
         let (apply_tx, apply_rx) = mpsc::channel();
         // one slot per partition and one for the metadata group
         let slots = shape.partitions as usize + 1;
@@ -350,6 +363,11 @@ impl Replication {
             .spawn(move || applier.run())
             .map_err(ReplicationError::Thread)?;
         *lock(&replication.apply_thread) = Some(apply_thread);
+        let (sync_tx, sync_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-sync".into())
+            .spawn(move || driver::sync_rounds(sync_rx, synced))
+            .map_err(ReplicationError::Thread)?;
         let driver = Driver::new(
             raft,
             rx,
@@ -359,6 +377,7 @@ impl Replication {
             metrics,
             Arc::downgrade(&replication),
             apply_tx,
+            sync_tx,
         );
         let thread = std::thread::Builder::new()
             .name("raft".into())
