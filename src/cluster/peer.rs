@@ -37,6 +37,10 @@ use super::Router;
 /// The largest peer frame accepted on an authenticated link (a group's member list or a `sync` page fits
 /// easily).
 const MAX_PEER_FRAME: usize = 64 << 20;
+/// Urgent writes in a row after which a waiting bulk piece goes first (see [`write_loop`]).
+const BULK_YIELDS: u32 = 16;
+/// The largest raft batch joined from `RaftPart` pieces (a partition's snapshot, base64).
+const MAX_RAFT_BATCH: usize = 1 << 30;
 /// The largest frame of the handshake (challenge, hello, welcome, refused), read before the other side has
 /// proven anything: an outsider's length prefix must not make this node allocate 64 MiB.
 const MAX_HANDSHAKE_FRAME: usize = 4096;
@@ -69,6 +73,8 @@ pub struct Peer {
     connections: AtomicU64,
     /// The writer of the dialed link while it is up.
     link: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    /// The dialed link's bulk lane (see [`write_loop`]) while it is up.
+    bulk: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
     /// Message pushes for this peer's devices that could not be sent (the link was down): per conversation
@@ -130,10 +136,54 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok((frame, len.saturating_add(4)))
 }
 
-/// Writes queued frames, coalescing whatever is queued into one write.
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+/// Writes queued frames, coalescing whatever is queued into one write. A dialed link has a second, bulk
+/// lane (pieces of snapshots): one of its frames is written only when nothing else is queued, so the
+/// frames that keep the cluster alive (heartbeats, pings, calls) wait for one piece at most.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut bulk: Option<mpsc::UnboundedReceiver<Bytes>>,
+) {
     let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
+    // writes in a row that the bulk lane let go first: past `BULK_YIELDS`, one piece goes (a link never
+    // idle must still move its snapshots)
+    let mut yielded = 0u32;
+    loop {
+        if yielded >= BULK_YIELDS {
+            yielded = 0;
+            if let Some(piece) = bulk.as_mut().and_then(|lane| lane.try_recv().ok()) {
+                if w.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let first = match bulk.as_mut() {
+            Some(lane) => {
+                tokio::select! {
+                    biased;
+                    urgent = rx.recv() => {
+                        yielded += 1;
+                        urgent
+                    }
+                    piece = lane.recv() => {
+                        yielded = 0;
+                        match piece {
+                            Some(piece) => {
+                                if w.write_all(&piece).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => bulk = None,
+                        }
+                        continue;
+                    }
+                }
+            }
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            break;
+        };
         batch.clear();
         batch.extend_from_slice(&first);
         while batch.len() < 1 << 20 {
@@ -229,6 +279,7 @@ impl Peer {
             state: AtomicU8::new(LinkState::Down as u8),
             connections: AtomicU64::new(0),
             link: Mutex::new(None),
+            bulk: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             missed: Mutex::new(Missed::default()),
@@ -244,6 +295,7 @@ impl Peer {
     /// The node is no longer a member: its link is closed and what waits on it fails.
     pub fn close(&self) {
         *lock(&self.link) = None;
+        *lock(&self.bulk) = None;
         self.set_state(LinkState::Down);
         self.fail_pending();
     }
@@ -281,6 +333,14 @@ impl Peer {
     pub fn send(&self, frame: &PeerFrame) -> ChatResult<()> {
         let link = lock(&self.link);
         let tx = link.as_ref().ok_or_else(|| self.unavailable())?;
+        self.send_on(tx, frame)
+    }
+
+    /// Queues `frame` on the link's bulk lane: it goes after every frame queued by [`Peer::send`] meanwhile,
+    /// never before a frame queued before it on the same lane. Fails if the link is down.
+    pub fn send_bulk(&self, frame: &PeerFrame) -> ChatResult<()> {
+        let bulk = lock(&self.bulk);
+        let tx = bulk.as_ref().ok_or_else(|| self.unavailable())?;
         self.send_on(tx, frame)
     }
 
@@ -540,7 +600,9 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
     let timeout = router.config().cluster.peer_timeout();
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = actix_rt::spawn(write_loop(write, rx));
+    let (bulk_tx, bulk_rx) = mpsc::unbounded_channel();
+    let writer = actix_rt::spawn(write_loop(write, rx, Some(bulk_rx)));
+    *lock(&peer.bulk) = Some(bulk_tx);
     router.link_up(peer, tx);
     peer.set_state(LinkState::Up);
     router.reregister_sessions(peer);
@@ -599,6 +661,7 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
         }
     }
     *lock(&peer.link) = None;
+    *lock(&peer.bulk) = None;
     peer.set_state(LinkState::Down);
     peer.fail_pending();
     pinger.abort();
@@ -715,7 +778,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
         .await?;
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = actix_rt::spawn(write_loop(write, rx));
+    let writer = actix_rt::spawn(write_loop(write, rx, None));
     let reply = |frame: &PeerFrame| {
         let bytes = encode(frame);
         peer.metrics.envelopes_sent[frame.kind()].inc();
@@ -723,6 +786,8 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
         let _ = tx.send(bytes);
     };
     let mut reader = BufReader::with_capacity(64 * 1024, read);
+    // the pieces of a large raft batch received so far (they come in order, one batch at a time)
+    let mut pieces: Option<(u64, String)> = None;
     let result = loop {
         let (frame, len) =
             match tokio::time::timeout(timeout, read_frame(&mut reader, MAX_PEER_FRAME)).await {
@@ -769,6 +834,27 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
             PeerFrame::Meta { command } => {
                 if let Some(replication) = router.replication() {
                     replication.receive_meta(command.into_bytes());
+                }
+            }
+            PeerFrame::RaftPart { id, part, last } => {
+                match &mut pieces {
+                    Some((joining, whole)) if *joining == id => whole.push_str(&part),
+                    // a batch cut short (its sender lost the link mid-way) is dropped; raft sends again
+                    _ => pieces = Some((id, part)),
+                }
+                if pieces
+                    .as_ref()
+                    .is_some_and(|(_, whole)| whole.len() > MAX_RAFT_BATCH)
+                {
+                    tracing::warn!(peer = %peer.id, "dropping a raft batch larger than {MAX_RAFT_BATCH} bytes");
+                    pieces = None;
+                }
+                if last {
+                    if let (Some((_, whole)), Some(replication)) =
+                        (pieces.take(), router.replication())
+                    {
+                        replication.receive(&peer.id, whole, Vec::new());
+                    }
                 }
             }
             PeerFrame::Ping { connections } => {
@@ -831,6 +917,41 @@ mod tests {
         let (back, len) = read_frame(&mut r, MAX_PEER_FRAME).await.unwrap();
         assert_eq!(len, bytes.len());
         assert!(matches!(back, PeerFrame::Ping { connections: 7 }));
+    }
+
+    #[tokio::test]
+    async fn the_bulk_lane_yields_to_every_other_frame_and_keeps_its_order() {
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (bulk_tx, bulk_rx) = mpsc::unbounded_channel();
+        for i in 0..3u64 {
+            let piece = PeerFrame::RaftPart {
+                id: 1,
+                part: i.to_string().repeat(1000),
+                last: i == 2,
+            };
+            bulk_tx.send(encode(&piece)).unwrap();
+        }
+        tx.send(encode(&PeerFrame::Ping { connections: 7 }))
+            .unwrap();
+        let writer = tokio::spawn(write_loop(w, rx, Some(bulk_rx)));
+        let (first, _) = read_frame(&mut r, MAX_PEER_FRAME).await.unwrap();
+        assert!(
+            matches!(first, PeerFrame::Ping { connections: 7 }),
+            "{first:?}"
+        );
+        for i in 0..3u64 {
+            let (piece, _) = read_frame(&mut r, MAX_PEER_FRAME).await.unwrap();
+            let PeerFrame::RaftPart { id: 1, part, last } = piece else {
+                panic!("{piece:?}");
+            };
+            assert_eq!(
+                (part.chars().next(), last),
+                (i.to_string().chars().next(), i == 2)
+            );
+        }
+        drop(tx);
+        writer.await.unwrap();
     }
 }
 

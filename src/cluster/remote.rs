@@ -137,11 +137,20 @@ pub enum PeerFrame {
     Meta {
         command: String,
     },
+    /// A piece of a `Raft` batch too large for one frame (a snapshot of a partition's data), sent on the
+    /// link's bulk lane, which yields to every other frame between pieces: heartbeats and appends are not
+    /// held up behind megabytes of snapshot. The receiver joins the pieces of `id` in order and steps the
+    /// batch once `last` arrives.
+    RaftPart {
+        id: u64,
+        part: String,
+        last: bool,
+    },
 }
 
 impl PeerFrame {
     /// Every frame kind, for metrics labels.
-    pub const KINDS: [&'static str; 14] = [
+    pub const KINDS: [&'static str; 15] = [
         "challenge",
         "hello",
         "welcome",
@@ -156,6 +165,7 @@ impl PeerFrame {
         "pong",
         "raft",
         "meta",
+        "raft_part",
     ];
 
     /// This frame's index in [`PeerFrame::KINDS`].
@@ -175,6 +185,7 @@ impl PeerFrame {
             PeerFrame::Pong { .. } => 11,
             PeerFrame::Raft { .. } => 12,
             PeerFrame::Meta { .. } => 13,
+            PeerFrame::RaftPart { .. } => 14,
         }
     }
 }

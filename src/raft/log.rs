@@ -13,7 +13,8 @@
 //! torn by a crash: nothing after it was acknowledged; or the zeros written ahead, see
 //! [`PREALLOCATE_BYTES`]) and writes from there. When the file has grown to
 //! [`REWRITE_BYTES`] and at least twice what the groups still hold, it is rewritten with only the live state
-//! (to a temporary file, fsynced, renamed over the old one).
+//! (to a new file that takes the records from then on and is renamed over the old one once synced: the
+//! driver never waits for a rewrite's disk writes, see [`RaftLog::maybe_rewrite`]).
 //!
 //! Compaction: once the node's store has durably applied a group's entries up to some index, the group
 //! drops them ([`super::storage::GroupStorage::compact`]) and a `COMPACTED` record (the new starting point)
@@ -59,6 +60,11 @@ const COMPACTED: u8 = 6;
 /// The group was dropped (this node no longer keeps the partition): replay forgets it, and the node does
 /// not create it again from its first configuration (a later record of the group starts it anew).
 const DROPPED: u8 = 5;
+/// Ends the live state at the start of a rewritten file (see [`RaftLog::maybe_rewrite`]): a file without
+/// it is an unfinished rewrite, and the file it was to replace still holds everything.
+const REWRITTEN: u8 = 7;
+/// The rewritten file's name until it replaces [`FILE`].
+const NEXT: &str = "raft.log.next";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -103,6 +109,52 @@ pub struct RaftLog {
     dirty: bool,
     /// Groups dropped and not started again (kept across rewrites).
     dropped: BTreeSet<PartitionId>,
+    /// A rewritten file now written to, to rename over the old one once synced.
+    pending_rename: Option<PathBuf>,
+    /// The live state that starts the rewritten file, written there by the next sync (the records after
+    /// it are written from its end meanwhile).
+    pending_live: Option<Vec<u8>>,
+}
+
+/// What makes the records written so far durable: the live state that starts a rewritten file, the file
+/// to sync, then a rewritten file to rename over the old one (see [`RaftLog::prepare_sync`]).
+#[derive(Debug, Default)]
+pub struct SyncJob {
+    pub file: Option<Arc<File>>,
+    pub live: Option<Vec<u8>>,
+    pub rename: Option<(PathBuf, PathBuf)>,
+}
+
+impl SyncJob {
+    /// Writes the live state, syncs the file, then renames a rewritten one into place (and syncs the
+    /// directory).
+    pub fn run(&self) -> std::io::Result<()> {
+        self.write_live()?;
+        if let Some(file) = &self.file {
+            file.sync_data()?;
+        }
+        self.rename_into_place()
+    }
+
+    /// Writes the live state at the start of its rewritten file.
+    pub fn write_live(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let (Some(file), Some(live)) = (&self.file, &self.live) {
+            file.write_all_at(live, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The rename alone (its file synced already).
+    pub fn rename_into_place(&self) -> std::io::Result<()> {
+        if let Some((from, to)) = &self.rename {
+            std::fs::rename(from, to)?;
+            if let Some(dir) = to.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What replay rebuilt: every group's storage, by partition.
@@ -116,6 +168,7 @@ impl RaftLog {
             path: path.clone(),
             source,
         };
+        finish_rewrite(dir)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -127,7 +180,7 @@ impl RaftLog {
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut groups = Groups::new();
         let mut dropped = BTreeSet::new();
-        let good = replay(&bytes, &mut groups, &mut dropped)?;
+        let (good, _) = replay(&bytes, &mut groups, &mut dropped)?;
         let tail = bytes.get(good..).unwrap_or_default();
         if tail.iter().any(|b| *b != 0) {
             tracing::warn!(path = %path.display(), kept = good, dropped = tail.len(), "raft log: torn tail cut");
@@ -149,6 +202,8 @@ impl RaftLog {
             next_rewrite_look: 0,
             dirty: false,
             dropped,
+            pending_rename: None,
+            pending_live: None,
         };
         Ok((log, groups))
     }
@@ -242,74 +297,90 @@ impl RaftLog {
         &self.path
     }
 
-    /// Hands every record written so far to the OS and returns the file to sync to make them durable
-    /// (`None` if nothing was written, or the node does not fsync): the caller syncs it, on another thread
-    /// if it likes, while records go on being written.
-    pub fn prepare_sync(&mut self) -> LogResult<Option<Arc<File>>> {
+    /// Hands every record written so far to the OS and returns what makes them durable (nothing if
+    /// nothing was written): the caller runs it, on another thread if it likes, while records go on
+    /// being written. A node that does not fsync gets no file, and a rewritten file is renamed at once.
+    pub fn prepare_sync(&mut self) -> LogResult<SyncJob> {
         if !std::mem::take(&mut self.dirty) {
-            return Ok(None);
+            return Ok(SyncJob::default());
         }
         let path = &self.path;
         self.file.flush().map_err(|source| LogError::Io {
             path: path.clone(),
             source,
         })?;
-        Ok(self.fsync.then(|| self.shared.clone()))
+        let mut job = SyncJob {
+            file: Some(self.shared.clone()),
+            live: self.pending_live.take(),
+            rename: self
+                .pending_rename
+                .take()
+                .map(|next| (next, self.path.clone())),
+        };
+        if !self.fsync {
+            // nothing waits for the disk: the live state and the rename are done here
+            job.write_live()
+                .and_then(|()| job.rename_into_place())
+                .map_err(|source| LogError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            job = SyncJob::default();
+        }
+        Ok(job)
     }
 
     /// Makes every record written so far durable: one fsync for all groups (none if nothing was written).
     pub fn sync(&mut self) -> LogResult<()> {
-        if !std::mem::take(&mut self.dirty) {
-            return Ok(());
-        }
-        let path = &self.path;
-        let io = |source| LogError::Io {
-            path: path.clone(),
+        let job = self.prepare_sync()?;
+        job.run().map_err(|source| LogError::Io {
+            path: self.path.clone(),
             source,
-        };
-        self.file.flush().map_err(io)?;
-        if self.fsync {
-            self.file.get_ref().sync_data().map_err(io)?;
-        }
-        Ok(())
+        })
     }
 
-    /// Rewrites the file with only what `groups` still hold, when it has grown large and mostly dead.
+    /// Rewrites the file with only what `groups` still hold, when it has grown large and mostly dead,
+    /// without waiting for the disk: the live state and a `REWRITTEN` record start a new file ([`NEXT`]),
+    /// which takes every record from then on (after them); the next sync writes them, makes the file
+    /// durable and renames it over the old one. A crash before that finds either a new file with its `REWRITTEN` record, which holds
+    /// everything and is renamed then, or one without, which held nothing acknowledged and is deleted.
     pub fn maybe_rewrite(&mut self, groups: &Groups) -> LogResult<bool> {
         if self.len < self.rewrite_bytes.max(self.next_rewrite_look) {
             return Ok(false);
         }
-        let live = encode_live(groups, &self.dropped)?;
+        let next = self.path.with_file_name(NEXT);
+        if self.pending_rename.is_some() || next.exists() {
+            // the last rewrite is not in place yet
+            return Ok(false);
+        }
+        let mut live = encode_live(groups, &self.dropped)?;
         let live_len = live.len() as u64;
         if live_len.saturating_mul(2) > self.len {
             self.next_rewrite_look = self.len.saturating_add(live_len);
             return Ok(false);
         }
         self.next_rewrite_look = live_len.saturating_mul(2);
-        self.sync()?;
-        let tmp = self.path.with_extension("log.tmp");
+        live.extend(frame(0, REWRITTEN, &[]));
+        let path = &self.path;
         let io = |source| LogError::Io {
-            path: tmp.clone(),
+            path: path.clone(),
             source,
         };
-        {
-            let mut f = File::create(&tmp).map_err(io)?;
-            f.write_all(&live).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .map_err(io)?;
-        file.seek(SeekFrom::End(0)).map_err(io)?;
+        // what the old file still buffers goes there (it may be synced by a sync already asked for)
+        self.file.flush().map_err(io)?;
+        let mut file = File::create(&next).map_err(|source| LogError::Io {
+            path: next.clone(),
+            source,
+        })?;
+        // the live state is written by the sync thread; the records go on from its end
+        file.seek(SeekFrom::Start(live.len() as u64)).map_err(io)?;
         self.shared = Arc::new(file.try_clone().map_err(io)?);
         self.file = BufWriter::with_capacity(1 << 16, file);
         self.len = live.len() as u64;
         self.allocated = self.len;
+        self.dirty = true;
+        self.pending_rename = Some(next);
+        self.pending_live = Some(live);
         Ok(true)
     }
 
@@ -332,8 +403,9 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Writes zeros from the end of the file to past `end` (at least [`PREALLOCATE_BYTES`] more), made
-    /// durable with the file's new size, then goes on writing records where they stopped.
+    /// Writes zeros from the end of the file to past `end` (at least [`PREALLOCATE_BYTES`] more), then goes
+    /// on writing records where they stopped. The next sync makes the new size durable with the records
+    /// (once per [`PREALLOCATE_BYTES`], not on the driver's thread).
     fn preallocate(&mut self, end: u64) -> LogResult<()> {
         use std::os::unix::fs::FileExt;
         let path = &self.path;
@@ -351,7 +423,6 @@ impl RaftLog {
             file.write_all_at(&zeros[..n], at).map_err(io)?;
             at = at.saturating_add(n as u64);
         }
-        file.sync_all().map_err(io)?;
         self.allocated = target;
         Ok(())
     }
@@ -379,35 +450,39 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b))
 }
 
-/// Applies every whole record of `bytes` to `groups`; the length of the good prefix.
+/// Applies every whole record of `bytes` to `groups`; the length of the good prefix, and whether it has a
+/// `REWRITTEN` record.
 fn replay(
     bytes: &[u8],
     groups: &mut Groups,
     dropped: &mut BTreeSet<PartitionId>,
-) -> LogResult<usize> {
+) -> LogResult<(usize, bool)> {
     let mut at = 0usize;
+    let mut rewritten = false;
     loop {
         let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at.saturating_add(4)))
         else {
-            return Ok(at);
+            return Ok((at, rewritten));
         };
         if !(5..=MAX_RECORD).contains(&len) {
-            return Ok(at);
+            return Ok((at, rewritten));
         }
         let start = at.saturating_add(8);
         let Some(payload) = start
             .checked_add(len as usize)
             .and_then(|end| bytes.get(start..end))
         else {
-            return Ok(at);
+            return Ok((at, rewritten));
         };
         if crc32fast::hash(payload) != crc {
-            return Ok(at);
+            return Ok((at, rewritten));
         }
         let Some(partition) = u32_at(payload, 0) else {
-            return Ok(at);
+            return Ok((at, rewritten));
         };
-        if payload[4] == DROPPED {
+        if payload[4] == REWRITTEN {
+            rewritten = true;
+        } else if payload[4] == DROPPED {
             groups.remove(&partition);
             dropped.insert(partition);
         } else {
@@ -417,6 +492,34 @@ fn replay(
         }
         at = start + payload.len();
     }
+}
+
+/// Puts a rewrite that a crash interrupted in place, or deletes it if it was not finished (see
+/// [`RaftLog::maybe_rewrite`]).
+fn finish_rewrite(dir: &Path) -> LogResult<()> {
+    let next = dir.join(NEXT);
+    let io = |source| LogError::Io {
+        path: next.clone(),
+        source,
+    };
+    let bytes = match std::fs::read(&next) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let (_, complete) = replay(&bytes, &mut Groups::new(), &mut BTreeSet::new())?;
+    if complete {
+        tracing::warn!(path = %next.display(), "raft log: finishing a rewrite cut short");
+        SyncJob {
+            rename: Some((next.clone(), dir.join(FILE))),
+            ..SyncJob::default()
+        }
+        .rename_into_place()
+        .map_err(io)?;
+    } else {
+        std::fs::remove_file(&next).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Applies one record to a group's storage.
@@ -695,6 +798,46 @@ mod tests {
         drop(log);
         let (log, groups) = RaftLog::open(dir.path(), true).expect("reopen");
         assert!(groups.contains_key(&2) && !log.was_dropped(2));
+    }
+
+    #[test]
+    fn a_rewrite_cut_short_is_finished_or_dropped_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
+        log.set_rewrite_bytes(4096);
+        let mut groups = Groups::new();
+        let storage = groups.entry(3).or_default();
+        log.append(3, &[entry(1, 1, "a")]).expect("append");
+        storage.wl().append(&[entry(1, 1, "a")]).expect("mem");
+        for commit in 0..400 {
+            let h = hs(1, commit % 2);
+            log.set_hard_state(3, &h).expect("hs");
+            storage.wl().set_hardstate(h);
+        }
+        log.sync().expect("sync");
+        // a new file without its REWRITTEN record (the crash came while it was written) is dropped
+        let unfinished = encode_live(&groups, &BTreeSet::new()).expect("live");
+        std::fs::write(dir.path().join(NEXT), &unfinished).expect("write");
+        drop(log);
+        let (mut log, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(!dir.path().join(NEXT).exists());
+        assert_eq!(datas(&replayed[&3]), vec![(1, 1, "a".into())]);
+        // a finished one takes the records written after it, and is put in place by the next open
+        // if the crash came before its rename
+        log.set_rewrite_bytes(4096);
+        assert!(log.maybe_rewrite(&groups).expect("rewrite"));
+        log.append(3, &[entry(2, 1, "b")]).expect("append");
+        let job = log.prepare_sync().expect("prepare");
+        job.write_live().expect("live");
+        job.file.as_ref().expect("file").sync_data().expect("sync");
+        assert!(job.rename.is_some(), "renamed only after the sync");
+        drop(log);
+        let (_, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(!dir.path().join(NEXT).exists());
+        assert_eq!(
+            datas(&replayed[&3]),
+            vec![(1, 1, "a".into()), (2, 1, "b".into())]
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use raft::eraftpb::{
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage as _};
 
-use super::log::{Groups, LogResult, RaftLog};
+use super::log::{Groups, LogResult, RaftLog, SyncJob};
 use super::storage::GroupStorage;
 use crate::cluster::placement::PartitionId;
 use crate::ids::NodeId;
@@ -725,6 +725,28 @@ impl MultiRaft {
             .is_some_and(|pr| pr.recent_active && pr.matched == last)
     }
 
+    /// Whether this node leads `partition` and waits for `to` to acknowledge a snapshot.
+    pub fn awaits_snapshot(&self, partition: PartitionId, to: u64) -> bool {
+        self.groups.get(&partition).is_some_and(|g| {
+            g.node.raft.state == StateRole::Leader
+                && g.node
+                    .raft
+                    .prs()
+                    .get(to)
+                    .is_some_and(|pr| pr.state == raft::ProgressState::Snapshot)
+        })
+    }
+
+    /// A snapshot for `to` was lost: raft probes the replica again (and sends another if it still needs
+    /// one) instead of waiting for its acknowledgement forever.
+    pub fn snapshot_failed(&mut self, partition: PartitionId, to: u64) {
+        if let Some(group) = self.groups.get_mut(&partition) {
+            group
+                .node
+                .report_snapshot(to, raft::SnapshotStatus::Failure);
+        }
+    }
+
     /// The group's leader as this node knows it.
     pub fn leader(&self, partition: PartitionId) -> Option<u64> {
         let group = self.groups.get(&partition)?;
@@ -832,9 +854,9 @@ impl MultiRaft {
             }
         }
         if let Some(log) = &mut self.log {
-            unsynced.file = log.prepare_sync()?;
+            unsynced.job = log.prepare_sync()?;
         }
-        out.synced = unsynced.file.is_some();
+        out.synced = unsynced.needs_sync();
         // a replica that applied a configuration without itself is done: the others no longer count it
         let me = self.id;
         let dropped: Vec<PartitionId> = out
@@ -930,8 +952,9 @@ impl MultiRaft {
 /// with the messages that wait for the sync, and the snapshots to install once it is done.
 #[derive(Default)]
 pub struct Unsynced {
-    /// The log file to sync, if the round wrote to it and the node syncs (`durability = "sync"`).
-    file: Option<std::sync::Arc<std::fs::File>>,
+    /// What makes the round durable: the log file to sync, if the round wrote to it and the node syncs
+    /// (`durability = "sync"`), and a rewritten log file to put in place after.
+    job: SyncJob,
     readies: Vec<(PartitionId, u64, Vec<Message>)>,
     installs: Vec<(PartitionId, Snapshot)>,
 }
@@ -939,31 +962,35 @@ pub struct Unsynced {
 impl Unsynced {
     /// Makes the round's writes durable (nothing to do if it wrote nothing, or the node does not fsync).
     pub fn sync(&self) -> std::io::Result<()> {
-        match &self.file {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
-        }
+        self.job.run()
     }
 
     /// Whether there is something to sync.
     pub fn needs_sync(&self) -> bool {
-        self.file.is_some()
+        self.job.file.is_some()
     }
 
     /// Whether the round wrote nothing and produced nothing (no group was ready).
     pub fn is_empty(&self) -> bool {
-        self.file.is_none() && self.installs.is_empty() && self.readies.is_empty()
+        !self.needs_sync() && self.installs.is_empty() && self.readies.is_empty()
     }
 
     /// Makes every round of `rounds` durable: one sync per file (one, unless the log was rewritten
-    /// between), which covers every round written before it started.
+    /// between), which covers every round written before it started; then puts a rewritten file in place.
     pub fn sync_together(rounds: &[Unsynced]) -> std::io::Result<()> {
+        for round in rounds {
+            round.job.write_live()?;
+        }
         let mut synced: Vec<&std::sync::Arc<std::fs::File>> = Vec::new();
-        for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
+        for file in rounds.iter().filter_map(|r| r.job.file.as_ref()) {
             if !synced.iter().any(|s| std::sync::Arc::ptr_eq(s, file)) {
                 file.sync_data()?;
                 synced.push(file);
             }
+        }
+        // a rewritten file is in place only once it (and every round written before) is durable
+        for round in rounds {
+            round.job.rename_into_place()?;
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! The driver thread ([`Driver`]): owns this node's [`MultiRaft`], ticks it, steps what peers sent, proposes,
-//! and after each round persists, sends and publishes what the groups produced; hands leadership over on
+//! and after each round writes, sends and publishes what the groups produced; hands leadership over on
 //! SIGTERM and back to the preferred replicas; moves replicas where the membership wants them
-//! (`moves.rs`).
+//! (`moves.rs`). The sync thread ([`sync_rounds`]) makes the rounds durable behind it; what waits for that
+//! is released when it answers. Snapshots go in pieces on the peer link's bulk lane, and one that is not
+//! acknowledged is sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,6 +24,53 @@ pub(super) struct HandingOver {
     /// When to ask again (a transfer that raft gave up on) and when to give up.
     retry: Instant,
 }
+
+/// Where a round's stepping went, for the slow-round warning.
+#[derive(Default)]
+struct Spent {
+    inputs: usize,
+    steps: Duration,
+    synced: Duration,
+    compactions: Duration,
+    other: Duration,
+}
+
+impl Spent {
+    fn add(&mut self, kind: InputKind, took: Duration) {
+        let into = match kind {
+            InputKind::Step => &mut self.steps,
+            InputKind::Synced => &mut self.synced,
+            InputKind::Compact => &mut self.compactions,
+            InputKind::Other => &mut self.other,
+        };
+        *into += took;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum InputKind {
+    Step,
+    Synced,
+    Compact,
+    Other,
+}
+
+impl Input {
+    fn kind(&self) -> InputKind {
+        match self {
+            Input::Step { .. } => InputKind::Step,
+            Input::Synced(_) => InputKind::Synced,
+            Input::Compact(_) => InputKind::Compact,
+            _ => InputKind::Other,
+        }
+    }
+}
+
+/// The size of a piece of a snapshot on the bulk lane (base64 bytes).
+const SNAPSHOT_PIECE: usize = 1 << 20;
+/// A snapshot sent and not acknowledged after this long is sent again (see
+/// [`Driver::expire_snapshots`]).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A driver round at least this long is logged.
 const SLOW_ROUND: Duration = Duration::from_millis(250);
@@ -49,6 +98,10 @@ pub(super) struct Driver {
     /// To the sync thread ([`sync_rounds`]), and how many rounds it has not answered yet.
     sync: mpsc::Sender<Unsynced>,
     syncing: usize,
+    /// To the snapshot thread ([`send_snapshots`]).
+    snapshots: mpsc::Sender<SnapshotOut>,
+    /// Snapshots sent and not yet acknowledged: to whom, and when.
+    snapshots_out: HashMap<(PartitionId, u64), Instant>,
     /// Moves of replicas led from here (see `moves.rs`).
     pub(super) moves: super::moves::Moves,
 }
@@ -65,10 +118,13 @@ impl Driver {
         shared: std::sync::Weak<Replication>,
         apply: mpsc::Sender<ApplyInput>,
         sync: mpsc::Sender<Unsynced>,
+        snapshots: mpsc::Sender<SnapshotOut>,
     ) -> Driver {
         Driver {
             sync,
             syncing: 0,
+            snapshots,
+            snapshots_out: HashMap::new(),
             raft,
             rx,
             tick,
@@ -112,10 +168,21 @@ impl Driver {
                 .into_iter()
                 .chain(std::iter::from_fn(|| self.rx.try_recv().ok()));
             let mut stop = false;
-            for input in inputs.collect::<Vec<_>>() {
+            let inputs: Vec<Input> = inputs.collect();
+            let mut spent = Spent {
+                inputs: inputs.len(),
+                ..Spent::default()
+            };
+            for input in inputs {
+                let began = Instant::now();
+                let kind = input.kind();
                 match input {
                     Input::Step { from, batch, gone } => {
-                        match decode(&batch) {
+                        let messages = match batch {
+                            Received::Encoded(raw) => decode(&raw),
+                            Received::Decoded(messages) => Ok(messages),
+                        };
+                        match messages {
                             Ok(messages) => {
                                 for (p, m) in messages {
                                     self.step(p, m);
@@ -164,6 +231,10 @@ impl Driver {
                         }
                     }
                     Input::Retire => self.retiring = true,
+                    Input::SnapshotLost { partition, to } => {
+                        self.snapshots_out.remove(&(partition, to));
+                        self.raft.snapshot_failed(partition, to);
+                    }
                     Input::Synced(rounds) => {
                         self.syncing -= rounds.len();
                         for unsynced in rounds {
@@ -173,6 +244,7 @@ impl Driver {
                     }
                     Input::Stop => stop = true,
                 }
+                spent.add(kind, began.elapsed());
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -187,6 +259,7 @@ impl Driver {
             }
             let stepped = now.duration_since(round_started);
             self.hand_over(now);
+            self.expire_snapshots(now);
             self.balance(now);
             self.reconcile(now);
             let planned = now.elapsed();
@@ -195,7 +268,7 @@ impl Driver {
             if took >= SLOW_ROUND {
                 // peers hear nothing from this node meanwhile: a leader elsewhere that misses its
                 // followers for an election timeout steps down
-                tracing::warn!(?took, ?stepped, ?planned, "a slow raft driver round");
+                tracing::warn!(?took, ?stepped, ?planned, inputs = spent.inputs, steps = ?spent.steps, synced = ?spent.synced, compactions = ?spent.compactions, other = ?spent.other, "a slow raft driver round");
             }
             if stop {
                 return;
@@ -434,25 +507,71 @@ impl Driver {
         }
     }
 
-    fn send(&self, batch: Batch) {
-        let Some(peer) = self.shared.upgrade().and_then(|s| s.peer(batch.to)) else {
+    /// Sends a batch to its node: snapshots of a partition's data in pieces on the link's bulk lane (see
+    /// [`PeerFrame::RaftPart`]), everything else in one frame (or a few, if large). A snapshot that cannot
+    /// be queued (the link is down) is reported failed at once, so that raft sends it again.
+    fn send(&mut self, batch: Batch) {
+        let to = batch.to;
+        let Some(peer) = self.shared.upgrade().and_then(|s| s.peer(to)) else {
             return;
         };
+        let (snapshots, messages): (Vec<_>, Vec<_>) = batch
+            .messages
+            .into_iter()
+            .partition(|(_, m)| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
         let mut gone = batch.gone;
-        let chunks = encode(&batch.messages);
+        let chunks = encode(&messages);
         if chunks.is_empty() && !gone.is_empty() {
             let _ = peer.send(&PeerFrame::Raft {
                 batch: String::new(),
                 gone,
             });
-            return;
+        } else {
+            for chunk in chunks {
+                // a link that is down drops the frame; raft resends after the heartbeat or election timeout
+                let _ = peer.send(&PeerFrame::Raft {
+                    batch: chunk,
+                    gone: std::mem::take(&mut gone),
+                });
+            }
         }
-        for chunk in chunks {
-            // a link that is down drops the frame; raft resends after the heartbeat or election timeout
-            let _ = peer.send(&PeerFrame::Raft {
-                batch: chunk,
-                gone: std::mem::take(&mut gone),
-            });
+        for (p, snapshot) in snapshots {
+            // encoded and queued on the snapshot thread: tens of MiB must not hold up this one
+            self.snapshots_out.insert((p, to), Instant::now());
+            if self
+                .snapshots
+                .send(SnapshotOut {
+                    peer: peer.clone(),
+                    to,
+                    partition: p,
+                    message: snapshot,
+                })
+                .is_err()
+            {
+                self.raft.snapshot_failed(p, to);
+            }
+        }
+    }
+
+    /// Reports failed the snapshots sent long ago that their replica has not acknowledged (lost with a
+    /// link, or refused): raft then probes the replica again and sends a new one if it still needs it.
+    fn expire_snapshots(&mut self, now: Instant) {
+        let expired: Vec<(PartitionId, u64)> = self
+            .snapshots_out
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) >= SNAPSHOT_TIMEOUT)
+            .map(|(key, _)| *key)
+            .collect();
+        for (p, to) in expired {
+            self.snapshots_out.remove(&(p, to));
+            if self.raft.awaits_snapshot(p, to) {
+                tracing::warn!(
+                    partition = p,
+                    to,
+                    "a snapshot sent was not acknowledged: sending again"
+                );
+                self.raft.snapshot_failed(p, to);
+            }
         }
     }
 
@@ -527,6 +646,49 @@ pub(super) fn sync_rounds(rounds: mpsc::Receiver<Unsynced>, driver: mpsc::Sender
         }
         if driver.send(Input::Synced(batch)).is_err() {
             return;
+        }
+    }
+}
+
+/// A snapshot for the snapshot thread to send.
+pub(super) struct SnapshotOut {
+    peer: Arc<crate::cluster::peer::Peer>,
+    to: u64,
+    partition: PartitionId,
+    message: raft::eraftpb::Message,
+}
+
+/// The snapshot thread: encodes each snapshot and queues it in [`SNAPSHOT_PIECE`]s on its link's bulk
+/// lane (see [`PeerFrame::RaftPart`]); one that cannot be queued (the link is down) is reported lost to
+/// the driver, so that raft sends it again. Ends when the driver does.
+pub(super) fn send_snapshots(snapshots: mpsc::Receiver<SnapshotOut>, driver: mpsc::Sender<Input>) {
+    let mut id = 0u64;
+    while let Ok(out) = snapshots.recv() {
+        let whole = encode(&[(out.partition, out.message)]).concat();
+        id += 1;
+        let mut sent = true;
+        let mut at = 0;
+        while sent && at < whole.len() {
+            // base64 is ASCII: any byte offset is a character boundary
+            let end = (at + SNAPSHOT_PIECE).min(whole.len());
+            sent = out
+                .peer
+                .send_bulk(&PeerFrame::RaftPart {
+                    id,
+                    part: whole.get(at..end).unwrap_or_default().to_owned(),
+                    last: end == whole.len(),
+                })
+                .is_ok();
+            at = end;
+        }
+        if !sent {
+            let lost = Input::SnapshotLost {
+                partition: out.partition,
+                to: out.to,
+            };
+            if driver.send(lost).is_err() {
+                return;
+            }
         }
     }
 }

@@ -60,12 +60,21 @@ const DRAIN_QUIET_ROUNDS: u32 = 3;
 /// [`crate::store::writer::COMMIT_WINDOW`]).
 const SYNC_WINDOW: Duration = Duration::from_micros(1000);
 
+/// A raft batch at least this large (base64 bytes: a snapshot) is decoded apart from the driver thread.
+const DECODE_APART: usize = 1 << 20;
+
+/// A peer's raft batch: still encoded, or (a large one) decoded already.
+enum Received {
+    Encoded(String),
+    Decoded(Vec<(PartitionId, raft::eraftpb::Message)>),
+}
+
 /// What the driver thread is asked to do.
 enum Input {
     /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
     Step {
         from: NodeId,
-        batch: String,
+        batch: Received,
         /// Groups the sender (their leader) removed this node from, with the configuration's index.
         gone: Vec<(PartitionId, u64)>,
     },
@@ -96,6 +105,11 @@ enum Input {
         id: u64,
         data: Vec<u8>,
         done: ProposalDone,
+    },
+    /// The snapshot thread could not queue a snapshot for `to` (its link is down).
+    SnapshotLost {
+        partition: PartitionId,
+        to: u64,
     },
     /// Rounds the sync thread made durable, in the order they were written.
     Synced(Vec<crate::raft::multi::Unsynced>),
@@ -307,9 +321,10 @@ impl Replication {
         let ticks = u32::try_from(2 * ELECTION_TICKS).unwrap_or(u32::MAX);
         let tick = (election / ticks).max(Duration::from_millis(1));
         let (tx, rx) = mpsc::channel();
-        // the sync thread answers on the driver's channel, which then no longer closes by itself: dropping
+        // the sync and snapshot threads answer on the driver's channel, which then no longer closes by itself: dropping
         // `Replication` stops the driver instead (see its `Drop`)
         let synced = tx.clone();
+        let lost = tx.clone();
         let (apply_tx, apply_rx) = mpsc::channel();
         // one slot per partition and one for the metadata group
         let slots = shape.partitions as usize + 1;
@@ -368,6 +383,11 @@ impl Replication {
             .name("raft-sync".into())
             .spawn(move || driver::sync_rounds(sync_rx, synced))
             .map_err(ReplicationError::Thread)?;
+        let (snapshots_tx, snapshots_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-snapshots".into())
+            .spawn(move || driver::send_snapshots(snapshots_rx, lost))
+            .map_err(ReplicationError::Thread)?;
         let driver = Driver::new(
             raft,
             rx,
@@ -378,6 +398,7 @@ impl Replication {
             Arc::downgrade(&replication),
             apply_tx,
             sync_tx,
+            snapshots_tx,
         );
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -627,11 +648,34 @@ impl Replication {
     /// the peer link's task). A frame that does not decode is dropped and logged (raft resends what
     /// matters).
     pub fn receive(&self, from: &NodeId, batch: String, gone: Vec<(PartitionId, u64)>) {
-        let _ = lock(&self.tx).send(Input::Step {
-            from: from.clone(),
-            batch,
-            gone,
-        });
+        let tx = lock(&self.tx).clone();
+        let from = from.clone();
+        if batch.len() < DECODE_APART {
+            let _ = tx.send(Input::Step {
+                from,
+                batch: Received::Encoded(batch),
+                gone,
+            });
+            return;
+        }
+        // a snapshot: decoded on a thread of its own, not on the driver's (raft takes messages in any order)
+        let decoding = std::thread::Builder::new()
+            .name("raft-decode".into())
+            .spawn(move || match wire::decode(&batch) {
+                Ok(messages) => {
+                    let _ = tx.send(Input::Step {
+                        from,
+                        batch: Received::Decoded(messages),
+                        gone,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %from, error = %e, "dropping an undecodable raft frame")
+                }
+            });
+        if let Err(e) = decoding {
+            tracing::warn!(error = %e, "cannot start a thread to decode a snapshot: dropped, raft sends it again");
+        }
     }
 
     /// Hands every partition this node leads to another live replica and waits until they have taken over
