@@ -155,8 +155,14 @@ pub struct Output {
     pub synced: bool,
 }
 
+/// Numbers every group built, so that a sync answered after a group was dropped and built again is not
+/// taken for the new one's (raft-rs numbers each node's readies from 1).
+static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 struct Group {
     node: RawNode<GroupStorage>,
+    /// See [`INCARNATIONS`].
+    incarnation: u64,
     /// The leadership last reported.
     seen: Leadership,
     /// The configurations the group went through since its log's snapshot point, oldest first: the index
@@ -279,6 +285,7 @@ fn build(
                 node,
                 seen,
                 confs: vec![(point, conf)],
+                incarnation: INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             },
         );
     }
@@ -847,7 +854,9 @@ impl MultiRaft {
                 .into_iter()
                 .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
             route(partition, now, &mut outgoing);
-            unsynced.readies.push((partition, ready.number(), held));
+            unsynced
+                .readies
+                .push((partition, group.incarnation, ready.number(), held));
             group.node.advance_append_async(ready);
             if let Some(index) = applied {
                 group.node.advance_apply_to(index);
@@ -909,9 +918,13 @@ impl MultiRaft {
     /// waited is released: the held messages and the snapshots to install.
     pub fn persisted(&mut self, unsynced: Unsynced) -> Output {
         let mut outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>> = BTreeMap::new();
-        for (partition, number, held) in unsynced.readies {
-            // a group dropped meanwhile has nobody left to tell
-            let Some(group) = self.groups.get_mut(&partition) else {
+        for (partition, incarnation, number, held) in unsynced.readies {
+            // a group dropped meanwhile (and maybe built again) has nobody left to tell
+            let Some(group) = self
+                .groups
+                .get_mut(&partition)
+                .filter(|g| g.incarnation == incarnation)
+            else {
                 continue;
             };
             group.node.on_persist_ready(number);
@@ -955,7 +968,8 @@ pub struct Unsynced {
     /// What makes the round durable: the log file to sync, if the round wrote to it and the node syncs
     /// (`durability = "sync"`), and a rewritten log file to put in place after.
     job: SyncJob,
-    readies: Vec<(PartitionId, u64, Vec<Message>)>,
+    /// Per group: its incarnation, the ready's number, the messages that wait for the sync.
+    readies: Vec<(PartitionId, u64, u64, Vec<Message>)>,
     installs: Vec<(PartitionId, Snapshot)>,
 }
 

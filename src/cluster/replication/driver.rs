@@ -178,11 +178,7 @@ impl Driver {
                 let kind = input.kind();
                 match input {
                     Input::Step { from, batch, gone } => {
-                        let messages = match batch {
-                            Received::Encoded(raw) => decode(&raw),
-                            Received::Decoded(messages) => Ok(messages),
-                        };
-                        match messages {
+                        match decode(&batch) {
                             Ok(messages) => {
                                 for (p, m) in messages {
                                     self.step(p, m);

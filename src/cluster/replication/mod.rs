@@ -60,21 +60,12 @@ const DRAIN_QUIET_ROUNDS: u32 = 3;
 /// [`crate::store::writer::COMMIT_WINDOW`]).
 const SYNC_WINDOW: Duration = Duration::from_micros(1000);
 
-/// A raft batch at least this large (base64 bytes: a snapshot) is decoded apart from the driver thread.
-const DECODE_APART: usize = 1 << 20;
-
-/// A peer's raft batch: still encoded, or (a large one) decoded already.
-enum Received {
-    Encoded(String),
-    Decoded(Vec<(PartitionId, raft::eraftpb::Message)>),
-}
-
 /// What the driver thread is asked to do.
 enum Input {
     /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
     Step {
         from: NodeId,
-        batch: Received,
+        batch: String,
         /// Groups the sender (their leader) removed this node from, with the configuration's index.
         gone: Vec<(PartitionId, u64)>,
     },
@@ -648,34 +639,11 @@ impl Replication {
     /// the peer link's task). A frame that does not decode is dropped and logged (raft resends what
     /// matters).
     pub fn receive(&self, from: &NodeId, batch: String, gone: Vec<(PartitionId, u64)>) {
-        let tx = lock(&self.tx).clone();
-        let from = from.clone();
-        if batch.len() < DECODE_APART {
-            let _ = tx.send(Input::Step {
-                from,
-                batch: Received::Encoded(batch),
-                gone,
-            });
-            return;
-        }
-        // a snapshot: decoded on a thread of its own, not on the driver's (raft takes messages in any order)
-        let decoding = std::thread::Builder::new()
-            .name("raft-decode".into())
-            .spawn(move || match wire::decode(&batch) {
-                Ok(messages) => {
-                    let _ = tx.send(Input::Step {
-                        from,
-                        batch: Received::Decoded(messages),
-                        gone,
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %from, error = %e, "dropping an undecodable raft frame")
-                }
-            });
-        if let Err(e) = decoding {
-            tracing::warn!(error = %e, "cannot start a thread to decode a snapshot: dropped, raft sends it again");
-        }
+        let _ = lock(&self.tx).send(Input::Step {
+            from: from.clone(),
+            batch,
+            gone,
+        });
     }
 
     /// Hands every partition this node leads to another live replica and waits until they have taken over
