@@ -931,8 +931,14 @@ impl MultiRaft {
             route(partition, held, &mut outgoing);
         }
         for (partition, snapshot) in &unsynced.installs {
-            if let Some(group) = self.groups.get_mut(partition) {
-                group.node.advance_apply_to(snapshot.get_metadata().index);
+            let index = snapshot.get_metadata().index;
+            // (a group built again since has its own snapshot to wait for)
+            if let Some(group) = self
+                .groups
+                .get_mut(partition)
+                .filter(|g| g.node.raft.raft_log.persisted >= index)
+            {
+                group.node.advance_apply_to(index);
             }
         }
         Output {
