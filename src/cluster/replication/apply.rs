@@ -37,6 +37,8 @@ pub(super) struct Applier {
     last: HashMap<PartitionId, (u64, u64)>,
     /// Per partition: where its log was last compacted from here.
     compacted: HashMap<PartitionId, u64>,
+    /// Per partition: bytes of entries applied since then.
+    tail_bytes: HashMap<PartitionId, u64>,
     next_compaction: Instant,
     /// The membership record (none yet on a node that joins) and the metadata group's entry it reflects.
     membership: Option<Membership>,
@@ -54,6 +56,11 @@ pub(super) struct Applier {
 
 /// How often the keys of dropped partitions are deleted.
 const DELETE_EVERY: Duration = Duration::from_secs(5);
+
+/// A partition whose log has grown by this many bytes of entries since its last compaction is compacted
+/// even before `cluster.log_compact_entries`, keeping [`KEEP_LARGE`] entries.
+const COMPACT_BYTES: u64 = 8 << 20;
+const KEEP_LARGE: u64 = 64;
 
 /// How often the apply thread looks for logs to compact (each time it flushes the store first).
 const COMPACTION_CHECK: Duration = Duration::from_secs(1);
@@ -95,6 +102,7 @@ impl Applier {
             metrics,
             last: HashMap::new(),
             compacted: HashMap::new(),
+            tail_bytes: HashMap::new(),
             next_compaction: Instant::now() + COMPACTION_CHECK,
             membership,
             meta_index,
@@ -176,6 +184,7 @@ impl Applier {
                 .raft_partition
                 .set_applied(c.partition, c.index);
             self.last.insert(c.partition, (c.index, c.term));
+            *self.tail_bytes.entry(c.partition).or_default() += c.data.len() as u64;
             if c.conf {
                 // applied to the group by the driver; a snapshot from here on carries it
                 continue;
@@ -306,6 +315,7 @@ impl Applier {
             self.wanted.remove(&p);
             self.made.remove(&p);
             self.compacted.remove(&p);
+            self.tail_bytes.remove(&p);
             if p == self.partitions {
                 continue;
             }
@@ -474,13 +484,22 @@ impl Applier {
             return;
         }
         self.next_compaction = now + COMPACTION_CHECK;
+        // by count, keeping half (a follower a little behind catches up from the log, not a snapshot);
+        // by bytes, keeping a few (large messages: a tail of thousands would be hundreds of MiB held,
+        // copied and rewritten by the driver)
         let due: Vec<(PartitionId, u64)> = self
             .last
             .iter()
             .filter_map(|(p, (index, _))| {
                 let from = self.compacted.get(p).copied().unwrap_or(0);
-                (index.saturating_sub(from) >= self.compact_entries)
-                    .then(|| (*p, index.saturating_sub(self.compact_entries / 2)))
+                let bytes = self.tail_bytes.get(p).copied().unwrap_or(0);
+                if index.saturating_sub(from) >= self.compact_entries {
+                    Some((*p, index.saturating_sub(self.compact_entries / 2)))
+                } else if bytes >= COMPACT_BYTES && index.saturating_sub(from) > KEEP_LARGE {
+                    Some((*p, index.saturating_sub(KEEP_LARGE)))
+                } else {
+                    None
+                }
             })
             .collect();
         if due.is_empty() {
@@ -494,6 +513,7 @@ impl Applier {
         tracing::debug!(took = ?started.elapsed(), "flushed the store for compactions");
         for (p, index) in &due {
             self.compacted.insert(*p, *index);
+            self.tail_bytes.insert(*p, 0);
         }
         if let Some(shared) = self.shared.upgrade() {
             let _ = lock(&shared.tx).send(Input::Compact(due));
