@@ -1597,6 +1597,146 @@ mod tests {
         }
     }
 
+    /// Model test of the asynchronous sync: every node's syncs answer late (in order, several at once),
+    /// messages are delivered out of order or lost; every node applies the same entries at the same
+    /// indexes, each once and in order, and once the network heals all of them apply every entry that
+    /// any node applied.
+    #[test]
+    fn late_syncs_and_a_reordering_network_keep_every_replica_applying_the_same_log() {
+        for seed in 1..=12u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n.max(1)
+            };
+            let mut sim = Sim::durable(&IDS, 2);
+            sim.elect(0);
+            sim.elect(1);
+            let mut pending: BTreeMap<u64, std::collections::VecDeque<Unsynced>> = BTreeMap::new();
+            let mut network: Vec<(u64, PartitionId, Message)> = Vec::new();
+            let mut applied: BTreeMap<(u64, PartitionId), Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+            let mut record =
+                |id: u64, out: &Output, network: &mut Vec<(u64, PartitionId, Message)>| {
+                    for c in &out.committed {
+                        applied
+                            .entry((id, c.partition))
+                            .or_default()
+                            .push((c.index, c.data.clone()));
+                    }
+                    for b in &out.batches {
+                        for (p, m) in &b.messages {
+                            network.push((b.to, *p, m.clone()));
+                        }
+                    }
+                };
+            let mut proposed = 0u32;
+            for _ in 0..3000 {
+                let id = IDS[next(3) as usize];
+                match next(10) {
+                    0 => sim.nodes.get_mut(&id).expect("node").tick(),
+                    1 | 2 => {
+                        let p = next(2) as PartitionId;
+                        if sim.nodes[&id].is_leader(p) {
+                            proposed += 1;
+                            let data = format!("{seed}-{proposed}").into_bytes();
+                            let _ = sim.nodes.get_mut(&id).expect("node").propose(p, data);
+                        }
+                    }
+                    3 | 4 => {
+                        let (out, unsynced) = sim
+                            .nodes
+                            .get_mut(&id)
+                            .expect("node")
+                            .poll_write()
+                            .expect("write");
+                        record(id, &out, &mut network);
+                        pending.entry(id).or_default().push_back(unsynced);
+                    }
+                    5 => {
+                        // the sync thread answers the oldest rounds, in order
+                        let queue = pending.entry(id).or_default();
+                        let n = (next(3) as usize + 1).min(queue.len());
+                        let rounds: Vec<Unsynced> = queue.drain(..n).collect();
+                        Unsynced::sync_together(&rounds).expect("sync");
+                        for round in rounds {
+                            let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                            record(id, &out, &mut network);
+                        }
+                    }
+                    _ => {
+                        if !network.is_empty() {
+                            let (to, p, m) =
+                                network.swap_remove(next(network.len() as u64) as usize);
+                            // one in ten is lost
+                            if next(10) != 0 {
+                                sim.nodes.get_mut(&to).expect("node").step(p, m);
+                            }
+                        }
+                    }
+                }
+            }
+            // heal: every sync answered, every message delivered, a few heartbeats
+            for _ in 0..40 {
+                for id in IDS {
+                    let node = sim.nodes.get_mut(&id).expect("node");
+                    node.tick();
+                    let (out, unsynced) = node.poll_write().expect("write");
+                    record(id, &out, &mut network);
+                    let queue = pending.entry(id).or_default();
+                    queue.push_back(unsynced);
+                    let rounds: Vec<Unsynced> = queue.drain(..).collect();
+                    Unsynced::sync_together(&rounds).expect("sync");
+                    for round in rounds {
+                        let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                        record(id, &out, &mut network);
+                    }
+                }
+                for (to, p, m) in std::mem::take(&mut network) {
+                    sim.nodes.get_mut(&to).expect("node").step(p, m);
+                }
+            }
+            let entries: usize = applied
+                .values()
+                .map(|l| l.iter().filter(|(_, d)| !d.is_empty()).count())
+                .sum();
+            assert!(
+                entries >= 3 * 20,
+                "seed {seed}: the run did something ({entries})"
+            );
+            for p in 0..2 {
+                let logs: Vec<Vec<(u64, Vec<u8>)>> = IDS
+                    .iter()
+                    .map(|id| applied.get(&(*id, p)).cloned().unwrap_or_default())
+                    .collect();
+                for log in &logs {
+                    assert!(
+                        log.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+                        "seed {seed} partition {p}: applied in order, each once"
+                    );
+                }
+                // (recorded from the end of the first election on, where the nodes may stand apart)
+                let maps: Vec<BTreeMap<u64, Vec<u8>>> =
+                    logs.iter().map(|l| l.iter().cloned().collect()).collect();
+                for a in &maps {
+                    for b in &maps {
+                        for (index, data) in a {
+                            if let Some(other) = b.get(index) {
+                                assert_eq!(data, other, "seed {seed} partition {p} index {index}");
+                            }
+                        }
+                    }
+                    assert_eq!(
+                        a.keys().last(),
+                        maps[0].keys().last(),
+                        "seed {seed} partition {p}: healed, every node applied everything"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_leader_commits_with_its_followers_before_its_own_sync_and_a_syncing_follower_answers_heartbeats(
     ) {
