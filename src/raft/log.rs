@@ -340,7 +340,7 @@ impl RaftLog {
     }
 
     /// Rewrites the file with only what `groups` still hold, when it has grown large and mostly dead,
-    /// without waiting for the disk: the live state and a `REWRITTEN` record start a new file ([`NEXT`]),
+    /// without waiting for the disk: the live state and a `REWRITTEN` record start a new file (`raft.log.next`),
     /// which takes every record from then on (after them); the next sync writes them, makes the file
     /// durable and renames it over the old one. A crash before that finds either a new file with its `REWRITTEN` record, which holds
     /// everything and is renamed then, or one without, which held nothing acknowledged and is deleted.

@@ -1597,6 +1597,9 @@ mod tests {
         }
     }
 
+    /// Entries applied by one node for one partition: index and data.
+    type AppliedLog = Vec<(u64, Vec<u8>)>;
+
     /// Model test of the asynchronous sync: every node's syncs answer late (in order, several at once),
     /// messages are delivered out of order or lost; every node applies the same entries at the same
     /// indexes, each once and in order, and once the network heals all of them apply every entry that
@@ -1605,18 +1608,19 @@ mod tests {
     fn late_syncs_and_a_reordering_network_keep_every_replica_applying_the_same_log() {
         for seed in 1..=12u64 {
             let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let mut next = move |n: u64| {
+            // a number below `n`
+            let mut next = move |n: usize| -> usize {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                rng % n.max(1)
+                usize::try_from(rng % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
             };
             let mut sim = Sim::durable(&IDS, 2);
             sim.elect(0);
             sim.elect(1);
             let mut pending: BTreeMap<u64, std::collections::VecDeque<Unsynced>> = BTreeMap::new();
             let mut network: Vec<(u64, PartitionId, Message)> = Vec::new();
-            let mut applied: BTreeMap<(u64, PartitionId), Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+            let mut applied: BTreeMap<(u64, PartitionId), AppliedLog> = BTreeMap::new();
             let mut record =
                 |id: u64, out: &Output, network: &mut Vec<(u64, PartitionId, Message)>| {
                     for c in &out.committed {
@@ -1633,11 +1637,11 @@ mod tests {
                 };
             let mut proposed = 0u32;
             for _ in 0..3000 {
-                let id = IDS[next(3) as usize];
+                let id = IDS[next(3)];
                 match next(10) {
                     0 => sim.nodes.get_mut(&id).expect("node").tick(),
                     1 | 2 => {
-                        let p = next(2) as PartitionId;
+                        let p = PartitionId::try_from(next(2)).unwrap_or(0);
                         if sim.nodes[&id].is_leader(p) {
                             proposed += 1;
                             let data = format!("{seed}-{proposed}").into_bytes();
@@ -1657,7 +1661,7 @@ mod tests {
                     5 => {
                         // the sync thread answers the oldest rounds, in order
                         let queue = pending.entry(id).or_default();
-                        let n = (next(3) as usize + 1).min(queue.len());
+                        let n = (next(3) + 1).min(queue.len());
                         let rounds: Vec<Unsynced> = queue.drain(..n).collect();
                         Unsynced::sync_together(&rounds).expect("sync");
                         for round in rounds {
@@ -1667,8 +1671,7 @@ mod tests {
                     }
                     _ => {
                         if !network.is_empty() {
-                            let (to, p, m) =
-                                network.swap_remove(next(network.len() as u64) as usize);
+                            let (to, p, m) = network.swap_remove(next(network.len()));
                             // one in ten is lost
                             if next(10) != 0 {
                                 sim.nodes.get_mut(&to).expect("node").step(p, m);
@@ -1706,7 +1709,7 @@ mod tests {
                 "seed {seed}: the run did something ({entries})"
             );
             for p in 0..2 {
-                let logs: Vec<Vec<(u64, Vec<u8>)>> = IDS
+                let logs: Vec<AppliedLog> = IDS
                     .iter()
                     .map(|id| applied.get(&(*id, p)).cloned().unwrap_or_default())
                     .collect();
