@@ -800,8 +800,9 @@ mod tests {
         assert!(groups.contains_key(&2) && !log.was_dropped(2));
     }
 
-    #[test]
-    fn a_rewrite_cut_short_is_finished_or_dropped_on_open() {
+    /// A log (rewritten from 4 KiB) whose group 3 holds one entry and 400 superseded hard states, and the
+    /// groups' storage alike.
+    fn mostly_dead() -> (tempfile::TempDir, RaftLog, Groups) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
         log.set_rewrite_bytes(4096);
@@ -814,6 +815,12 @@ mod tests {
             log.set_hard_state(3, &h).expect("hs");
             storage.wl().set_hardstate(h);
         }
+        (dir, log, groups)
+    }
+
+    #[test]
+    fn a_rewrite_cut_short_is_finished_or_dropped_on_open() {
+        let (dir, mut log, groups) = mostly_dead();
         log.sync().expect("sync");
         // a new file without its REWRITTEN record (the crash came while it was written) is dropped
         let unfinished = encode_live(&groups, &BTreeSet::new()).expect("live");
@@ -842,18 +849,7 @@ mod tests {
 
     #[test]
     fn a_large_mostly_dead_file_is_rewritten_with_the_live_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
-        log.set_rewrite_bytes(4096);
-        let mut groups = Groups::new();
-        let storage = groups.entry(3).or_default();
-        log.append(3, &[entry(1, 1, "a")]).expect("append");
-        storage.wl().append(&[entry(1, 1, "a")]).expect("mem");
-        for commit in 0..400 {
-            let h = hs(1, commit % 2);
-            log.set_hard_state(3, &h).expect("hs");
-            storage.wl().set_hardstate(h);
-        }
+        let (dir, mut log, groups) = mostly_dead();
         let before = log.len();
         assert!(
             log.maybe_rewrite(&groups).expect("rewrite"),
