@@ -1376,6 +1376,15 @@ mod tests {
             (leaders.len() == 1).then_some(leader)
         }
 
+        /// The first half of a poll on node `id` (see [`MultiRaft::poll_write`]).
+        fn write(&mut self, id: u64) -> (Output, Unsynced) {
+            self.nodes
+                .get_mut(&id)
+                .expect("node")
+                .poll_write()
+                .expect("write")
+        }
+
         /// Rounds until `p` has a live leader; how many it took.
         fn elect(&mut self, p: PartitionId) -> usize {
             for n in 1..=20 * ELECTION_TICKS {
@@ -1649,12 +1658,7 @@ mod tests {
                         }
                     }
                     3 | 4 => {
-                        let (out, unsynced) = sim
-                            .nodes
-                            .get_mut(&id)
-                            .expect("node")
-                            .poll_write()
-                            .expect("write");
+                        let (out, unsynced) = sim.write(id);
                         record(id, &out, &mut network);
                         pending.entry(id).or_default().push_back(unsynced);
                     }
@@ -1791,12 +1795,7 @@ mod tests {
         let (out, unsynced) = node.poll_write().expect("write");
         leader_rounds.push(unsynced);
         deliver(&mut sim, leader, out);
-        let (out, unsynced) = sim
-            .nodes
-            .get_mut(&syncing)
-            .expect("follower")
-            .poll_write()
-            .expect("write");
+        let (out, unsynced) = sim.write(syncing);
         assert!(unsynced.needs_sync());
         follower_rounds.push(unsynced);
         assert!(
@@ -1821,12 +1820,7 @@ mod tests {
         let (out, unsynced) = node.poll_write().expect("write");
         leader_rounds.push(unsynced);
         deliver(&mut sim, leader, out);
-        let (out, unsynced) = sim
-            .nodes
-            .get_mut(&syncing)
-            .expect("follower")
-            .poll_write()
-            .expect("write");
+        let (out, unsynced) = sim.write(syncing);
         follower_rounds.push(unsynced);
         assert!(out.batches.iter().any(|b| b.to == leader
             && b.messages
