@@ -686,6 +686,17 @@ impl Server {
     fn rss(&self) -> Option<u64> {
         rss_of(self.children.first()?.id())
     }
+
+    /// CPU seconds used so far by every started node together (`None` if none was started here).
+    fn cpu_seconds(&self) -> Option<f64> {
+        if self.children.is_empty() {
+            return None;
+        }
+        self.children
+            .iter()
+            .map(|c| cpu_seconds_of(&c.id().to_string()))
+            .sum()
+    }
 }
 
 impl Drop for Server {
@@ -915,10 +926,12 @@ async fn dm(
     let started = Instant::now();
     let rss_before = server.rss();
     let traffic_before = server.peer_traffic();
+    let cpu = CpuUse::start(server);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
-    let cluster = server.cluster_report(traffic_before, counters.accepted.load(Ordering::Relaxed));
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.report(server, elapsed, counters.delivered.load(Ordering::Relaxed));
+    let cluster = server.cluster_report(traffic_before, counters.accepted.load(Ordering::Relaxed));
     let rss_during = server.rss();
     sending.store(false, Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -942,6 +955,7 @@ async fn dm(
         "latency_ms": quantiles(&hist),
         "errors": counters.errors.load(Ordering::Relaxed),
         "server_rss_mib": rss_during.or(rss_before).map(|b| b / (1 << 20)),
+        "cpu": cpu,
         "cluster": cluster,
     }))
 }
@@ -1327,6 +1341,47 @@ fn histogram_quantiles(
             })
     };
     json!({"count": total, "p50_le": at(500), "p99_le": at(990)})
+}
+
+/// User plus system CPU seconds a process has used (`pid` "self" for the load generator), from
+/// `/proc/PID/stat`, whose times are in clock ticks of 1/100 s on Linux.
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name may hold spaces: the fields counted from 3 start after its closing parenthesis
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU use over a measured stretch: the servers' and the load generator's, in cores, and the servers'
+/// CPU per delivered message.
+struct CpuUse {
+    server: Option<f64>,
+    generator: Option<f64>,
+}
+
+impl CpuUse {
+    fn start(server: &Server) -> CpuUse {
+        CpuUse {
+            server: server.cpu_seconds(),
+            generator: cpu_seconds_of("self"),
+        }
+    }
+
+    fn report(&self, server: &Server, elapsed: f64, delivered: u64) -> Value {
+        let server_s = server.cpu_seconds().zip(self.server).map(|(b, a)| b - a);
+        let generator_s = cpu_seconds_of("self")
+            .zip(self.generator)
+            .map(|(b, a)| b - a);
+        json!({
+            "server_cores": server_s.map(|s| (s / elapsed * 100.0).round() / 100.0),
+            "generator_cores": generator_s.map(|s| (s / elapsed * 100.0).round() / 100.0),
+            "server_us_per_msg": server_s
+                .filter(|_| delivered > 0)
+                .map(|s| (s * 1e6 / delivered as f64 * 10.0).round() / 10.0),
+        })
+    }
 }
 
 fn rss_of(pid: u32) -> Option<u64> {

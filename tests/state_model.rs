@@ -98,7 +98,7 @@ enum Op {
         on: bool,
     },
     Restart,
-    /// A post whose writes reach the store only up to `keep` (of cid, message, read), then a crash.
+    /// A post whose writes ([the previous sender's read,] cid, message) reach the store only up to `keep`, then a crash.
     Crash {
         group: bool,
         from: usize,
@@ -132,7 +132,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(group, user, seq, emoji, on)| Op::React { group, user, seq, emoji, on }),
         2 => (0..2usize, any::<bool>()).prop_map(|(user, on)| Op::Block { user, on }),
         1 => Just(Op::Restart),
-        1 => (any::<bool>(), user, 0..6u8, 0..50u64, 0..3usize)
+        1 => (any::<bool>(), user, 0..6u8, 0..50u64, 0..4usize)
             .prop_map(|(group, from, cid, ts, keep)| Op::Crash { group, from, cid, ts, keep }),
     ]
 }
@@ -932,12 +932,16 @@ fn run(ops: Vec<Op>) {
                     "post before a crash"
                 );
                 if matches!(got, Expect::New(..)) {
-                    // writes are [cid, message, sender's read]: what reached the disk decides what survives
+                    // writes are [the previous sender's read (when another user sent the last
+                    // message), cid, message]: what reached the disk decides what survives
+                    let message_at = writes
+                        .iter()
+                        .position(|w| matches!(w, Write::Message { .. }))
+                        .expect("a new message is written");
                     writes.truncate(keep);
-                    if keep < 2 {
+                    if keep <= message_at {
+                        // the message is lost, and with it the read position it implied
                         model.msgs.pop();
-                    }
-                    if keep < 3 {
                         match live.model.reads.get(USERS[from]) {
                             Some(seq) => model.reads.insert(USERS[from].into(), *seq),
                             None => model.reads.remove(USERS[from]),

@@ -145,8 +145,9 @@ pub enum Write {
     Message { seq: u64, json: String },
     /// A read position set by a `read`.
     Read { user: UserId, seq: u64 },
-    /// A read position advanced by the user's own message: it may ride on the next flush (the README's
-    /// "durability of read positions"); the message itself implies it.
+    /// The read position a user's own message implied, written once another user's message follows it
+    /// (while the user's message is the last one, loading the state derives it). It may ride on the next
+    /// flush (the README's "durability of read positions").
     SenderRead { user: UserId, seq: u64 },
     /// The friendship of a direct pair.
     Pair(PairState),
@@ -238,6 +239,9 @@ pub struct ConvState {
     pub last_seq: u64,
     /// The ts of the last message: the next one's never goes below it.
     pub last_ts: u64,
+    /// Who sent the last message. Their read position is implied by it (a sender has read what they
+    /// sent), so it is written only once another user's message follows (see [`Write::SenderRead`]).
+    pub last_from: Option<UserId>,
     /// Who may read and post: the pair of a direct conversation, or a group's members.
     pub members: HashSet<UserId>,
     /// A group's name and owner; `None` for a direct conversation and for a group that does not exist.
@@ -260,6 +264,7 @@ impl ConvState {
             id,
             last_seq: 0,
             last_ts: 0,
+            last_from: None,
             members,
             group: None,
             reads: HashMap::new(),
@@ -440,6 +445,7 @@ impl ConvState {
             ));
         }
         let (seq, ts) = self.next_slot(ts);
+        let start = writes.len();
         writes.push(Write::Cid {
             from: from.clone(),
             cid: cid.clone(),
@@ -461,7 +467,7 @@ impl ConvState {
             refs,
             None,
             Vec::new(),
-            writes,
+            (writes, start),
         );
         Ok(Outcome::Appended(appended))
     }
@@ -533,10 +539,14 @@ impl ConvState {
         writes: &mut Vec<Write>,
     ) -> Appended {
         let refs = Refs::default();
-        self.append_with(from, cid, ts, body, refs, system, also, writes)
+        let start = writes.len();
+        self.append_with(from, cid, ts, body, refs, system, also, (writes, start))
     }
 
-    /// [`ConvState::append`] with a reply and mentions.
+    /// [`ConvState::append`] with a reply and mentions; `writes.1` is where this message's writes begin.
+    ///
+    /// The previous sender's read position, implied by the last message until now, is written first
+    /// (at `writes.1`), so that any prefix of the writes that holds the new message also holds that read.
     #[allow(clippy::too_many_arguments)]
     fn append_with(
         &mut self,
@@ -547,8 +557,15 @@ impl ConvState {
         refs: Refs,
         system: Option<serde_json::Value>,
         also: Vec<UserId>,
-        writes: &mut Vec<Write>,
+        (writes, start): (&mut Vec<Write>, usize),
     ) -> Appended {
+        if let Some(previous) = self.last_from.as_ref().filter(|p| **p != from) {
+            let read = Write::SenderRead {
+                user: previous.clone(),
+                seq: self.read_seq(previous),
+            };
+            writes.insert(start, read);
+        }
         let (seq, ts) = self.next_slot(ts);
         let json = protocol::encode_message(&ChatMessage {
             conv: self.id.clone(),
@@ -567,12 +584,9 @@ impl ConvState {
             seq,
             json: json.clone(),
         });
-        writes.push(Write::SenderRead {
-            user: from.clone(),
-            seq,
-        });
         self.last_seq = seq;
         self.last_ts = ts;
+        self.last_from = Some(from.clone());
         self.reads.insert(from.clone(), seq);
         Appended {
             posted: Posted { seq, ts },

@@ -27,11 +27,18 @@ impl Store {
             }
         }
         let last = self.last_message(conv)?;
+        state.reads = self.read_positions(conv)?.into_iter().collect();
         if let Some((seq, json)) = &last {
             state.last_seq = *seq;
-            state.last_ts = serde_json::from_str::<ChatMessage>(json).map_or(0, |m| m.ts);
+            if let Ok(message) = serde_json::from_str::<ChatMessage>(json) {
+                state.last_ts = message.ts;
+                // the last message's sender has read it (its read position is written only once
+                // another user's message follows)
+                let read = state.reads.entry(message.from.clone()).or_insert(0);
+                *read = (*read).max(*seq);
+                state.last_from = Some(message.from);
+            }
         }
-        state.reads = self.read_positions(conv)?.into_iter().collect();
         state.pair = self.pair(conv)?;
         if conv.is_direct() {
             state.blocks = self.blocks(conv)?.into_iter().collect();
