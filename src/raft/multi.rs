@@ -1402,6 +1402,14 @@ mod tests {
                 .expect("write")
         }
 
+        /// Answers `rounds` of `id`'s syncs with one fsync, in order, as the sync thread does; the
+        /// second halves of their polls.
+        fn sync(&mut self, id: u64, rounds: Vec<Unsynced>) -> Vec<Output> {
+            Unsynced::sync_together(&rounds).expect("sync");
+            let node = self.nodes.get_mut(&id).expect("node");
+            rounds.into_iter().map(|r| node.persisted(r)).collect()
+        }
+
         /// Rounds until `p` has a live leader; how many it took.
         fn elect(&mut self, p: PartitionId) -> usize {
             for n in 1..=20 * ELECTION_TICKS {
@@ -1626,6 +1634,17 @@ mod tests {
     /// Entries applied by one node for one partition: index and data.
     type AppliedLog = Vec<(u64, Vec<u8>)>;
 
+    /// A deterministic source of numbers below its argument (xorshift), for the model tests.
+    fn below(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut rng = seed | 1;
+        move |n: usize| -> usize {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            usize::try_from(rng % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+        }
+    }
+
     /// Model test of the asynchronous sync: every node's syncs answer late (in order, several at once),
     /// messages are delivered out of order or lost; every node applies the same entries at the same
     /// indexes, each once and in order, and once the network heals all of them apply every entry that
@@ -1633,14 +1652,7 @@ mod tests {
     #[test]
     fn late_syncs_and_a_reordering_network_keep_every_replica_applying_the_same_log() {
         for seed in 1..=12u64 {
-            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            // a number below `n`
-            let mut next = move |n: usize| -> usize {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                usize::try_from(rng % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
-            };
+            let mut next = below(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut sim = Sim::durable(&IDS, 2);
             sim.elect(0);
             sim.elect(1);
@@ -1684,9 +1696,7 @@ mod tests {
                         let queue = pending.entry(id).or_default();
                         let n = (next(3) + 1).min(queue.len());
                         let rounds: Vec<Unsynced> = queue.drain(..n).collect();
-                        Unsynced::sync_together(&rounds).expect("sync");
-                        for round in rounds {
-                            let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                        for out in sim.sync(id, rounds) {
                             record(id, &out, &mut network);
                         }
                     }
@@ -1711,9 +1721,7 @@ mod tests {
                     let queue = pending.entry(id).or_default();
                     queue.push_back(unsynced);
                     let rounds: Vec<Unsynced> = queue.drain(..).collect();
-                    Unsynced::sync_together(&rounds).expect("sync");
-                    for round in rounds {
-                        let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                    for out in sim.sync(id, rounds) {
                         record(id, &out, &mut network);
                     }
                 }
@@ -1886,13 +1894,7 @@ mod tests {
     #[test]
     fn crashes_compactions_and_snapshots_keep_every_replica_applying_the_same_log() {
         for seed in 1..=16u64 {
-            let mut rng = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
-            let mut next = move |n: usize| -> usize {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                usize::try_from(rng % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
-            };
+            let mut next = below(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
             let mut sim = Sim::durable(&IDS, 2);
             sim.elect(0);
             sim.elect(1);
@@ -1971,9 +1973,7 @@ mod tests {
                         let queue = pending.entry(id).or_default();
                         let n = (next(3) + 1).min(queue.len());
                         let rounds: Vec<Unsynced> = queue.drain(..n).collect();
-                        Unsynced::sync_together(&rounds).expect("sync");
-                        for round in rounds {
-                            let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                        for out in sim.sync(id, rounds) {
                             handle(&mut sim, &mut seen, &mut network, id, out);
                         }
                     }
@@ -2048,9 +2048,7 @@ mod tests {
                     let queue = pending.entry(id).or_default();
                     queue.push_back(unsynced);
                     let rounds: Vec<Unsynced> = queue.drain(..).collect();
-                    Unsynced::sync_together(&rounds).expect("sync");
-                    for round in rounds {
-                        let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+                    for out in sim.sync(id, rounds) {
                         handle(&mut sim, &mut seen, &mut network, id, out);
                     }
                 }
@@ -2161,9 +2159,7 @@ mod tests {
         deliver(&mut sim, syncing, out);
         // the syncs done, in order, everything is released: every node applies both entries once
         for (id, rounds) in [(leader, leader_rounds), (syncing, follower_rounds)] {
-            Unsynced::sync_together(&rounds).expect("sync");
-            for round in rounds {
-                let out = sim.nodes.get_mut(&id).expect("node").persisted(round);
+            for out in sim.sync(id, rounds) {
                 deliver(&mut sim, id, out);
             }
         }
