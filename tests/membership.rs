@@ -493,3 +493,70 @@ async fn a_single_node_grows_to_two_under_pipelined_sends() {
         verify(cluster.addrs[n2], &sent).await;
     }
 }
+
+/// A joining node killed (SIGKILL) just after it installed its first snapshots: the log kept each
+/// received snapshot's data with its point, so at restart the node installs again those its store may
+/// not have flushed, and every message is there from every node (the partitions it then leads are read
+/// from its own store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_killed_while_it_installs_snapshots_installs_them_again() {
+    let mut cluster = Cluster::start(3, CONFIG).await;
+    let mut written = Vec::new();
+    for k in 0..24 {
+        let (user, conv) = (format!("j{k}"), dm(&format!("j{k}"), &format!("m{k}")));
+        let mut c = cluster.login(k % 3, &user, "phone").await;
+        for m in 0..6 {
+            let reply = send_text(&mut c, &conv, &format!("{user}-{m}"), &"x".repeat(2000)).await;
+            assert_eq!(reply["type"], "sent", "{reply}");
+        }
+        written.push((user, conv));
+    }
+    let n4 = cluster.join("n4", 0);
+    let (status, body) = cluster.add_node(1, n4).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (_, metrics) = http_get(&cluster.url(n4, "/metrics")).await;
+        let installed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("rookery_raft_snapshots_installed_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if installed >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n4 installed no snapshot");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.kill9(n4);
+    cluster.start_again(n4);
+    let view = cluster
+        .wait_cluster(0, SETTLE, |v| {
+            settled(v) && node(v, "n4").is_some() && keeps(v, "n4") >= 16 * 3 / 4 / 2
+        })
+        .await;
+    let log = std::fs::read_to_string(cluster.dir.path().join("n4.log")).unwrap_or_default();
+    eprintln!(
+        "n4 keeps {} partitions; installed again at restart: {}",
+        keeps(&view, "n4"),
+        log.contains("installing again the snapshots")
+    );
+    // n4 leads its share once settled: their reads come from its store
+    let deadline = Instant::now() + SETTLE;
+    while !cluster
+        .leaders(0)
+        .await
+        .iter()
+        .any(|l| l.as_deref() == Some("n4"))
+    {
+        assert!(Instant::now() < deadline, "n4 leads nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (user, conv) in &written {
+        for i in 0..4 {
+            let msgs = pull_all(&[cluster.addrs[i]], user, conv).await;
+            assert_eq!(msgs.len(), 6, "{conv} on node {i}");
+            assert_gapless(&msgs);
+        }
+    }
+}

@@ -69,6 +69,8 @@ pub struct Peer {
     pub listen: String,
     pub metrics: PeerMetrics,
     state: AtomicU8,
+    /// How many times the link has come up: what was queued on an earlier link may be lost.
+    ups: AtomicU64,
     /// The peer's client connection count, from its last `Pong`.
     connections: AtomicU64,
     /// The writer of the dialed link while it is up.
@@ -277,6 +279,7 @@ impl Peer {
             listen,
             metrics,
             state: AtomicU8::new(LinkState::Down as u8),
+            ups: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             link: Mutex::new(None),
             bulk: Mutex::new(None),
@@ -313,11 +316,19 @@ impl Peer {
         self.metrics.state.set(i64::from(state as u8));
         if old != state as u8 {
             match state {
-                LinkState::Up => tracing::info!(peer = %self.id, "peer link up"),
+                LinkState::Up => {
+                    self.ups.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %self.id, "peer link up");
+                }
                 LinkState::Down => tracing::warn!(peer = %self.id, "peer link down"),
                 LinkState::Refused => {}
             }
         }
+    }
+
+    /// How many times the link has come up (a change: it went down, and what it carried may be lost).
+    pub fn ups(&self) -> u64 {
+        self.ups.load(Ordering::Relaxed)
     }
 
     /// The peer's client connections as last reported.

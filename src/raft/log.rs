@@ -19,8 +19,12 @@
 //! Compaction: once the node's store has durably applied a group's entries up to some index, the group
 //! drops them ([`super::storage::GroupStorage::compact`]) and a `COMPACTED` record (the new starting point)
 //! is written: replay drops the entries up to it and keeps those after, so a compaction costs one small
-//! record whatever the group keeps. A snapshot of the partition's data installed from the leader writes
-//! a `SNAPSHOT` record instead (every entry before it is gone, the log starts after it). The file is then
+//! record whatever the group keeps. A snapshot of the partition's data received from the leader writes
+//! a `SNAPSHOT_DATA` record instead, the data with its point (every entry before it is gone, the log
+//! starts after it): the point is never durable without the data, so a node killed before its store has
+//! installed the data durably installs it again at start ([`RaftLog::installs`]; the store's copy then
+//! follows the log from the point, as after any install). Once the store has flushed the install, an
+//! `INSTALLED` record (or a later compaction) lets the data go. The file is then
 //! mostly dead and the next rewrite shrinks it, so it stays bounded by the groups' uncompacted tails. A
 //! rewrite needs the live state encoded; after one that did not pay (the file not yet twice the live
 //! state) the next look waits until the file has grown by that much again.
@@ -46,15 +50,23 @@ pub const REWRITE_BYTES: u64 = 64 << 20;
 /// to change the file's size or block map, only its data (measured: 3x the single-entry sync rate of a file
 /// that grows with every append; bench/README.md).
 pub const PREALLOCATE_BYTES: u64 = 8 << 20;
-/// The largest record replay accepts (a larger length is a torn or corrupt header).
-const MAX_RECORD: u32 = 256 << 20;
+/// The largest record replay accepts: any length a record can have (a received snapshot's data is one
+/// record); a torn or corrupt header fails the checksum or runs past the file's end.
+const MAX_RECORD: u32 = u32::MAX;
 
 const HARD_STATE: u8 = 1;
 const CONF_STATE: u8 = 2;
 const ENTRIES: u8 = 3;
-/// A snapshot point (`SnapshotMetadata`): the group's entries up to it are gone (compacted, or replaced
-/// by a snapshot of the partition's data installed in the store); entries follow from the next index.
+/// A snapshot point (`SnapshotMetadata`): the group's entries up to it are gone (replaced by a snapshot of
+/// the partition's data installed in the store); entries follow from the next index. Written by
+/// rewrites; a received snapshot writes [`SNAPSHOT_DATA`].
 const SNAPSHOT: u8 = 4;
+/// A received snapshot (`Snapshot`: its point and the partition's data): a [`SNAPSHOT`] point whose data
+/// is installed again at start, until an [`INSTALLED`], a [`COMPACTED`] at or past it, or [`DROPPED`].
+const SNAPSHOT_DATA: u8 = 8;
+/// The store has durably installed the group's snapshot up to this index (`u64`, big-endian): its data
+/// is no longer needed.
+const INSTALLED: u8 = 9;
 /// A compaction point (`SnapshotMetadata`): the group's entries up to it are gone, the ones after it stay.
 const COMPACTED: u8 = 6;
 /// The group was dropped (this node no longer keeps the partition): replay forgets it, and the node does
@@ -109,6 +121,8 @@ pub struct RaftLog {
     dirty: bool,
     /// Groups dropped and not started again (kept across rewrites).
     dropped: BTreeSet<PartitionId>,
+    /// Received snapshots that the store may not have installed durably yet (see [`RaftLog::installs`]).
+    installs: BTreeMap<PartitionId, Snapshot>,
     /// A rewritten file now written to, to rename over the old one once synced.
     pending_rename: Option<PathBuf>,
     /// The live state that starts the rewritten file, written there by the next sync (the records after
@@ -180,7 +194,8 @@ impl RaftLog {
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut groups = Groups::new();
         let mut dropped = BTreeSet::new();
-        let (good, _) = replay(&bytes, &mut groups, &mut dropped)?;
+        let mut installs = BTreeMap::new();
+        let (good, _) = replay(&bytes, &mut groups, &mut dropped, &mut installs)?;
         let tail = bytes.get(good..).unwrap_or_default();
         if tail.iter().any(|b| *b != 0) {
             tracing::warn!(path = %path.display(), kept = good, dropped = tail.len(), "raft log: torn tail cut");
@@ -202,6 +217,7 @@ impl RaftLog {
             next_rewrite_look: 0,
             dirty: false,
             dropped,
+            installs,
             pending_rename: None,
             pending_live: None,
         };
@@ -250,14 +266,36 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records that `partition`'s log now starts after `point` (a `SNAPSHOT` record: see the module docs).
-    pub fn set_snapshot(
-        &mut self,
-        partition: PartitionId,
-        point: &SnapshotMetadata,
-    ) -> LogResult<()> {
-        let body = point.write_to_bytes()?;
-        self.record(partition, SNAPSHOT, &body)
+    /// Records that `partition`'s log now starts after `snapshot`'s point, with the partition's data to
+    /// install (a `SNAPSHOT_DATA` record: see the module docs).
+    pub fn set_snapshot(&mut self, partition: PartitionId, snapshot: &Snapshot) -> LogResult<()> {
+        let body = snapshot.write_to_bytes()?;
+        self.record(partition, SNAPSHOT_DATA, &body)?;
+        self.installs.insert(partition, snapshot.clone());
+        Ok(())
+    }
+
+    /// The received snapshots whose installation in the store is not known to be durable: a node installs
+    /// them again when it starts (before applying anything after them).
+    pub fn installs(&self) -> Vec<(PartitionId, Snapshot)> {
+        self.installs.iter().map(|(p, s)| (*p, s.clone())).collect()
+    }
+
+    /// The store has durably installed `partition`'s snapshot at `index`: its data is let go (an
+    /// `INSTALLED` record, which needs no sync of its own: lost, it costs one more installation).
+    pub fn set_installed(&mut self, partition: PartitionId, index: u64) -> LogResult<()> {
+        if self
+            .installs
+            .get(&partition)
+            .is_none_or(|s| s.get_metadata().index > index)
+        {
+            return Ok(());
+        }
+        self.installs.remove(&partition);
+        let dirty = self.dirty;
+        self.record(partition, INSTALLED, &index.to_be_bytes())?;
+        self.dirty = dirty;
+        Ok(())
     }
 
     /// Records that `partition`'s log dropped its entries up to `point` and keeps the ones after it (a
@@ -268,7 +306,9 @@ impl RaftLog {
         point: &SnapshotMetadata,
     ) -> LogResult<()> {
         let body = point.write_to_bytes()?;
-        self.record(partition, COMPACTED, &body)
+        self.record(partition, COMPACTED, &body)?;
+        forget_install(&mut self.installs, partition, point.index);
+        Ok(())
     }
 
     pub fn set_conf_state(&mut self, partition: PartitionId, cs: &ConfState) -> LogResult<()> {
@@ -280,6 +320,7 @@ impl RaftLog {
     pub fn drop_group(&mut self, partition: PartitionId) -> LogResult<()> {
         self.record(partition, DROPPED, &[])?;
         self.dropped.insert(partition);
+        self.installs.remove(&partition);
         Ok(())
     }
 
@@ -353,7 +394,7 @@ impl RaftLog {
             // the last rewrite is not in place yet
             return Ok(false);
         }
-        let mut live = encode_live(groups, &self.dropped)?;
+        let mut live = encode_live(groups, &self.dropped, &self.installs)?;
         let live_len = live.len() as u64;
         if live_len.saturating_mul(2) > self.len {
             self.next_rewrite_look = self.len.saturating_add(live_len);
@@ -456,6 +497,7 @@ fn replay(
     bytes: &[u8],
     groups: &mut Groups,
     dropped: &mut BTreeSet<PartitionId>,
+    installs: &mut BTreeMap<PartitionId, Snapshot>,
 ) -> LogResult<(usize, bool)> {
     let mut at = 0usize;
     let mut rewritten = false;
@@ -485,10 +527,28 @@ fn replay(
         } else if payload[4] == DROPPED {
             groups.remove(&partition);
             dropped.insert(partition);
+            installs.remove(&partition);
         } else {
             dropped.remove(&partition);
             let storage = groups.entry(partition).or_default();
-            apply(partition, storage, payload[4], &payload[5..])?;
+            let (kind, body) = (payload[4], &payload[5..]);
+            match kind {
+                SNAPSHOT_DATA => {
+                    let snapshot = Snapshot::parse_from_bytes(body)?;
+                    apply_point(storage, snapshot.get_metadata().clone())?;
+                    installs.insert(partition, snapshot);
+                }
+                INSTALLED | COMPACTED | SNAPSHOT => {
+                    let index = if kind == INSTALLED {
+                        body.try_into().map(u64::from_be_bytes).unwrap_or(0)
+                    } else {
+                        SnapshotMetadata::parse_from_bytes(body)?.index
+                    };
+                    forget_install(installs, partition, index);
+                    apply(partition, storage, kind, body)?;
+                }
+                _ => apply(partition, storage, kind, body)?,
+            }
         }
         at = start + payload.len();
     }
@@ -507,7 +567,12 @@ fn finish_rewrite(dir: &Path) -> LogResult<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(e)),
     };
-    let (_, complete) = replay(&bytes, &mut Groups::new(), &mut BTreeSet::new())?;
+    let (_, complete) = replay(
+        &bytes,
+        &mut Groups::new(),
+        &mut BTreeSet::new(),
+        &mut BTreeMap::new(),
+    )?;
     if complete {
         tracing::warn!(path = %next.display(), "raft log: finishing a rewrite cut short");
         SyncJob {
@@ -530,14 +595,7 @@ fn apply(partition: PartitionId, storage: &MemStorage, kind: u8, body: &[u8]) ->
         CONF_STATE => core.set_conf_state(ConfState::parse_from_bytes(body)?),
         SNAPSHOT => {
             drop(core);
-            let point = SnapshotMetadata::parse_from_bytes(body)?;
-            // the hard state recorded after it restores the commit index the point may lower
-            if point.index >= storage.first_index()?.saturating_sub(1) {
-                storage.wl().apply_snapshot(Snapshot {
-                    metadata: Some(point).into(),
-                    ..Default::default()
-                })?;
-            }
+            apply_point(storage, SnapshotMetadata::parse_from_bytes(body)?)?;
         }
         COMPACTED => {
             drop(core);
@@ -597,8 +655,39 @@ fn apply(partition: PartitionId, storage: &MemStorage, kind: u8, body: &[u8]) ->
     Ok(())
 }
 
-/// Every group's live state as records.
-fn encode_live(groups: &Groups, dropped: &BTreeSet<PartitionId>) -> LogResult<Vec<u8>> {
+/// A snapshot point: the group's log starts after it (unless it already starts later).
+fn apply_point(storage: &MemStorage, point: SnapshotMetadata) -> LogResult<()> {
+    // the hard state recorded after it restores the commit index the point may lower
+    if point.index >= storage.first_index()?.saturating_sub(1) {
+        storage.wl().apply_snapshot(Snapshot {
+            metadata: Some(point).into(),
+            ..Default::default()
+        })?;
+    }
+    Ok(())
+}
+
+/// A point at `index` (installed, compacted, replaced) makes a received snapshot at or before it
+/// unneeded.
+fn forget_install(
+    installs: &mut BTreeMap<PartitionId, Snapshot>,
+    partition: PartitionId,
+    index: u64,
+) {
+    if installs
+        .get(&partition)
+        .is_some_and(|s| s.get_metadata().index <= index)
+    {
+        installs.remove(&partition);
+    }
+}
+
+/// Every group's live state as records (a received snapshot not yet installed durably with its data).
+fn encode_live(
+    groups: &Groups,
+    dropped: &BTreeSet<PartitionId>,
+    installs: &BTreeMap<PartitionId, Snapshot>,
+) -> LogResult<Vec<u8>> {
     let mut out = Vec::new();
     for &partition in dropped {
         out.extend(frame(partition, DROPPED, &[]));
@@ -613,13 +702,23 @@ fn encode_live(groups: &Groups, dropped: &BTreeSet<PartitionId>) -> LogResult<Ve
         let first = storage.first_index()?;
         let last = storage.last_index()?;
         if first > 1 {
-            let point = SnapshotMetadata {
-                index: first - 1,
-                term: storage.term(first - 1)?,
-                conf_state: Some(state.conf_state.clone()).into(),
-                ..Default::default()
-            };
-            out.extend(frame(partition, SNAPSHOT, &point.write_to_bytes()?));
+            match installs
+                .get(&partition)
+                .filter(|s| s.get_metadata().index == first - 1)
+            {
+                Some(snapshot) => {
+                    out.extend(frame(partition, SNAPSHOT_DATA, &snapshot.write_to_bytes()?));
+                }
+                None => {
+                    let point = SnapshotMetadata {
+                        index: first - 1,
+                        term: storage.term(first - 1)?,
+                        conf_state: Some(state.conf_state.clone()).into(),
+                        ..Default::default()
+                    };
+                    out.extend(frame(partition, SNAPSHOT, &point.write_to_bytes()?));
+                }
+            }
         }
         if last >= first {
             let entries =
@@ -823,7 +922,7 @@ mod tests {
         let (dir, mut log, groups) = mostly_dead();
         log.sync().expect("sync");
         // a new file without its REWRITTEN record (the crash came while it was written) is dropped
-        let unfinished = encode_live(&groups, &BTreeSet::new()).expect("live");
+        let unfinished = encode_live(&groups, &BTreeSet::new(), &BTreeMap::new()).expect("live");
         std::fs::write(dir.path().join(NEXT), &unfinished).expect("write");
         drop(log);
         let (mut log, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
@@ -873,6 +972,88 @@ mod tests {
                 .commit,
             1
         );
+    }
+
+    fn snapshot(index: u64, data: &str) -> Snapshot {
+        Snapshot {
+            data: data.as_bytes().to_vec().into(),
+            metadata: Some(SnapshotMetadata {
+                index,
+                term: 2,
+                conf_state: Some(ConfState::from((vec![1, 2], vec![]))).into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn install_points(log: &RaftLog) -> Vec<(PartitionId, u64, String)> {
+        log.installs()
+            .into_iter()
+            .map(|(p, s)| {
+                let data = String::from_utf8_lossy(&s.data).into_owned();
+                (p, s.get_metadata().index, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_received_snapshot_keeps_its_data_across_reopens_and_rewrites_until_installed() {
+        let (dir, mut log, mut groups) = mostly_dead();
+        // partition 3: a snapshot at 10 replaces its log, entries follow; partition 5: one at 4
+        let storage = groups.get_mut(&3).expect("group");
+        storage.wl().apply_snapshot(snapshot(10, "")).expect("mem");
+        log.set_snapshot(3, &snapshot(10, "data-3"))
+            .expect("snapshot");
+        log.append(3, &[entry(11, 2, "k")]).expect("append");
+        storage.wl().append(&[entry(11, 2, "k")]).expect("mem");
+        log.set_snapshot(5, &snapshot(4, "data-5"))
+            .expect("snapshot");
+        groups
+            .entry(5)
+            .or_default()
+            .wl()
+            .apply_snapshot(snapshot(4, ""))
+            .expect("mem");
+        log.sync().expect("sync");
+        drop(log);
+        let (mut log, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert_eq!(
+            install_points(&log),
+            vec![(3, 10, "data-3".into()), (5, 4, "data-5".into())],
+            "a kill -9 before the store had them: installed again at start"
+        );
+        assert_eq!(replayed[&3].first_index().expect("first"), 11);
+        assert_eq!(datas(&replayed[&3]), vec![(11, 2, "k".into())]);
+        // a rewrite keeps the data of the snapshots not yet installed, and nothing else
+        log.set_rewrite_bytes(64);
+        log.set_installed(5, 4).expect("installed");
+        assert!(log.maybe_rewrite(&groups).expect("rewrite"));
+        let job = log.prepare_sync().expect("prepare");
+        job.run().expect("sync");
+        drop(log);
+        let (mut log, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert_eq!(install_points(&log), vec![(3, 10, "data-3".into())]);
+        assert_eq!(replayed[&5].first_index().expect("first"), 5);
+        assert_eq!(datas(&replayed[&3]), vec![(11, 2, "k".into())]);
+        // an older installation reported changes nothing; a compaction past the point lets it go
+        log.set_installed(3, 9).expect("older");
+        assert_eq!(install_points(&log).len(), 1);
+        log.set_compacted(
+            3,
+            &SnapshotMetadata {
+                index: 11,
+                term: 2,
+                ..Default::default()
+            },
+        )
+        .expect("compacted");
+        assert!(install_points(&log).is_empty());
+        log.sync().expect("sync");
+        drop(log);
+        let (log, _) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(install_points(&log).is_empty());
     }
 
     #[test]

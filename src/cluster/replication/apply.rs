@@ -52,6 +52,9 @@ pub(super) struct Applier {
     /// The index of the last snapshot made of each partition: raft-rs asks again with every probe of a
     /// follower until the one made reaches the driver, and one that covers a want is not made again.
     made: HashMap<PartitionId, u64>,
+    /// Snapshots installed since the store's last flush: reported to the driver once flushed (see
+    /// [`Input::Installed`]).
+    installed: Vec<(PartitionId, u64)>,
 }
 
 /// How often the keys of dropped partitions are deleted.
@@ -111,6 +114,7 @@ impl Applier {
             next_delete: Instant::now(),
             wanted: HashMap::new(),
             made: HashMap::new(),
+            installed: Vec::new(),
         })
     }
 
@@ -119,6 +123,7 @@ impl Applier {
             let input = match self.rx.recv_timeout(DELETE_EVERY) {
                 Ok(input) => input,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.maybe_compact();
                     self.maybe_delete(false);
                     continue;
                 }
@@ -387,10 +392,14 @@ impl Applier {
     fn install(&mut self, partition: PartitionId, snapshot: &raft::eraftpb::Snapshot) {
         let meta = snapshot.get_metadata();
         let started = Instant::now();
+        self.installed.push((partition, meta.index));
         if partition == self.partitions {
             match serde_json::from_slice::<StoredMembership>(&snapshot.data) {
                 Ok(stored) => {
-                    self.set_membership(meta.index.max(stored.index), stored.membership);
+                    // (installed again at start, it may be older than the record stored since)
+                    if self.membership.is_none() || meta.index.max(stored.index) > self.meta_index {
+                        self.set_membership(meta.index.max(stored.index), stored.membership);
+                    }
                     self.last.insert(partition, (meta.index, meta.term));
                     self.compacted.insert(partition, meta.index);
                 }
@@ -502,7 +511,7 @@ impl Applier {
                 }
             })
             .collect();
-        if due.is_empty() {
+        if due.is_empty() && self.installed.is_empty() {
             return;
         }
         let started = Instant::now();
@@ -515,8 +524,15 @@ impl Applier {
             self.compacted.insert(*p, *index);
             self.tail_bytes.insert(*p, 0);
         }
+        let installed = std::mem::take(&mut self.installed);
         if let Some(shared) = self.shared.upgrade() {
-            let _ = lock(&shared.tx).send(Input::Compact(due));
+            let tx = lock(&shared.tx);
+            if !installed.is_empty() {
+                let _ = tx.send(Input::Installed(installed));
+            }
+            if !due.is_empty() {
+                let _ = tx.send(Input::Compact(due));
+            }
         }
     }
 

@@ -101,7 +101,7 @@ pub(super) struct Driver {
     /// To the snapshot thread ([`send_snapshots`]).
     snapshots: mpsc::Sender<SnapshotOut>,
     /// Snapshots sent and not yet acknowledged: to whom, and when.
-    snapshots_out: HashMap<(PartitionId, u64), Instant>,
+    snapshots_out: HashMap<(PartitionId, u64), SnapshotSent>,
     /// Moves of replicas led from here (see `moves.rs`).
     pub(super) moves: super::moves::Moves,
 }
@@ -222,6 +222,14 @@ impl Driver {
                         for (partition, index) in points {
                             if let Err(e) = self.raft.compact(partition, index) {
                                 tracing::error!(error = %e, "the raft log cannot be compacted: stopping the node");
+                                std::process::abort();
+                            }
+                        }
+                    }
+                    Input::Installed(points) => {
+                        for (partition, index) in points {
+                            if let Err(e) = self.raft.installed(partition, index) {
+                                tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
                                 std::process::abort();
                             }
                         }
@@ -533,7 +541,13 @@ impl Driver {
         }
         for (p, snapshot) in snapshots {
             // encoded and queued on the snapshot thread: tens of MiB must not hold up this one
-            self.snapshots_out.insert((p, to), Instant::now());
+            self.snapshots_out.insert(
+                (p, to),
+                SnapshotSent {
+                    at: Instant::now(),
+                    link: peer.ups(),
+                },
+            );
             if self
                 .snapshots
                 .send(SnapshotOut {
@@ -549,13 +563,24 @@ impl Driver {
         }
     }
 
-    /// Reports failed the snapshots sent long ago that their replica has not acknowledged (lost with a
-    /// link, or refused): raft then probes the replica again and sends a new one if it still needs it.
+    /// Reports failed the snapshots that their replica has not acknowledged and that were sent long ago
+    /// (refused, or lost) or over a link that has gone down since (the replica restarted, or the network
+    /// cut it: raft-rs would wait for the acknowledgement until the timeout): raft then probes the
+    /// replica again and sends a new one if it still needs it.
     fn expire_snapshots(&mut self, now: Instant) {
+        let shared = self.shared.upgrade();
+        let relinked = |to: u64, link: u64| {
+            shared
+                .as_ref()
+                .and_then(|s| s.peer(to))
+                .is_some_and(|peer| peer.ups() != link)
+        };
         let expired: Vec<(PartitionId, u64)> = self
             .snapshots_out
             .iter()
-            .filter(|(_, sent)| now.duration_since(**sent) >= SNAPSHOT_TIMEOUT)
+            .filter(|((_, to), sent)| {
+                now.duration_since(sent.at) >= SNAPSHOT_TIMEOUT || relinked(*to, sent.link)
+            })
             .map(|(key, _)| *key)
             .collect();
         for (p, to) in expired {
@@ -644,6 +669,13 @@ pub(super) fn sync_rounds(rounds: mpsc::Receiver<Unsynced>, driver: mpsc::Sender
             return;
         }
     }
+}
+
+/// A snapshot handed to the snapshot thread, not yet known acknowledged.
+struct SnapshotSent {
+    at: Instant,
+    /// The link's [`Peer::ups`] then.
+    link: u64,
 }
 
 /// A snapshot for the snapshot thread to send.

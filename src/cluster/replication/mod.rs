@@ -89,6 +89,9 @@ enum Input {
     /// The store has durably applied these partitions up to these indexes: their logs may drop what is
     /// before.
     Compact(Vec<(PartitionId, u64)>),
+    /// The store has durably installed these partitions' snapshots (at these indexes): their logs let
+    /// the data go (see [`MultiRaft::installs`]).
+    Installed(Vec<(PartitionId, u64)>),
     /// An encoded [`Proposal`] for `partition`'s log; `done` is called once it is applied here, or with
     /// `unavailable` if it cannot be (this node does not lead the partition, or lost it first).
     Propose {
@@ -364,6 +367,16 @@ impl Replication {
             Arc::downgrade(&replication),
             metrics.clone(),
         )?;
+        // snapshots received before a crash and perhaps not installed durably: installed again first
+        // (the groups' logs start after them; see `RaftLog`'s module docs)
+        let unfinished = raft.installs();
+        if !unfinished.is_empty() {
+            tracing::warn!(
+                partitions = ?unfinished.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                "installing again the snapshots received before the node stopped"
+            );
+            let _ = apply_tx.send(ApplyInput::Install(unfinished));
+        }
         let apply_thread = std::thread::Builder::new()
             .name("raft-apply".into())
             .spawn(move || applier.run())
