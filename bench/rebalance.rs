@@ -51,6 +51,20 @@ pub async fn rebalance(server: &mut Server, shape: LoadShape, plan: Plan) -> any
     let before_ms = p99(&logs, warm, added);
     let during_ms = p99(&logs, added, settled);
     let after_ms = p99(&logs, settled, settled + plan.after);
+    // the p99 second by second, from the node's addition (where the time goes)
+    let mut timeline = Vec::new();
+    let mut at = added;
+    while at < settled + plan.after {
+        timeline.push(format!(
+            "{:.0}",
+            p99(&logs, at, at + Duration::from_secs(1))
+        ));
+        at += Duration::from_secs(1);
+    }
+    eprintln!(
+        "p99 (ms) per second from the addition: {}",
+        timeline.join(" ")
+    );
     let view = tokio::task::block_in_place(|| admin_cluster(server.addr))?;
     let new_id = super::node_id(new);
     let kept = view["partitions"]

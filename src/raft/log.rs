@@ -127,7 +127,7 @@ pub struct RaftLog {
     pending_rename: Option<PathBuf>,
     /// The live state that starts the rewritten file, written there by the next sync (the records after
     /// it are written from its end meanwhile).
-    pending_live: Option<Vec<u8>>,
+    pending_live: Option<Live>,
 }
 
 /// What makes the records written so far durable: the live state that starts a rewritten file, the file
@@ -135,7 +135,7 @@ pub struct RaftLog {
 #[derive(Debug, Default)]
 pub struct SyncJob {
     pub file: Option<Arc<File>>,
-    pub live: Option<Vec<u8>>,
+    pub live: Option<Live>,
     pub rename: Option<(PathBuf, PathBuf)>,
 }
 
@@ -150,11 +150,14 @@ impl SyncJob {
         self.rename_into_place()
     }
 
-    /// Writes the live state at the start of its rewritten file.
+    /// Encodes the live state and writes it at the start of its rewritten file.
     pub fn write_live(&self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         if let (Some(file), Some(live)) = (&self.file, &self.live) {
-            file.write_all_at(live, 0)?;
+            let bytes = live
+                .encode()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            file.write_all_at(&bytes, 0)?;
         }
         Ok(())
     }
@@ -394,14 +397,13 @@ impl RaftLog {
             // the last rewrite is not in place yet
             return Ok(false);
         }
-        let mut live = encode_live(groups, &self.dropped, &self.installs)?;
-        let live_len = live.len() as u64;
+        let live = Live::capture(groups, &self.dropped, &self.installs, true)?;
+        let live_len = live.len();
         if live_len.saturating_mul(2) > self.len {
             self.next_rewrite_look = self.len.saturating_add(live_len);
             return Ok(false);
         }
         self.next_rewrite_look = live_len.saturating_mul(2);
-        live.extend(frame(0, REWRITTEN, &[]));
         let path = &self.path;
         let io = |source| LogError::Io {
             path: path.clone(),
@@ -414,10 +416,10 @@ impl RaftLog {
             source,
         })?;
         // the live state is written by the sync thread; the records go on from its end
-        file.seek(SeekFrom::Start(live.len() as u64)).map_err(io)?;
+        file.seek(SeekFrom::Start(live_len)).map_err(io)?;
         self.shared = Arc::new(file.try_clone().map_err(io)?);
         self.file = BufWriter::with_capacity(1 << 16, file);
-        self.len = live.len() as u64;
+        self.len = live_len;
         self.allocated = self.len;
         self.dirty = true;
         self.pending_rename = Some(next);
@@ -683,61 +685,168 @@ fn forget_install(
 }
 
 /// Every group's live state as records (a received snapshot not yet installed durably with its data).
+#[cfg(test)]
 fn encode_live(
     groups: &Groups,
     dropped: &BTreeSet<PartitionId>,
     installs: &BTreeMap<PartitionId, Snapshot>,
 ) -> LogResult<Vec<u8>> {
-    let mut out = Vec::new();
-    for &partition in dropped {
-        out.extend(frame(partition, DROPPED, &[]));
+    Live::capture(groups, dropped, installs, false)?.encode()
+}
+
+/// Every group's live state, taken on the driver's thread without encoding it (entries share their
+/// data), with its exact encoded length: a rewrite starts its file's records after it at once, and the
+/// sync thread encodes and writes it there (see [`SyncJob::write_live`]). Encoding it on the driver took
+/// it 0.7 to 0.9 s per rewrite at 64 MiB of data, during which the node answered no heartbeat.
+#[derive(Debug)]
+pub struct Live {
+    records: Vec<(PartitionId, LiveRecord)>,
+    /// The encoded length, in bytes.
+    len: u64,
+}
+
+#[derive(Debug)]
+enum LiveRecord {
+    Dropped,
+    Conf(ConfState),
+    Point(SnapshotMetadata),
+    Install(Snapshot),
+    Entries(Vec<Entry>),
+    Hard(HardState),
+    Rewritten,
+}
+
+impl LiveRecord {
+    fn kind(&self) -> u8 {
+        match self {
+            LiveRecord::Dropped => DROPPED,
+            LiveRecord::Conf(_) => CONF_STATE,
+            LiveRecord::Point(_) => SNAPSHOT,
+            LiveRecord::Install(_) => SNAPSHOT_DATA,
+            LiveRecord::Entries(_) => ENTRIES,
+            LiveRecord::Hard(_) => HARD_STATE,
+            LiveRecord::Rewritten => REWRITTEN,
+        }
     }
-    for (&partition, storage) in groups {
-        let state = storage.initial_state()?;
-        out.extend(frame(
-            partition,
-            CONF_STATE,
-            &state.conf_state.write_to_bytes()?,
-        ));
-        let first = storage.first_index()?;
-        let last = storage.last_index()?;
-        if first > 1 {
-            match installs
-                .get(&partition)
-                .filter(|s| s.get_metadata().index == first - 1)
-            {
-                Some(snapshot) => {
-                    out.extend(frame(partition, SNAPSHOT_DATA, &snapshot.write_to_bytes()?));
+
+    /// The body's length once encoded.
+    fn body_len(&self) -> u64 {
+        match self {
+            LiveRecord::Dropped | LiveRecord::Rewritten => 0,
+            LiveRecord::Conf(c) => u64::from(c.compute_size()),
+            LiveRecord::Point(p) => u64::from(p.compute_size()),
+            LiveRecord::Install(s) => u64::from(s.compute_size()),
+            LiveRecord::Entries(entries) => entries
+                .iter()
+                .map(|e| 4 + u64::from(e.compute_size()))
+                .sum(),
+            LiveRecord::Hard(h) => u64::from(h.compute_size()),
+        }
+    }
+
+    fn body(&self) -> LogResult<Vec<u8>> {
+        Ok(match self {
+            LiveRecord::Dropped | LiveRecord::Rewritten => Vec::new(),
+            LiveRecord::Conf(c) => c.write_to_bytes()?,
+            LiveRecord::Point(p) => p.write_to_bytes()?,
+            LiveRecord::Install(s) => s.write_to_bytes()?,
+            LiveRecord::Entries(entries) => {
+                let mut body = Vec::new();
+                for e in entries {
+                    let bytes = e.write_to_bytes()?;
+                    body.extend_from_slice(&len_u32(bytes.len()).to_be_bytes());
+                    body.extend_from_slice(&bytes);
                 }
-                None => {
-                    let point = SnapshotMetadata {
-                        index: first - 1,
-                        term: storage.term(first - 1)?,
-                        conf_state: Some(state.conf_state.clone()).into(),
-                        ..Default::default()
-                    };
-                    out.extend(frame(partition, SNAPSHOT, &point.write_to_bytes()?));
+                body
+            }
+            LiveRecord::Hard(h) => h.write_to_bytes()?,
+        })
+    }
+}
+
+impl Live {
+    /// The records that rebuild `groups` (and remember `dropped`), ended by a `REWRITTEN` record if
+    /// `finished`.
+    fn capture(
+        groups: &Groups,
+        dropped: &BTreeSet<PartitionId>,
+        installs: &BTreeMap<PartitionId, Snapshot>,
+        finished: bool,
+    ) -> LogResult<Live> {
+        let mut records = Vec::new();
+        for &partition in dropped {
+            records.push((partition, LiveRecord::Dropped));
+        }
+        for (&partition, storage) in groups {
+            let state = storage.initial_state()?;
+            records.push((partition, LiveRecord::Conf(state.conf_state.clone())));
+            let first = storage.first_index()?;
+            let last = storage.last_index()?;
+            if first > 1 {
+                match installs
+                    .get(&partition)
+                    .filter(|s| s.get_metadata().index == first - 1)
+                {
+                    Some(snapshot) => {
+                        records.push((partition, LiveRecord::Install(snapshot.clone())));
+                    }
+                    None => {
+                        let point = SnapshotMetadata {
+                            index: first - 1,
+                            term: storage.term(first - 1)?,
+                            conf_state: Some(state.conf_state.clone()).into(),
+                            ..Default::default()
+                        };
+                        records.push((partition, LiveRecord::Point(point)));
+                    }
                 }
             }
-        }
-        if last >= first {
-            let entries =
-                storage.entries(first, last + 1, None, raft::GetEntriesContext::empty(false))?;
-            let mut body = Vec::new();
-            for e in &entries {
-                let bytes = e.write_to_bytes()?;
-                body.extend_from_slice(&len_u32(bytes.len()).to_be_bytes());
-                body.extend_from_slice(&bytes);
+            if last >= first {
+                let entries = storage.entries(
+                    first,
+                    last + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                )?;
+                records.push((partition, LiveRecord::Entries(entries)));
             }
-            out.extend(frame(partition, ENTRIES, &body));
+            records.push((partition, LiveRecord::Hard(state.hard_state)));
         }
-        out.extend(frame(
-            partition,
-            HARD_STATE,
-            &state.hard_state.write_to_bytes()?,
-        ));
+        if finished {
+            records.push((0, LiveRecord::Rewritten));
+        }
+        // a frame is its 8-byte header, the partition and the kind, then the body
+        let len = records.iter().map(|(_, r)| 13 + r.body_len()).sum();
+        Ok(Live { records, len })
     }
-    Ok(out)
+
+    /// The encoded length, in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records, encoded.
+    pub fn encode(&self) -> LogResult<Vec<u8>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        for (partition, record) in &self.records {
+            out.extend(frame(*partition, record.kind(), &record.body()?));
+        }
+        if out.len() as u64 != self.len {
+            return Err(LogError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(format!(
+                    "the live state encoded to {} bytes, {} were reserved",
+                    out.len(),
+                    self.len
+                )),
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

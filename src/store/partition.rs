@@ -69,7 +69,7 @@ impl Store {
     }
 
     /// Whether this node has a record of applying anything to `partition` (an applied index): a node
-    /// without one holds no key of it (see [`Store::delete_partitions`]).
+    /// without one holds no key of it (see [`Store::delete_partition_keys`]).
     pub fn holds_partition(&self, partition: u32) -> StoreResult<bool> {
         let key = keys::applied(partition);
         Ok(self.conv_log.contains_key(&key)? || self.user_index.contains_key(&key)?)
@@ -86,29 +86,33 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes every key of `doomed` (one batch per partition and tree), then their applied indexes (a
-    /// crash before that leaves the indexes, and an installation later deletes what is left first).
-    pub fn delete_partitions(&self, doomed: &[u32], partitions: u32) -> StoreResult<usize> {
+    /// Deletes up to `limit` keys of `partition` (one batch per tree); once it has none left, its applied
+    /// indexes too (a crash before that leaves them, and an installation later deletes what is left
+    /// first). Returns the keys deleted and whether the partition is gone: the caller deletes a large
+    /// partition in steps, doing other work between them.
+    pub fn delete_partition_keys(
+        &self,
+        partition: u32,
+        partitions: u32,
+        limit: usize,
+    ) -> StoreResult<(usize, bool)> {
         let mut deleted = 0;
-        for &p in doomed {
-            for (_, tree) in self.trees() {
-                let mut batch = sled::Batch::default();
-                for item in partition_keys(tree, p, partitions) {
-                    let (k, _) = item?;
-                    batch.remove(k);
-                    deleted += 1;
-                }
-                tree.apply_batch(batch)?;
+        for (_, tree) in self.trees() {
+            let mut batch = sled::Batch::default();
+            for item in partition_keys(tree, partition, partitions).take(limit - deleted) {
+                let (k, _) = item?;
+                batch.remove(k);
+                deleted += 1;
+            }
+            tree.apply_batch(batch)?;
+            if deleted >= limit {
+                return Ok((deleted, false));
             }
         }
         for (_, tree) in self.trees() {
-            let mut batch = sled::Batch::default();
-            for p in doomed {
-                batch.remove(keys::applied(*p));
-            }
-            tree.apply_batch(batch)?;
+            tree.remove(keys::applied(partition))?;
         }
-        Ok(deleted)
+        Ok((deleted, true))
     }
 
     /// Replaces every key of `partition` with the snapshot's and sets its applied index to `index`, in one

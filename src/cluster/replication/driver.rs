@@ -427,8 +427,11 @@ impl Driver {
             let waited = now.duration_since(since);
             if waited >= self.election {
                 done.push(p);
-            } else if waited >= DRAIN_POLL * DRAIN_QUIET_ROUNDS && shared.in_flight_in(p) == 0 {
-                self.raft.transfer_if_caught_up(p, to);
+            } else if waited >= DRAIN_POLL * DRAIN_QUIET_ROUNDS
+                && shared.in_flight_in(p) == 0
+                && self.raft.transfer_if_caught_up(p, to)
+            {
+                tracing::info!(partition = p, to, drained = ?waited, "handing the leadership to the preferred replica");
             }
         }
         for p in done {
