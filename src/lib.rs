@@ -118,7 +118,9 @@
 //!   second; requests wait for that instead of failing. A call that was in flight when its leader died gets
 //!   `unavailable` (it may have been stored: retrying with the same `cid` is safe and answers the first
 //!   `sent`). SIGTERM drains and hands leadership over first, so a rolling restart fails nothing for clients
-//!   of the other nodes. A node on an empty `data_dir` is rebuilt from its peers (log or snapshot).
+//!   of the other nodes. A node on an empty `data_dir` is rebuilt from its peers (log or snapshot). A
+//!   received snapshot is logged with its data and installed again at start until the store has it
+//!   durably, so a kill -9 in the middle of an installation loses nothing ([`raft::log`]).
 //! - **Bounded memory per connection**: after the handshake a session owns its socket (see [`net::ws`]): it
 //!   reads into a short-lived 4 KiB buffer only when the socket is readable, skips an oversized frame as it
 //!   streams in (never buffering it whole), and keeps only the bytes the kernel would not take; a client that

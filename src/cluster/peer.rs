@@ -69,8 +69,8 @@ pub struct Peer {
     pub listen: String,
     pub metrics: PeerMetrics,
     state: AtomicU8,
-    /// How many times the link has come up: what was queued on an earlier link may be lost.
-    ups: AtomicU64,
+    /// The peer's process as its last `Welcome` gave it (0: not known yet): a new one means it restarted.
+    incarnation: AtomicU64,
     /// The peer's client connection count, from its last `Pong`.
     connections: AtomicU64,
     /// The writer of the dialed link while it is up.
@@ -260,6 +260,12 @@ fn nonce() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// This process, for the `Welcome`s it sends: drawn once, at the first use.
+fn incarnation() -> u64 {
+    static INCARNATION: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INCARNATION.get_or_init(|| rand::random::<u64>().max(1))
+}
+
 fn io_error(message: impl Into<String>) -> std::io::Error {
     std::io::Error::other(message.into())
 }
@@ -279,7 +285,7 @@ impl Peer {
             listen,
             metrics,
             state: AtomicU8::new(LinkState::Down as u8),
-            ups: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             link: Mutex::new(None),
             bulk: Mutex::new(None),
@@ -316,19 +322,17 @@ impl Peer {
         self.metrics.state.set(i64::from(state as u8));
         if old != state as u8 {
             match state {
-                LinkState::Up => {
-                    self.ups.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = %self.id, "peer link up");
-                }
+                LinkState::Up => tracing::info!(peer = %self.id, "peer link up"),
                 LinkState::Down => tracing::warn!(peer = %self.id, "peer link down"),
                 LinkState::Refused => {}
             }
         }
     }
 
-    /// How many times the link has come up (a change: it went down, and what it carried may be lost).
-    pub fn ups(&self) -> u64 {
-        self.ups.load(Ordering::Relaxed)
+    /// The peer's process as last seen (0: not known yet). A change means the peer restarted: what it
+    /// had received and not acknowledged (a snapshot being installed) is lost.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::Relaxed)
     }
 
     /// The peer's client connections as last reported.
@@ -517,18 +521,20 @@ async fn with_timeout<T>(
 
 /// Connects and authenticates; returns the stream once the peer welcomed us.
 async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
-    let (stream, node) = handshake(router, &peer.peer_addr).await?;
+    let (stream, node, incarnation) = handshake(router, &peer.peer_addr).await?;
     if node != peer.id {
         return Err(Refusal::Refused(format!(
             "{} answered as node {node}",
             peer.peer_addr
         )));
     }
+    peer.incarnation.store(incarnation, Ordering::Relaxed);
     Ok(stream)
 }
 
-/// Opens and authenticates a link to `addr`; returns it and the node that welcomed this one.
-async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId), Refusal> {
+/// Opens and authenticates a link to `addr`; returns it, the node that welcomed this one and that node's
+/// incarnation.
+async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId, u64), Refusal> {
     let timeout = router.config().cluster.peer_timeout();
     let mut stream = with_timeout(timeout, TcpStream::connect(addr)).await?;
     let _ = stream.set_nodelay(true);
@@ -556,6 +562,7 @@ async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId), R
                 node,
                 signature: theirs,
                 proof: given,
+                incarnation,
             },
             _,
         ) => {
@@ -571,7 +578,7 @@ async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId), R
                     "node {node} has cluster signature {theirs}, this node {signature}"
                 )))
             } else {
-                Ok((stream, node))
+                Ok((stream, node, incarnation))
             }
         }
         (PeerFrame::Refused { reason }, _) => Err(Refusal::Refused(reason)),
@@ -590,7 +597,7 @@ pub async fn await_membership(router: Router, addr: String) -> Result<NodeId, St
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
     loop {
         match handshake(&router, &addr).await {
-            Ok((_, node)) => return Ok(node),
+            Ok((_, node, _)) => return Ok(node),
             Err(Refusal::Refused(reason)) if reason.starts_with(NOT_A_MEMBER) => {
                 if !told {
                     tracing::info!(join = %addr, node = %router.node(), "waiting to be added: POST /v1/admin/nodes (or `rookery cluster add`) on any member");
@@ -785,6 +792,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 router.node(),
                 &router.signature(),
             ),
+            incarnation: incarnation(),
         }))
         .await?;
     let (read, write) = stream.into_split();

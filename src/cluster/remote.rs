@@ -73,6 +73,10 @@ pub enum PeerFrame {
         signature: String,
         #[serde(default)]
         proof: String,
+        /// The acceptor's process: a random number drawn when it started (0 from an older node). A new
+        /// one means it restarted, and lost what it had not acknowledged (see `Peer::incarnation`).
+        #[serde(default)]
+        incarnation: u64,
     },
     Refused {
         reason: String,

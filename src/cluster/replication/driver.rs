@@ -548,7 +548,7 @@ impl Driver {
                 (p, to),
                 SnapshotSent {
                     at: Instant::now(),
-                    link: peer.ups(),
+                    receiver: peer.incarnation(),
                 },
             );
             if self
@@ -567,22 +567,24 @@ impl Driver {
     }
 
     /// Reports failed the snapshots that their replica has not acknowledged and that were sent long ago
-    /// (refused, or lost) or over a link that has gone down since (the replica restarted, or the network
-    /// cut it: raft-rs would wait for the acknowledgement until the timeout): raft then probes the
-    /// replica again and sends a new one if it still needs it.
+    /// (refused, or lost) or to a replica that has restarted since (raft-rs would wait for the
+    /// acknowledgement until the timeout): raft then probes the replica again and sends a new one if it
+    /// still needs it. A link that only dropped and came back is not enough: under load links drop while
+    /// a snapshot received whole waits for its installation, and sending it again doubled what a 1 GiB
+    /// move streamed.
     fn expire_snapshots(&mut self, now: Instant) {
         let shared = self.shared.upgrade();
-        let relinked = |to: u64, link: u64| {
+        let restarted = |to: u64, receiver: u64| {
             shared
                 .as_ref()
                 .and_then(|s| s.peer(to))
-                .is_some_and(|peer| peer.ups() != link)
+                .is_some_and(|peer| peer.incarnation() != receiver)
         };
         let expired: Vec<(PartitionId, u64)> = self
             .snapshots_out
             .iter()
             .filter(|((_, to), sent)| {
-                now.duration_since(sent.at) >= SNAPSHOT_TIMEOUT || relinked(*to, sent.link)
+                now.duration_since(sent.at) >= SNAPSHOT_TIMEOUT || restarted(*to, sent.receiver)
             })
             .map(|(key, _)| *key)
             .collect();
@@ -677,8 +679,8 @@ pub(super) fn sync_rounds(rounds: mpsc::Receiver<Unsynced>, driver: mpsc::Sender
 /// A snapshot handed to the snapshot thread, not yet known acknowledged.
 struct SnapshotSent {
     at: Instant,
-    /// The link's [`Peer::ups`] then.
-    link: u64,
+    /// The receiver's [`Peer::incarnation`] then.
+    receiver: u64,
 }
 
 /// A snapshot for the snapshot thread to send.
