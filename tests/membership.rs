@@ -141,6 +141,29 @@ async fn verify(addr: SocketAddr, sent: &Sent) {
     );
 }
 
+/// `count` direct conversations, each of a user `{prefix}K` (logged in on node K mod 3) who sends
+/// `messages` texts to `{prefix}toK`, each acknowledged; their (user, conversation) pairs.
+async fn write_conversations(
+    cluster: &Cluster,
+    prefix: &str,
+    count: usize,
+    messages: usize,
+    text: &str,
+) -> Vec<(String, String)> {
+    let mut written = Vec::new();
+    for k in 0..count {
+        let user = format!("{prefix}{k}");
+        let conv = dm(&user, &format!("{prefix}to{k}"));
+        let mut c = cluster.login(k % 3, &user, "phone").await;
+        for m in 0..messages {
+            let reply = send_text(&mut c, &conv, &format!("{user}-{m}"), text).await;
+            assert_eq!(reply["type"], "sent", "{reply}");
+        }
+        written.push((user, conv));
+    }
+    written
+}
+
 fn node<'a>(view: &'a Value, id: &str) -> Option<&'a Value> {
     view["nodes"].as_array()?.iter().find(|n| n["id"] == id)
 }
@@ -257,16 +280,7 @@ async fn three_to_four_to_three_nodes_under_pipelined_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_removed_and_its_replicas_rebuilt_from_the_live_copies() {
     let mut cluster = Cluster::start(4, CONFIG).await;
-    let mut sent = Vec::new();
-    for k in 0..8 {
-        let (user, conv) = (format!("d{k}"), dm(&format!("d{k}"), &format!("e{k}")));
-        let mut c = cluster.login(k % 3, &user, "phone").await;
-        for m in 0..5 {
-            let reply = send_text(&mut c, &conv, &format!("{user}-{m}"), "x").await;
-            assert_eq!(reply["type"], "sent", "{reply}");
-        }
-        sent.push((user, conv));
-    }
+    let sent = write_conversations(&cluster, "d", 8, 5, "x").await;
     cluster.kill9(3);
     let (status, body) = cluster.admin(0, "DELETE", "/v1/admin/nodes/n4", None).await;
     assert_eq!(status, 202, "{body}");
@@ -501,16 +515,7 @@ async fn a_single_node_grows_to_two_under_pipelined_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_killed_while_it_installs_snapshots_installs_them_again() {
     let mut cluster = Cluster::start(3, CONFIG).await;
-    let mut written = Vec::new();
-    for k in 0..24 {
-        let (user, conv) = (format!("j{k}"), dm(&format!("j{k}"), &format!("m{k}")));
-        let mut c = cluster.login(k % 3, &user, "phone").await;
-        for m in 0..6 {
-            let reply = send_text(&mut c, &conv, &format!("{user}-{m}"), &"x".repeat(2000)).await;
-            assert_eq!(reply["type"], "sent", "{reply}");
-        }
-        written.push((user, conv));
-    }
+    let written = write_conversations(&cluster, "j", 24, 6, &"x".repeat(2000)).await;
     let n4 = cluster.join("n4", 0);
     let (status, body) = cluster.add_node(1, n4).await;
     assert_eq!(status, 202, "{body}");
