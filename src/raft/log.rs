@@ -199,17 +199,6 @@ impl RaftLog {
         let mut dropped = BTreeSet::new();
         let mut installs = BTreeMap::new();
         let (good, _) = replay(&bytes, &mut groups, &mut dropped, &mut installs)?;
-        // a group's snapshot point is committed, whatever commit index a hard state recorded around it
-        // says (raft-rs refuses to start below it; found by the model test of crashes during installations)
-        for storage in groups.values() {
-            let point = storage.first_index()?.saturating_sub(1);
-            let mut core = storage.wl();
-            if core.hard_state().commit < point {
-                let mut hs = core.hard_state().clone();
-                hs.commit = point;
-                core.set_hardstate(hs);
-            }
-        }
         let tail = bytes.get(good..).unwrap_or_default();
         if tail.iter().any(|b| *b != 0) {
             tracing::warn!(path = %path.display(), kept = good, dropped = tail.len(), "raft log: torn tail cut");
