@@ -19,7 +19,7 @@
 //! reopened on the same directory rebuilds its groups from the file; entries committed before are handed
 //! out again by its first polls (whoever applies them skips what it already applied).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::path::Path;
 
@@ -259,6 +259,43 @@ pub struct MultiRaft {
     removed: Vec<PartitionId>,
     /// Tombstones for the next batches, by destination.
     gone_out: BTreeMap<u64, Vec<(PartitionId, u64)>>,
+    /// The groups that may have work for the next poll (stepped, proposed to, ticked, persisted, ...):
+    /// a poll looks at these only, not at every group (a scan of hundreds of groups per round was most
+    /// of the driver's time at moderate load).
+    touched: Touched,
+}
+
+/// Which groups the next poll looks at.
+#[derive(Default)]
+struct Touched {
+    /// Every group (after a tick, and at start).
+    all: bool,
+    some: BTreeSet<PartitionId>,
+}
+
+impl Touched {
+    fn everything() -> Touched {
+        Touched {
+            all: true,
+            some: BTreeSet::new(),
+        }
+    }
+
+    fn mark(&mut self, partition: PartitionId) {
+        if !self.all {
+            self.some.insert(partition);
+        }
+    }
+
+    /// The groups to look at, in partition order, and nothing marked any more.
+    fn take(&mut self, groups: &BTreeMap<PartitionId, Group>) -> Vec<PartitionId> {
+        let some = std::mem::take(&mut self.some);
+        if std::mem::take(&mut self.all) {
+            groups.keys().copied().collect()
+        } else {
+            some.into_iter().collect()
+        }
+    }
 }
 
 fn config(id: u64) -> raft::Config {
@@ -343,6 +380,7 @@ impl MultiRaft {
             gone: Vec::new(),
             removed: Vec::new(),
             gone_out: BTreeMap::new(),
+            touched: Touched::everything(),
         })
     }
 
@@ -376,6 +414,7 @@ impl MultiRaft {
             gone: Vec::new(),
             removed: Vec::new(),
             gone_out: BTreeMap::new(),
+            touched: Touched::everything(),
         })
     }
 
@@ -396,6 +435,7 @@ impl MultiRaft {
             &self.logger,
         )?;
         self.groups.extend(built);
+        self.touched.mark(partition);
         tracing::info!(
             partition,
             "started a replica for a leader that added this node"
@@ -472,6 +512,7 @@ impl MultiRaft {
         partition: PartitionId,
         change: &Change,
     ) -> Result<(), ProposeError> {
+        self.touched.mark(partition);
         let group = self
             .groups
             .get_mut(&partition)
@@ -528,6 +569,7 @@ impl MultiRaft {
     /// Proposes to leave a joint configuration that the leader which entered it did not leave (it lost its
     /// leadership first). Nothing happens if the group is not joint or a change is pending.
     pub fn leave_joint(&mut self, partition: PartitionId) {
+        self.touched.mark(partition);
         let Some(group) = self.groups.get_mut(&partition) else {
             return;
         };
@@ -582,6 +624,7 @@ impl MultiRaft {
     /// Advances every group's clock by one tick (but a group installing a snapshot's: see
     /// `Group::installing`).
     pub fn tick(&mut self) {
+        self.touched = Touched::everything();
         for group in self.groups.values_mut() {
             if !group.installing() {
                 group.node.tick();
@@ -606,6 +649,7 @@ impl MultiRaft {
     /// Returns [`Stepped::Unknown`] for a leader's message to a group this node does not keep: the caller
     /// decides whether to [`create`](MultiRaft::create) it and step again.
     pub fn step(&mut self, partition: PartitionId, mut message: Message) -> Stepped {
+        self.touched.mark(partition);
         let unconfigured = self.groups.get(&partition).is_some_and(|g| {
             let r = g.replicas();
             r.voters.is_empty() && r.learners.is_empty() && r.outgoing.is_empty()
@@ -689,6 +733,7 @@ impl MultiRaft {
     ///
     /// [`poll`]: MultiRaft::poll
     pub fn propose(&mut self, partition: PartitionId, data: Vec<u8>) -> Result<(), ProposeError> {
+        self.touched.mark(partition);
         let group = self
             .groups
             .get_mut(&partition)
@@ -706,6 +751,7 @@ impl MultiRaft {
     /// Starts an election for the group now instead of after an election timeout (with pre-vote, a group
     /// that has a live leader is left alone).
     pub fn campaign(&mut self, partition: PartitionId) {
+        self.touched.mark(partition);
         if let Some(group) = self.groups.get_mut(&partition) {
             if group.node.raft.state != StateRole::Leader && !group.installing() {
                 if let Err(e) = group.node.campaign() {
@@ -717,6 +763,7 @@ impl MultiRaft {
 
     /// Asks the group's leader (this node) to hand leadership to `to`.
     pub fn transfer_leader(&mut self, partition: PartitionId, to: u64) {
+        self.touched.mark(partition);
         if let Some(group) = self.groups.get_mut(&partition) {
             group.node.transfer_leader(to);
         }
@@ -726,6 +773,7 @@ impl MultiRaft {
     /// recently (check-quorum's view), which then campaigns at once; returns that voter. raft-rs stops
     /// taking proposals for the group while the transfer runs, and gives up after an election timeout.
     pub fn hand_over(&mut self, partition: PartitionId) -> Option<u64> {
+        self.touched.mark(partition);
         let group = self.groups.get_mut(&partition)?;
         if group.node.raft.state != StateRole::Leader {
             return None;
@@ -748,6 +796,7 @@ impl MultiRaft {
     /// If this node leads the group and `to` is a voter that answered recently and holds the whole log,
     /// hands leadership to it (the ring's preferred replica getting its leadership back); true if asked.
     pub fn transfer_if_caught_up(&mut self, partition: PartitionId, to: u64) -> bool {
+        self.touched.mark(partition);
         let ready = self.caught_up(partition, to);
         if let (true, Some(group)) = (ready, self.groups.get_mut(&partition)) {
             group.node.transfer_leader(to);
@@ -790,6 +839,7 @@ impl MultiRaft {
     /// A snapshot for `to` was lost: raft probes the replica again (and sends another if it still needs
     /// one) instead of waiting for its acknowledgement forever.
     pub fn snapshot_failed(&mut self, partition: PartitionId, to: u64) {
+        self.touched.mark(partition);
         if let Some(group) = self.groups.get_mut(&partition) {
             group
                 .node
@@ -852,7 +902,11 @@ impl MultiRaft {
         let mut out = Output::default();
         let mut unsynced = Unsynced::default();
         let mut outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>> = BTreeMap::new();
-        for (&partition, group) in &mut self.groups {
+        let visit = self.touched.take(&self.groups);
+        for &partition in &visit {
+            let Some(group) = self.groups.get_mut(&partition) else {
+                continue;
+            };
             if !group.node.has_ready() {
                 continue;
             }
@@ -906,6 +960,10 @@ impl MultiRaft {
             if let Some(index) = applied {
                 group.node.advance_apply_to(index);
             }
+            if group.node.has_ready() {
+                // more than one ready's worth (raft-rs bounds the committed entries per ready)
+                self.touched.mark(partition);
+            }
         }
         if let Some(log) = &mut self.log {
             unsynced.job = log.prepare_sync()?;
@@ -934,7 +992,11 @@ impl MultiRaft {
                 .or_default()
                 .push((partition, index));
         }
-        for (&partition, group) in &mut self.groups {
+        // leadership changes only in groups that were stepped, ticked or asked something
+        for &partition in &visit {
+            let Some(group) = self.groups.get_mut(&partition) else {
+                continue;
+            };
             let now = Leadership {
                 partition,
                 leader: Some(group.node.raft.leader_id).filter(|l| *l != 0),
@@ -973,6 +1035,7 @@ impl MultiRaft {
                 continue;
             };
             group.node.on_persist_ready(number);
+            self.touched.mark(partition);
             route(partition, held, &mut outgoing);
         }
         for (partition, snapshot) in &unsynced.installs {
@@ -984,6 +1047,7 @@ impl MultiRaft {
                 .filter(|g| g.node.raft.raft_log.persisted >= index)
             {
                 group.node.advance_apply_to(index);
+                self.touched.mark(*partition);
             }
         }
         Output {
@@ -1091,6 +1155,7 @@ impl MultiRaft {
     /// file records the new starting point and the entries kept (and is rewritten once mostly dead).
     /// Returns whether anything was dropped.
     pub fn compact(&mut self, partition: PartitionId, index: u64) -> LogResult<bool> {
+        self.touched.mark(partition);
         let Some(group) = self.groups.get(&partition) else {
             return Ok(false);
         };
@@ -1146,6 +1211,7 @@ impl MultiRaft {
         term: u64,
         data: Vec<u8>,
     ) -> LogResult<()> {
+        self.touched.mark(partition);
         let Some(group) = self.groups.get(&partition) else {
             return Ok(());
         };
