@@ -190,6 +190,8 @@ pub struct ClusterConfig {
     /// How many partitions each node, as their leader, moves to other nodes at once while the membership
     /// changes.
     pub max_moving_partitions: usize,
+    /// The most snapshot data each node sends per second while partitions move, in MiB (0: no limit).
+    pub move_mib_per_s: u64,
 }
 
 /// The most partitions a cluster may have.
@@ -205,6 +207,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: 1000,
             log_compact_entries: 5_000,
             max_moving_partitions: 4,
+            move_mib_per_s: 0,
         }
     }
 }

@@ -691,10 +691,45 @@ pub(super) struct SnapshotOut {
     message: raft::eraftpb::Message,
 }
 
+/// `cluster.move_mib_per_s`: the snapshot thread's pace. Each piece queued books its bytes at the budget's
+/// rate from when the last one's time ran out (or from now, if the thread was idle), and the thread waits
+/// until then: a steady rate, with no burst saved up while idle.
+pub(super) struct Pace {
+    bytes_per_s: u64,
+    free_at: Option<Instant>,
+}
+
+impl Pace {
+    /// A pace of `bytes_per_s` (0: none).
+    pub(super) fn new(bytes_per_s: u64) -> Pace {
+        Pace {
+            bytes_per_s,
+            free_at: None,
+        }
+    }
+
+    /// How long to wait, at `now`, after sending `bytes`.
+    pub(super) fn after(&mut self, now: Instant, bytes: usize) -> Duration {
+        if self.bytes_per_s == 0 {
+            return Duration::ZERO;
+        }
+        let from = self.free_at.map_or(now, |at| at.max(now));
+        #[allow(clippy::cast_precision_loss)]
+        let booked = Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+        let free_at = from + booked;
+        self.free_at = Some(free_at);
+        free_at.saturating_duration_since(now)
+    }
+}
+
 /// The snapshot thread: encodes each snapshot and queues it in [`SNAPSHOT_PIECE`]s on its link's bulk
 /// lane (see [`PeerFrame::RaftPart`]); one that cannot be queued (the link is down) is reported lost to
 /// the driver, so that raft sends it again. Ends when the driver does.
-pub(super) fn send_snapshots(snapshots: mpsc::Receiver<SnapshotOut>, driver: mpsc::Sender<Input>) {
+pub(super) fn send_snapshots(
+    snapshots: mpsc::Receiver<SnapshotOut>,
+    driver: mpsc::Sender<Input>,
+    mut pace: Pace,
+) {
     let mut id = 0u64;
     while let Ok(out) = snapshots.recv() {
         let whole = encode(&[(out.partition, out.message)]).concat();
@@ -712,7 +747,11 @@ pub(super) fn send_snapshots(snapshots: mpsc::Receiver<SnapshotOut>, driver: mps
                     last: end == whole.len(),
                 })
                 .is_ok();
+            let wait = pace.after(Instant::now(), end - at);
             at = end;
+            if sent && !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
         }
         if !sent {
             let lost = Input::SnapshotLost {
@@ -723,5 +762,32 @@ pub(super) fn send_snapshots(snapshots: mpsc::Receiver<SnapshotOut>, driver: mps
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_pace_holds_its_rate_and_saves_no_burst_while_idle() {
+        let start = Instant::now();
+        let mut none = Pace::new(0);
+        assert_eq!(none.after(start, 1 << 30), Duration::ZERO);
+        // 1 MiB/s: a piece of 1 MiB books one second, the next one the second after
+        let mut pace = Pace::new(1 << 20);
+        assert_eq!(pace.after(start, 1 << 20), Duration::from_secs(1));
+        assert_eq!(
+            pace.after(start + Duration::from_secs(1), 1 << 19),
+            Duration::from_millis(500)
+        );
+        // sent late (the link was slow): the wait is what is left of the booking
+        assert_eq!(
+            pace.after(start + Duration::from_millis(1_200), 1 << 19),
+            Duration::from_millis(800)
+        );
+        // idle for a minute: the next piece books from now, not from the past
+        let later = start + Duration::from_secs(60);
+        assert_eq!(pace.after(later, 1 << 20), Duration::from_secs(1));
     }
 }

@@ -388,9 +388,10 @@ impl Replication {
             .spawn(move || driver::sync_rounds(sync_rx, synced))
             .map_err(ReplicationError::Thread)?;
         let (snapshots_tx, snapshots_rx) = mpsc::channel();
+        let pace = driver::Pace::new(config.cluster.move_mib_per_s.saturating_mul(1 << 20));
         std::thread::Builder::new()
             .name("raft-snapshots".into())
-            .spawn(move || driver::send_snapshots(snapshots_rx, lost))
+            .spawn(move || driver::send_snapshots(snapshots_rx, lost, pace))
             .map_err(ReplicationError::Thread)?;
         let driver = Driver::new(
             raft,
