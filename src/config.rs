@@ -588,6 +588,12 @@ data_dir = "data/n1"
         assert_eq!(c.chat.ack_timeout(), Duration::from_secs(5));
         assert_eq!(c.auth.max_token_ttl_s, 2_592_000);
         assert_eq!(c.store.cache_bytes(), 64 << 20);
+        assert_eq!(c.cluster.move_mib_per_s, 0, "no cap on moves unless asked");
+        let capped = Config::parse(
+            "[cluster]\nmove_mib_per_s = 8\n[[nodes]]\nid='a'\nlisten='127.0.0.1:1'\npeer='127.0.0.1:2'\ndata_dir='d'\n",
+        )
+        .expect("a cap on moves");
+        assert_eq!(capped.cluster.move_mib_per_s, 8);
     }
 
     #[test]

@@ -266,7 +266,6 @@ pub struct MultiRaft {
 }
 
 /// Which groups the next poll looks at.
-#[derive(Default)]
 struct Touched {
     /// Every group (after a tick, and at start).
     all: bool,
@@ -299,8 +298,7 @@ impl Touched {
 }
 
 fn config(id: u64) -> raft::Config {
-    #[allow(unused_mut)]
-    let mut config = raft::Config {
+    let config = raft::Config {
         id,
         election_tick: ELECTION_TICKS,
         heartbeat_tick: HEARTBEAT_TICKS,
@@ -311,13 +309,7 @@ fn config(id: u64) -> raft::Config {
         ..raft::Config::default()
     };
     #[cfg(test)]
-    if tests::FIXED_TIMEOUTS.with(std::cell::Cell::get) {
-        // raft-rs draws election timeouts from the thread's RNG; a model test's seed must replay exactly,
-        // so each node gets a fixed timeout of its own (the seed still orders every tick)
-        config.min_election_tick =
-            ELECTION_TICKS + usize::try_from(id).unwrap_or(0) % ELECTION_TICKS;
-        config.max_election_tick = config.min_election_tick + 1;
-    }
+    let config = tests::fixed_timeouts(config);
     config
 }
 
@@ -1310,8 +1302,19 @@ mod tests {
     const IDS: [u64; 3] = [1, 2, 3];
 
     thread_local! {
-        /// Set by the model tests on their thread: fixed election timeouts (see [`config`]).
-        pub(super) static FIXED_TIMEOUTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Set by the model tests on their thread: fixed election timeouts (see [`fixed_timeouts`]).
+        static FIXED_TIMEOUTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// raft-rs draws election timeouts from the thread's RNG; a model test's seed must replay exactly, so on
+    /// its thread each node gets a fixed timeout of its own (the seed still orders every tick).
+    pub(super) fn fixed_timeouts(mut config: raft::Config) -> raft::Config {
+        if FIXED_TIMEOUTS.with(std::cell::Cell::get) {
+            config.min_election_tick =
+                ELECTION_TICKS + usize::try_from(config.id).unwrap_or(0) % ELECTION_TICKS;
+            config.max_election_tick = config.min_election_tick + 1;
+        }
+        config
     }
 
     impl Sim {
