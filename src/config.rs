@@ -192,6 +192,10 @@ pub struct ClusterConfig {
     pub max_moving_partitions: usize,
     /// The most snapshot data each node sends per second while partitions move, in MiB (0: no limit).
     pub move_mib_per_s: u64,
+    /// The longest a node's Raft round waits after the last one that synced its log, so that what comes
+    /// meanwhile shares one write and one fsync; reached under load (see
+    /// `cluster::replication::driver::SyncWindow`). 0: never wait.
+    pub sync_window_ms: u64,
 }
 
 /// The most partitions a cluster may have.
@@ -208,6 +212,7 @@ impl Default for ClusterConfig {
             log_compact_entries: 5_000,
             max_moving_partitions: 4,
             move_mib_per_s: 0,
+            sync_window_ms: 5,
         }
     }
 }
@@ -215,6 +220,10 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    pub fn sync_window(&self) -> Duration {
+        Duration::from_millis(self.sync_window_ms)
     }
 
     pub fn election_timeout(&self) -> Duration {
@@ -594,6 +603,7 @@ data_dir = "data/n1"
         )
         .expect("a cap on moves");
         assert_eq!(capped.cluster.move_mib_per_s, 8);
+        assert_eq!(c.cluster.sync_window(), Duration::from_millis(5));
     }
 
     #[test]

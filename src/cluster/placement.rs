@@ -67,6 +67,9 @@ pub struct Layout {
     holders: Vec<NodeId>,
     /// Raft id → node, for every member.
     ids: HashMap<u64, NodeId>,
+    /// [`Layout::moving`], counted once: the apply thread asks after every input while dropped
+    /// partitions wait for deletion, and counting took 3% of a move's CPU.
+    moving: usize,
 }
 
 impl Layout {
@@ -88,12 +91,14 @@ impl Layout {
             .flat_map(|m| &m.members)
             .map(|m| (raft_id(&m.id), m.id.clone()))
             .collect();
+        let moving = membership.as_ref().map_or(0, |m| m.moving(&target));
         Layout {
             shape,
             membership,
             target,
             holders,
             ids,
+            moving,
         }
     }
 
@@ -148,9 +153,7 @@ impl Layout {
 
     /// How many partitions are not where the ring wants them.
     pub fn moving(&self) -> usize {
-        self.membership
-            .as_ref()
-            .map_or(0, |m| m.moving(&self.target))
+        self.moving
     }
 
     /// The member with Raft id `id`.

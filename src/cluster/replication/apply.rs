@@ -62,6 +62,33 @@ pub(super) struct Applier {
     /// Snapshots installed since the store's last flush: reported to the driver once flushed (see
     /// [`Input::Installed`]).
     installed: Vec<(PartitionId, u64)>,
+    /// Partitions whose snapshot the snapshot maker is reading (see [`Applier::make_snapshots`]), with
+    /// the entries committed to them meanwhile, applied once it is made.
+    snapshotting: HashMap<PartitionId, Snapshotting>,
+    /// Jobs for the snapshot maker thread (started with the first one).
+    maker: Option<mpsc::Sender<SnapshotJob>>,
+    /// This thread's own channel, for the snapshot maker's [`ApplyInput::SnapshotMade`].
+    apply_tx: mpsc::Sender<ApplyInput>,
+    next_job: u64,
+}
+
+/// A partition's snapshot being read by the snapshot maker thread: nothing is applied to the partition
+/// meanwhile, so that the snapshot is its state at the index it names.
+struct Snapshotting {
+    job: u64,
+    /// Answers (or closes) once the snapshot is made and handed to the driver.
+    made: mpsc::Receiver<()>,
+    /// Entries committed to the partition since, in order.
+    held: Vec<Committed>,
+}
+
+/// A snapshot for the snapshot maker thread to read: `partition`'s keys as applied up to `index`.
+struct SnapshotJob {
+    job: u64,
+    partition: PartitionId,
+    index: u64,
+    term: u64,
+    made: mpsc::Sender<()>,
 }
 
 /// How often the keys of dropped partitions are deleted.
@@ -93,6 +120,7 @@ impl Applier {
         membership: Option<Membership>,
         me: u64,
         rx: mpsc::Receiver<ApplyInput>,
+        apply_tx: mpsc::Sender<ApplyInput>,
         shared: std::sync::Weak<Replication>,
         metrics: Arc<Metrics>,
     ) -> Result<Applier, ReplicationError> {
@@ -127,6 +155,10 @@ impl Applier {
             wanted: HashMap::new(),
             made: HashMap::new(),
             installed: Vec::new(),
+            snapshotting: HashMap::new(),
+            maker: None,
+            apply_tx,
+            next_job: 0,
         })
     }
 
@@ -162,7 +194,18 @@ impl Applier {
                 }
                 ApplyInput::Install(snapshots) => {
                     for (partition, snapshot) in snapshots {
+                        self.finish_snapshot(partition);
                         self.install(partition, &snapshot);
+                    }
+                }
+                ApplyInput::SnapshotMade { partition, job } => {
+                    if self
+                        .snapshotting
+                        .get(&partition)
+                        .is_some_and(|s| s.job == job)
+                    {
+                        self.finish_snapshot(partition);
+                        self.make_snapshots();
                     }
                 }
                 ApplyInput::MakeSnapshots(wanted) => {
@@ -176,13 +219,22 @@ impl Applier {
                     self.make_snapshots();
                 }
                 ApplyInput::Leadership(changes) => self.leadership(&changes),
-                ApplyInput::Drop(partitions) => self.drop_partitions(&partitions),
+                ApplyInput::Drop(partitions) => {
+                    for &p in &partitions {
+                        self.finish_snapshot(p);
+                    }
+                    self.drop_partitions(&partitions)
+                }
                 ApplyInput::Hold(partition) => {
+                    self.finish_snapshot(partition);
                     if let Err(e) = self.store.hold_partition(partition) {
                         tracing::error!(partition, error = %e, "cannot mark a partition as held");
                     }
                 }
-                ApplyInput::CompactNow(partition) => self.compact_now(partition),
+                ApplyInput::CompactNow(partition) => {
+                    self.finish_snapshot(partition);
+                    self.compact_now(partition)
+                }
                 ApplyInput::Stop => break,
             }
             self.maybe_delete(false);
@@ -197,6 +249,18 @@ impl Applier {
     /// partitions whose leader's first entry of its term is among them as caught up, and answers this
     /// node's proposals.
     fn apply(&mut self, committed: Vec<Committed>) {
+        let committed = if self.snapshotting.is_empty() {
+            committed
+        } else {
+            let mut now = Vec::with_capacity(committed.len());
+            for c in committed {
+                match self.snapshotting.get_mut(&c.partition) {
+                    Some(s) => s.held.push(c),
+                    None => now.push(c),
+                }
+            }
+            now
+        };
         let mut entries = Vec::with_capacity(committed.len());
         let mut ready = Vec::new();
         let mut mine = Vec::new();
@@ -488,15 +552,24 @@ impl Applier {
     /// [`ApplyInput::MakeSnapshots`]), at the last entry applied here, for the driver to offer (the
     /// partitions' keys; the metadata group's record as it is). One made before the index asked for
     /// would be refused by the follower, or be too old for the log that follows it.
+    ///
+    /// A partition's keys are read on the snapshot maker thread, not here: a large partition takes tens
+    /// of ms to read, and a move makes a hundred such snapshots on each leader, each of which held every
+    /// other partition's entries (and the node's answers) while this thread read it. Meanwhile the
+    /// entries committed to that partition wait (see [`Snapshotting`]), so that the snapshot is its state
+    /// at the index it names; the other partitions are applied as they come.
     fn make_snapshots(&mut self) {
         if self.wanted.is_empty() {
             return;
         }
         let last = &self.last;
+        let snapshotting = &self.snapshotting;
         let wanted: Vec<PartitionId> = self
             .wanted
             .iter()
-            .filter(|(p, at)| last.get(p).is_some_and(|(index, _)| index >= at))
+            .filter(|(p, at)| {
+                !snapshotting.contains_key(p) && last.get(p).is_some_and(|(index, _)| index >= at)
+            })
             .map(|(p, _)| *p)
             .collect();
         if wanted.is_empty() {
@@ -505,45 +578,91 @@ impl Applier {
         for p in &wanted {
             self.wanted.remove(p);
         }
-        let (meta, data): (Vec<PartitionId>, Vec<PartitionId>) =
-            wanted.into_iter().partition(|p| *p == self.partitions);
-        let mut made: Vec<(PartitionId, Vec<u8>)> = Vec::new();
-        if !meta.is_empty() {
-            if let Some(membership) = self.membership.clone() {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for partition in wanted {
+            let Some(&(index, term)) = self.last.get(&partition) else {
+                continue;
+            };
+            if partition == self.partitions {
+                let Some(membership) = self.membership.clone() else {
+                    continue;
+                };
                 let stored = StoredMembership {
                     index: self.meta_index,
                     membership,
                 };
                 match serde_json::to_vec(&stored) {
-                    Ok(bytes) => made.push((self.partitions, bytes)),
+                    Ok(data) => {
+                        self.made.insert(partition, index);
+                        let _ = lock(&shared.tx).send(Input::SnapshotReady {
+                            partition,
+                            index,
+                            term,
+                            data,
+                        });
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot encode the membership snapshot"),
                 }
-            }
-        }
-        for p in data {
-            let started = Instant::now();
-            match self.store.partition_snapshot(p, self.partitions) {
-                Ok(blob) => {
-                    tracing::debug!(partition = p, bytes = blob.len(), took = ?started.elapsed(), "made a partition snapshot");
-                    made.push((p, blob));
-                }
-                Err(e) => tracing::error!(partition = p, error = %e, "cannot make a snapshot"),
-            }
-        }
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        for (partition, data) in made {
-            let Some(&(index, term)) = self.last.get(&partition) else {
                 continue;
-            };
-            self.made.insert(partition, index);
-            let _ = lock(&shared.tx).send(Input::SnapshotReady {
+            }
+            self.next_job += 1;
+            let (made, made_rx) = mpsc::channel();
+            let job = SnapshotJob {
+                job: self.next_job,
                 partition,
                 index,
                 term,
-                data,
-            });
+                made,
+            };
+            self.made.insert(partition, index);
+            if let Err(mpsc::SendError(job)) = self.maker().send(job) {
+                // no maker thread: read here
+                make_snapshot(&self.store, self.partitions, &shared, &job);
+                continue;
+            }
+            self.snapshotting.insert(
+                partition,
+                Snapshotting {
+                    job: self.next_job,
+                    made: made_rx,
+                    held: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// The snapshot maker thread's job queue, the thread started at the first use.
+    fn maker(&mut self) -> &mpsc::Sender<SnapshotJob> {
+        self.maker.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel();
+            let store = self.store.clone();
+            let partitions = self.partitions;
+            let shared = self.shared.clone();
+            let apply = self.apply_tx.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("raft-snapshot-maker".into())
+                .spawn(move || make_snapshots(rx, store, partitions, shared, apply))
+            {
+                // the jobs cannot be sent then, and the apply thread reads each one itself
+                tracing::error!(error = %e, "cannot start the snapshot maker thread");
+            }
+            tx
+        })
+    }
+
+    /// Waits for the snapshot of `partition` being made, if there is one, then applies the entries held
+    /// for it meanwhile. Called before anything else touches the partition's keys (an installation, a
+    /// drop) and when the snapshot maker reports.
+    fn finish_snapshot(&mut self, partition: PartitionId) {
+        let Some(s) = self.snapshotting.remove(&partition) else {
+            return;
+        };
+        // an error only means the maker thread is gone: nothing reads the keys any more
+        let _ = s.made.recv();
+        if !s.held.is_empty() {
+            self.apply(s.held);
         }
     }
 
@@ -618,5 +737,44 @@ impl Applier {
                 }
             }
         }
+    }
+}
+
+/// The snapshot maker thread: reads each job's partition from the store (the apply thread holds the
+/// partition's entries meanwhile), hands the snapshot to the driver, then tells the apply thread. Ends
+/// when the apply thread does.
+fn make_snapshots(
+    jobs: mpsc::Receiver<SnapshotJob>,
+    store: Store,
+    partitions: u32,
+    shared: std::sync::Weak<Replication>,
+    apply: mpsc::Sender<ApplyInput>,
+) {
+    while let Ok(job) = jobs.recv() {
+        if let Some(shared) = shared.upgrade() {
+            make_snapshot(&store, partitions, &shared, &job);
+        }
+        let _ = job.made.send(());
+        let _ = apply.send(ApplyInput::SnapshotMade {
+            partition: job.partition,
+            job: job.job,
+        });
+    }
+}
+
+/// Reads a job's partition from the store and hands the snapshot to the driver.
+fn make_snapshot(store: &Store, partitions: u32, shared: &Replication, job: &SnapshotJob) {
+    let started = Instant::now();
+    match store.partition_snapshot(job.partition, partitions) {
+        Ok(data) => {
+            tracing::debug!(partition = job.partition, bytes = data.len(), took = ?started.elapsed(), "made a partition snapshot");
+            let _ = lock(&shared.tx).send(Input::SnapshotReady {
+                partition: job.partition,
+                index: job.index,
+                term: job.term,
+                data,
+            });
+        }
+        Err(e) => tracing::error!(partition = job.partition, error = %e, "cannot make a snapshot"),
     }
 }

@@ -56,10 +56,6 @@ const DRAIN_PROPOSALS: Duration = Duration::from_secs(2);
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 const DRAIN_QUIET_ROUNDS: u32 = 3;
 
-/// The shortest time between the starts of two rounds that sync the log (as the store's group commit,
-/// [`crate::store::writer::COMMIT_WINDOW`]).
-const SYNC_WINDOW: Duration = Duration::from_micros(1000);
-
 /// What the driver thread is asked to do.
 enum Input {
     /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
@@ -132,6 +128,12 @@ enum ApplyInput {
     /// Make snapshots of these partitions' data for the driver (followers need compacted entries), each
     /// once this node has applied its log up to the index given (see `MultiRaft::wanted_snapshots`).
     MakeSnapshots(Vec<(PartitionId, u64)>),
+    /// The snapshot maker thread has made snapshot `job` of `partition` (see `Applier::make_snapshots`):
+    /// the entries held for it meanwhile are applied.
+    SnapshotMade {
+        partition: PartitionId,
+        job: u64,
+    },
     Committed(Vec<Committed>),
     /// Groups whose leader or term changed: what was proposed here under another term or leadership will
     /// not be answered by its entry.
@@ -364,6 +366,7 @@ impl Replication {
             membership,
             me,
             apply_rx,
+            apply_tx.clone(),
             Arc::downgrade(&replication),
             metrics.clone(),
         )?;
@@ -399,6 +402,7 @@ impl Replication {
             tick,
             election,
             config.cluster.max_moving_partitions.max(1),
+            config.cluster.sync_window(),
             metrics,
             Arc::downgrade(&replication),
             apply_tx,
