@@ -14,7 +14,7 @@
 //! pending calls fail with `unavailable`, and the dialer reconnects with jittered exponential backoff.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ pub struct Peer {
     state: AtomicU8,
     /// The peer's process as its last `Welcome` gave it (0: not known yet): a new one means it restarted.
     incarnation: AtomicU64,
+    /// Whether its last `Welcome` said it reads binary Raft frames.
+    binary: AtomicBool,
     /// The peer's client connection count, from its last `Pong`.
     connections: AtomicU64,
     /// The writer of the dialed link while it is up.
@@ -101,18 +103,106 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Encodes one frame: 4 bytes of big-endian length, then JSON.
+/// Set in a frame's length prefix: the frame is binary (see [`encode`]), not JSON.
+const BINARY: u32 = 1 << 31;
+/// A binary frame's first byte: what it holds.
+const BINARY_RAFT: u8 = 1;
+const BINARY_RAFT_PART: u8 = 2;
+
+/// Encodes one frame: 4 bytes of big-endian length, then JSON; `RaftBytes` and `RaftPartBytes` as
+/// binary frames, whose length has [`BINARY`] set and whose first byte says which:
+/// - [`BINARY_RAFT`]: the number of `gone` pairs (u32), each pair (u32, u64), then the batch;
+/// - [`BINARY_RAFT_PART`]: the id (u64), `last` (one byte, 0 or 1), then the piece.
+///
+/// (Numbers big-endian.)
 pub fn encode(frame: &PeerFrame) -> Bytes {
     let mut buf = BytesMut::with_capacity(256);
     buf.put_u32(0);
-    let mut w = buf.writer();
-    if let Err(e) = serde_json::to_writer(&mut w, frame) {
-        tracing::error!(error = %e, "cannot encode a peer frame");
-    }
-    let mut buf = w.into_inner();
+    let binary = match frame {
+        PeerFrame::RaftBytes { batch, gone } => {
+            buf.reserve(batch.len() + 5 + 12 * gone.len());
+            buf.put_u8(BINARY_RAFT);
+            buf.put_u32(u32::try_from(gone.len()).unwrap_or(u32::MAX));
+            for (p, index) in gone {
+                buf.put_u32(*p);
+                buf.put_u64(*index);
+            }
+            buf.put_slice(batch);
+            true
+        }
+        PeerFrame::RaftPartBytes { id, part, last } => {
+            buf.reserve(part.len() + 9);
+            buf.put_u8(BINARY_RAFT_PART);
+            buf.put_u64(*id);
+            buf.put_u8(u8::from(*last));
+            buf.put_slice(part);
+            true
+        }
+        _ => {
+            let mut w = buf.writer();
+            if let Err(e) = serde_json::to_writer(&mut w, frame) {
+                tracing::error!(error = %e, "cannot encode a peer frame");
+            }
+            buf = w.into_inner();
+            false
+        }
+    };
     let len = u32::try_from(buf.len().saturating_sub(4)).unwrap_or(u32::MAX);
-    buf[..4].copy_from_slice(&len.to_be_bytes());
+    let prefix = if binary { len | BINARY } else { len };
+    buf[..4].copy_from_slice(&prefix.to_be_bytes());
     buf.freeze()
+}
+
+/// A binary frame's body (see [`encode`]) as its frame.
+#[deny(clippy::arithmetic_side_effects)]
+fn decode_binary(mut body: Vec<u8>) -> std::io::Result<PeerFrame> {
+    fn bad(what: &str) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("binary peer frame: {what}"),
+        )
+    }
+    fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_be_bytes(
+            b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    }
+    fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+        Some(u64::from_be_bytes(
+            b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    }
+    match body.first() {
+        Some(&BINARY_RAFT) => {
+            let count = u32_at(&body, 1).ok_or_else(|| bad("truncated"))? as usize;
+            let start = count
+                .checked_mul(12)
+                .and_then(|n| n.checked_add(5))
+                .filter(|n| *n <= body.len())
+                .ok_or_else(|| bad("more gone pairs than bytes"))?;
+            let mut gone = Vec::with_capacity(count);
+            let mut at = 5usize;
+            while at < start {
+                let p = u32_at(&body, at).ok_or_else(|| bad("truncated"))?;
+                let index = u64_at(&body, at.saturating_add(4)).ok_or_else(|| bad("truncated"))?;
+                gone.push((p, index));
+                at = at.saturating_add(12);
+            }
+            let batch = body.split_off(start);
+            Ok(PeerFrame::RaftBytes { batch, gone })
+        }
+        Some(&BINARY_RAFT_PART) => {
+            let id = u64_at(&body, 1).ok_or_else(|| bad("truncated"))?;
+            let last = match body.get(9) {
+                Some(0) => false,
+                Some(1) => true,
+                _ => return Err(bad("truncated")),
+            };
+            let part = body.split_off(10);
+            Ok(PeerFrame::RaftPartBytes { id, part, last })
+        }
+        _ => Err(bad("unknown kind")),
+    }
 }
 
 /// Reads one frame of at most `max` bytes. The length prefix comes from the network: it is checked before
@@ -124,7 +214,8 @@ async fn read_frame<R: AsyncRead + Unpin>(
     max: usize,
 ) -> std::io::Result<(PeerFrame, usize)> {
     let declared = r.read_u32().await?;
-    let len = usize::try_from(declared).unwrap_or(usize::MAX);
+    let binary = declared & BINARY != 0;
+    let len = usize::try_from(declared & !BINARY).unwrap_or(usize::MAX);
     if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -133,8 +224,12 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
     let mut buf = vec![0; len];
     r.read_exact(&mut buf).await?;
-    let frame = serde_json::from_slice(&buf)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let frame = if binary {
+        decode_binary(buf)?
+    } else {
+        serde_json::from_slice(&buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+    };
     Ok((frame, len.saturating_add(4)))
 }
 
@@ -286,6 +381,7 @@ impl Peer {
             metrics,
             state: AtomicU8::new(LinkState::Down as u8),
             incarnation: AtomicU64::new(0),
+            binary: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             link: Mutex::new(None),
             bulk: Mutex::new(None),
@@ -333,6 +429,11 @@ impl Peer {
     /// had received and not acknowledged (a snapshot being installed) is lost.
     pub fn incarnation(&self) -> u64 {
         self.incarnation.load(Ordering::Relaxed)
+    }
+
+    /// Whether the peer reads binary Raft frames (`RaftBytes`, `RaftPartBytes`; see [`encode`]).
+    pub fn binary(&self) -> bool {
+        self.binary.load(Ordering::Relaxed)
     }
 
     /// The peer's client connections as last reported.
@@ -521,7 +622,7 @@ async fn with_timeout<T>(
 
 /// Connects and authenticates; returns the stream once the peer welcomed us.
 async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
-    let (stream, node, incarnation) = handshake(router, &peer.peer_addr).await?;
+    let (stream, node, incarnation, binary) = handshake(router, &peer.peer_addr).await?;
     if node != peer.id {
         return Err(Refusal::Refused(format!(
             "{} answered as node {node}",
@@ -529,12 +630,13 @@ async fn dial(router: &Router, peer: &Peer) -> Result<TcpStream, Refusal> {
         )));
     }
     peer.incarnation.store(incarnation, Ordering::Relaxed);
+    peer.binary.store(binary, Ordering::Relaxed);
     Ok(stream)
 }
 
-/// Opens and authenticates a link to `addr`; returns it, the node that welcomed this one and that node's
-/// incarnation.
-async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId, u64), Refusal> {
+/// Opens and authenticates a link to `addr`; returns it, the node that welcomed this one, that node's
+/// incarnation and whether it reads binary Raft frames.
+async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId, u64, bool), Refusal> {
     let timeout = router.config().cluster.peer_timeout();
     let mut stream = with_timeout(timeout, TcpStream::connect(addr)).await?;
     let _ = stream.set_nodelay(true);
@@ -563,6 +665,7 @@ async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId, u6
                 signature: theirs,
                 proof: given,
                 incarnation,
+                binary,
             },
             _,
         ) => {
@@ -578,7 +681,7 @@ async fn handshake(router: &Router, addr: &str) -> Result<(TcpStream, NodeId, u6
                     "node {node} has cluster signature {theirs}, this node {signature}"
                 )))
             } else {
-                Ok((stream, node, incarnation))
+                Ok((stream, node, incarnation, binary))
             }
         }
         (PeerFrame::Refused { reason }, _) => Err(Refusal::Refused(reason)),
@@ -597,7 +700,7 @@ pub async fn await_membership(router: Router, addr: String) -> Result<NodeId, St
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
     loop {
         match handshake(&router, &addr).await {
-            Ok((_, node, _)) => return Ok(node),
+            Ok((_, node, _, _)) => return Ok(node),
             Err(Refusal::Refused(reason)) if reason.starts_with(NOT_A_MEMBER) => {
                 if !told {
                     tracing::info!(join = %addr, node = %router.node(), "waiting to be added: POST /v1/admin/nodes (or `rookery cluster add`) on any member");
@@ -685,6 +788,34 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
     pinger.abort();
     writer.abort();
     router.link_down(peer);
+}
+
+/// Adds a piece of raft batch `id` to those received so far; returns the whole batch with its last
+/// piece. A batch cut short (its sender lost the link mid-way) is dropped when another begins (raft
+/// sends again), and so is one larger than [`MAX_RAFT_BATCH`].
+fn join_piece(
+    pieces: &mut Option<(u64, Vec<u8>)>,
+    id: u64,
+    part: Vec<u8>,
+    last: bool,
+    from: &NodeId,
+) -> Option<Vec<u8>> {
+    match pieces {
+        Some((joining, whole)) if *joining == id => whole.extend_from_slice(&part),
+        _ => *pieces = Some((id, part)),
+    }
+    if pieces
+        .as_ref()
+        .is_some_and(|(_, whole)| whole.len() > MAX_RAFT_BATCH)
+    {
+        tracing::warn!(peer = %from, "dropping a raft batch larger than {MAX_RAFT_BATCH} bytes");
+        *pieces = None;
+    }
+    if last {
+        pieces.take().map(|(_, whole)| whole)
+    } else {
+        None
+    }
 }
 
 /// Accepts the other nodes' links until the task is aborted.
@@ -793,6 +924,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 &router.signature(),
             ),
             incarnation: incarnation(),
+            binary: true,
         }))
         .await?;
     let (read, write) = stream.into_split();
@@ -805,8 +937,9 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
         let _ = tx.send(bytes);
     };
     let mut reader = BufReader::with_capacity(64 * 1024, read);
-    // the pieces of a large raft batch received so far (they come in order, one batch at a time)
-    let mut pieces: Option<(u64, String)> = None;
+    // the pieces of a large raft batch received so far (they come in order, one batch at a time): base64
+    // text from `RaftPart`, bytes from `RaftPartBytes`
+    let mut pieces: Option<(u64, Vec<u8>)> = None;
     let result = loop {
         let (frame, len) =
             match tokio::time::timeout(timeout, read_frame(&mut reader, MAX_PEER_FRAME)).await {
@@ -855,24 +988,25 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                     replication.receive_meta(command.into_bytes());
                 }
             }
+            PeerFrame::RaftBytes { batch, gone } => {
+                if let Some(replication) = router.replication() {
+                    replication.receive_bytes(&peer.id, batch, gone);
+                }
+            }
             PeerFrame::RaftPart { id, part, last } => {
-                match &mut pieces {
-                    Some((joining, whole)) if *joining == id => whole.push_str(&part),
-                    // a batch cut short (its sender lost the link mid-way) is dropped; raft sends again
-                    _ => pieces = Some((id, part)),
-                }
-                if pieces
-                    .as_ref()
-                    .is_some_and(|(_, whole)| whole.len() > MAX_RAFT_BATCH)
+                if let Some(whole) = join_piece(&mut pieces, id, part.into_bytes(), last, &peer.id)
                 {
-                    tracing::warn!(peer = %peer.id, "dropping a raft batch larger than {MAX_RAFT_BATCH} bytes");
-                    pieces = None;
-                }
-                if last {
-                    if let (Some((_, whole)), Some(replication)) =
-                        (pieces.take(), router.replication())
+                    if let (Ok(whole), Some(replication)) =
+                        (String::from_utf8(whole), router.replication())
                     {
                         replication.receive(&peer.id, whole, Vec::new());
+                    }
+                }
+            }
+            PeerFrame::RaftPartBytes { id, part, last } => {
+                if let Some(whole) = join_piece(&mut pieces, id, part, last, &peer.id) {
+                    if let Some(replication) = router.replication() {
+                        replication.receive_bytes(&peer.id, whole, Vec::new());
                     }
                 }
             }
@@ -936,6 +1070,55 @@ mod tests {
         let (back, len) = read_frame(&mut r, MAX_PEER_FRAME).await.unwrap();
         assert_eq!(len, bytes.len());
         assert!(matches!(back, PeerFrame::Ping { connections: 7 }));
+    }
+
+    #[tokio::test]
+    async fn binary_raft_frames_round_trip_and_refuse_what_they_cannot_be() {
+        let frames = [
+            PeerFrame::RaftBytes {
+                batch: vec![0, 1, 2, 255],
+                gone: vec![(3, 9), (u32::MAX, u64::MAX)],
+            },
+            PeerFrame::RaftBytes {
+                batch: Vec::new(),
+                gone: vec![(1, 2)],
+            },
+            PeerFrame::RaftPartBytes {
+                id: 42,
+                part: vec![9; 1000],
+                last: true,
+            },
+        ];
+        for frame in frames {
+            let bytes = encode(&frame);
+            assert_ne!(bytes[0] & 0x80, 0, "the length says binary");
+            let mut r = &bytes[..];
+            let (back, len) = read_frame(&mut r, MAX_PEER_FRAME).await.unwrap();
+            assert_eq!(len, bytes.len());
+            assert_eq!(format!("{back:?}"), format!("{frame:?}"));
+            assert_eq!(encode(&back), bytes);
+        }
+        let refused: [&[u8]; 5] = [
+            &[9, 0, 0, 0],                      // an unknown kind
+            &[1, 0, 0, 0, 2, 0, 0, 0, 1],       // two gone pairs announced, not there
+            &[1, 255, 255, 255, 255],           // more gone pairs announced than any frame holds
+            &[2, 0, 0, 0, 0, 0, 0, 0, 1, 7, 1], // `last` neither 0 nor 1
+            &[2, 0, 0, 0, 0, 0, 0, 0],          // cut short
+        ];
+        for body in refused {
+            let mut bytes = (u32::try_from(body.len()).unwrap() | BINARY)
+                .to_be_bytes()
+                .to_vec();
+            bytes.extend_from_slice(body);
+            let mut r = &bytes[..];
+            assert!(
+                read_frame(&mut r, MAX_PEER_FRAME).await.is_err(),
+                "{body:?}"
+            );
+        }
+        // the binary bit does not lift the size limit
+        let mut r = &(BINARY | 5000).to_be_bytes()[..];
+        assert!(read_frame(&mut r, MAX_HANDSHAKE_FRAME).await.is_err());
     }
 
     #[tokio::test]
@@ -1116,6 +1299,21 @@ mod fuzz {
         ) {
             let len = len.unwrap_or_else(|| u32::try_from(body.len()).unwrap_or(u32::MAX));
             let bytes = prefixed(len, &body);
+            check(&bytes, MAX_PEER_FRAME)?;
+            check(&bytes, MAX_HANDSHAKE_FRAME)?;
+            check(&bytes[..truncate.index(bytes.len() + 1)], MAX_PEER_FRAME)?;
+        }
+
+        /// Binary frames (see `encode`): either kind, or another, and any bytes after it.
+        #[test]
+        fn fuzz_peer_decoder_binary(
+            kind in prop::sample::select(vec![BINARY_RAFT, BINARY_RAFT_PART, 0, 3]),
+            rest in prop::collection::vec(any::<u8>(), 0..64),
+            truncate in any::<prop::sample::Index>(),
+        ) {
+            let mut body = vec![kind];
+            body.extend_from_slice(&rest);
+            let bytes = prefixed(u32::try_from(body.len()).unwrap_or(u32::MAX) | BINARY, &body);
             check(&bytes, MAX_PEER_FRAME)?;
             check(&bytes, MAX_HANDSHAKE_FRAME)?;
             check(&bytes[..truncate.index(bytes.len() + 1)], MAX_PEER_FRAME)?;

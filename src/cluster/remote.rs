@@ -41,7 +41,11 @@ pub enum Target {
     Conv(ConvId),
 }
 
-/// One frame on a peer link: 4 bytes of big-endian length, then this as JSON.
+/// One frame on a peer link: 4 bytes of big-endian length, then this as JSON; or, for the Raft
+/// traffic to a node that reads them (its `Welcome` said `binary`), a binary frame (see
+/// `peer::encode`): `RaftBytes` and `RaftPartBytes` carry their bytes as they are, where `Raft` and
+/// `RaftPart` carry them in base64 inside JSON (a third more bytes, and both encodings to run on each
+/// side: most of what a move of partitions streams).
 ///
 /// The dialing node sends `Hello` (after the listener's `Challenge`), `Call`, `Tell`, `Push`, `Kick`,
 /// `Online` and `Ping`; the listening node sends `Challenge`, `Welcome` or `Refused`, `Reply` and `Pong`.
@@ -77,6 +81,10 @@ pub enum PeerFrame {
         /// one means it restarted, and lost what it had not acknowledged (see `Peer::incarnation`).
         #[serde(default)]
         incarnation: u64,
+        /// The acceptor reads binary Raft frames (`RaftBytes`, `RaftPartBytes`); an older node does not
+        /// say so, and gets `Raft` and `RaftPart`.
+        #[serde(default)]
+        binary: bool,
     },
     Refused {
         reason: String,
@@ -150,6 +158,19 @@ pub enum PeerFrame {
         part: String,
         last: bool,
     },
+    /// `Raft` in a binary frame: the batch's bytes themselves.
+    #[serde(skip)]
+    RaftBytes {
+        batch: Vec<u8>,
+        gone: Vec<(u32, u64)>,
+    },
+    /// `RaftPart` in a binary frame: a piece of a batch's bytes themselves.
+    #[serde(skip)]
+    RaftPartBytes {
+        id: u64,
+        part: Vec<u8>,
+        last: bool,
+    },
 }
 
 impl PeerFrame {
@@ -187,9 +208,9 @@ impl PeerFrame {
             PeerFrame::Online { .. } => 9,
             PeerFrame::Ping { .. } => 10,
             PeerFrame::Pong { .. } => 11,
-            PeerFrame::Raft { .. } => 12,
+            PeerFrame::Raft { .. } | PeerFrame::RaftBytes { .. } => 12,
             PeerFrame::Meta { .. } => 13,
-            PeerFrame::RaftPart { .. } => 14,
+            PeerFrame::RaftPart { .. } | PeerFrame::RaftPartBytes { .. } => 14,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::wire::{decode, encode};
+use super::wire::{base64, encode};
 use super::*;
 use crate::cluster::remote::PeerFrame;
 use crate::error::ChatError;
@@ -182,7 +182,7 @@ impl Driver {
                 let kind = input.kind();
                 match input {
                     Input::Step { from, batch, gone } => {
-                        match decode(&batch) {
+                        match batch.decode() {
                             Ok(messages) => {
                                 for (p, m) in messages {
                                     self.step(p, m);
@@ -534,18 +534,23 @@ impl Driver {
             .partition(|(_, m)| m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
         let mut gone = batch.gone;
         let chunks = encode(&messages);
+        let binary = peer.binary();
+        let frame = |batch: Vec<u8>, gone: Vec<(PartitionId, u64)>| {
+            if binary {
+                PeerFrame::RaftBytes { batch, gone }
+            } else {
+                PeerFrame::Raft {
+                    batch: base64(&batch),
+                    gone,
+                }
+            }
+        };
         if chunks.is_empty() && !gone.is_empty() {
-            let _ = peer.send(&PeerFrame::Raft {
-                batch: String::new(),
-                gone,
-            });
+            let _ = peer.send(&frame(Vec::new(), gone));
         } else {
             for chunk in chunks {
                 // a link that is down drops the frame; raft resends after the heartbeat or election timeout
-                let _ = peer.send(&PeerFrame::Raft {
-                    batch: chunk,
-                    gone: std::mem::take(&mut gone),
-                });
+                let _ = peer.send(&frame(chunk, std::mem::take(&mut gone)));
             }
         }
         for (p, snapshot) in snapshots {
@@ -800,20 +805,30 @@ pub(super) fn send_snapshots(
     let mut id = 0u64;
     while let Ok(out) = snapshots.recv() {
         let whole = encode(&[(out.partition, out.message)]).concat();
+        // base64 is ASCII: any byte offset of it is a character boundary
+        let binary = out.peer.binary();
+        let whole = if binary {
+            whole
+        } else {
+            base64(&whole).into_bytes()
+        };
         id += 1;
         let mut sent = true;
         let mut at = 0;
         while sent && at < whole.len() {
-            // base64 is ASCII: any byte offset is a character boundary
             let end = (at + SNAPSHOT_PIECE).min(whole.len());
-            sent = out
-                .peer
-                .send_bulk(&PeerFrame::RaftPart {
+            let part = whole.get(at..end).unwrap_or_default().to_vec();
+            let last = end == whole.len();
+            let frame = if binary {
+                PeerFrame::RaftPartBytes { id, part, last }
+            } else {
+                PeerFrame::RaftPart {
                     id,
-                    part: whole.get(at..end).unwrap_or_default().to_owned(),
-                    last: end == whole.len(),
-                })
-                .is_ok();
+                    part: String::from_utf8(part).unwrap_or_default(),
+                    last,
+                }
+            };
+            sent = out.peer.send_bulk(&frame).is_ok();
             let wait = pace.after(Instant::now(), end - at);
             at = end;
             if sent && !wait.is_zero() {

@@ -58,10 +58,10 @@ const DRAIN_QUIET_ROUNDS: u32 = 3;
 
 /// What the driver thread is asked to do.
 enum Input {
-    /// A peer's `Raft` frame: its groups' messages to this node's, still encoded.
+    /// A peer's `Raft` or `RaftBytes` frame: its groups' messages to this node's, still encoded.
     Step {
         from: NodeId,
-        batch: String,
+        batch: wire::Received,
         /// Groups the sender (their leader) removed this node from, with the configuration's index.
         gone: Vec<(PartitionId, u64)>,
     },
@@ -659,7 +659,16 @@ impl Replication {
     pub fn receive(&self, from: &NodeId, batch: String, gone: Vec<(PartitionId, u64)>) {
         let _ = lock(&self.tx).send(Input::Step {
             from: from.clone(),
-            batch,
+            batch: wire::Received::Base64(batch),
+            gone,
+        });
+    }
+
+    /// [`Replication::receive`] for a `RaftBytes` frame (or the `RaftPartBytes` of one).
+    pub fn receive_bytes(&self, from: &NodeId, batch: Vec<u8>, gone: Vec<(PartitionId, u64)>) {
+        let _ = lock(&self.tx).send(Input::Step {
+            from: from.clone(),
+            batch: wire::Received::Bytes(batch),
             gone,
         });
     }

@@ -1,4 +1,5 @@
-//! The `Raft` peer frame's payload: a batch of raft-rs messages, each with its partition.
+//! The `Raft` peer frames' payload: a batch of raft-rs messages, each with its partition (bytes in a
+//! `RaftBytes` frame, base64 in a `Raft` frame to an older node).
 
 use base64::Engine as _;
 use protobuf::Message as _;
@@ -6,14 +7,13 @@ use raft::eraftpb::Message;
 
 use crate::cluster::placement::PartitionId;
 
-/// Largest `Raft` peer frame before base64: a batch bigger than this is split (one group's append is at
-/// most 1 MiB, raft-rs's `max_size_per_msg`).
+/// Largest `Raft` peer frame's batch: a batch bigger than this is split (one group's append is at most
+/// 1 MiB, raft-rs's `max_size_per_msg`).
 const MAX_FRAME_BATCH: usize = 4 << 20;
 
-/// A batch as `Raft` frame payloads: per message its partition and length (4 bytes each, big-endian) and
-/// its protobuf bytes, split so that no payload exceeds [`MAX_FRAME_BATCH`] (unless one message does),
-/// in base64.
-pub(super) fn encode(messages: &[(PartitionId, Message)]) -> Vec<String> {
+/// A batch as frame payloads: per message its partition and length (4 bytes each, big-endian) and its
+/// protobuf bytes, split so that no payload exceeds [`MAX_FRAME_BATCH`] (unless one message does).
+pub(super) fn encode(messages: &[(PartitionId, Message)]) -> Vec<Vec<u8>> {
     let mut chunks = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     for (p, m) in messages {
@@ -28,17 +28,36 @@ pub(super) fn encode(messages: &[(PartitionId, Message)]) -> Vec<String> {
             continue;
         };
         if !buf.is_empty() && buf.len() + bytes.len() + 8 > MAX_FRAME_BATCH {
-            chunks.push(base64::engine::general_purpose::STANDARD.encode(&buf));
-            buf.clear();
+            chunks.push(std::mem::take(&mut buf));
         }
         buf.extend_from_slice(&p.to_be_bytes());
         buf.extend_from_slice(&len.to_be_bytes());
         buf.extend_from_slice(&bytes);
     }
     if !buf.is_empty() {
-        chunks.push(base64::engine::general_purpose::STANDARD.encode(&buf));
+        chunks.push(buf);
     }
     chunks
+}
+
+/// A payload for a `Raft` or `RaftPart` frame (to a node that reads no binary frames).
+pub(super) fn base64(payload: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(payload)
+}
+
+/// A batch as received: from a `Raft` frame (base64) or a `RaftBytes` one.
+pub(super) enum Received {
+    Base64(String),
+    Bytes(Vec<u8>),
+}
+
+impl Received {
+    pub(super) fn decode(&self) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
+        match self {
+            Received::Base64(text) => decode(text),
+            Received::Bytes(bytes) => decode_bytes(bytes),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +71,10 @@ pub(super) enum DecodeError {
 }
 
 pub(super) fn decode(batch: &str) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(batch)?;
+    decode_bytes(&base64::engine::general_purpose::STANDARD.decode(batch)?)
+}
+
+pub(super) fn decode_bytes(bytes: &[u8]) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -91,7 +113,8 @@ mod tests {
             (0..300).map(|p| (p, message(2, u64::from(p)))).collect();
         let chunks = encode(&small);
         assert_eq!(chunks.len(), 1);
-        assert_eq!(decode(&chunks[0]).expect("decodes"), small);
+        assert_eq!(decode_bytes(&chunks[0]).expect("decodes"), small);
+        assert_eq!(decode(&base64(&chunks[0])).expect("decodes"), small);
 
         let mut big = message(2, 1);
         big.set_entries(
@@ -110,7 +133,7 @@ mod tests {
         );
         let back: Vec<(PartitionId, Message)> = chunks
             .iter()
-            .flat_map(|c| decode(c).expect("decodes"))
+            .flat_map(|c| decode_bytes(c).expect("decodes"))
             .collect();
         assert_eq!(back, many);
     }
@@ -124,5 +147,7 @@ mod tests {
         let huge_len =
             base64::engine::general_purpose::STANDARD.encode([0u8, 0, 0, 1, 255, 255, 255, 255]);
         assert!(decode(&huge_len).is_err());
+        assert!(decode_bytes(&[0, 0, 0, 1, 255, 255, 255, 255]).is_err());
+        assert!(decode_bytes(&[0, 0, 0, 1, 0, 0, 0, 9, 1]).is_err());
     }
 }
