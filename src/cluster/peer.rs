@@ -110,9 +110,9 @@ const BINARY_RAFT: u8 = 1;
 const BINARY_RAFT_PART: u8 = 2;
 
 /// Encodes one frame: 4 bytes of big-endian length, then JSON; `RaftBytes` and `RaftPartBytes` as
-/// binary frames, whose length has [`BINARY`] set and whose first byte says which:
-/// - [`BINARY_RAFT`]: the number of `gone` pairs (u32), each pair (u32, u64), then the batch;
-/// - [`BINARY_RAFT_PART`]: the id (u64), `last` (one byte, 0 or 1), then the piece.
+/// binary frames, whose length has `BINARY` set and whose first byte says which:
+/// - `BINARY_RAFT`: the number of `gone` pairs (u32), each pair (u32, u64), then the batch;
+/// - `BINARY_RAFT_PART`: the id (u64), `last` (one byte, 0 or 1), then the piece.
 ///
 /// (Numbers big-endian.)
 pub fn encode(frame: &PeerFrame) -> Bytes {
