@@ -297,7 +297,7 @@ impl Running {
 /// What one sender saw, for the checks and the report.
 #[derive(Default)]
 pub(super) struct SenderLog {
-    conv: String,
+    pub(super) conv: String,
     /// The first `seq` acknowledged for each message (by its number: `cid` is `c{n}`).
     acked: HashMap<u64, u64>,
     /// When each `sent` arrived, first ones and repeats alike; the load's start and end bracket them.

@@ -61,6 +61,7 @@ pub async fn rebalance(server: &mut Server, shape: LoadShape, plan: Plan) -> any
         ));
         at += Duration::from_secs(1);
     }
+    print_slow(&logs, added);
     eprintln!(
         "p99 (ms) per second from the addition: {}",
         timeline.join(" ")
@@ -202,6 +203,37 @@ fn moved_bytes(server: &Server) -> u64 {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// With `REBALANCE_SLOW_MS=N`, every message acknowledged after the addition that took at least N ms:
+/// its conversation and the wall-clock time of its `sent` (to set beside the nodes' logs, see
+/// `NODE_LOG_DIR`).
+fn print_slow(logs: &[SenderLog], added: Instant) {
+    let Some(slow) = std::env::var("REBALANCE_SLOW_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+    else {
+        return;
+    };
+    let added_wall = std::time::SystemTime::now() - added.elapsed();
+    for log in logs {
+        for (at, took) in &log.latencies {
+            if *took < slow || *at < added {
+                continue;
+            }
+            let wall = (added_wall + (*at - added))
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            eprintln!(
+                "slow {} sent_unix_s={:.3} after_addition_s={:.3} ms={}",
+                log.conv,
+                wall.as_secs_f64(),
+                (*at - added).as_secs_f64(),
+                took.as_millis()
+            );
+        }
+    }
 }
 
 /// The 99th percentile (ms, one decimal) of the latencies of messages acknowledged in `[from, to)`.

@@ -199,6 +199,21 @@ impl Membership {
             .count()
     }
 
+    /// The members that some partition's target names and its placement does not yet: nodes still
+    /// taking in partitions (a joining node, or one that takes over a leaving node's share).
+    pub fn receiving(&self, target: &[Vec<NodeId>]) -> BTreeSet<NodeId> {
+        target
+            .iter()
+            .enumerate()
+            .flat_map(|(p, want)| {
+                let have = self.placement.get(p);
+                want.iter()
+                    .filter(move |n| !have.is_some_and(|h| h.contains(n)))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Applies a committed command; `Ok(true)` if the record changed. Every node applies the same
     /// commands in the same order, so a refusal is the same everywhere.
     pub fn apply(&mut self, command: &MemberCommand, shape: Shape) -> Result<bool, MemberError> {
@@ -469,7 +484,13 @@ mod tests {
             "about a quarter of the replicas: {share}"
         );
         assert!(!record.apply(&add(4), shape).expect("again"), "idempotent");
+        assert_eq!(
+            record.receiving(&target),
+            BTreeSet::from([n4.clone()]),
+            "only the joiner takes partitions in"
+        );
         place_all(&mut record, shape);
+        assert!(record.receiving(&record.target(shape)).is_empty());
         assert_eq!(
             record.member(&n4).map(|m| m.state),
             Some(MemberState::Active)
@@ -493,6 +514,11 @@ mod tests {
         let target = record.target(shape);
         assert!(target.iter().all(|r| !r.contains(&n2) && r.len() == 3));
         assert!(record.moving(&target) > 0);
+        let receiving = record.receiving(&target);
+        assert!(
+            !receiving.is_empty() && !receiving.contains(&n2),
+            "the others take n2's share: {receiving:?}"
+        );
         place_all(&mut record, shape);
         assert!(record.member(&n2).is_none(), "forgotten");
         assert_eq!(record.members.len(), 3);

@@ -10,7 +10,7 @@
 //! dependency bump can move no key to another partition; the partition count itself is fixed once a node
 //! holds data (the store refuses another value, see `Store::fix_partitions`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hasher;
 
 use fnv::FnvHasher;
@@ -70,6 +70,8 @@ pub struct Layout {
     /// [`Layout::moving`], counted once: the apply thread asks after every input while dropped
     /// partitions wait for deletion, and counting took 3% of a move's CPU.
     moving: usize,
+    /// [`Layout::receiving`], found once with `moving`.
+    receiving: BTreeSet<NodeId>,
 }
 
 impl Layout {
@@ -92,6 +94,10 @@ impl Layout {
             .map(|m| (raft_id(&m.id), m.id.clone()))
             .collect();
         let moving = membership.as_ref().map_or(0, |m| m.moving(&target));
+        let receiving = membership
+            .as_ref()
+            .map(|m| m.receiving(&target))
+            .unwrap_or_default();
         Layout {
             shape,
             membership,
@@ -99,6 +105,7 @@ impl Layout {
             holders,
             ids,
             moving,
+            receiving,
         }
     }
 
@@ -154,6 +161,14 @@ impl Layout {
     /// How many partitions are not where the ring wants them.
     pub fn moving(&self) -> usize {
         self.moving
+    }
+
+    /// Whether `node` is still taking in partitions: some partition's target names it and its placement
+    /// does not yet. Such a node is busy installing snapshots (a 1 GiB move: 200 of them, up to 0.8 s
+    /// each on the bench machine) and what it led would wait behind them: leadership goes to it once
+    /// it is done (see the driver's `balance` and the leader's hand-over in `moves`).
+    pub fn receiving(&self, node: &NodeId) -> bool {
+        self.receiving.contains(node)
     }
 
     /// The member with Raft id `id`.

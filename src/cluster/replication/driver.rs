@@ -403,9 +403,14 @@ impl Driver {
                 break;
             }
             let layout = shared.layout();
-            let Some(to) = layout.target(p).first().map(raft_id) else {
+            let Some(preferred) = layout.target(p).first() else {
                 continue;
             };
+            if layout.receiving(preferred) {
+                // busy installing its share: it leads once it holds it
+                continue;
+            }
+            let to = raft_id(preferred);
             if to == self.raft.id() {
                 continue;
             }

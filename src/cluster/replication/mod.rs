@@ -149,6 +149,24 @@ enum ApplyInput {
     Stop,
 }
 
+impl ApplyInput {
+    /// The input's name, for the apply thread's slow-input warning.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApplyInput::Track { .. } => "track",
+            ApplyInput::Install(_) => "install",
+            ApplyInput::MakeSnapshots(_) => "make snapshots",
+            ApplyInput::SnapshotMade { .. } => "snapshot made",
+            ApplyInput::Committed(_) => "committed",
+            ApplyInput::Leadership(_) => "leadership",
+            ApplyInput::Drop(_) => "drop",
+            ApplyInput::Hold(_) => "hold",
+            ApplyInput::CompactNow(_) => "compact now",
+            ApplyInput::Stop => "stop",
+        }
+    }
+}
+
 /// Where a key's requests go, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serving {
@@ -668,7 +686,7 @@ impl Replication {
     pub fn receive_bytes(&self, from: &NodeId, batch: Vec<u8>, gone: Vec<(PartitionId, u64)>) {
         let _ = lock(&self.tx).send(Input::Step {
             from: from.clone(),
-            batch: wire::Received::Bytes(batch),
+            batch: wire::Received::Bytes(batch.into()),
             gone,
         });
     }

@@ -48,14 +48,16 @@ pub(super) fn base64(payload: &[u8]) -> String {
 /// A batch as received: from a `Raft` frame (base64) or a `RaftBytes` one.
 pub(super) enum Received {
     Base64(String),
-    Bytes(Vec<u8>),
+    /// The frame's payload, shared by the messages decoded from it: a snapshot's data is a slice of it,
+    /// not a copy (it is tens of MiB per move on the node that joins).
+    Bytes(bytes::Bytes),
 }
 
 impl Received {
     pub(super) fn decode(&self) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
         match self {
             Received::Base64(text) => decode(text),
-            Received::Bytes(bytes) => decode_bytes(bytes),
+            Received::Bytes(bytes) => decode_shared(bytes),
         }
     }
 }
@@ -71,10 +73,25 @@ pub(super) enum DecodeError {
 }
 
 pub(super) fn decode(batch: &str) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
-    decode_bytes(&base64::engine::general_purpose::STANDARD.decode(batch)?)
+    decode_shared(
+        &base64::engine::general_purpose::STANDARD
+            .decode(batch)?
+            .into(),
+    )
 }
 
+#[cfg(test)]
 pub(super) fn decode_bytes(bytes: &[u8]) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
+    decode_shared(&bytes::Bytes::copy_from_slice(bytes))
+}
+
+/// A message at least this large keeps a slice of its frame for its data instead of a copy: a snapshot
+/// (tens of MiB per move on the node that joins) or a large append. Smaller ones are copied, so that an
+/// entry kept in a group's log does not hold a whole frame of other groups' messages.
+const SHARE_FROM: usize = 1 << 20;
+
+/// Decodes a batch; large messages keep slices of `bytes` (see [`SHARE_FROM`]).
+fn decode_shared(bytes: &bytes::Bytes) -> Result<Vec<(PartitionId, Message)>, DecodeError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -85,8 +102,15 @@ pub(super) fn decode_bytes(bytes: &[u8]) -> Result<Vec<(PartitionId, Message)>, 
         let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
         let start = at.saturating_add(8);
         let end = start.checked_add(len).ok_or(DecodeError::Truncated(at))?;
-        let body = bytes.get(start..end).ok_or(DecodeError::Truncated(at))?;
-        out.push((p, Message::parse_from_bytes(body)?));
+        if end > bytes.len() {
+            return Err(DecodeError::Truncated(at));
+        }
+        let message = if len >= SHARE_FROM {
+            Message::parse_from_carllerche_bytes(&bytes.slice(start..end))?
+        } else {
+            Message::parse_from_bytes(&bytes[start..end])?
+        };
+        out.push((p, message));
         at = end;
     }
     Ok(out)
