@@ -277,7 +277,7 @@ impl RaftLog {
     ///
     /// The data (tens of MiB per move on the node that joins, on the driver's thread) is written from
     /// where it is, not copied into a record first: the body is the `Snapshot`'s protobuf encoding made
-    /// of its parts (see [`snapshot_parts`]).
+    /// of its parts (see `snapshot_parts`).
     pub fn set_snapshot(&mut self, partition: PartitionId, snapshot: &Snapshot) -> LogResult<()> {
         let (head, tail) = snapshot_parts(snapshot)?;
         self.record_parts(
