@@ -449,17 +449,7 @@ impl RaftLog {
             self.dropped.remove(&partition);
         }
         let body: usize = parts.iter().map(|p| p.len()).sum();
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&partition.to_be_bytes());
-        crc.update(&[kind]);
-        for part in parts {
-            crc.update(part);
-        }
-        let mut header = Vec::with_capacity(13);
-        header.extend_from_slice(&len_u32(5 + body).to_be_bytes());
-        header.extend_from_slice(&crc.finalize().to_be_bytes());
-        header.extend_from_slice(&partition.to_be_bytes());
-        header.push(kind);
+        let header = header(partition, kind, parts);
         let end = self
             .len
             .saturating_add(header.len() as u64)
@@ -534,14 +524,25 @@ fn snapshot_parts(snapshot: &Snapshot) -> LogResult<(Vec<u8>, Vec<u8>)> {
 }
 
 fn frame(partition: PartitionId, kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(5 + body.len());
-    payload.extend_from_slice(&partition.to_be_bytes());
-    payload.push(kind);
-    payload.extend_from_slice(body);
-    let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&len_u32(payload.len()).to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = header(partition, kind, &[body]).to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A record's header for a body made of `parts`: `len | crc32 | partition | kind` (see the module docs).
+fn header(partition: PartitionId, kind: u8, parts: &[&[u8]]) -> [u8; 13] {
+    let body: usize = parts.iter().map(|p| p.len()).sum();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&partition.to_be_bytes());
+    crc.update(&[kind]);
+    for part in parts {
+        crc.update(part);
+    }
+    let mut out = [0u8; 13];
+    out[..4].copy_from_slice(&len_u32(5 + body).to_be_bytes());
+    out[4..8].copy_from_slice(&crc.finalize().to_be_bytes());
+    out[8..12].copy_from_slice(&partition.to_be_bytes());
+    out[12] = kind;
     out
 }
 

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use super::{ApplyInput, Driver, Event};
 use crate::cluster::membership::{plan, MemberCommand, Step};
 use crate::cluster::placement::PartitionId;
-use crate::ids::NodeId;
 use crate::raft::multi::{raft_id, Change};
 
 /// How often the driver looks at the groups it leads.
@@ -104,9 +103,8 @@ impl Driver {
             let target: Vec<u64> = layout.target(p).iter().map(raft_id).collect();
             // a leader that goes hands over to the first caught-up voter of this list: nodes still
             // taking in partitions last (see `Layout::receiving`)
-            let mut handover: Vec<&NodeId> = layout.target(p).iter().collect();
-            handover.sort_by_key(|n| layout.receiving(n));
-            let handover: Vec<u64> = handover.into_iter().map(raft_id).collect();
+            let mut handover = target.clone();
+            handover.sort_by_key(|id| layout.node(*id).is_some_and(|n| layout.receiving(n)));
             let commit = self.raft.commit_index(p).unwrap_or(0);
             let raft = &self.raft;
             let caught_up = |id: u64| id == me || raft.matched(p, id).is_some_and(|m| m >= commit);
