@@ -30,6 +30,10 @@ struct Sent {
     acked: HashMap<String, u64>,
     /// The longest time from an `unavailable` answer to the next `sent`.
     longest_unavailable: Duration,
+    /// The `unavailable` messages of that longest stretch, with when each came (from its start).
+    longest_reasons: Vec<(Duration, String)>,
+    /// When that stretch began (seconds since the Unix epoch, to find it in the nodes' logs).
+    longest_at: f64,
     unavailable: usize,
     /// The node closed the connection.
     disconnected: bool,
@@ -43,6 +47,8 @@ async fn keep_sending(addr: SocketAddr, user: String, conv: String, stop: Arc<At
         conv: conv.clone(),
         acked: HashMap::new(),
         longest_unavailable: Duration::ZERO,
+        longest_reasons: Vec::new(),
+        longest_at: 0.0,
         unavailable: 0,
         disconnected: false,
     };
@@ -53,6 +59,8 @@ async fn keep_sending(addr: SocketAddr, user: String, conv: String, stop: Arc<At
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let mut retry: Vec<String> = Vec::new();
     let mut refused_since: Option<Instant> = None;
+    let mut reasons: Vec<(Duration, String)> = Vec::new();
+    let mut refused_at = 0.0;
     let drain_deadline = Instant::now() + Duration::from_secs(600);
     let mut last_answer = Instant::now();
     loop {
@@ -91,14 +99,28 @@ async fn keep_sending(addr: SocketAddr, user: String, conv: String, stop: Arc<At
                 }
                 in_flight.remove(&cid);
                 if let Some(since) = refused_since.take() {
-                    out.longest_unavailable = out.longest_unavailable.max(since.elapsed());
+                    if since.elapsed() > out.longest_unavailable {
+                        out.longest_unavailable = since.elapsed();
+                        out.longest_reasons = std::mem::take(&mut reasons);
+                        out.longest_at = refused_at;
+                    }
+                    reasons.clear();
                 }
             }
             Ok(Some(f)) if f["type"] == "error" => {
                 last_answer = Instant::now();
                 assert_eq!(f["code"], "unavailable", "{user}: {f}");
                 out.unavailable += 1;
-                refused_since.get_or_insert_with(Instant::now);
+                let since = *refused_since.get_or_insert_with(|| {
+                    refused_at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    Instant::now()
+                });
+                reasons.push((
+                    since.elapsed(),
+                    f["message"].as_str().unwrap_or("").to_owned(),
+                ));
                 let cid = f["rid"].as_str().expect("rid").to_owned();
                 in_flight.remove(&cid);
                 retry.push(cid);
@@ -260,11 +282,13 @@ async fn three_to_four_to_three_nodes_under_pipelined_sends() {
         longest = longest.max(sent.longest_unavailable);
         total += sent.acked.len();
         eprintln!(
-            "{}: {} acknowledged, {} unavailable, longest {:?}",
+            "{}: {} acknowledged, {} unavailable, longest {:?} from unix {:.3}: {:?}",
             sent.user,
             sent.acked.len(),
             sent.unavailable,
-            sent.longest_unavailable
+            sent.longest_unavailable,
+            sent.longest_at,
+            sent.longest_reasons
         );
         verify(cluster.addrs[0], &sent).await;
     }
@@ -494,13 +518,21 @@ async fn a_single_node_grows_to_two_under_pipelined_sends() {
         eprintln!("{} stopped", sent.user);
         assert!(!sent.disconnected);
         eprintln!(
-            "{}: {} acknowledged, {} unavailable, longest {:?}",
+            "{}: {} acknowledged, {} unavailable, longest {:?} from unix {:.3}: {:?}",
             sent.user,
             sent.acked.len(),
             sent.unavailable,
-            sent.longest_unavailable
+            sent.longest_unavailable,
+            sent.longest_at,
+            sent.longest_reasons
         );
-        assert!(sent.longest_unavailable < Duration::from_secs(2));
+        assert!(
+            sent.longest_unavailable < Duration::from_secs(2),
+            "{}: unavailable for {:?}; the nodes' logs end with\n{}",
+            sent.user,
+            sent.longest_unavailable,
+            cluster.log_tails(150)
+        );
         verify(cluster.addrs[0], &sent).await;
         eprintln!("{} verified on n1", sent.user);
         // and the new node has it all: it serves the same history

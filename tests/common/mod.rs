@@ -417,7 +417,7 @@ impl Cluster {
                 tokio::time::Instant::now() < deadline,
                 "cluster did not settle: {}\n{}",
                 view,
-                self.log_tails(30)
+                self.log_tails(200)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

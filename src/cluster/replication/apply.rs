@@ -62,33 +62,55 @@ pub(super) struct Applier {
     /// Snapshots installed since the store's last flush: reported to the driver once flushed (see
     /// [`Input::Installed`]).
     installed: Vec<(PartitionId, u64)>,
-    /// Partitions whose snapshot the snapshot maker is reading (see [`Applier::make_snapshots`]), with
-    /// the entries committed to them meanwhile, applied once it is made.
-    snapshotting: HashMap<PartitionId, Snapshotting>,
+    /// Partitions whose keys a snapshot thread is reading (a snapshot being made, see
+    /// [`Applier::make_snapshots`]) or replacing (one being installed, see [`Applier::install`]), with
+    /// the entries committed to them meanwhile, applied once it is done.
+    busy: HashMap<PartitionId, Busy>,
     /// Jobs for the snapshot maker thread (started with the first one).
     maker: Option<mpsc::Sender<SnapshotJob>>,
-    /// This thread's own channel, for the snapshot maker's [`ApplyInput::SnapshotMade`].
+    /// Jobs for the snapshot installer thread (started with the first one).
+    installer: Option<mpsc::Sender<SnapshotJob>>,
+    /// This thread's own channel, for the snapshot threads' [`ApplyInput::SnapshotDone`].
     apply_tx: mpsc::Sender<ApplyInput>,
     next_job: u64,
 }
 
-/// A partition's snapshot being read by the snapshot maker thread: nothing is applied to the partition
-/// meanwhile, so that the snapshot is its state at the index it names.
-struct Snapshotting {
+/// A partition whose keys a snapshot thread is reading or replacing: nothing is applied to the partition
+/// meanwhile, so that a snapshot made is its state at the index it names, and the entries after a
+/// snapshot installed are applied over it.
+struct Busy {
     job: u64,
-    /// Answers (or closes) once the snapshot is made and handed to the driver.
-    made: mpsc::Receiver<()>,
+    /// What the job does (an installation is finished here once its keys are in, see
+    /// [`Applier::finish`]).
+    work: Work,
+    /// Answers (or closes) once the job is done.
+    done: mpsc::Receiver<()>,
     /// Entries committed to the partition since, in order.
     held: Vec<Committed>,
 }
 
-/// A snapshot for the snapshot maker thread to read: `partition`'s keys as applied up to `index`.
+/// What a snapshot thread does with a partition.
+enum Work {
+    /// Reads its keys as applied up to the job's index and hands them to the driver.
+    Make,
+    /// Replaces its keys with a snapshot's, taken at `index` (at `term`).
+    Install {
+        index: u64,
+        term: u64,
+        bytes: usize,
+        started: Instant,
+    },
+}
+
+/// A job for a snapshot thread.
 struct SnapshotJob {
     job: u64,
     partition: PartitionId,
+    /// A snapshot to install; none to make one.
+    install: Option<bytes::Bytes>,
     index: u64,
     term: u64,
-    made: mpsc::Sender<()>,
+    done: mpsc::Sender<()>,
 }
 
 /// An input that holds the apply thread this long is logged (with what it was).
@@ -157,8 +179,9 @@ impl Applier {
             wanted: HashMap::new(),
             made: HashMap::new(),
             installed: Vec::new(),
-            snapshotting: HashMap::new(),
+            busy: HashMap::new(),
             maker: None,
+            installer: None,
             apply_tx,
             next_job: 0,
         })
@@ -197,17 +220,13 @@ impl Applier {
                 }
                 ApplyInput::Install(snapshots) => {
                     for (partition, snapshot) in snapshots {
-                        self.finish_snapshot(partition);
-                        self.install(partition, &snapshot);
+                        self.finish(partition);
+                        self.install(partition, snapshot);
                     }
                 }
-                ApplyInput::SnapshotMade { partition, job } => {
-                    if self
-                        .snapshotting
-                        .get(&partition)
-                        .is_some_and(|s| s.job == job)
-                    {
-                        self.finish_snapshot(partition);
+                ApplyInput::SnapshotDone { partition, job } => {
+                    if self.busy.get(&partition).is_some_and(|s| s.job == job) {
+                        self.finish(partition);
                         self.make_snapshots();
                     }
                 }
@@ -224,18 +243,18 @@ impl Applier {
                 ApplyInput::Leadership(changes) => self.leadership(&changes),
                 ApplyInput::Drop(partitions) => {
                     for &p in &partitions {
-                        self.finish_snapshot(p);
+                        self.finish(p);
                     }
                     self.drop_partitions(&partitions)
                 }
                 ApplyInput::Hold(partition) => {
-                    self.finish_snapshot(partition);
+                    self.finish(partition);
                     if let Err(e) = self.store.hold_partition(partition) {
                         tracing::error!(partition, error = %e, "cannot mark a partition as held");
                     }
                 }
                 ApplyInput::CompactNow(partition) => {
-                    self.finish_snapshot(partition);
+                    self.finish(partition);
                     self.compact_now(partition)
                 }
                 ApplyInput::Stop => break,
@@ -247,6 +266,11 @@ impl Applier {
             }
             self.maybe_delete(false);
         }
+        // what the snapshot threads are doing is finished, and the entries held for it applied
+        let busy: Vec<PartitionId> = self.busy.keys().copied().collect();
+        for p in busy {
+            self.finish(p);
+        }
         self.maybe_delete(true);
         for (_, (_, _, _, done)) in self.pending.drain() {
             done(Err(ChatError::unavailable("the node is stopping")));
@@ -257,12 +281,12 @@ impl Applier {
     /// partitions whose leader's first entry of its term is among them as caught up, and answers this
     /// node's proposals.
     fn apply(&mut self, committed: Vec<Committed>) {
-        let committed = if self.snapshotting.is_empty() {
+        let committed = if self.busy.is_empty() {
             committed
         } else {
             let mut now = Vec::with_capacity(committed.len());
             for c in committed {
-                match self.snapshotting.get_mut(&c.partition) {
+                match self.busy.get_mut(&c.partition) {
                     Some(s) => s.held.push(c),
                     None => now.push(c),
                 }
@@ -524,11 +548,18 @@ impl Applier {
 
     /// Installs a snapshot of `partition`'s data from its leader: its keys replaced, its applied index set
     /// to the snapshot's (the entries after it follow).
-    fn install(&mut self, partition: PartitionId, snapshot: &raft::eraftpb::Snapshot) {
+    ///
+    /// A partition's keys are written on the snapshot installer thread, not here: installing tens of
+    /// MiB takes a second or more, and on this thread it held every other partition's entries, and the
+    /// node's answers, meanwhile (a joining node that already led some partitions stopped serving them
+    /// while it installed the next). The entries committed to the partition wait until it is installed
+    /// (see [`Busy`]); the other partitions are applied as they come.
+    fn install(&mut self, partition: PartitionId, snapshot: raft::eraftpb::Snapshot) {
         let meta = snapshot.get_metadata();
+        let (index, term) = (meta.index, meta.term);
         let started = Instant::now();
-        self.installed.push((partition, meta.index));
         if partition == self.partitions {
+            self.installed.push((partition, meta.index));
             match serde_json::from_slice::<StoredMembership>(&snapshot.data) {
                 Ok(stored) => {
                     // (installed again at start, it may be older than the record stored since)
@@ -542,18 +573,61 @@ impl Applier {
             }
             return;
         }
-        if let Err(e) =
-            self.store
-                .install_partition(partition, self.partitions, &snapshot.data, meta.index)
-        {
-            tracing::error!(partition, error = %e, "cannot install a snapshot: stopping the node");
-            std::process::abort();
+        let data = snapshot.data;
+        let bytes = data.len();
+        self.next_job += 1;
+        let (done, done_rx) = mpsc::channel();
+        let job = SnapshotJob {
+            job: self.next_job,
+            partition,
+            install: Some(data),
+            index,
+            term,
+            done,
+        };
+        if let Err(mpsc::SendError(job)) = self.installer().send(job) {
+            // no installer thread: installed here
+            run_job(
+                &self.store,
+                self.partitions,
+                self.shared.upgrade().as_deref(),
+                &job,
+            );
+            self.installed(partition, (index, term), bytes, started);
+            return;
         }
-        self.replica.forget(partition, meta.index);
-        self.last.insert(partition, (meta.index, meta.term));
-        self.compacted.insert(partition, meta.index);
+        self.busy.insert(
+            partition,
+            Busy {
+                job: self.next_job,
+                work: Work::Install {
+                    index,
+                    term,
+                    bytes,
+                    started,
+                },
+                done: done_rx,
+                held: Vec::new(),
+            },
+        );
+    }
+
+    /// An installation's keys are in: the partition's cached state goes, and its log starts after the
+    /// snapshot.
+    /// (`started` is when it was received: the time logged includes its wait for the installer thread.)
+    fn installed(
+        &mut self,
+        partition: PartitionId,
+        (index, term): (u64, u64),
+        bytes: usize,
+        started: Instant,
+    ) {
+        self.installed.push((partition, index));
+        self.replica.forget(partition, index);
+        self.last.insert(partition, (index, term));
+        self.compacted.insert(partition, index);
         self.metrics.raft_snapshots_installed.inc();
-        tracing::info!(partition, index = meta.index, bytes = snapshot.data.len(), took = ?started.elapsed(), "installed a partition snapshot");
+        tracing::info!(partition, index, bytes, took = ?started.elapsed(), "installed a partition snapshot");
     }
 
     /// Snapshots of the wanted partitions' data that this node has applied far enough (see
@@ -575,11 +649,13 @@ impl Applier {
         // one partition's keys at a time on the maker thread: a partition is held from when its job is
         // queued until it is made, so with a queue the last one waited for all the others (1.7 s in a
         // 1 GiB move); the next is queued when the maker reports
-        let mut free = self.snapshotting.is_empty();
+        let busy = &self.busy;
+        let mut free = !busy.values().any(|b| matches!(b.work, Work::Make));
         let wanted: Vec<PartitionId> = self
             .wanted
             .iter()
             .filter(|(p, at)| last.get(p).is_some_and(|(index, _)| index >= at))
+            .filter(|(p, _)| !busy.contains_key(p))
             .map(|(p, _)| *p)
             .filter(|p| *p == meta || std::mem::replace(&mut free, false))
             .collect();
@@ -619,25 +695,27 @@ impl Applier {
                 continue;
             }
             self.next_job += 1;
-            let (made, made_rx) = mpsc::channel();
+            let (done, done_rx) = mpsc::channel();
             let job = SnapshotJob {
                 job: self.next_job,
                 partition,
+                install: None,
                 index,
                 term,
-                made,
+                done,
             };
             self.made.insert(partition, index);
             if let Err(mpsc::SendError(job)) = self.maker().send(job) {
                 // no maker thread: read here
-                make_snapshot(&self.store, self.partitions, &shared, &job);
+                run_job(&self.store, self.partitions, Some(&shared), &job);
                 continue;
             }
-            self.snapshotting.insert(
+            self.busy.insert(
                 partition,
-                Snapshotting {
+                Busy {
                     job: self.next_job,
-                    made: made_rx,
+                    work: Work::Make,
+                    done: done_rx,
                     held: Vec::new(),
                 },
             );
@@ -646,34 +724,60 @@ impl Applier {
 
     /// The snapshot maker thread's job queue, the thread started at the first use.
     fn maker(&mut self) -> &mpsc::Sender<SnapshotJob> {
-        self.maker.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel();
-            let store = self.store.clone();
-            let partitions = self.partitions;
-            let shared = self.shared.clone();
-            let apply = self.apply_tx.clone();
-            if let Err(e) = std::thread::Builder::new()
-                .name("raft-snapshot-maker".into())
-                .spawn(move || make_snapshots(rx, store, partitions, shared, apply))
-            {
-                // the jobs cannot be sent then, and the apply thread reads each one itself
-                tracing::error!(error = %e, "cannot start the snapshot maker thread");
-            }
-            tx
-        })
+        let tx = match self.maker.take() {
+            Some(tx) => tx,
+            None => self.spawn_worker("raft-snapshot-maker"),
+        };
+        self.maker.insert(tx)
     }
 
-    /// Waits for the snapshot of `partition` being made, if there is one, then applies the entries held
-    /// for it meanwhile. Called before anything else touches the partition's keys (an installation, a
-    /// drop) and when the snapshot maker reports.
-    fn finish_snapshot(&mut self, partition: PartitionId) {
-        let Some(s) = self.snapshotting.remove(&partition) else {
+    /// The snapshot installer thread's job queue, the thread started at the first use (a thread of its
+    /// own: a leader's snapshots for its followers do not wait behind this node's installations).
+    fn installer(&mut self) -> &mpsc::Sender<SnapshotJob> {
+        let tx = match self.installer.take() {
+            Some(tx) => tx,
+            None => self.spawn_worker("raft-snapshot-installer"),
+        };
+        self.installer.insert(tx)
+    }
+
+    /// Starts a snapshot thread named `name` (see [`snapshot_worker`]) and returns its job queue.
+    fn spawn_worker(&self, name: &str) -> mpsc::Sender<SnapshotJob> {
+        let (tx, rx) = mpsc::channel();
+        let store = self.store.clone();
+        let partitions = self.partitions;
+        let shared = self.shared.clone();
+        let apply = self.apply_tx.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || snapshot_worker(rx, store, partitions, shared, apply))
+        {
+            // the jobs cannot be sent then, and the apply thread does each one itself
+            tracing::error!(error = %e, thread = name, "cannot start a snapshot thread");
+        }
+        tx
+    }
+
+    /// Waits for the snapshot job on `partition`, if there is one (an installation is then finished), and
+    /// applies the entries held for it meanwhile. Called before anything else touches the partition's
+    /// keys (an installation, a drop) and when the snapshot thread reports.
+    fn finish(&mut self, partition: PartitionId) {
+        let Some(b) = self.busy.remove(&partition) else {
             return;
         };
-        // an error only means the maker thread is gone: nothing reads the keys any more
-        let _ = s.made.recv();
-        if !s.held.is_empty() {
-            self.apply(s.held);
+        // an error only means the snapshot thread is gone: nothing touches the keys any more
+        let _ = b.done.recv();
+        if let Work::Install {
+            index,
+            term,
+            bytes,
+            started,
+        } = b.work
+        {
+            self.installed(partition, (index, term), bytes, started);
+        }
+        if !b.held.is_empty() {
+            self.apply(b.held);
         }
     }
 
@@ -692,6 +796,8 @@ impl Applier {
         let due: Vec<(PartitionId, u64)> = self
             .last
             .iter()
+            // (one being installed compacts once it is: the index here is its old one)
+            .filter(|(p, _)| !self.busy.contains_key(p))
             .filter_map(|(p, (index, _))| {
                 let from = self.compacted.get(p).copied().unwrap_or(0);
                 let bytes = self.tail_bytes.get(p).copied().unwrap_or(0);
@@ -751,10 +857,10 @@ impl Applier {
     }
 }
 
-/// The snapshot maker thread: reads each job's partition from the store (the apply thread holds the
-/// partition's entries meanwhile), hands the snapshot to the driver, then tells the apply thread. Ends
-/// when the apply thread does.
-fn make_snapshots(
+/// A snapshot thread (the maker's or the installer's): does each job on its partition's keys (the apply
+/// thread holds the partition's entries meanwhile), then tells the apply thread. Ends when the apply
+/// thread does.
+fn snapshot_worker(
     jobs: mpsc::Receiver<SnapshotJob>,
     store: Store,
     partitions: u32,
@@ -762,14 +868,27 @@ fn make_snapshots(
     apply: mpsc::Sender<ApplyInput>,
 ) {
     while let Ok(job) = jobs.recv() {
-        if let Some(shared) = shared.upgrade() {
-            make_snapshot(&store, partitions, &shared, &job);
-        }
-        let _ = job.made.send(());
-        let _ = apply.send(ApplyInput::SnapshotMade {
+        run_job(&store, partitions, shared.upgrade().as_deref(), &job);
+        let _ = job.done.send(());
+        let _ = apply.send(ApplyInput::SnapshotDone {
             partition: job.partition,
             job: job.job,
         });
+    }
+}
+
+/// Does a snapshot job: installs its snapshot, or makes one and hands it to the driver (if the node
+/// still runs).
+fn run_job(store: &Store, partitions: u32, shared: Option<&Replication>, job: &SnapshotJob) {
+    match (&job.install, shared) {
+        (Some(data), _) => {
+            if let Err(e) = store.install_partition(job.partition, partitions, data, job.index) {
+                tracing::error!(partition = job.partition, error = %e, "cannot install a snapshot: stopping the node");
+                std::process::abort();
+            }
+        }
+        (None, Some(shared)) => make_snapshot(store, partitions, shared, job),
+        (None, None) => {}
     }
 }
 

@@ -128,9 +128,10 @@ enum ApplyInput {
     /// Make snapshots of these partitions' data for the driver (followers need compacted entries), each
     /// once this node has applied its log up to the index given (see `MultiRaft::wanted_snapshots`).
     MakeSnapshots(Vec<(PartitionId, u64)>),
-    /// The snapshot maker thread has made snapshot `job` of `partition` (see `Applier::make_snapshots`):
-    /// the entries held for it meanwhile are applied.
-    SnapshotMade {
+    /// A snapshot thread has done job `job` on `partition` (made a snapshot, see
+    /// `Applier::make_snapshots`, or installed one, see `Applier::install`): the entries held for it
+    /// meanwhile are applied.
+    SnapshotDone {
         partition: PartitionId,
         job: u64,
     },
@@ -156,7 +157,7 @@ impl ApplyInput {
             ApplyInput::Track { .. } => "track",
             ApplyInput::Install(_) => "install",
             ApplyInput::MakeSnapshots(_) => "make snapshots",
-            ApplyInput::SnapshotMade { .. } => "snapshot made",
+            ApplyInput::SnapshotDone { .. } => "snapshot done",
             ApplyInput::Committed(_) => "committed",
             ApplyInput::Leadership(_) => "leadership",
             ApplyInput::Drop(_) => "drop",
@@ -456,10 +457,18 @@ impl Replication {
         }
     }
 
-    /// Calls `hook` with the new layout whenever the membership record changes (from the apply thread).
-    /// Dropped by [`Replication::stop`].
+    /// Calls `hook` with the new layout whenever the membership record changes (from the apply thread),
+    /// and once now with the current one if there is a record: the apply thread starts before the hook
+    /// can be set, and a record it sets first (a node restarted with a membership snapshot to install
+    /// again) is not missed. Dropped by [`Replication::stop`].
     pub fn on_membership(&self, hook: impl Fn(&Arc<Layout>) + Send + Sync + 'static) {
-        *lock(&self.on_membership) = Some(Box::new(hook));
+        // under the hook's lock: a record set meanwhile waits for it, then calls the hook itself
+        let mut slot = lock(&self.on_membership);
+        let layout = self.layout();
+        if layout.membership().is_some() {
+            hook(&layout);
+        }
+        *slot = Some(Box::new(hook));
     }
 
     /// The links the Raft traffic goes over: the router's peers, by Raft id.
