@@ -335,6 +335,17 @@ pub enum Step {
     Wait,
 }
 
+/// The order in which a leader that leaves its group tries the target's voters (see [`plan`]'s
+/// [`Step::Transfer`]): the target's order, with the nodes still taking partitions in last (see
+/// [`Membership::receiving`]): a node installing snapshots would answer the partition's requests only
+/// between its installations.
+pub fn handover_order(target: &[u64], receiving: impl Fn(u64) -> bool) -> Vec<u64> {
+    let mut order = target.to_vec();
+    // stable: the target's order otherwise
+    order.sort_by_key(|id| receiving(*id));
+    order
+}
+
 /// What the leader `me` of a group with `replicas` does next towards `target` (Raft ids, the preferred
 /// leader first). `caught_up` says whether a replica has the whole log; `compacted` whether the log
 /// starts after a snapshot point.
@@ -629,6 +640,20 @@ mod tests {
             Step::Transfer(2)
         );
         assert_eq!(plan(3, &promoted, &[4, 1, 2], |_| false, true), Step::Wait);
+        // the preferred leader 4 still takes partitions in: 1 gets it, in the target's order otherwise
+        let order = handover_order(&[4, 1, 2], |id| id == 4);
+        assert_eq!(order, vec![1, 2, 4]);
+        assert_eq!(plan(3, &promoted, &order, all, true), Step::Transfer(1));
+        assert_eq!(
+            plan(3, &promoted, &order, |id| id != 1, true),
+            Step::Transfer(2)
+        );
+        assert_eq!(
+            plan(3, &promoted, &order, |id| id == 4, true),
+            Step::Transfer(4),
+            "a receiving node rather than none"
+        );
+        assert_eq!(handover_order(&[4, 1, 2], |_| false), vec![4, 1, 2]);
         // under the new leader
         assert_eq!(
             plan(4, &promoted, &[4, 1, 2], all, true),

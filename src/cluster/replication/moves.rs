@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{ApplyInput, Driver, Event};
-use crate::cluster::membership::{plan, MemberCommand, Step};
+use crate::cluster::membership::{handover_order, plan, MemberCommand, Step};
 use crate::cluster::placement::PartitionId;
 use crate::raft::multi::{raft_id, Change};
 
@@ -101,10 +101,9 @@ impl Driver {
                 self.compact_now(p, now);
             }
             let target: Vec<u64> = layout.target(p).iter().map(raft_id).collect();
-            // a leader that goes hands over to the first caught-up voter of this list: nodes still
-            // taking in partitions last (see `Layout::receiving`)
-            let mut handover = target.clone();
-            handover.sort_by_key(|id| layout.node(*id).is_some_and(|n| layout.receiving(n)));
+            let handover = handover_order(&target, |id| {
+                layout.node(id).is_some_and(|n| layout.receiving(n))
+            });
             let commit = self.raft.commit_index(p).unwrap_or(0);
             let raft = &self.raft;
             let caught_up = |id: u64| id == me || raft.matched(p, id).is_some_and(|m| m >= commit);
