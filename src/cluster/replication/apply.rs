@@ -555,19 +555,18 @@ impl Applier {
     /// while it installed the next). The entries committed to the partition wait until it is installed
     /// (see [`Busy`]); the other partitions are applied as they come.
     fn install(&mut self, partition: PartitionId, snapshot: raft::eraftpb::Snapshot) {
-        let meta = snapshot.get_metadata();
-        let (index, term) = (meta.index, meta.term);
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         let started = Instant::now();
         if partition == self.partitions {
-            self.installed.push((partition, meta.index));
+            self.installed.push((partition, index));
             match serde_json::from_slice::<StoredMembership>(&snapshot.data) {
                 Ok(stored) => {
                     // (installed again at start, it may be older than the record stored since)
-                    if self.membership.is_none() || meta.index.max(stored.index) > self.meta_index {
-                        self.set_membership(meta.index.max(stored.index), stored.membership);
+                    if self.membership.is_none() || index.max(stored.index) > self.meta_index {
+                        self.set_membership(index.max(stored.index), stored.membership);
                     }
-                    self.last.insert(partition, (meta.index, meta.term));
-                    self.compacted.insert(partition, meta.index);
+                    self.last.insert(partition, (index, term));
+                    self.compacted.insert(partition, index);
                 }
                 Err(e) => tracing::error!(error = %e, "a membership snapshot that does not decode"),
             }
@@ -613,8 +612,8 @@ impl Applier {
     }
 
     /// An installation's keys are in: the partition's cached state goes, and its log starts after the
-    /// snapshot.
-    /// (`started` is when it was received: the time logged includes its wait for the installer thread.)
+    /// snapshot. (`started` is when it was received: the time logged includes its wait for the installer
+    /// thread.)
     fn installed(
         &mut self,
         partition: PartitionId,
