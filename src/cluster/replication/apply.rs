@@ -66,7 +66,7 @@ pub(super) struct Applier {
     /// [`Applier::make_snapshots`]) or replacing (one being installed, see [`Applier::install`]), with
     /// the entries committed to them meanwhile, applied once it is done.
     busy: HashMap<PartitionId, Busy>,
-    /// Jobs for the snapshot maker thread (started with the first one).
+    /// Jobs for the snapshot maker thread (started with the first one; see [`Applier::queue`]).
     maker: Option<mpsc::Sender<SnapshotJob>>,
     /// Jobs for the snapshot installer thread (started with the first one).
     installer: Option<mpsc::Sender<SnapshotJob>>,
@@ -584,7 +584,7 @@ impl Applier {
             term,
             done,
         };
-        if let Err(mpsc::SendError(job)) = self.installer().send(job) {
+        if let Err(mpsc::SendError(job)) = self.queue(job) {
             // no installer thread: installed here
             run_job(
                 &self.store,
@@ -704,7 +704,7 @@ impl Applier {
                 done,
             };
             self.made.insert(partition, index);
-            if let Err(mpsc::SendError(job)) = self.maker().send(job) {
+            if let Err(mpsc::SendError(job)) = self.queue(job) {
                 // no maker thread: read here
                 run_job(&self.store, self.partitions, Some(&shared), &job);
                 continue;
@@ -721,40 +721,27 @@ impl Applier {
         }
     }
 
-    /// The snapshot maker thread's job queue, the thread started at the first use.
-    fn maker(&mut self) -> &mpsc::Sender<SnapshotJob> {
-        let tx = match self.maker.take() {
-            Some(tx) => tx,
-            None => self.spawn_worker("raft-snapshot-maker"),
+    /// Queues `job` for its snapshot thread, started at the first use: the installer's for a snapshot
+    /// to install, the maker's otherwise (two threads: a leader's snapshots for its followers do not
+    /// wait behind this node's installations). The job comes back if the thread could not start.
+    fn queue(&mut self, job: SnapshotJob) -> Result<(), mpsc::SendError<SnapshotJob>> {
+        let (slot, name) = match job.install {
+            Some(_) => (&mut self.installer, "raft-snapshot-installer"),
+            None => (&mut self.maker, "raft-snapshot-maker"),
         };
-        self.maker.insert(tx)
-    }
-
-    /// The snapshot installer thread's job queue, the thread started at the first use (a thread of its
-    /// own: a leader's snapshots for its followers do not wait behind this node's installations).
-    fn installer(&mut self) -> &mpsc::Sender<SnapshotJob> {
-        let tx = match self.installer.take() {
-            Some(tx) => tx,
-            None => self.spawn_worker("raft-snapshot-installer"),
-        };
-        self.installer.insert(tx)
-    }
-
-    /// Starts a snapshot thread named `name` (see [`snapshot_worker`]) and returns its job queue.
-    fn spawn_worker(&self, name: &str) -> mpsc::Sender<SnapshotJob> {
-        let (tx, rx) = mpsc::channel();
-        let store = self.store.clone();
-        let partitions = self.partitions;
-        let shared = self.shared.clone();
-        let apply = self.apply_tx.clone();
-        if let Err(e) = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || snapshot_worker(rx, store, partitions, shared, apply))
-        {
-            // the jobs cannot be sent then, and the apply thread does each one itself
-            tracing::error!(error = %e, thread = name, "cannot start a snapshot thread");
+        if slot.is_none() {
+            *slot = Some(spawn_worker(
+                name,
+                &self.store,
+                self.partitions,
+                &self.shared,
+                &self.apply_tx,
+            ));
         }
-        tx
+        match slot {
+            Some(tx) => tx.send(job),
+            None => Err(mpsc::SendError(job)),
+        }
     }
 
     /// Waits for the snapshot job on `partition`, if there is one (an installation is then finished), and
@@ -854,6 +841,26 @@ impl Applier {
             }
         }
     }
+}
+
+/// Starts a snapshot thread named `name` (see [`snapshot_worker`]) and returns its job queue.
+fn spawn_worker(
+    name: &str,
+    store: &Store,
+    partitions: u32,
+    shared: &std::sync::Weak<Replication>,
+    apply: &mpsc::Sender<ApplyInput>,
+) -> mpsc::Sender<SnapshotJob> {
+    let (tx, rx) = mpsc::channel();
+    let (store, shared, apply) = (store.clone(), shared.clone(), apply.clone());
+    if let Err(e) = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || snapshot_worker(rx, store, partitions, shared, apply))
+    {
+        // the jobs cannot be sent then (the receiver is gone), and the apply thread does each itself
+        tracing::error!(error = %e, thread = name, "cannot start a snapshot thread");
+    }
+    tx
 }
 
 /// A snapshot thread (the maker's or the installer's): does each job on its partition's keys (the apply
