@@ -113,7 +113,10 @@
 //!   shape (`partitions`, `replicas`, `vnodes`) or secret, and nodes that are not members, are refused.
 //!   A partition moves one Raft change at a time under its leader (a learner caught up by snapshot, then
 //!   one joint change; a leader that goes hands over first, drained), so it is served throughout and
-//!   nothing is lost, duplicated or reordered; clients of nodes that stay are never disconnected.
+//!   nothing is lost, duplicated or reordered; clients of nodes that stay are never disconnected. A
+//!   learner acknowledges a snapshot only once its store holds it, and a replica still installing one
+//!   refuses the leadership: a leader that could not serve for as long as an installation takes never
+//!   gets the partition.
 //! - **Failure**: a killed, frozen or cut-off node's partitions elect new leaders among their other
 //!   replicas (pre-vote and check-quorum on) and serve again within `election_timeout_ms` plus about a
 //!   second; requests wait for that instead of failing. A call that was in flight when its leader died gets

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,7 +28,8 @@ struct Sent {
     user: String,
     conv: String,
     acked: HashMap<String, u64>,
-    /// The longest time from an `unavailable` answer to the next `sent`.
+    /// The longest time from the sending of a request answered `unavailable` (a router waits up to the
+    /// failover bound for a leader before it answers so) to the next `sent`.
     longest_unavailable: Duration,
     /// The `unavailable` messages of that longest stretch, with when each came (from its start).
     longest_reasons: Vec<(Duration, String)>,
@@ -56,7 +57,8 @@ async fn keep_sending(addr: SocketAddr, user: String, conv: String, stop: Arc<At
         .await
         .expect("login");
     let mut next = 0usize;
-    let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    // each with when it was (last) sent
+    let mut in_flight: BTreeMap<String, Instant> = BTreeMap::new();
     let mut retry: Vec<String> = Vec::new();
     let mut refused_since: Option<Instant> = None;
     let mut reasons: Vec<(Duration, String)> = Vec::new();
@@ -87,7 +89,7 @@ async fn keep_sending(addr: SocketAddr, user: String, conv: String, stop: Arc<At
                 out.disconnected = true;
                 return out;
             }
-            in_flight.insert(cid);
+            in_flight.insert(cid, Instant::now());
         }
         match c.next(Duration::from_secs(10)).await {
             Ok(Some(f)) if f["type"] == "sent" => {
@@ -111,18 +113,18 @@ async fn keep_sending(addr: SocketAddr, user: String, conv: String, stop: Arc<At
                 last_answer = Instant::now();
                 assert_eq!(f["code"], "unavailable", "{user}: {f}");
                 out.unavailable += 1;
+                let cid = f["rid"].as_str().expect("rid").to_owned();
+                let sent_at = in_flight.remove(&cid).unwrap_or_else(Instant::now);
                 let since = *refused_since.get_or_insert_with(|| {
-                    refused_at = std::time::SystemTime::now()
+                    refused_at = (std::time::SystemTime::now() - sent_at.elapsed())
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64());
-                    Instant::now()
+                    sent_at
                 });
                 reasons.push((
                     since.elapsed(),
                     f["message"].as_str().unwrap_or("").to_owned(),
                 ));
-                let cid = f["rid"].as_str().expect("rid").to_owned();
-                in_flight.remove(&cid);
                 retry.push(cid);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -286,6 +286,28 @@ pub struct Cluster {
     joined: HashMap<usize, (PathBuf, String)>,
 }
 
+/// A failing test's message ends with the nodes' logs: the directory that holds them goes with the cluster.
+/// With `KEEP_NODE_LOGS=DIR` every node's whole log is also copied there (as `DIR/<temp dir>-ID.log`).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the nodes' logs end with\n{}", self.log_tails(150));
+        }
+        if let Ok(keep) = std::env::var("KEEP_NODE_LOGS") {
+            let run = self
+                .dir
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            for id in &self.ids {
+                let from = self.dir.path().join(format!("{id}.log"));
+                let _ = std::fs::copy(from, Path::new(&keep).join(format!("{run}-{id}.log")));
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Starts `n` nodes (`n1`..) with `extra` config and waits until every node's links to the others are up.
     pub async fn start(n: usize, extra: &str) -> Cluster {

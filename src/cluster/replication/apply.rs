@@ -559,6 +559,7 @@ impl Applier {
         let started = Instant::now();
         if partition == self.partitions {
             self.installed.push((partition, index));
+            self.unpacked(partition, index);
             match serde_json::from_slice::<StoredMembership>(&snapshot.data) {
                 Ok(stored) => {
                     // (installed again at start, it may be older than the record stored since)
@@ -622,11 +623,19 @@ impl Applier {
         started: Instant,
     ) {
         self.installed.push((partition, index));
+        self.unpacked(partition, index);
         self.replica.forget(partition, index);
         self.last.insert(partition, (index, term));
         self.compacted.insert(partition, index);
         self.metrics.raft_snapshots_installed.inc();
         tracing::info!(partition, index, bytes, took = ?started.elapsed(), "installed a partition snapshot");
+    }
+
+    /// Tells the driver that `partition`'s snapshot at `index` is installed ([`Input::Unpacked`]).
+    fn unpacked(&self, partition: PartitionId, index: u64) {
+        if let Some(shared) = self.shared.upgrade() {
+            let _ = lock(&shared.tx).send(Input::Unpacked { partition, index });
+        }
     }
 
     /// Snapshots of the wanted partitions' data that this node has applied far enough (see

@@ -11,6 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::unpacking::Unpacking;
 use super::wire::{base64, encode};
 use super::*;
 use crate::cluster::remote::PeerFrame;
@@ -106,6 +107,8 @@ pub(super) struct Driver {
     snapshots_out: HashMap<(PartitionId, u64), SnapshotSent>,
     /// Moves of replicas led from here (see `moves.rs`).
     pub(super) moves: super::moves::Moves,
+    /// Snapshots received that the apply thread is installing, and what waits for them.
+    pub(super) unpacking: Unpacking,
 }
 
 impl Driver {
@@ -128,6 +131,7 @@ impl Driver {
             syncing: 0,
             snapshots,
             snapshots_out: HashMap::new(),
+            unpacking: Unpacking::default(),
             raft,
             rx,
             tick,
@@ -238,6 +242,11 @@ impl Driver {
                             }
                         }
                     }
+                    Input::Unpacked { partition, index } => {
+                        for batch in self.unpacking.finished(partition, index) {
+                            self.send(batch);
+                        }
+                    }
                     Input::Retire => self.retiring = true,
                     Input::SnapshotLost { partition, to } => {
                         self.snapshots_out.remove(&(partition, to));
@@ -286,9 +295,12 @@ impl Driver {
     }
 
     /// Steps a peer's message; a leader's message for a group not kept here starts a replica (the leader
-    /// added this node). A retiring node takes no leadership.
+    /// added this node). A retiring node takes no leadership, nor does a replica still installing a
+    /// snapshot of the partition: it could not serve before the installation ends.
     fn step(&mut self, p: PartitionId, m: raft::eraftpb::Message) {
-        if self.retiring && m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow
+            && (self.retiring || self.unpacking.busy(p))
+        {
             return;
         }
         if self.raft.step(p, m.clone()) == Stepped::Unknown {
@@ -490,7 +502,12 @@ impl Driver {
             self.metrics.raft_snapshots_sent.inc_by(snapshots as u64);
             self.metrics.move_bytes.inc_by(bytes);
         }
+        for (p, snapshot) in &out.installs {
+            self.unpacking
+                .started(*p, snapshot.get_metadata(), self.raft.id());
+        }
         for batch in out.batches {
+            let batch = self.unpacking.withhold(batch);
             self.send(batch);
         }
         if !out.installs.is_empty() {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 mod apply;
 mod driver;
 mod moves;
+mod unpacking;
 mod wire;
 
 use apply::Applier;
@@ -88,6 +89,12 @@ enum Input {
     /// The store has durably installed these partitions' snapshots (at these indexes): their logs let
     /// the data go (see [`MultiRaft::installs`]).
     Installed(Vec<(PartitionId, u64)>),
+    /// The apply thread has installed `partition`'s snapshot at `index` (in the store, maybe not
+    /// flushed yet): the node now holds what it acknowledges (see [`unpacking`]).
+    Unpacked {
+        partition: PartitionId,
+        index: u64,
+    },
     /// An encoded [`Proposal`] for `partition`'s log; `done` is called once it is applied here, or with
     /// `unavailable` if it cannot be (this node does not lead the partition, or lost it first).
     Propose {
@@ -392,6 +399,10 @@ impl Replication {
         // snapshots received before a crash and perhaps not installed durably: installed again first
         // (the groups' logs start after them; see `RaftLog`'s module docs)
         let unfinished = raft.installs();
+        let reinstalling: Vec<(PartitionId, raft::eraftpb::SnapshotMetadata)> = unfinished
+            .iter()
+            .map(|(p, snapshot)| (*p, snapshot.get_metadata().clone()))
+            .collect();
         if !unfinished.is_empty() {
             tracing::warn!(
                 partitions = ?unfinished.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
@@ -415,7 +426,7 @@ impl Replication {
             .name("raft-snapshots".into())
             .spawn(move || driver::send_snapshots(snapshots_rx, lost, pace))
             .map_err(ReplicationError::Thread)?;
-        let driver = Driver::new(
+        let mut driver = Driver::new(
             raft,
             rx,
             tick,
@@ -428,6 +439,10 @@ impl Replication {
             sync_tx,
             snapshots_tx,
         );
+        let me = driver.raft.id();
+        for (p, meta) in &reinstalling {
+            driver.unpacking.started(*p, meta, me);
+        }
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || driver.run())
