@@ -73,6 +73,27 @@ pub struct Batch {
     pub gone: Vec<(PartitionId, u64)>,
 }
 
+impl Batch {
+    /// One batch per destination (each message's `to`) of one group's `messages`, kept in order.
+    pub fn of(partition: PartitionId, messages: Vec<Message>) -> Vec<Batch> {
+        let mut outgoing = BTreeMap::new();
+        route(partition, messages, &mut outgoing);
+        batches(outgoing)
+    }
+}
+
+/// The batches of `outgoing` (by destination), without removals to tell.
+fn batches(outgoing: BTreeMap<u64, Vec<(PartitionId, Message)>>) -> Vec<Batch> {
+    outgoing
+        .into_iter()
+        .map(|(to, messages)| Batch {
+            to,
+            messages,
+            gone: Vec::new(),
+        })
+        .collect()
+}
+
 /// An entry that a majority has stored, in log order per group. A new leader's first entry of its term
 /// has empty `data`; a configuration change (already applied to the group) has `conf` set and no data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1043,14 +1064,7 @@ impl MultiRaft {
             }
         }
         Output {
-            batches: outgoing
-                .into_iter()
-                .map(|(to, messages)| Batch {
-                    to,
-                    messages,
-                    gone: Vec::new(),
-                })
-                .collect(),
+            batches: batches(outgoing),
             installs: unsynced.installs,
             ..Output::default()
         }

@@ -11,6 +11,7 @@
 //! A voter's messages are never kept back: in a group of two, a silent voter costs the leader its quorum
 //! (check-quorum). Heartbeat responses are not either: they only say the replica is alive.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use raft::eraftpb::{Message, MessageType, SnapshotMetadata};
@@ -30,8 +31,8 @@ struct Installing {
     index: u64,
     /// This node is a learner of the partition: what it sends there waits for the installation.
     learner: bool,
-    /// What waits: to whom, and the message, in the order raft produced them.
-    withheld: Vec<(u64, Message)>,
+    /// What waits, in the order raft produced it.
+    withheld: Vec<Message>,
 }
 
 impl Unpacking {
@@ -57,44 +58,27 @@ impl Unpacking {
         if self.partitions.is_empty() {
             return batch;
         }
-        let to = batch.to;
-        batch
-            .messages
-            .retain(|(p, m)| match self.partitions.get_mut(p) {
+        let messages = std::mem::take(&mut batch.messages);
+        for (p, m) in messages {
+            match self.partitions.get_mut(&p) {
                 Some(i) if i.learner && m.get_msg_type() != MessageType::MsgHeartbeatResponse => {
-                    i.withheld.push((to, m.clone()));
-                    false
+                    i.withheld.push(m);
                 }
-                _ => true,
-            });
+                _ => batch.messages.push((p, m)),
+            }
+        }
         batch
     }
 
     /// The apply thread has installed `partition`'s snapshot at `index`: once the latest one handed to it
     /// is, what was kept back for the partition, as batches (one per destination, in order).
     pub(super) fn finished(&mut self, partition: PartitionId, index: u64) -> Vec<Batch> {
-        if self
-            .partitions
-            .get(&partition)
-            .is_none_or(|i| i.index > index)
-        {
-            return Vec::new();
-        }
-        let Some(done) = self.partitions.remove(&partition) else {
-            return Vec::new();
-        };
-        let mut batches: Vec<Batch> = Vec::new();
-        for (to, m) in done.withheld {
-            match batches.iter_mut().find(|b| b.to == to) {
-                Some(b) => b.messages.push((partition, m)),
-                None => batches.push(Batch {
-                    to,
-                    messages: vec![(partition, m)],
-                    gone: Vec::new(),
-                }),
+        match self.partitions.entry(partition) {
+            Entry::Occupied(e) if e.get().index <= index => {
+                Batch::of(partition, e.remove().withheld)
             }
+            _ => Vec::new(),
         }
-        batches
     }
 }
 
@@ -125,7 +109,15 @@ mod tests {
         m
     }
 
+    /// A batch to `to` (raft sets each message's `to`).
     fn batch(to: u64, messages: Vec<(PartitionId, Message)>) -> Batch {
+        let messages = messages
+            .into_iter()
+            .map(|(p, mut m)| {
+                m.to = to;
+                (p, m)
+            })
+            .collect();
         Batch {
             to,
             messages,
