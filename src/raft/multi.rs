@@ -817,6 +817,14 @@ impl MultiRaft {
         ready
     }
 
+    /// Whether this node leads `partition` and is transferring it (raft gives a transfer up after an
+    /// election timeout).
+    pub fn transferring(&self, partition: PartitionId) -> bool {
+        self.groups.get(&partition).is_some_and(|g| {
+            g.node.raft.state == StateRole::Leader && g.node.raft.lead_transferee.is_some()
+        })
+    }
+
     /// Whether this node leads `partition`, is not transferring it yet, and `to` (another live replica)
     /// has every entry of its log.
     pub fn caught_up(&self, partition: PartitionId, to: u64) -> bool {

@@ -197,7 +197,7 @@ impl NodeProcess {
         log: Option<&Path>,
         args: &[&str],
     ) -> NodeProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rookery"));
+        let mut cmd = Command::new(rookery_bin());
         cmd.arg("--config").arg(config_path);
         if let Some(node) = node {
             cmd.arg("--node").arg(node);
@@ -723,10 +723,17 @@ pub fn is_msg(conv: &str, seq: u64) -> impl Fn(&Value) -> bool {
     move |f: &Value| f["type"] == "msg" && f["conv"] == conv.as_str() && f["seq"] == seq
 }
 
-/// The seqs of a `msgs` reply's messages, in order (panics with the frame if it is not one).
+/// The server binary the tests run: this build's, or `ROOKERY_BIN` (to run the tests against another
+/// build, e.g. to tell whether a change made a failure go away).
+pub fn rookery_bin() -> std::path::PathBuf {
+    std::env::var_os("ROOKERY_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rookery").into())
+}
+
 /// Runs the `rookery` binary with `args` and returns its output.
 pub fn rookery_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rookery"))
+    Command::new(rookery_bin())
         .args(args)
         .output()
         .expect("run rookery")

@@ -296,10 +296,16 @@ impl Applier {
         let mut entries = Vec::with_capacity(committed.len());
         let mut ready = Vec::new();
         let mut mine = Vec::new();
+        // each group's last entry here (its entries come in log order, a group's together)
+        let mut reached: Vec<(PartitionId, u64)> = Vec::new();
         for c in committed {
             self.metrics
                 .raft_partition
                 .set_applied(c.partition, c.index);
+            match reached.last_mut() {
+                Some((p, at)) if *p == c.partition => *at = c.index,
+                _ => reached.push((c.partition, c.index)),
+            }
             self.last.insert(c.partition, (c.index, c.term));
             *self.tail_bytes.entry(c.partition).or_default() += c.data.len() as u64;
             if c.conf {
@@ -355,6 +361,9 @@ impl Applier {
                 if let Some(r) = shared.ready.get(partition as usize) {
                     r.fetch_max(term, Ordering::AcqRel);
                 }
+            }
+            for (partition, index) in reached {
+                shared.set_applied(partition, index);
             }
         }
         for (at, id) in mine {
@@ -594,6 +603,7 @@ impl Applier {
                 &job,
             );
             self.installed(partition, (index, term), bytes, started);
+            self.unpacked(partition, index);
             return;
         }
         self.busy.insert(
@@ -623,7 +633,6 @@ impl Applier {
         started: Instant,
     ) {
         self.installed.push((partition, index));
-        self.unpacked(partition, index);
         self.replica.forget(partition, index);
         self.last.insert(partition, (index, term));
         self.compacted.insert(partition, index);
@@ -631,9 +640,11 @@ impl Applier {
         tracing::info!(partition, index, bytes, took = ?started.elapsed(), "installed a partition snapshot");
     }
 
-    /// Tells the driver that `partition`'s snapshot at `index` is installed ([`Input::Unpacked`]).
+    /// Tells the driver that `partition`'s snapshot at `index` is installed and the entries held for it
+    /// applied ([`Input::Unpacked`]).
     fn unpacked(&self, partition: PartitionId, index: u64) {
         if let Some(shared) = self.shared.upgrade() {
+            shared.set_applied(partition, index);
             let _ = lock(&shared.tx).send(Input::Unpacked { partition, index });
         }
     }
@@ -762,17 +773,25 @@ impl Applier {
         };
         // an error only means the snapshot thread is gone: nothing touches the keys any more
         let _ = b.done.recv();
-        if let Work::Install {
-            index,
-            term,
-            bytes,
-            started,
-        } = b.work
-        {
-            self.installed(partition, (index, term), bytes, started);
-        }
+        let installed = match b.work {
+            Work::Install {
+                index,
+                term,
+                bytes,
+                started,
+            } => {
+                self.installed(partition, (index, term), bytes, started);
+                Some(index)
+            }
+            Work::Make => None,
+        };
         if !b.held.is_empty() {
             self.apply(b.held);
+        }
+        if let Some(index) = installed {
+            // only now: the entries held meanwhile (seconds of them, in a debug build under load) are
+            // applied too, so a replica counted caught up can serve at once
+            self.unpacked(partition, index);
         }
     }
 

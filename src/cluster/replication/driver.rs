@@ -11,6 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::behind::Behind;
 use super::unpacking::Unpacking;
 use super::wire::{base64, encode};
 use super::*;
@@ -24,6 +25,25 @@ pub(super) struct HandingOver {
     done: mpsc::Sender<usize>,
     /// When to ask again (a transfer that raft gave up on) and when to give up.
     retry: Instant,
+}
+
+/// A partition's leadership being moved to another replica (drained first: see [`Driver::balance`]).
+pub(super) struct Handing {
+    /// To whom (its Raft id).
+    pub(super) to: u64,
+    pub(super) since: Instant,
+    /// Raft was asked to transfer it.
+    asked: bool,
+}
+
+impl Handing {
+    pub(super) fn new(to: u64, since: Instant) -> Handing {
+        Handing {
+            to,
+            since,
+            asked: false,
+        }
+    }
 }
 
 /// Where a round's stepping went, for the slow-round warning.
@@ -92,8 +112,10 @@ pub(super) struct Driver {
     pub(super) apply: mpsc::Sender<ApplyInput>,
     /// See [`Input::Retire`].
     pub(super) retiring: bool,
-    /// Partitions whose leadership is being moved to another replica: where to, and since when.
-    pub(super) moving: HashMap<PartitionId, (u64, Instant)>,
+    /// Partitions whose leadership is being moved to another replica.
+    pub(super) moving: HashMap<PartitionId, Handing>,
+    /// Partitions whose last leadership transfer was refused, and when the balancer may try again.
+    refused: HashMap<PartitionId, Instant>,
     /// When the last round that wrote to the log started.
     last_sync: Option<Instant>,
     /// How long after it the next one waits.
@@ -109,6 +131,8 @@ pub(super) struct Driver {
     pub(super) moves: super::moves::Moves,
     /// Snapshots received that the apply thread is installing, and what waits for them.
     pub(super) unpacking: Unpacking,
+    /// What the apply thread was handed, and the leaderships offered before it caught up.
+    pub(super) behind: Behind,
 }
 
 impl Driver {
@@ -132,6 +156,9 @@ impl Driver {
             snapshots,
             snapshots_out: HashMap::new(),
             unpacking: Unpacking::default(),
+            // the old leader gives a transfer up after raft-rs's election timeout (`ELECTION_TICKS`
+            // ticks: half of `election_timeout_ms`); an offer expires well before
+            behind: Behind::new(election / 4),
             raft,
             rx,
             tick,
@@ -144,6 +171,7 @@ impl Driver {
             apply,
             retiring: false,
             moving: HashMap::new(),
+            refused: HashMap::new(),
             last_sync: None,
             window: SyncWindow::new(sync_window, Instant::now()),
             moves: super::moves::Moves::new(max_moving),
@@ -278,6 +306,7 @@ impl Driver {
             let stepped = now.duration_since(round_started);
             self.hand_over(now);
             self.expire_snapshots(now);
+            self.take_offers(now);
             self.balance(now);
             self.reconcile(now);
             let planned = now.elapsed();
@@ -296,13 +325,26 @@ impl Driver {
 
     /// Steps a peer's message; a leader's message for a group not kept here starts a replica (the leader
     /// added this node). A retiring node takes no leadership, nor does a replica still installing a
-    /// snapshot of the partition: it could not serve before the installation ends.
+    /// snapshot of the partition; one whose apply thread is behind takes it once it has caught up (see
+    /// `behind.rs`): it could not serve before.
     fn step(&mut self, p: PartitionId, m: raft::eraftpb::Message) {
-        if m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow
-            && (self.retiring || self.unpacking.busy(p))
-        {
+        let m = if m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
+            if self.retiring || self.unpacking.busy(p) {
+                return;
+            }
+            let applied = self.shared.upgrade().map_or(0, |s| s.applied(p));
+            match self.behind.offered(p, m, applied, Instant::now()) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            m
+        };
+        if self.raft.has(p) {
+            self.raft.step(p, m);
             return;
         }
+        // kept for a second step, if the group is created (cloned only here: an append's entries)
         if self.raft.step(p, m.clone()) == Stepped::Unknown {
             let known = self
                 .shared
@@ -317,6 +359,22 @@ impl Driver {
             }
             self.reconfigured(&[p]);
             self.raft.step(p, m);
+        }
+    }
+
+    /// Takes the leaderships offered while the apply thread was behind, now that it has caught up.
+    fn take_offers(&mut self, now: Instant) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for (p, m) in self.behind.due(|p| shared.applied(p), now) {
+            if !self.retiring && !self.unpacking.busy(p) {
+                tracing::info!(
+                    partition = p,
+                    "taking a leadership offered while this node was applying"
+                );
+                self.raft.step(p, m);
+            }
         }
     }
 
@@ -429,15 +487,23 @@ impl Driver {
             let long_enough = self.led_since.get(&p).is_some_and(|since| {
                 now.duration_since(*since) >= settle * BALANCE_AFTER_ELECTIONS
             });
-            if long_enough && !self.moving.contains_key(&p) && self.raft.caught_up(p, to) {
+            let refused = self.refused.get(&p).is_some_and(|until| now < *until);
+            if long_enough
+                && !refused
+                && !self.moving.contains_key(&p)
+                && self.raft.caught_up(p, to)
+            {
                 shared.set_moving(p, true);
-                self.moving.insert(p, (to, now));
+                self.moving.insert(p, Handing::new(to, now));
             }
         }
     }
 
     /// Transfers the partitions being moved whose proposals in flight are all applied; gives a move up
-    /// after an election timeout (it is tried again later).
+    /// after an election timeout, or as soon as raft gave the transfer up (the replica did not take the
+    /// leadership: its store is behind, see `behind.rs`): the partition is served here again at once, and
+    /// the balancer asks again only some elections later. (A move of a leader that goes is asked again
+    /// by `moves.rs`.)
     fn transfer_drained(&mut self, now: Instant) {
         if self.moving.is_empty() {
             return;
@@ -446,21 +512,35 @@ impl Driver {
             return;
         };
         let mut done = Vec::new();
-        for (&p, &(to, since)) in &self.moving {
-            let waited = now.duration_since(since);
+        for (&p, h) in &mut self.moving {
+            let waited = now.duration_since(h.since);
             if waited >= self.election {
                 done.push(p);
+            } else if h.asked {
+                // (no longer leading: it was taken, and the leadership change ends the move)
+                if self.raft.is_leader(p) && !self.raft.transferring(p) {
+                    tracing::info!(
+                        partition = p,
+                        to = h.to,
+                        "the leadership transfer was not taken: serving it here again"
+                    );
+                    self.refused
+                        .insert(p, now + self.election * BALANCE_AFTER_ELECTIONS);
+                    done.push(p);
+                }
             } else if waited >= DRAIN_POLL * DRAIN_QUIET_ROUNDS
                 && shared.in_flight_in(p) == 0
-                && self.raft.transfer_if_caught_up(p, to)
+                && self.raft.transfer_if_caught_up(p, h.to)
             {
-                tracing::info!(partition = p, to, drained = ?waited, "handing the leadership to the preferred replica");
+                h.asked = true;
+                tracing::info!(partition = p, to = h.to, drained = ?waited, "handing the leadership to the preferred replica");
             }
         }
         for p in done {
             self.moving.remove(&p);
             shared.set_moving(p, false);
         }
+        self.refused.retain(|_, until| now < *until);
     }
 
     /// Writes what the groups produced to the log, sends and publishes what need not wait for the sync,
@@ -505,9 +585,13 @@ impl Driver {
         for (p, snapshot) in &out.installs {
             self.unpacking
                 .started(*p, snapshot.get_metadata(), self.raft.id());
+            self.behind.handed(*p, snapshot.get_metadata().index);
         }
+        let shared = self.shared.upgrade();
+        let applied = |p| shared.as_ref().map_or(0, |s| s.applied(p));
         for batch in out.batches {
             let batch = self.unpacking.withhold(batch);
+            let batch = self.behind.campaigns(batch, applied);
             self.send(batch);
         }
         if !out.installs.is_empty() {
@@ -522,6 +606,7 @@ impl Driver {
             for c in out.committed.iter().rev() {
                 if seen.insert(c.partition) {
                     self.metrics.raft_partition.set_commit(c.partition, c.index);
+                    self.behind.handed(c.partition, c.index);
                 }
             }
             let _ = self.apply.send(ApplyInput::Committed(out.committed));

@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod apply;
+mod behind;
 mod driver;
 mod moves;
 mod unpacking;
@@ -90,7 +91,8 @@ enum Input {
     /// the data go (see [`MultiRaft::installs`]).
     Installed(Vec<(PartitionId, u64)>),
     /// The apply thread has installed `partition`'s snapshot at `index` (in the store, maybe not
-    /// flushed yet): the node now holds what it acknowledges (see [`unpacking`]).
+    /// flushed yet) and applied the entries held for it meanwhile: the node now holds what it
+    /// acknowledges (see [`unpacking`]).
     Unpacked {
         partition: PartitionId,
         index: u64,
@@ -222,6 +224,9 @@ pub struct Replication {
     /// Per partition: the term whose first entry this node has applied as its leader (0: none). A leader
     /// serves only at this term: everything committed before it is applied then.
     ready: Vec<AtomicU64>,
+    /// Per partition: the last index the apply thread has applied (an entry, or a snapshot's point), to
+    /// tell whether this replica could serve at once if it led (see [`behind`]).
+    applied: Vec<AtomicU64>,
     apply_tx: Mutex<mpsc::Sender<ApplyInput>>,
     apply_thread: Mutex<Option<JoinHandle<()>>>,
     /// Told which partitions changed leader (from the driver thread; see [`Replication::on_change`]).
@@ -375,6 +380,7 @@ impl Replication {
             me,
             next_proposal: AtomicU64::new(1),
             ready: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            applied: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             apply_tx: Mutex::new(apply_tx.clone()),
             apply_thread: Mutex::new(None),
             on_change: Mutex::new(None),
@@ -442,6 +448,7 @@ impl Replication {
         let me = driver.raft.id();
         for (p, meta) in &reinstalling {
             driver.unpacking.started(*p, meta, me);
+            driver.behind.handed(*p, meta.index);
         }
         let thread = std::thread::Builder::new()
             .name("raft".into())
@@ -683,6 +690,20 @@ impl Replication {
         if let Some(hook) = lock(&self.on_change).as_ref() {
             hook(event);
         }
+    }
+
+    /// The apply thread has applied `p` up to `index` (see [`Replication::applied`]).
+    fn set_applied(&self, p: PartitionId, index: u64) {
+        if let Some(a) = self.applied.get(p as usize) {
+            a.fetch_max(index, Ordering::AcqRel);
+        }
+    }
+
+    /// The last index of `p` the apply thread has applied in this process (0: none yet).
+    fn applied(&self, p: PartitionId) -> u64 {
+        self.applied
+            .get(p as usize)
+            .map_or(0, |a| a.load(Ordering::Acquire))
     }
 
     /// Whether this node leads `p` and has applied everything committed before its term.

@@ -145,7 +145,7 @@ impl Driver {
                 Step::Transfer(to) => {
                     if let std::collections::hash_map::Entry::Vacant(e) = self.moving.entry(p) {
                         shared.set_moving(p, true);
-                        e.insert((to, now));
+                        e.insert(super::driver::Handing::new(to, now));
                     }
                 }
                 Step::Wait | Step::Settled => {}
