@@ -114,9 +114,10 @@
 //!   A partition moves one Raft change at a time under its leader (a learner caught up by snapshot, then
 //!   one joint change; a leader that goes hands over first, drained), so it is served throughout and
 //!   nothing is lost, duplicated or reordered; clients of nodes that stay are never disconnected. A
-//!   learner acknowledges a snapshot only once its store holds it, and a replica still installing one
-//!   refuses the leadership: a leader that could not serve for as long as an installation takes never
-//!   gets the partition.
+//!   learner acknowledges a snapshot only once its store holds it (and the entries that came meanwhile),
+//!   and a replica whose store is behind its log (installing, or applying a backlog) neither campaigns
+//!   nor takes a transfer until it has caught up: a leader that could not serve for as long as that
+//!   takes never gets the partition (`cluster::replication`'s `behind.rs`).
 //! - **Failure**: a killed, frozen or cut-off node's partitions elect new leaders among their other
 //!   replicas (pre-vote and check-quorum on) and serve again within `election_timeout_ms` plus about a
 //!   second; requests wait for that instead of failing. A call that was in flight when its leader died gets

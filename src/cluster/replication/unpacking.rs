@@ -5,8 +5,10 @@
 //! acknowledged at once would be promoted, its move marked done, and the leadership handed to it while it
 //! could not serve yet: requests waited past the failover bound (seen in CI as "no leader serves" a
 //! second after a node had joined). So a learner keeps back what it sends about a partition it installs
-//! (its acknowledgement of the snapshot above all), and sends it once the installation is done; a replica
-//! installing anything refuses the leadership ([`Unpacking::busy`]).
+//! (its acknowledgement of the snapshot above all), and sends it once the installation is done and the
+//! entries held for it meanwhile are applied; a replica installing anything refuses the leadership
+//! ([`Unpacking::busy`]). (What follows the acknowledgement, the log since the snapshot, can be seconds of
+//! entries to apply too: a replica behind on them does not take the leadership either, see `behind.rs`.)
 //!
 //! A voter's messages are never kept back: in a group of two, a silent voter costs the leader its quorum
 //! (check-quorum). Heartbeat responses are not either: they only say the replica is alive.
