@@ -309,6 +309,8 @@ pub(super) struct SenderLog {
     /// `unavailable` answers that came through the node being taken down, and through the others.
     unavailable_via_down: u64,
     unavailable_via_others: u64,
+    /// Why: each `unavailable` answer's message with its keys and numbers blanked out, and how often.
+    unavailable_reasons: std::collections::BTreeMap<String, u64>,
     rate_limited: u64,
     /// Other errors: that message is given up (never acknowledged, so it cannot be lost).
     refused: u64,
@@ -354,6 +356,8 @@ struct Reply<'a> {
     rid: Option<u64>,
     #[serde(default, borrow)]
     code: Option<&'a str>,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// One resilient sender: user `s{i}` writing to `r{i}`.
@@ -525,6 +529,8 @@ impl Sender {
                 } else {
                     self.log.unavailable_via_others += 1;
                 }
+                let reason = reason(reply.message.as_deref().unwrap_or(""));
+                *self.log.unavailable_reasons.entry(reason).or_default() += 1;
                 self.send_again(reply.rid);
             }
             ("error", Some("rate_limited")) => {
@@ -579,6 +585,24 @@ struct Check {
     seq_mismatches: u64,
 }
 
+/// An error message with its keys (`dm:a:b`) and numbers blanked out, so that answers for the same reason
+/// count together.
+fn reason(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            if word.contains(':') && !word.ends_with(':') {
+                "KEY"
+            } else if word.chars().any(|c| c.is_ascii_digit()) {
+                "N"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The counters of every sender, the end-of-run checks, and the throughput over `span` seconds.
 pub(super) async fn load_report(
     server: &Server,
@@ -588,6 +612,10 @@ pub(super) async fn load_report(
     let check = check_all(&server.addrs, logs).await?;
     let sum = |f: fn(&SenderLog) -> u64| logs.iter().map(f).sum::<u64>();
     let acknowledged = sum(|l| l.acked.len() as u64);
+    let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
+    for (reason, n) in logs.iter().flat_map(|l| &l.unavailable_reasons) {
+        *reasons.entry(reason).or_default() += n;
+    }
     Ok(json!({
         "acknowledged": acknowledged,
         "acknowledged_per_s": (acknowledged as f64 / span).round(),
@@ -600,6 +628,7 @@ pub(super) async fn load_report(
         "unavailable": sum(|l| l.unavailable_via_down + l.unavailable_via_others),
         "unavailable_via_down_node": sum(|l| l.unavailable_via_down),
         "unavailable_via_other_nodes": sum(|l| l.unavailable_via_others),
+        "unavailable_reasons": reasons,
         "rate_limited": sum(|l| l.rate_limited),
         "refused": sum(|l| l.refused),
         "reconnects": sum(|l| l.reconnects),

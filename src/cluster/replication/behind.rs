@@ -12,10 +12,12 @@
 //!   is stepped then ([`Behind::offered`], [`Behind::due`]). One that waits longer than its patience is
 //!   dropped: the old leader gives the transfer up after raft-rs's election timeout and serves again, and
 //!   a campaign started later would only disrupt it.
-//! - a campaign's vote requests are not sent while the store is behind ([`Behind::campaigns`]); raft
-//!   campaigns again after another election timeout. Nothing new is committed while there is no leader,
-//!   so the store catches up meanwhile; the other replicas, not campaigning against it, can be elected.
-//!   A transfer's campaign goes: its offer waited already.
+//! - a campaign's vote requests wait while the store is behind ([`Behind::campaigns`]), and go once it
+//!   has applied what it was handed when the campaign started: nothing new is committed while there is
+//!   no leader, so the store catches up meanwhile, and a leader elected then serves at once (it could not
+//!   serve sooner anyway: its first entry would be applied behind the backlog). The other replicas,
+//!   whose vote requests go, can be elected first. Requests that waited longer than the patience are
+//!   dropped (raft campaigns again). A transfer's campaign goes at once: its offer waited already.
 //!
 //! Pure: the driver tells it what it hands to the apply thread and asks with the apply thread's progress
 //! (`Replication::applied`).
@@ -28,22 +30,34 @@ use raft::eraftpb::{Message, MessageType};
 use crate::cluster::placement::PartitionId;
 use crate::raft::multi::Batch;
 
-/// What the driver handed to the apply thread, and the offers that wait for it.
+/// What the driver handed to the apply thread, and the offers and campaigns that wait for it.
 pub(super) struct Behind {
-    /// How long an offer may wait.
+    /// How long an offer or a campaign may wait.
     patience: Duration,
     /// Per partition: the last index handed to the apply thread (an entry, or a snapshot's point).
     handed: HashMap<PartitionId, u64>,
-    offers: HashMap<PartitionId, Offer>,
+    /// Leaderships offered (one message each).
+    offers: HashMap<PartitionId, Waiting>,
+    /// Campaigns (their vote requests, one per voter).
+    campaigns: HashMap<PartitionId, Waiting>,
 }
 
-/// A leadership offered while the store was behind.
-struct Offer {
-    message: Message,
-    /// Stepped once the partition is applied up to here.
+/// Messages that wait for the store: a leadership offered, or a campaign's vote requests.
+struct Waiting {
+    messages: Vec<Message>,
+    /// Released once the partition is applied up to here.
     until: u64,
     /// Dropped from then on.
     expires: Instant,
+}
+
+/// What may go now (see [`Behind::due`]).
+#[derive(Default)]
+pub(super) struct Due {
+    /// Leaderships offered, to step.
+    pub(super) offers: Vec<(PartitionId, Message)>,
+    /// Vote requests, to send.
+    pub(super) campaigns: Vec<Batch>,
 }
 
 impl Behind {
@@ -52,6 +66,7 @@ impl Behind {
             patience,
             handed: HashMap::new(),
             offers: HashMap::new(),
+            campaigns: HashMap::new(),
         }
     }
 
@@ -83,8 +98,8 @@ impl Behind {
         let until = self.handed.get(&partition).copied().unwrap_or(0);
         self.offers.insert(
             partition,
-            Offer {
-                message,
+            Waiting {
+                messages: vec![message],
                 until,
                 expires: now + self.patience,
             },
@@ -92,56 +107,61 @@ impl Behind {
         None
     }
 
-    /// The offers that may be stepped now (`applied` gives a partition's progress on the apply thread);
-    /// those that waited too long are dropped.
-    pub(super) fn due(
-        &mut self,
-        applied: impl Fn(PartitionId) -> u64,
-        now: Instant,
-    ) -> Vec<(PartitionId, Message)> {
-        if self.offers.is_empty() {
-            return Vec::new();
+    /// The offers and campaigns that may go now (`applied` gives a partition's progress on the apply
+    /// thread); those that waited too long are dropped.
+    pub(super) fn due(&mut self, applied: impl Fn(PartitionId) -> u64, now: Instant) -> Due {
+        let mut due = Due::default();
+        for (p, messages) in release(&mut self.offers, &applied, now, "a leadership offer") {
+            due.offers.extend(messages.into_iter().map(|m| (p, m)));
         }
-        let mut due = Vec::new();
-        self.offers.retain(|&p, offer| {
-            if now >= offer.expires {
-                tracing::info!(
-                    partition = p,
-                    until = offer.until,
-                    "a leadership offer dropped: this node is still applying"
-                );
-                return false;
-            }
-            if applied(p) >= offer.until {
-                due.push((p, offer.message.clone()));
-                return false;
-            }
-            true
-        });
+        for (p, messages) in release(&mut self.campaigns, &applied, now, "a campaign") {
+            due.campaigns.extend(Batch::of(p, messages));
+        }
         due
     }
 
     /// `batch` without the vote requests of campaigns for partitions whose store is behind (`applied`
-    /// gives a partition's progress on the apply thread); a transfer's campaign goes.
+    /// gives a partition's progress on the apply thread): they wait here (replacing those of an earlier
+    /// campaign). A transfer's campaign goes.
     pub(super) fn campaigns(
-        &self,
+        &mut self,
         mut batch: Batch,
         applied: impl Fn(PartitionId) -> u64,
+        now: Instant,
     ) -> Batch {
-        batch.messages.retain(|(p, m)| {
-            let campaign = matches!(
-                m.get_msg_type(),
-                MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
-            ) && m.context != raft::CAMPAIGN_TRANSFER;
-            let keep = !campaign || !self.is_behind(*p, applied(*p));
-            if !keep {
+        // most batches have no campaign: left as they are
+        if !batch.messages.iter().any(|(_, m)| is_campaign(m)) {
+            return batch;
+        }
+        let messages = std::mem::take(&mut batch.messages);
+        for (p, m) in messages {
+            if !is_campaign(&m) || !self.is_behind(p, applied(p)) {
+                batch.messages.push((p, m));
+                continue;
+            }
+            let until = self.handed.get(&p).copied().unwrap_or(0);
+            let waiting = self.campaigns.entry(p).or_insert_with(|| Waiting {
+                messages: Vec::new(),
+                until,
+                expires: now + self.patience,
+            });
+            let same = waiting
+                .messages
+                .first()
+                .is_some_and(|w| (w.term, w.get_msg_type()) == (m.term, m.get_msg_type()));
+            if !same {
                 tracing::debug!(
                     partition = p,
-                    "not campaigning: this node is still applying"
+                    "a campaign waits: this node is still applying"
                 );
+                *waiting = Waiting {
+                    messages: Vec::new(),
+                    until,
+                    expires: now + self.patience,
+                };
             }
-            keep
-        });
+            waiting.messages.push(m);
+        }
         batch
     }
 
@@ -152,11 +172,49 @@ impl Behind {
     }
 }
 
+/// A vote request of a campaign that is not a transfer's.
+fn is_campaign(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+    ) && m.context != raft::CAMPAIGN_TRANSFER
+}
+
+/// Takes out of `waiting` the messages of the partitions applied far enough; drops those that waited too
+/// long (`what` names them in the log).
+fn release(
+    waiting: &mut HashMap<PartitionId, Waiting>,
+    applied: &impl Fn(PartitionId) -> u64,
+    now: Instant,
+    what: &str,
+) -> Vec<(PartitionId, Vec<Message>)> {
+    let mut out = Vec::new();
+    waiting.retain(|&p, w| {
+        if now >= w.expires {
+            tracing::info!(
+                partition = p,
+                until = w.until,
+                "{what} dropped: this node is still applying"
+            );
+            return false;
+        }
+        if applied(p) >= w.until {
+            out.push((p, std::mem::take(&mut w.messages)));
+            return false;
+        }
+        true
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PATIENCE: Duration = Duration::from_millis(500);
+
+    /// A message's partition, type, and whether it has a context (a transfer's campaign).
+    type Kind = (PartitionId, MessageType, bool);
 
     fn message(kind: MessageType, term: u64) -> Message {
         let mut m = Message::default();
@@ -192,13 +250,13 @@ mod tests {
         assert!(b.waits(3));
         // entries keep coming under load: the offer does not chase them
         b.handed(3, 90);
-        assert!(b.due(|_| 39, now).is_empty());
-        let due = b.due(|_| 40, now + Duration::from_millis(10));
+        assert!(b.due(|_| 39, now).offers.is_empty());
+        let due = b.due(|_| 40, now + Duration::from_millis(10)).offers;
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0, 3);
         assert_eq!(due[0].1.term, 2);
         assert!(!b.waits(3));
-        assert!(b.due(|_| 90, now).is_empty(), "stepped once");
+        assert!(b.due(|_| 90, now).offers.is_empty(), "stepped once");
     }
 
     #[test]
@@ -209,11 +267,16 @@ mod tests {
         b.handed(4, 40);
         assert!(b.offered(3, offer(2), 0, now).is_none());
         assert!(b.offered(4, offer(5), 0, now).is_none());
-        let due = b.due(|p| if p == 4 { 40 } else { 0 }, now + PATIENCE / 2);
+        let due = b
+            .due(|p| if p == 4 { 40 } else { 0 }, now + PATIENCE / 2)
+            .offers;
         assert_eq!(due.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![4]);
-        assert!(b.due(|_| 0, now + PATIENCE).is_empty());
+        assert!(b.due(|_| 0, now + PATIENCE).offers.is_empty());
         assert!(!b.waits(3), "expired");
-        assert!(b.due(|_| 40, now + PATIENCE).is_empty(), "gone for good");
+        assert!(
+            b.due(|_| 40, now + PATIENCE).offers.is_empty(),
+            "gone for good"
+        );
     }
 
     #[test]
@@ -225,43 +288,50 @@ mod tests {
         b.handed(3, 50);
         assert!(b.offered(3, offer(3), 0, now).is_none());
         assert!(
-            b.due(|_| 45, now).is_empty(),
+            b.due(|_| 45, now).offers.is_empty(),
             "the newer offer waits for 50"
         );
-        let due = b.due(|_| 50, now);
+        let due = b.due(|_| 50, now).offers;
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1.term, 3);
     }
 
     #[test]
-    fn a_replica_behind_sends_no_vote_requests_but_a_transfers_and_everything_else() {
+    fn a_replica_behind_holds_its_vote_requests_until_it_has_caught_up_but_not_a_transfers() {
         let mut b = Behind::new(PATIENCE);
+        let now = Instant::now();
         b.handed(3, 40);
         b.handed(4, 40);
         let mut transfer = message(MessageType::MsgRequestVote, 7);
         transfer.context = bytes::Bytes::from_static(raft::CAMPAIGN_TRANSFER);
+        let to = |to: u64, mut m: Message| {
+            m.to = to;
+            m
+        };
         let batch = Batch {
             to: 1,
             messages: vec![
-                (3, message(MessageType::MsgRequestPreVote, 6)),
-                (3, message(MessageType::MsgRequestVote, 7)),
-                (3, message(MessageType::MsgAppendResponse, 6)),
-                (3, message(MessageType::MsgRequestVoteResponse, 6)),
-                (3, transfer),
-                (4, message(MessageType::MsgRequestPreVote, 6)),
-                (5, message(MessageType::MsgRequestVote, 6)),
+                (3, to(1, message(MessageType::MsgRequestPreVote, 6))),
+                (3, to(1, message(MessageType::MsgAppendResponse, 6))),
+                (3, to(1, message(MessageType::MsgRequestVoteResponse, 6))),
+                (3, to(1, transfer)),
+                (4, to(1, message(MessageType::MsgRequestPreVote, 6))),
+                (5, to(1, message(MessageType::MsgRequestVote, 6))),
             ],
             gone: Vec::new(),
         };
         // 3 is behind, 4 has applied all it was handed, 5 was handed nothing
-        let sent = b.campaigns(batch, |p| if p == 3 { 39 } else { 40 });
-        let kinds: Vec<(PartitionId, MessageType, bool)> = sent
-            .messages
-            .iter()
-            .map(|(p, m)| (*p, m.get_msg_type(), !m.context.is_empty()))
-            .collect();
+        let applied = |p| if p == 3 { 39 } else { 40 };
+        let sent = b.campaigns(batch, applied, now);
+        let kinds = |batch: &Batch| -> Vec<Kind> {
+            batch
+                .messages
+                .iter()
+                .map(|(p, m)| (*p, m.get_msg_type(), !m.context.is_empty()))
+                .collect()
+        };
         assert_eq!(
-            kinds,
+            kinds(&sent),
             vec![
                 (3, MessageType::MsgAppendResponse, false),
                 (3, MessageType::MsgRequestVoteResponse, false),
@@ -269,6 +339,47 @@ mod tests {
                 (4, MessageType::MsgRequestPreVote, false),
                 (5, MessageType::MsgRequestVote, false),
             ]
+        );
+        // the same campaign's request to the other voter waits with it
+        let other = Batch {
+            to: 2,
+            messages: vec![(3, to(2, message(MessageType::MsgRequestPreVote, 6)))],
+            gone: Vec::new(),
+        };
+        assert!(b.campaigns(other, applied, now).messages.is_empty());
+        assert!(b.due(applied, now).campaigns.is_empty(), "still behind");
+        let due = b.due(|_| 40, now).campaigns;
+        let mut sent: Vec<(u64, Vec<Kind>)> =
+            due.iter().map(|batch| (batch.to, kinds(batch))).collect();
+        sent.sort_by_key(|(to, _)| *to);
+        let pre_vote = vec![(3, MessageType::MsgRequestPreVote, false)];
+        assert_eq!(sent, vec![(1, pre_vote.clone()), (2, pre_vote)]);
+        assert!(b.due(|_| 40, now).campaigns.is_empty(), "sent once");
+    }
+
+    #[test]
+    fn a_later_campaign_replaces_the_waiting_one_and_a_stale_one_is_dropped() {
+        let mut b = Behind::new(PATIENCE);
+        let now = Instant::now();
+        b.handed(3, 40);
+        let batch = |kind, term| Batch {
+            to: 1,
+            messages: vec![(3, message(kind, term))],
+            gone: Vec::new(),
+        };
+        let _ = b.campaigns(batch(MessageType::MsgRequestPreVote, 6), |_| 0, now);
+        let _ = b.campaigns(batch(MessageType::MsgRequestVote, 7), |_| 0, now);
+        let due = b.due(|_| 40, now).campaigns;
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].messages.len(), 1);
+        assert_eq!(
+            due[0].messages[0].1.get_msg_type(),
+            MessageType::MsgRequestVote
+        );
+        let _ = b.campaigns(batch(MessageType::MsgRequestPreVote, 7), |_| 0, now);
+        assert!(
+            b.due(|_| 40, now + PATIENCE).campaigns.is_empty(),
+            "expired"
         );
     }
 }

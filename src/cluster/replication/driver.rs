@@ -306,16 +306,16 @@ impl Driver {
             let stepped = now.duration_since(round_started);
             self.hand_over(now);
             self.expire_snapshots(now);
-            self.take_offers(now);
+            self.caught_up(now);
             self.balance(now);
             self.reconcile(now);
             let planned = now.elapsed();
-            self.round();
+            let wrote = self.round();
             let took = round_started.elapsed();
             if took >= SLOW_ROUND {
                 // peers hear nothing from this node meanwhile: a leader elsewhere that misses its
                 // followers for an election timeout steps down
-                tracing::warn!(?took, ?stepped, ?planned, inputs = spent.inputs, steps = ?spent.steps, synced = ?spent.synced, compactions = ?spent.compactions, other = ?spent.other, "a slow raft driver round");
+                tracing::warn!(?took, ?stepped, ?planned, ?wrote, inputs = spent.inputs, steps = ?spent.steps, synced = ?spent.synced, compactions = ?spent.compactions, other = ?spent.other, "a slow raft driver round");
             }
             if stop {
                 return;
@@ -362,12 +362,17 @@ impl Driver {
         }
     }
 
-    /// Takes the leaderships offered while the apply thread was behind, now that it has caught up.
-    fn take_offers(&mut self, now: Instant) {
+    /// Takes the leaderships offered while the apply thread was behind, and sends the vote requests of
+    /// the campaigns started meanwhile, now that it has caught up.
+    fn caught_up(&mut self, now: Instant) {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        for (p, m) in self.behind.due(|p| shared.applied(p), now) {
+        let due = self.behind.due(|p| shared.applied(p), now);
+        for batch in due.campaigns {
+            self.send(batch);
+        }
+        for (p, m) in due.offers {
             if !self.retiring && !self.unpacking.busy(p) {
                 tracing::info!(
                     partition = p,
@@ -546,8 +551,9 @@ impl Driver {
     /// Writes what the groups produced to the log, sends and publishes what need not wait for the sync,
     /// and hands the sync to the sync thread (what waits for it is released when it answers, see
     /// [`Input::Synced`]). Rounds are synced in order: a round that wrote nothing waits behind the
-    /// syncs in flight, else it is done here.
-    fn round(&mut self) {
+    /// syncs in flight, else it is done here. Returns how long the writing took (the slow-round warning
+    /// tells a disk that blocks writes from the rest).
+    fn round(&mut self) -> Duration {
         let started = Instant::now();
         let (out, unsynced) = match self.raft.poll_write() {
             Ok(written) => written,
@@ -556,6 +562,7 @@ impl Driver {
                 std::process::abort();
             }
         };
+        let wrote = started.elapsed();
         if out.synced {
             self.last_sync = Some(started);
         }
@@ -573,6 +580,7 @@ impl Driver {
         self.metrics
             .raft_poll_seconds
             .observe(started.elapsed().as_secs_f64());
+        wrote
     }
 
     /// Sends, hands to the apply thread and publishes what a half of a poll produced.
@@ -589,9 +597,10 @@ impl Driver {
         }
         let shared = self.shared.upgrade();
         let applied = |p| shared.as_ref().map_or(0, |s| s.applied(p));
+        let now = Instant::now();
         for batch in out.batches {
             let batch = self.unpacking.withhold(batch);
-            let batch = self.behind.campaigns(batch, applied);
+            let batch = self.behind.campaigns(batch, applied, now);
             self.send(batch);
         }
         if !out.installs.is_empty() {
