@@ -324,12 +324,12 @@ impl Driver {
     }
 
     /// Steps a peer's message; a leader's message for a group not kept here starts a replica (the leader
-    /// added this node). A retiring node takes no leadership, nor does a replica still installing a
-    /// snapshot of the partition; one whose apply thread is behind takes it once it has caught up (see
-    /// `behind.rs`): it could not serve before.
+    /// added this node). A retiring node takes no leadership; a replica whose store is behind its log
+    /// (installing a snapshot of the partition, or applying a backlog) takes it once it has caught up
+    /// (see `behind.rs`): it could not serve before.
     fn step(&mut self, p: PartitionId, m: raft::eraftpb::Message) {
         let m = if m.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
-            if self.retiring || self.unpacking.busy(p) {
+            if self.retiring {
                 return;
             }
             let applied = self.shared.upgrade().map_or(0, |s| s.applied(p));
@@ -373,7 +373,7 @@ impl Driver {
             self.send(batch);
         }
         for (p, m) in due.offers {
-            if !self.retiring && !self.unpacking.busy(p) {
+            if !self.retiring {
                 tracing::info!(
                     partition = p,
                     "taking a leadership offered while this node was applying"

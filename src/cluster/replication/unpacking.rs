@@ -6,9 +6,8 @@
 //! could not serve yet: requests waited past the failover bound (seen in CI as "no leader serves" a
 //! second after a node had joined). So a learner keeps back what it sends about a partition it installs
 //! (its acknowledgement of the snapshot above all), and sends it once the installation is done and the
-//! entries held for it meanwhile are applied; a replica installing anything refuses the leadership
-//! ([`Unpacking::busy`]). (What follows the acknowledgement, the log since the snapshot, can be seconds of
-//! entries to apply too: a replica behind on them does not take the leadership either, see `behind.rs`.)
+//! entries held for it meanwhile are applied. A replica installing a snapshot, or applying what followed it
+//! (seconds of entries too), takes no leadership meanwhile: see `behind.rs`.
 //!
 //! A voter's messages are never kept back: in a group of two, a silent voter costs the leader its quorum
 //! (check-quorum). Heartbeat responses are not either: they only say the replica is alive.
@@ -51,7 +50,8 @@ impl Unpacking {
     }
 
     /// Whether a snapshot of `partition` is being installed here.
-    pub(super) fn busy(&self, partition: PartitionId) -> bool {
+    #[cfg(test)]
+    fn busy(&self, partition: PartitionId) -> bool {
         self.partitions.contains_key(&partition)
     }
 
