@@ -72,8 +72,9 @@
 //!    history through its proposals still in flight and proposes the command to the partition's log instead
 //!    of writing; a single replica writes its store directly, as an unreplicated node.
 //! 4. Replicated: the entry is appended, fsynced on a majority of the partition's replicas (one fdatasync
-//!    per driver round for every group of a node, on the node's sync thread, so that the driver keeps
-//!    ticking and answering heartbeats meanwhile; the leader replicates before its own sync) and committed; every replica's apply thread applies it
+//!    per driver round for every group of a node; the driver encodes the round's records, the node's log
+//!    writer thread writes them and its sync thread syncs them, so that the driver keeps ticking and
+//!    answering heartbeats while the disk is slow; the leader replicates before its own sync) and committed; every replica's apply thread applies it
 //!    with the partition's applied index in one sled batch, and the leader's then tells the actor.
 //!    Unreplicated: the group-commit flusher fsyncs (one fsync covers every write made before it started,
 //!    at most one per 500 µs under load). The conversation then answers `sent` and pushes

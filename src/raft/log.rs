@@ -7,6 +7,14 @@
 //! its sled log store for its memory and disk use, and a Raft log is written once, read back only at start
 //! and truncated from the front: an append-only file is the natural fit.
 //!
+//! Records are encoded in memory on the Raft driver's thread; a [`SyncJob`] writes them (on the node's
+//! log writer thread) and makes them durable (on its sync thread, which syncs while the next rounds are
+//! written): under the page cache's writeback (a node filling or installing hundreds of MiB) a `write`
+//! can block for seconds, and a driver blocked that long answers no heartbeat, so that leaders elsewhere
+//! step down. Jobs are written in the order they were made; a crash loses what no job has written yet,
+//! which nothing had acknowledged. (With `durability = "os"` nothing waits
+//! for a sync, and the driver writes each round's records itself.)
+//!
 //! Format: records of `len:u32 | crc32:u32 | payload`, big-endian; the payload is `partition:u32 | kind:u8 |
 //! body`, where the body is the protobuf encoding of a `HardState`, a `ConfState`, or a list of
 //! `len:u32 | Entry`. Replay stops at the first record that is short or fails its checksum (a write
@@ -31,7 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,6 +61,9 @@ pub const PREALLOCATE_BYTES: u64 = 8 << 20;
 /// A record body this large (a received snapshot's data) is written without zeros ahead of it (see
 /// [`RaftLog::preallocate`]).
 const LARGE_RECORD: usize = 1 << 20;
+/// Records that need no sync make a job of their own once this many bytes of them wait (see
+/// [`RaftLog::prepare_sync`]).
+const SPILL_BYTES: u64 = 1 << 20;
 /// The largest record replay accepts: any length a record can have (a received snapshot's data is one
 /// record); a torn or corrupt header fails the checksum or runs past the file's end.
 const MAX_RECORD: u32 = u32::MAX;
@@ -104,15 +115,21 @@ pub enum LogError {
 
 pub type LogResult<T> = Result<T, LogError>;
 
-/// The open log file of a node.
+/// The open log file of a node. Records are encoded into memory on the caller's thread (the Raft
+/// driver); their writes to the file go in the [`SyncJob`] that makes them durable, run on other threads
+/// (see the module docs): a disk that blocks writes then stalls those, not the driver.
 pub struct RaftLog {
     path: PathBuf,
-    file: BufWriter<File>,
-    /// The same file, for a sync made on another thread (see [`RaftLog::prepare_sync`]).
-    shared: Arc<File>,
-    /// Bytes of records in the file (the zeros written ahead of them not counted).
+    /// The file records go to (a rewrite switches to another).
+    file: Arc<File>,
+    /// Records encoded and not yet in [`RaftLog::writes`]: they go to the file from `buffer_at`.
+    buffer: Vec<u8>,
+    buffer_at: u64,
+    /// What the next [`SyncJob`] writes, in order, before it syncs.
+    writes: Vec<Pending>,
+    /// Bytes of records in the file (the zeros written ahead of them not counted), written or pending.
     len: u64,
-    /// Bytes the file holds, records and zeros.
+    /// Bytes the file holds, records and zeros, written or pending.
     allocated: u64,
     /// Whether [`RaftLog::sync`] fsyncs (`durability = "sync"`) or only hands the bytes to the OS.
     fsync: bool,
@@ -133,28 +150,88 @@ pub struct RaftLog {
     pending_live: Option<Live>,
 }
 
-/// What makes the records written so far durable: the live state that starts a rewritten file, the file
-/// to sync, then a rewritten file to rename over the old one (see [`RaftLog::prepare_sync`]).
+/// Bytes for a log file at an offset, not written yet.
+#[derive(Debug)]
+struct Pending {
+    file: Arc<File>,
+    at: u64,
+    bytes: Chunk,
+}
+
+/// What a [`Pending`] write holds.
+#[derive(Debug)]
+enum Chunk {
+    Encoded(Vec<u8>),
+    /// A received snapshot's data, shared with the snapshot (not copied).
+    Shared(bytes::Bytes),
+    /// Zeros written ahead of the records (see [`PREALLOCATE_BYTES`]), this many.
+    Zeros(u64),
+}
+
+/// A part of a record's body: borrowed, or a snapshot's data whose write shares it.
+enum Part<'a> {
+    Slice(&'a [u8]),
+    Shared(&'a bytes::Bytes),
+}
+
+impl Part<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Part::Slice(b) => b,
+            Part::Shared(b) => b,
+        }
+    }
+}
+
+impl Pending {
+    fn write(&self, zeros: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match &self.bytes {
+            Chunk::Encoded(b) => self.file.write_all_at(b, self.at),
+            Chunk::Shared(b) => self.file.write_all_at(b, self.at),
+            Chunk::Zeros(len) => {
+                if zeros.is_empty() {
+                    zeros.resize(1 << 20, 0);
+                }
+                let end = self.at.saturating_add(*len);
+                let mut at = self.at;
+                while at < end {
+                    let n =
+                        usize::try_from((end - at).min(zeros.len() as u64)).unwrap_or(zeros.len());
+                    self.file.write_all_at(&zeros[..n], at)?;
+                    at = at.saturating_add(n as u64);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What makes the records encoded so far durable: the live state that starts a rewritten file, the
+/// records' writes, the file to sync, then a rewritten file to rename over the old one (see
+/// [`RaftLog::prepare_sync`]).
 #[derive(Debug, Default)]
 pub struct SyncJob {
     pub file: Option<Arc<File>>,
     pub live: Option<Live>,
+    writes: Vec<Pending>,
     pub rename: Option<(PathBuf, PathBuf)>,
 }
 
 impl SyncJob {
-    /// Writes the live state, syncs the file, then renames a rewritten one into place (and syncs the
-    /// directory).
+    /// Writes the live state and the records, syncs the file, then renames a rewritten one into place
+    /// (and syncs the directory).
     pub fn run(&self) -> std::io::Result<()> {
-        self.write_live()?;
+        self.write()?;
         if let Some(file) = &self.file {
             file.sync_data()?;
         }
         self.rename_into_place()
     }
 
-    /// Encodes the live state and writes it at the start of its rewritten file.
-    pub fn write_live(&self) -> std::io::Result<()> {
+    /// Writes the live state at the start of its rewritten file (encoded here), then the records, in the
+    /// order they were encoded.
+    pub fn write(&self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         if let (Some(file), Some(live)) = (&self.file, &self.live) {
             let bytes = live
@@ -162,7 +239,7 @@ impl SyncJob {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             file.write_all_at(&bytes, 0)?;
         }
-        Ok(())
+        write_all(&self.writes)
     }
 
     /// The rename alone (its file synced already).
@@ -175,6 +252,14 @@ impl SyncJob {
         }
         Ok(())
     }
+}
+
+fn write_all(writes: &[Pending]) -> std::io::Result<()> {
+    let mut zeros = Vec::new();
+    for w in writes {
+        w.write(&mut zeros)?;
+    }
+    Ok(())
 }
 
 /// What replay rebuilt: every group's storage, by partition.
@@ -210,12 +295,12 @@ impl RaftLog {
             file.write_all(&vec![0; tail.len()]).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        file.seek(SeekFrom::Start(good as u64)).map_err(io)?;
-        let shared = Arc::new(file.try_clone().map_err(io)?);
         let log = RaftLog {
             path: path.clone(),
-            shared,
-            file: BufWriter::with_capacity(1 << 16, file),
+            file: Arc::new(file),
+            buffer: Vec::new(),
+            buffer_at: good as u64,
+            writes: Vec::new(),
             len: good as u64,
             allocated: bytes.len() as u64,
             fsync,
@@ -275,15 +360,19 @@ impl RaftLog {
     /// Records that `partition`'s log now starts after `snapshot`'s point, with the partition's data to
     /// install (a `SNAPSHOT_DATA` record: see the module docs).
     ///
-    /// The data (tens of MiB per move on the node that joins, on the driver's thread) is written from
-    /// where it is, not copied into a record first: the body is the `Snapshot`'s protobuf encoding made
-    /// of its parts (see `snapshot_parts`).
+    /// The data (tens of MiB per move on the node that joins) is written from where it is, not copied
+    /// into a record first: the body is the `Snapshot`'s protobuf encoding made of its parts (see
+    /// `snapshot_parts`), and the sync that writes it shares the snapshot's buffer.
     pub fn set_snapshot(&mut self, partition: PartitionId, snapshot: &Snapshot) -> LogResult<()> {
         let (head, tail) = snapshot_parts(snapshot)?;
         self.record_parts(
             partition,
             SNAPSHOT_DATA,
-            &[&head, snapshot.get_data(), &tail],
+            &[
+                Part::Slice(&head),
+                Part::Shared(&snapshot.data),
+                Part::Slice(&tail),
+            ],
         )?;
         self.installs.insert(partition, snapshot.clone());
         Ok(())
@@ -352,29 +441,40 @@ impl RaftLog {
         &self.path
     }
 
-    /// Hands every record written so far to the OS and returns what makes them durable (nothing if
-    /// nothing was written): the caller runs it, on another thread if it likes, while records go on
-    /// being written. A node that does not fsync gets no file, and a rewritten file is renamed at once.
+    /// Returns what writes every record encoded so far and makes it durable (nothing if nothing was
+    /// written since the last job): the caller runs it, on another thread if it likes, while records go
+    /// on being encoded; jobs must run in the order they were prepared. A node that does not fsync runs
+    /// the writes here (and a rewritten file is renamed at once), and gets no job.
+    ///
+    /// Records that need no sync (a commit index, an installation) wait for the next job that does;
+    /// should more than a MiB of them pile up, that job is made now.
     pub fn prepare_sync(&mut self) -> LogResult<SyncJob> {
-        if !std::mem::take(&mut self.dirty) {
+        let held = (self.buffer.len() as u64).saturating_add(
+            self.writes
+                .iter()
+                .map(|w| match &w.bytes {
+                    Chunk::Encoded(b) => b.len() as u64,
+                    Chunk::Shared(b) => b.len() as u64,
+                    Chunk::Zeros(_) => 0,
+                })
+                .sum(),
+        );
+        if !std::mem::take(&mut self.dirty) && held < SPILL_BYTES {
             return Ok(SyncJob::default());
         }
-        let path = &self.path;
-        self.file.flush().map_err(|source| LogError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        self.take_buffer();
         let mut job = SyncJob {
-            file: Some(self.shared.clone()),
+            file: Some(self.file.clone()),
             live: self.pending_live.take(),
+            writes: std::mem::take(&mut self.writes),
             rename: self
                 .pending_rename
                 .take()
                 .map(|next| (next, self.path.clone())),
         };
         if !self.fsync {
-            // nothing waits for the disk: the live state and the rename are done here
-            job.write_live()
+            // nothing waits for the disk: the writes and the rename are done here
+            job.write()
                 .and_then(|()| job.rename_into_place())
                 .map_err(|source| LogError::Io {
                     path: self.path.clone(),
@@ -383,6 +483,18 @@ impl RaftLog {
             job = SyncJob::default();
         }
         Ok(job)
+    }
+
+    /// Moves the records encoded into the buffer to the writes.
+    fn take_buffer(&mut self) {
+        if !self.buffer.is_empty() {
+            self.writes.push(Pending {
+                file: self.file.clone(),
+                at: self.buffer_at,
+                bytes: Chunk::Encoded(std::mem::take(&mut self.buffer)),
+            });
+        }
+        self.buffer_at = self.len;
     }
 
     /// Makes every record written so far durable: one fsync for all groups (none if nothing was written).
@@ -415,22 +527,17 @@ impl RaftLog {
             return Ok(false);
         }
         self.next_rewrite_look = live_len.saturating_mul(2);
-        let path = &self.path;
-        let io = |source| LogError::Io {
-            path: path.clone(),
-            source,
-        };
-        // what the old file still buffers goes there (it may be synced by a sync already asked for)
-        self.file.flush().map_err(io)?;
-        let mut file = File::create(&next).map_err(|source| LogError::Io {
+        // what the old file still buffers goes there with the next job (unsynced: the live state holds
+        // it too)
+        self.take_buffer();
+        let file = File::create(&next).map_err(|source| LogError::Io {
             path: next.clone(),
             source,
         })?;
-        // the live state is written by the sync thread; the records go on from its end
-        file.seek(SeekFrom::Start(live_len)).map_err(io)?;
-        self.shared = Arc::new(file.try_clone().map_err(io)?);
-        self.file = BufWriter::with_capacity(1 << 16, file);
+        // the live state is written by the log writer thread; the records go on from its end
+        self.file = Arc::new(file);
         self.len = live_len;
+        self.buffer_at = live_len;
         self.allocated = self.len;
         self.dirty = true;
         self.pending_rename = Some(next);
@@ -439,65 +546,62 @@ impl RaftLog {
     }
 
     fn record(&mut self, partition: PartitionId, kind: u8, body: &[u8]) -> LogResult<()> {
-        self.record_parts(partition, kind, &[body])
+        self.record_parts(partition, kind, &[Part::Slice(body)])
     }
 
-    /// Writes a record whose body is `parts` one after the other (the same bytes as [`frame`] of their
-    /// concatenation); parts larger than the write buffer go to the file as they are.
-    fn record_parts(&mut self, partition: PartitionId, kind: u8, parts: &[&[u8]]) -> LogResult<()> {
+    /// Encodes a record whose body is `parts` one after the other (the same bytes as [`frame`] of their
+    /// concatenation); a snapshot's data is not copied, its write shares it.
+    fn record_parts(&mut self, partition: PartitionId, kind: u8, parts: &[Part]) -> LogResult<()> {
         if kind != DROPPED {
             self.dropped.remove(&partition);
         }
-        let body: usize = parts.iter().map(|p| p.len()).sum();
-        let header = header(partition, kind, parts);
+        let slices: Vec<&[u8]> = parts.iter().map(Part::bytes).collect();
+        let body: usize = slices.iter().map(|p| p.len()).sum();
+        let header = header(partition, kind, &slices);
         let end = self
             .len
             .saturating_add(header.len() as u64)
             .saturating_add(body as u64);
         if end > self.allocated {
-            self.preallocate(end, body >= LARGE_RECORD)?;
+            self.preallocate(end, body >= LARGE_RECORD);
         }
-        let path = &self.path;
-        let io = |source| LogError::Io {
-            path: path.clone(),
-            source,
-        };
-        self.file.write_all(&header).map_err(io)?;
+        self.buffer.extend_from_slice(&header);
         for part in parts {
-            self.file.write_all(part).map_err(io)?;
+            match part {
+                Part::Slice(b) => self.buffer.extend_from_slice(b),
+                Part::Shared(b) => {
+                    let at = self.buffer_at.saturating_add(self.buffer.len() as u64);
+                    self.take_buffer();
+                    self.writes.push(Pending {
+                        file: self.file.clone(),
+                        at,
+                        bytes: Chunk::Shared((*b).clone()),
+                    });
+                    self.buffer_at = at.saturating_add(b.len() as u64);
+                }
+            }
         }
         self.len = end;
         self.dirty = true;
         Ok(())
     }
 
-    /// Writes zeros from the end of the file to past `end` (at least [`PREALLOCATE_BYTES`] more), then goes
-    /// on writing records where they stopped. The next sync makes the new size durable with the records
-    /// (once per [`PREALLOCATE_BYTES`], not on the driver's thread). For a `large` record (a snapshot's
-    /// data) the file just grows by the record: zeros written ahead of it would be written over at once.
-    fn preallocate(&mut self, end: u64, large: bool) -> LogResult<()> {
-        use std::os::unix::fs::FileExt;
-        let path = &self.path;
-        let io = |source| LogError::Io {
-            path: path.clone(),
-            source,
-        };
-        self.file.flush().map_err(io)?;
+    /// Writes zeros (with the next job) from the end of the file to past `end` (at least
+    /// [`PREALLOCATE_BYTES`] more); the records go on where they stopped. The next sync makes the new size
+    /// durable with the records (once per [`PREALLOCATE_BYTES`]). For a `large` record (a snapshot's data)
+    /// the file just grows by the record: zeros written ahead of it would be written over at once.
+    fn preallocate(&mut self, end: u64, large: bool) {
         if large {
             self.allocated = end;
-            return Ok(());
+            return;
         }
         let target = end.max(self.allocated.saturating_add(PREALLOCATE_BYTES));
-        let zeros = vec![0u8; 1 << 20];
-        let file = self.file.get_ref();
-        let mut at = self.allocated;
-        while at < target {
-            let n = usize::try_from((target - at).min(zeros.len() as u64)).unwrap_or(zeros.len());
-            file.write_all_at(&zeros[..n], at).map_err(io)?;
-            at = at.saturating_add(n as u64);
-        }
+        self.writes.push(Pending {
+            file: self.file.clone(),
+            at: self.allocated,
+            bytes: Chunk::Zeros(target - self.allocated),
+        });
         self.allocated = target;
-        Ok(())
     }
 }
 
@@ -754,7 +858,7 @@ fn encode_live(
 
 /// Every group's live state, taken on the driver's thread without encoding it (entries share their
 /// data), with its exact encoded length: a rewrite starts its file's records after it at once, and the
-/// sync thread encodes and writes it there (see [`SyncJob::write_live`]). Encoding it on the driver took
+/// log writer thread encodes and writes it there (see [`SyncJob::write`]). Encoding it on the driver took
 /// it 0.7 to 0.9 s per rewrite at 64 MiB of data, during which the node answered no heartbeat.
 #[derive(Debug)]
 pub struct Live {
@@ -951,6 +1055,60 @@ mod tests {
     }
 
     #[test]
+    fn records_reach_the_file_with_their_job_in_order_across_preallocations_and_rewrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
+        log.set_rewrite_bytes(4 << 20);
+        let big = "x".repeat(64 << 10);
+        // partition 2 takes large entries (dropped later), partition 1 small ones (kept)
+        let append = |log: &mut RaftLog, from: u64, to: u64| {
+            for i in from..=to {
+                log.append(2, &[entry(i, 1, &format!("{i}{big}"))])
+                    .expect("append");
+            }
+        };
+        let last = |dir: &Path, p: PartitionId| -> u64 {
+            let (_, groups) = RaftLog::open(dir, true).expect("reopen");
+            groups.get(&p).map_or(0, |g| g.last_index().expect("last"))
+        };
+        // encoded, not written: the file has nothing until the job runs (a crash loses only this)
+        append(&mut log, 1, 10);
+        let first = log.prepare_sync().expect("prepare");
+        assert_eq!(last(dir.path(), 2), 0);
+        // past the first preallocation: its zeros are queued before the records that land in them
+        append(&mut log, 11, 160);
+        let second = log.prepare_sync().expect("prepare");
+        assert!(log.allocated > PREALLOCATE_BYTES);
+        first.run().expect("run");
+        assert_eq!(last(dir.path(), 2), 10);
+        second.run().expect("run");
+        assert_eq!(last(dir.path(), 2), 160);
+        // a rewrite: the old file's last records and the new file's go with the next job
+        log.append(1, &[entry(1, 1, "a")]).expect("append");
+        log.drop_group(2).expect("drop");
+        let mut groups = Groups::new();
+        groups
+            .entry(1)
+            .or_default()
+            .wl()
+            .append(&[entry(1, 1, "a")])
+            .expect("mem");
+        assert!(log.maybe_rewrite(&groups).expect("rewrite"));
+        log.append(1, &[entry(2, 1, "b")]).expect("append");
+        // (no open meanwhile: it would finish or drop the rewrite)
+        let third = log.prepare_sync().expect("prepare");
+        third.run().expect("run");
+        assert!(!dir.path().join(NEXT).exists());
+        let (_, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(!replayed.contains_key(&2));
+        assert_eq!(
+            datas(&replayed[&1]),
+            vec![(1, 1, "a".into()), (2, 1, "b".into())]
+        );
+        assert!(log.len() < 4096, "rewritten: {} bytes", log.len());
+    }
+
+    #[test]
     fn records_replay_after_reopen_with_conflicting_tails_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -1101,7 +1259,7 @@ mod tests {
         assert!(log.maybe_rewrite(&groups).expect("rewrite"));
         log.append(3, &[entry(2, 1, "b")]).expect("append");
         let job = log.prepare_sync().expect("prepare");
-        job.write_live().expect("live");
+        job.write().expect("write");
         job.file.as_ref().expect("file").sync_data().expect("sync");
         assert!(job.rename.is_some(), "renamed only after the sync");
         drop(log);

@@ -1118,12 +1118,16 @@ impl Unsynced {
         !self.needs_sync() && self.installs.is_empty() && self.readies.is_empty()
     }
 
-    /// Makes every round of `rounds` durable: one sync per file (one, unless the log was rewritten
-    /// between), which covers every round written before it started; then puts a rewritten file in place.
+    /// Writes the round's records to the log file: the first half of making it durable, done as the
+    /// round comes (see [`Unsynced::sync_together`]).
+    pub fn write(&self) -> std::io::Result<()> {
+        self.job.write()
+    }
+
+    /// Makes every round of `rounds` durable, each written already ([`Unsynced::write`], in order): one
+    /// sync per file (one, unless the log was rewritten between), which covers every round written
+    /// before it started; then puts a rewritten file in place.
     pub fn sync_together(rounds: &[Unsynced]) -> std::io::Result<()> {
-        for round in rounds {
-            round.job.write_live()?;
-        }
         let mut synced: Vec<&std::sync::Arc<std::fs::File>> = Vec::new();
         for file in rounds.iter().filter_map(|r| r.job.file.as_ref()) {
             if !synced.iter().any(|s| std::sync::Arc::ptr_eq(s, file)) {
@@ -1531,9 +1535,12 @@ mod tests {
                 .expect("write")
         }
 
-        /// Answers `rounds` of `id`'s syncs with one fsync, in order, as the sync thread does; the
-        /// second halves of their polls.
+        /// Writes `rounds` of `id`'s syncs and answers them with one fsync, in order, as the log
+        /// writer and sync threads do; the second halves of their polls.
         fn sync(&mut self, id: u64, rounds: Vec<Unsynced>) -> Vec<Output> {
+            for round in &rounds {
+                round.write().expect("write");
+            }
             Unsynced::sync_together(&rounds).expect("sync");
             let node = self.nodes.get_mut(&id).expect("node");
             rounds.into_iter().map(|r| node.persisted(r)).collect()

@@ -1,8 +1,9 @@
 //! The driver thread ([`Driver`]): owns this node's [`MultiRaft`], ticks it, steps what peers sent, proposes,
-//! and after each round writes, sends and publishes what the groups produced; hands leadership over on
+//! and after each round encodes, sends and publishes what the groups produced; hands leadership over on
 //! SIGTERM and back to the preferred replicas; moves replicas where the membership wants them
-//! (`moves.rs`). The sync thread ([`sync_rounds`]) makes the rounds durable behind it; what waits for that
-//! is released when it answers. Snapshots go in pieces on the peer link's bulk lane, and one that is not
+//! (`moves.rs`). Behind it the log writer thread ([`write_rounds`]) writes the rounds' records to the log
+//! file and the sync thread ([`sync_rounds`]) makes them durable, so the driver never waits for the disk;
+//! what waits for that is released when the sync thread answers. Snapshots go in pieces on the peer link's bulk lane, and one that is not
 //! acknowledged is sent again.
 
 use std::collections::HashMap;
@@ -548,11 +549,11 @@ impl Driver {
         self.refused.retain(|_, until| now < *until);
     }
 
-    /// Writes what the groups produced to the log, sends and publishes what need not wait for the sync,
-    /// and hands the sync to the sync thread (what waits for it is released when it answers, see
-    /// [`Input::Synced`]). Rounds are synced in order: a round that wrote nothing waits behind the
-    /// syncs in flight, else it is done here. Returns how long the writing took (the slow-round warning
-    /// tells a disk that blocks writes from the rest).
+    /// Encodes what the groups produced for the log, sends and publishes what need not wait for the sync,
+    /// and hands the write and the sync to the writer and sync threads (what waits for it is released
+    /// when the sync thread answers, see [`Input::Synced`]). Rounds are synced in order: a round that wrote nothing waits
+    /// behind the syncs in flight, else it is done here. Returns how long the poll and the encoding took
+    /// (with `durability = "os"`, the writes too, which are made here).
     fn round(&mut self) -> Duration {
         let started = Instant::now();
         let (out, unsynced) = match self.raft.poll_write() {
@@ -780,10 +781,31 @@ impl Driver {
     }
 }
 
-/// The sync thread: makes the driver's rounds durable in the order they were written, several at a time
-/// when they come faster than one sync (group commit), and hands them back to the driver, which keeps
-/// stepping, ticking and answering heartbeats meanwhile (a sync slowed by a busy disk no longer silences
-/// the node for its peers). Ends when the driver does.
+/// The log writer thread: writes each of the driver's rounds to the log file as it comes, while the sync
+/// thread makes the rounds before it durable, then hands it on to the sync thread. The driver keeps
+/// stepping, ticking and answering heartbeats meanwhile: under the page cache's writeback a write can
+/// block for seconds, and a driver blocked that long would look dead to its peers. Ends when the driver
+/// does.
+pub(super) fn write_rounds(rounds: mpsc::Receiver<Unsynced>, sync: mpsc::Sender<Unsynced>) {
+    while let Ok(round) = rounds.recv() {
+        let started = Instant::now();
+        if let Err(e) = round.write() {
+            tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
+            std::process::abort();
+        }
+        let took = started.elapsed();
+        if took >= SLOW_ROUND {
+            tracing::warn!(?took, "a slow raft log write");
+        }
+        if sync.send(round).is_err() {
+            return;
+        }
+    }
+}
+
+/// The sync thread: makes the rounds the writer thread wrote durable in their order, several at a time
+/// when they come faster than one sync (group commit), and hands them back to the driver. Ends when the
+/// writer thread does.
 pub(super) fn sync_rounds(rounds: mpsc::Receiver<Unsynced>, driver: mpsc::Sender<Input>) {
     while let Ok(first) = rounds.recv() {
         let mut batch = vec![first];

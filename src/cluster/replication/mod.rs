@@ -3,11 +3,11 @@
 //! (`apply.rs`); replicas move where the membership wants them (`moves.rs`).
 //!
 //! The thread owns the [`MultiRaft`]. It ticks every group on one timer (`election_timeout_ms / 20`), steps
-//! what peers sent, and after each round polls: every group's new entries and hard state are appended to
-//! the node's Raft log and synced once, then each other node gets all of its groups' messages (heartbeats,
-//! appends, votes) as one `Raft` peer frame on this node's link to it, so a tick costs one frame per node
-//! pair however many groups there are. Raft's disk work (the log's fdatasync) happens on this thread,
-//! never on an actor thread.
+//! what peers sent, and after each round polls: every group's new entries and hard state are encoded for
+//! the node's Raft log, which the writer and sync threads write and sync once for the round, and each other node gets
+//! all of its groups' messages (heartbeats, appends, votes) as one `Raft` peer frame on this node's link
+//! to it, so a tick costs one frame per node pair however many groups there are. Raft's disk work happens
+//! on those two threads, never on the driver's or an actor's.
 //!
 //! What leads where is published to a table that the router, `/v1/nodes`, `/v1/admin/cluster` and the
 //! metrics read. On SIGTERM the node hands every partition it leads to its most caught-up live replica
@@ -421,10 +421,16 @@ impl Replication {
             .spawn(move || applier.run())
             .map_err(ReplicationError::Thread)?;
         *lock(&replication.apply_thread) = Some(apply_thread);
-        let (sync_tx, sync_rx) = mpsc::channel();
+        // the driver's rounds go to the log writer thread, then to the sync thread, then back
+        let (sync_tx, write_rx) = mpsc::channel();
+        let (written_tx, written_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-write".into())
+            .spawn(move || driver::write_rounds(write_rx, written_tx))
+            .map_err(ReplicationError::Thread)?;
         std::thread::Builder::new()
             .name("raft-sync".into())
-            .spawn(move || driver::sync_rounds(sync_rx, synced))
+            .spawn(move || driver::sync_rounds(written_rx, synced))
             .map_err(ReplicationError::Thread)?;
         let (snapshots_tx, snapshots_rx) = mpsc::channel();
         let pace = driver::Pace::new(config.cluster.move_mib_per_s.saturating_mul(1 << 20));
