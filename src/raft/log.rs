@@ -12,8 +12,8 @@
 //! written): under the page cache's writeback (a node filling or installing hundreds of MiB) a `write`
 //! can block for seconds, and a driver blocked that long answers no heartbeat, so that leaders elsewhere
 //! step down. Jobs are written in the order they were made; a crash loses what no job has written yet,
-//! which nothing had acknowledged. (With `durability = "os"` nothing waits
-//! for a sync, and the driver writes each round's records itself.)
+//! which nothing had acknowledged. (With `durability = "os"` nothing waits for a sync, and the driver
+//! writes each round's records itself.)
 //!
 //! Format: records of `len:u32 | crc32:u32 | payload`, big-endian; the payload is `partition:u32 | kind:u8 |
 //! body`, where the body is the protobuf encoding of a `HardState`, a `ConfState`, or a list of
@@ -555,9 +555,8 @@ impl RaftLog {
         if kind != DROPPED {
             self.dropped.remove(&partition);
         }
-        let slices: Vec<&[u8]> = parts.iter().map(Part::bytes).collect();
-        let body: usize = slices.iter().map(|p| p.len()).sum();
-        let header = header(partition, kind, &slices);
+        let body: usize = parts.iter().map(|p| p.bytes().len()).sum();
+        let header = header(partition, kind, parts.iter().map(Part::bytes));
         let end = self
             .len
             .saturating_add(header.len() as u64)
@@ -628,18 +627,23 @@ fn snapshot_parts(snapshot: &Snapshot) -> LogResult<(Vec<u8>, Vec<u8>)> {
 }
 
 fn frame(partition: PartitionId, kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = header(partition, kind, &[body]).to_vec();
+    let mut out = header(partition, kind, [body]).to_vec();
     out.extend_from_slice(body);
     out
 }
 
 /// A record's header for a body made of `parts`: `len | crc32 | partition | kind` (see the module docs).
-fn header(partition: PartitionId, kind: u8, parts: &[&[u8]]) -> [u8; 13] {
-    let body: usize = parts.iter().map(|p| p.len()).sum();
+fn header<'a>(
+    partition: PartitionId,
+    kind: u8,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> [u8; 13] {
+    let mut body = 0usize;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&partition.to_be_bytes());
     crc.update(&[kind]);
     for part in parts {
+        body = body.saturating_add(part.len());
         crc.update(part);
     }
     let mut out = [0u8; 13];

@@ -3,8 +3,8 @@
 //! SIGTERM and back to the preferred replicas; moves replicas where the membership wants them
 //! (`moves.rs`). Behind it the log writer thread ([`write_rounds`]) writes the rounds' records to the log
 //! file and the sync thread ([`sync_rounds`]) makes them durable, so the driver never waits for the disk;
-//! what waits for that is released when the sync thread answers. Snapshots go in pieces on the peer link's bulk lane, and one that is not
-//! acknowledged is sent again.
+//! what waits for that is released when the sync thread answers. Snapshots go in pieces on the peer
+//! link's bulk lane, and one that is not acknowledged is sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -551,9 +551,9 @@ impl Driver {
 
     /// Encodes what the groups produced for the log, sends and publishes what need not wait for the sync,
     /// and hands the write and the sync to the writer and sync threads (what waits for it is released
-    /// when the sync thread answers, see [`Input::Synced`]). Rounds are synced in order: a round that wrote nothing waits
-    /// behind the syncs in flight, else it is done here. Returns how long the poll and the encoding took
-    /// (with `durability = "os"`, the writes too, which are made here).
+    /// when the sync thread answers, see [`Input::Synced`]). Rounds are synced in order: a round that
+    /// wrote nothing waits behind the syncs in flight, else it is done here. Returns how long the poll
+    /// and the encoding took (with `durability = "os"`, the writes too, which are made here).
     fn round(&mut self) -> Duration {
         let started = Instant::now();
         let (out, unsynced) = match self.raft.poll_write() {

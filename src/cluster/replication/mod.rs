@@ -4,10 +4,10 @@
 //!
 //! The thread owns the [`MultiRaft`]. It ticks every group on one timer (`election_timeout_ms / 20`), steps
 //! what peers sent, and after each round polls: every group's new entries and hard state are encoded for
-//! the node's Raft log, which the writer and sync threads write and sync once for the round, and each other node gets
-//! all of its groups' messages (heartbeats, appends, votes) as one `Raft` peer frame on this node's link
-//! to it, so a tick costs one frame per node pair however many groups there are. Raft's disk work happens
-//! on those two threads, never on the driver's or an actor's.
+//! the node's Raft log, which the log writer and sync threads write and sync once for the round, and
+//! each other node gets all of its groups' messages (heartbeats, appends, votes) as one `Raft` peer frame
+//! on this node's link to it, so a tick costs one frame per node pair however many groups there are.
+//! Raft's disk work happens on those two threads, never on the driver's or an actor's.
 //!
 //! What leads where is published to a table that the router, `/v1/nodes`, `/v1/admin/cluster` and the
 //! metrics read. On SIGTERM the node hands every partition it leads to its most caught-up live replica
