@@ -162,12 +162,23 @@ async fn the_systemd_unit_starts_a_node_that_sigterm_stops_cleanly() {
         .collect();
     assert_eq!(args[0], "--config");
     assert_eq!(args[2..], ["--node".to_string(), "n1".to_string()]);
+    // the node's log goes to a file, printed if the node is not there when asked (CI saw its port
+    // accept a connection and then refuse the next one once)
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
         .args(&args)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn");
+    let gone = |child: &mut std::process::Child, what: &str| -> ! {
+        let status = child.try_wait();
+        let _ = child.kill();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("{what}; the node: {status:?}; its log:\n{log}");
+    };
     let url = format!("http://127.0.0.1:{port}/healthz");
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -177,13 +188,19 @@ async fn the_systemd_unit_starts_a_node_that_sigterm_stops_cleanly() {
         {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node did not start"
-        );
+        if std::time::Instant::now() >= deadline {
+            gone(&mut child, "the node did not start");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(http_get(&url).await.0, 200);
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(http_get(&url))
+        .catch_unwind()
+        .await
+    {
+        Ok((status, _)) => assert_eq!(status, 200),
+        Err(_) => gone(&mut child, "GET /healthz failed"),
+    }
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
