@@ -820,6 +820,12 @@ async fn dm(
     let measuring = Arc::new(AtomicBool::new(false));
     let sending = Arc::new(AtomicBool::new(true));
     let per_sender_interval = rate.map(|r| Duration::from_secs_f64(pairs as f64 / r.max(1) as f64));
+    // DM_SLOW_MS=N: every measured message delivered N ms or more after its send, with its send time (a
+    // stall of the whole node shows as every conversation at once, at times that line up with a profile)
+    let slow_us = std::env::var("DM_SLOW_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| ms * 1000);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (i, mut sender, mut receiver) in connections {
@@ -907,7 +913,15 @@ async fn dm(
                 if measuring_r.load(Ordering::Relaxed) {
                     let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0);
                     let sent_at = frame.body.map_or(now, |b| b.t);
-                    let _ = hist.record(now.saturating_sub(sent_at).max(1));
+                    let took = now.saturating_sub(sent_at);
+                    let _ = hist.record(took.max(1));
+                    if slow_us.is_some_and(|slow| took >= slow) {
+                        eprintln!(
+                            "slow: sent {:.3} s after the bench started, delivered after {:.1} ms, {conv_id}",
+                            sent_at as f64 / 1e6,
+                            took as f64 / 1e3
+                        );
+                    }
                     counters_r.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 unacked += 1;

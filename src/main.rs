@@ -119,15 +119,18 @@ fn main() -> anyhow::Result<()> {
             };
             rookery::cli::cluster(&config, &action, via.as_deref(), !no_wait)
         }
-        None => actix_rt::System::new().block_on(async move {
-            let node = Node::start_joining(config, cli.node.as_deref(), cli.join)?;
-            let addr = node.addr();
-            println!(
-                "rookery node {} listening on http://{addr} (WebSocket ws://{addr}/ws)",
-                node.router().node()
-            );
-            node.run(shutdown_signal()).await.context("node failed")
-        }),
+        None => {
+            no_transparent_huge_pages();
+            actix_rt::System::new().block_on(async move {
+                let node = Node::start_joining(config, cli.node.as_deref(), cli.join)?;
+                let addr = node.addr();
+                println!(
+                    "rookery node {} listening on http://{addr} (WebSocket ws://{addr}/ws)",
+                    node.router().node()
+                );
+                node.run(shutdown_signal()).await.context("node failed")
+            })
+        }
     }
 }
 
@@ -140,6 +143,20 @@ fn sign_in_link(listen: &str, token: &str) -> String {
         _ => listen.to_string(),
     };
     format!("http://{host}/#token={token}")
+}
+
+/// Turns transparent huge pages off for this process (and what it starts), before the node allocates its
+/// store's page cache and log buffers. With them on (`always`, or `madvise`, which mimalloc asks for), the
+/// first write to each new 2 MiB of heap zeroes a whole huge page in one page fault: on the virtual machines
+/// this was measured on, 30 to 60 ms, during which the thread that faulted (a conversation's arbiter in
+/// the middle of a sled insert, or a session's worker) serves nobody. At a steady 10,000 msgs/s that was
+/// the whole tail: p99 36 to 73 ms with them, 4.6 to 6.8 ms without, the same CPU per message, a third
+/// less memory (bench/README.md, "Stop 34").
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off; latency may spike as memory grows");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
