@@ -145,13 +145,14 @@ fn sign_in_link(listen: &str, token: &str) -> String {
     format!("http://{host}/#token={token}")
 }
 
-/// Turns transparent huge pages off for this process (and what it starts), before the node allocates its
-/// store's page cache and log buffers. With them on (`always`, or `madvise`, which mimalloc asks for), the
-/// first write to each new 2 MiB of heap zeroes a whole huge page in one page fault: on the virtual machines
-/// this was measured on, 30 to 60 ms, during which the thread that faulted (a conversation's arbiter in
-/// the middle of a sled insert, or a session's worker) serves nobody. At a steady 10,000 msgs/s that was
-/// the whole tail: p99 36 to 73 ms with them, 4.6 to 6.8 ms without, the same CPU per message, a third
-/// less memory (bench/README.md, "Stop 34").
+/// Turns transparent huge pages off for this process, before the node allocates its store's page cache and
+/// log buffers. With them on (`always`, or `madvise`, which mimalloc asks for), the first write to each new
+/// 2 MiB of heap zeroes a whole huge page in one page fault: on the virtual machines this was measured on, 30
+/// to 60 ms, during which the thread that faulted (a conversation's arbiter in the middle of a sled insert,
+/// or a session's worker) serves nobody. That was the whole tail at a fixed rate: p99 at 10,000 msgs/s 37 to
+/// 81 ms with them and 5.5 to 9.6 ms without; replicated at 2,000 msgs/s 41 to 121 ms and 20 to 25 ms. The
+/// same CPU per message on one node, about 5% more replicated, and a third to half less memory
+/// (bench/README.md, "Stop 34").
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {

@@ -216,8 +216,8 @@ async fn the_systemd_unit_starts_a_node_that_sigterm_stops_cleanly() {
 
 /// A node turns transparent huge pages off for its process: with them on, the first write to each new
 /// 2 MiB of heap stalled a thread for 30 to 60 ms on the virtual machines measured (src/main.rs).
-#[tokio::test]
-async fn a_node_runs_with_transparent_huge_pages_off() {
+#[test]
+fn a_node_runs_with_transparent_huge_pages_off() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = write_node_config(tmp.path(), "");
     let mut node = NodeProcess::start(&config);
