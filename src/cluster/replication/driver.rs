@@ -121,8 +121,9 @@ pub(super) struct Driver {
     last_sync: Option<Instant>,
     /// How long after it the next one waits.
     window: SyncWindow,
-    /// To the sync thread ([`sync_rounds`]), and how many rounds it has not answered yet.
-    sync: mpsc::Sender<Unsynced>,
+    /// To the log writer thread ([`write_rounds`], which hands each round on to [`sync_rounds`]), and
+    /// how many rounds the sync thread has not answered yet.
+    to_disk: mpsc::Sender<Unsynced>,
     syncing: usize,
     /// To the snapshot thread ([`send_snapshots`]).
     snapshots: mpsc::Sender<SnapshotOut>,
@@ -148,11 +149,11 @@ impl Driver {
         metrics: Arc<Metrics>,
         shared: std::sync::Weak<Replication>,
         apply: mpsc::Sender<ApplyInput>,
-        sync: mpsc::Sender<Unsynced>,
+        to_disk: mpsc::Sender<Unsynced>,
         snapshots: mpsc::Sender<SnapshotOut>,
     ) -> Driver {
         Driver {
-            sync,
+            to_disk,
             syncing: 0,
             snapshots,
             snapshots_out: HashMap::new(),
@@ -570,7 +571,7 @@ impl Driver {
         self.deliver(out);
         if unsynced.needs_sync() || (self.syncing > 0 && !unsynced.is_empty()) {
             self.syncing += 1;
-            if self.sync.send(unsynced).is_err() {
+            if self.to_disk.send(unsynced).is_err() {
                 tracing::error!("the raft log sync thread is gone: stopping the node");
                 std::process::abort();
             }

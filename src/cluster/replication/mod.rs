@@ -422,7 +422,7 @@ impl Replication {
             .map_err(ReplicationError::Thread)?;
         *lock(&replication.apply_thread) = Some(apply_thread);
         // the driver's rounds go to the log writer thread, then to the sync thread, then back
-        let (sync_tx, write_rx) = mpsc::channel();
+        let (to_disk, write_rx) = mpsc::channel();
         let (written_tx, written_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("raft-write".into())
@@ -448,7 +448,7 @@ impl Replication {
             metrics,
             Arc::downgrade(&replication),
             apply_tx,
-            sync_tx,
+            to_disk,
             snapshots_tx,
         );
         let me = driver.raft.id();
