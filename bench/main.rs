@@ -216,6 +216,10 @@ enum Workload {
         /// Seconds of load after the layout settled.
         #[arg(long, default_value_t = 5)]
         after_s: u64,
+        /// Where the added node keeps its data (default: beside the others' in the bench's temporary
+        /// directory). A directory on another disk, or on tmpfs, shows what the shared disk costs.
+        #[arg(long)]
+        joiner_data_dir: Option<PathBuf>,
     },
     /// N authenticated idle connections; server memory per connection.
     Idle {
@@ -1687,10 +1691,12 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 before_s,
                 after_s,
+                joiner_data_dir,
             } => {
                 let load = failover::LoadShape { pairs, rate };
                 let plan = rebalance::Plan {
                     fill_mib,
+                    joiner_data_dir,
                     before: Duration::from_secs(before_s),
                     after: Duration::from_secs(after_s),
                 };

@@ -23,6 +23,8 @@ const FILL_TEXT: usize = 8000;
 
 pub struct Plan {
     pub fill_mib: u64,
+    /// The added node's data directory, if not beside the others'.
+    pub joiner_data_dir: Option<std::path::PathBuf>,
     /// How long the load runs before the node is added (its p99 is the "before").
     pub before: Duration,
     /// How long it runs after the layout settled.
@@ -40,7 +42,7 @@ pub async fn rebalance(server: &mut Server, shape: LoadShape, plan: Plan) -> any
     let load_started = Instant::now();
     tokio::time::sleep(plan.before).await;
     let added = Instant::now();
-    let new = tokio::task::block_in_place(|| server.add_node())?;
+    let new = tokio::task::block_in_place(|| server.add_node(plan.joiner_data_dir.as_deref()))?;
     let settled = tokio::task::block_in_place(|| wait_settled(server, new))?;
     let settle_s = (settled - added).as_secs_f64();
     eprintln!("settled {settle_s:.1} s after the node was added");
@@ -257,7 +259,7 @@ fn p99(logs: &[SenderLog], from: Instant, to: Instant) -> f64 {
 impl Server {
     /// Starts one more node with `--join` (a copy of the cluster's config with its own entry added) and
     /// adds it with `POST /v1/admin/nodes`; returns its index.
-    pub(super) fn add_node(&mut self) -> anyhow::Result<usize> {
+    pub(super) fn add_node(&mut self, data_dir: Option<&std::path::Path>) -> anyhow::Result<usize> {
         let launch = self
             .launch
             .as_ref()
@@ -266,8 +268,12 @@ impl Server {
         let id = super::node_id(i);
         let (port, peer) = (super::free_port()?, super::free_port()?);
         let mut config = std::fs::read_to_string(&launch.config)?;
+        let data = match data_dir {
+            Some(dir) => dir.join(&id).display().to_string(),
+            None => format!("data/{id}"),
+        };
         config.push_str(&format!(
-            "[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{peer}\"\ndata_dir = \"data/{id}\"\n"
+            "[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\npeer = \"127.0.0.1:{peer}\"\ndata_dir = {data:?}\n"
         ));
         let path = launch.config.with_file_name(format!("{id}.toml"));
         std::fs::write(&path, config)?;

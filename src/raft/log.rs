@@ -70,6 +70,8 @@ const SPILL_BYTES: u64 = 1 << 20;
 /// The largest record replay accepts: any length a record can have (a received snapshot's data is one
 /// record); a torn or corrupt header fails the checksum or runs past the file's end.
 const MAX_RECORD: u32 = u32::MAX;
+/// A record's header: `len | crc32 | partition | kind` (see [`header`]).
+const HEADER: usize = 13;
 
 const HARD_STATE: u8 = 1;
 const CONF_STATE: u8 = 2;
@@ -648,7 +650,6 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// One record: header and payload.
 /// A `Snapshot`'s protobuf encoding in three parts, its data between them: the data field's tag and
 /// length, then the metadata field (protobuf writes fields in number order: `data` is 1, `metadata` 2).
 fn snapshot_parts(snapshot: &Snapshot) -> LogResult<(Vec<u8>, Vec<u8>)> {
@@ -666,18 +667,12 @@ fn snapshot_parts(snapshot: &Snapshot) -> LogResult<(Vec<u8>, Vec<u8>)> {
     Ok((head, only_metadata.write_to_bytes()?))
 }
 
-fn frame(partition: PartitionId, kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = header(partition, kind, [body]).to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
 /// A record's header for a body made of `parts`: `len | crc32 | partition | kind` (see the module docs).
 fn header<'a>(
     partition: PartitionId,
     kind: u8,
     parts: impl IntoIterator<Item = &'a [u8]>,
-) -> [u8; 13] {
+) -> [u8; HEADER] {
     let mut body = 0usize;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&partition.to_be_bytes());
@@ -686,7 +681,7 @@ fn header<'a>(
         body = body.saturating_add(part.len());
         crc.update(part);
     }
-    let mut out = [0u8; 13];
+    let mut out = [0u8; HEADER];
     out[..4].copy_from_slice(&len_u32(5 + body).to_be_bytes());
     out[4..8].copy_from_slice(&crc.finalize().to_be_bytes());
     out[8..12].copy_from_slice(&partition.to_be_bytes());
@@ -950,23 +945,25 @@ impl LiveRecord {
         }
     }
 
-    fn body(&self) -> LogResult<Vec<u8>> {
-        Ok(match self {
-            LiveRecord::Dropped | LiveRecord::Rewritten => Vec::new(),
-            LiveRecord::Conf(c) => c.write_to_bytes()?,
-            LiveRecord::Point(p) => p.write_to_bytes()?,
-            LiveRecord::Install(s) => s.write_to_bytes()?,
+    /// Appends the body, encoded, to `out`.
+    fn write_body(&self, out: &mut Vec<u8>) -> LogResult<()> {
+        match self {
+            LiveRecord::Dropped | LiveRecord::Rewritten => {}
+            LiveRecord::Conf(c) => c.write_to_vec(out)?,
+            LiveRecord::Point(p) => p.write_to_vec(out)?,
+            LiveRecord::Install(s) => s.write_to_vec(out)?,
             LiveRecord::Entries(entries) => {
-                let mut body = Vec::new();
                 for e in entries {
-                    let bytes = e.write_to_bytes()?;
-                    body.extend_from_slice(&len_u32(bytes.len()).to_be_bytes());
-                    body.extend_from_slice(&bytes);
+                    let at = out.len();
+                    out.extend_from_slice(&[0; 4]);
+                    e.write_to_vec(out)?;
+                    let len = len_u32(out.len() - at - 4).to_be_bytes();
+                    out[at..at + 4].copy_from_slice(&len);
                 }
-                body
             }
-            LiveRecord::Hard(h) => h.write_to_bytes()?,
-        })
+            LiveRecord::Hard(h) => h.write_to_vec(out)?,
+        }
+        Ok(())
     }
 }
 
@@ -1021,8 +1018,10 @@ impl Live {
         if finished {
             records.push((0, LiveRecord::Rewritten));
         }
-        // a frame is its 8-byte header, the partition and the kind, then the body
-        let len = records.iter().map(|(_, r)| 13 + r.body_len()).sum();
+        let len = records
+            .iter()
+            .map(|(_, r)| HEADER as u64 + r.body_len())
+            .sum();
         Ok(Live { records, len })
     }
 
@@ -1037,9 +1036,14 @@ impl Live {
 
     /// The records, encoded.
     pub fn encode(&self) -> LogResult<Vec<u8>> {
+        // each record's body is encoded in place, after room for its header (which covers the body)
         let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
         for (partition, record) in &self.records {
-            out.extend(frame(*partition, record.kind(), &record.body()?));
+            let start = out.len();
+            out.extend_from_slice(&[0; HEADER]);
+            record.write_body(&mut out)?;
+            let header = header(*partition, record.kind(), [&out[start + HEADER..]]);
+            out[start..start + HEADER].copy_from_slice(&header);
         }
         if out.len() as u64 != self.len {
             return Err(LogError::Io {

@@ -1173,6 +1173,33 @@ impl MultiRaft {
     /// file records the new starting point and the entries kept (and is rewritten once mostly dead).
     /// Returns whether anything was dropped.
     pub fn compact(&mut self, partition: PartitionId, index: u64) -> LogResult<bool> {
+        self.compact_all([(partition, index)])
+    }
+
+    /// [`MultiRaft::compact`] for several partitions, then one look at whether the log file is worth
+    /// rewriting: after all of them, so that a rewrite copies only what they keep.
+    pub fn compact_all(
+        &mut self,
+        points: impl IntoIterator<Item = (PartitionId, u64)>,
+    ) -> LogResult<bool> {
+        let mut dropped = false;
+        for (partition, index) in points {
+            dropped |= self.compact_one(partition, index)?;
+        }
+        if dropped {
+            if let Some(log) = &mut self.log {
+                let groups: Groups = self
+                    .groups
+                    .iter()
+                    .map(|(p, g)| (*p, g.node.raft.raft_log.store.mem().clone()))
+                    .collect();
+                log.maybe_rewrite(&groups)?;
+            }
+        }
+        Ok(dropped)
+    }
+
+    fn compact_one(&mut self, partition: PartitionId, index: u64) -> LogResult<bool> {
         self.touched.mark(partition);
         let Some(group) = self.groups.get(&partition) else {
             return Ok(false);
@@ -1194,12 +1221,6 @@ impl MultiRaft {
         }
         if let Some(log) = &mut self.log {
             log.set_compacted(partition, &compacted.point)?;
-            let groups: Groups = self
-                .groups
-                .iter()
-                .map(|(p, g)| (*p, g.node.raft.raft_log.store.mem().clone()))
-                .collect();
-            log.maybe_rewrite(&groups)?;
         }
         Ok(true)
     }

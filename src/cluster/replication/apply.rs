@@ -124,6 +124,14 @@ const DELETE_STEP: usize = 512;
 /// even before `cluster.log_compact_entries`, keeping [`KEEP_LARGE`] entries.
 const COMPACT_BYTES: u64 = 8 << 20;
 const KEEP_LARGE: u64 = 64;
+/// The node's budget for applied entries its Raft logs hold, all partitions together: past it, the
+/// largest tails are compacted to [`KEEP_LARGE`] entries until the rest holds at most half of it.
+///
+/// The per-partition rules above bound one partition's tail, not their sum: 256 partitions under their
+/// 5,000 entries or 8 MiB each held 100 to 190 MiB on each node of a cluster filled with 1 GiB, and the
+/// log file's rewrite copies all of it (0.4 to 1 s of encoding, then the write, with every round behind
+/// it waiting: bench/README.md, "Stop 36").
+const TAIL_BUDGET: u64 = 32 << 20;
 
 /// How often the apply thread looks for logs to compact (each time it flushes the store first).
 const COMPACTION_CHECK: Duration = Duration::from_secs(1);
@@ -795,35 +803,24 @@ impl Applier {
         }
     }
 
-    /// At most once per [`COMPACTION_CHECK`]: the partitions whose logs hold more than
-    /// `log_compact_entries` applied entries are compacted, keeping the last half. The store is flushed
-    /// first: an entry leaves the log only once its effects are on disk.
+    /// At most once per [`COMPACTION_CHECK`]: the partitions [`due_compactions`] picks (by entries, by
+    /// bytes, and by the node's [`TAIL_BUDGET`]) are compacted. The store is flushed first: an entry
+    /// leaves the log only once its effects are on disk.
     fn maybe_compact(&mut self) {
         let now = Instant::now();
         if now < self.next_compaction {
             return;
         }
         self.next_compaction = now + COMPACTION_CHECK;
-        // by count, keeping half (a follower a little behind catches up from the log, not a snapshot);
-        // by bytes, keeping a few (large messages: a tail of thousands would be hundreds of MiB held,
-        // copied and rewritten by the driver)
-        let due: Vec<(PartitionId, u64)> = self
-            .last
-            .iter()
+        let tails = self.last.iter().map(|(p, (index, _))| Tail {
+            partition: *p,
+            applied: *index,
+            compacted: self.compacted.get(p).copied().unwrap_or(0),
+            bytes: self.tail_bytes.get(p).copied().unwrap_or(0),
             // (one being installed compacts once it is: the index here is its old one)
-            .filter(|(p, _)| !self.busy.contains_key(p))
-            .filter_map(|(p, (index, _))| {
-                let from = self.compacted.get(p).copied().unwrap_or(0);
-                let bytes = self.tail_bytes.get(p).copied().unwrap_or(0);
-                if index.saturating_sub(from) >= self.compact_entries {
-                    Some((*p, index.saturating_sub(self.compact_entries / 2)))
-                } else if bytes >= COMPACT_BYTES && index.saturating_sub(from) > KEEP_LARGE {
-                    Some((*p, index.saturating_sub(KEEP_LARGE)))
-                } else {
-                    None
-                }
-            })
-            .collect();
+            busy: self.busy.contains_key(p),
+        });
+        let due = due_compactions(tails.collect(), self.compact_entries);
         if due.is_empty() && self.installed.is_empty() {
             return;
         }
@@ -940,5 +937,131 @@ fn make_snapshot(store: &Store, partitions: u32, shared: &Replication, job: &Sna
             });
         }
         Err(e) => tracing::error!(partition = job.partition, error = %e, "cannot make a snapshot"),
+    }
+}
+
+/// One partition's applied log tail, as a compaction check sees it.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    partition: PartitionId,
+    /// The last entry applied.
+    applied: u64,
+    /// Where the log was last compacted from here.
+    compacted: u64,
+    /// Bytes of entries applied since then.
+    bytes: u64,
+    /// Being installed: not compacted now.
+    busy: bool,
+}
+
+/// The partitions a compaction check compacts, and up to which index:
+/// - by count: past `compact_entries` applied entries, keeping the last half (a follower a little
+///   behind catches up from the log, not a snapshot);
+/// - by bytes: past [`COMPACT_BYTES`] since the last compaction, keeping [`KEEP_LARGE`] (large messages:
+///   a tail of thousands would be hundreds of MiB held, copied and rewritten by the driver);
+/// - by the node's budget: while all the tails together hold more than [`TAIL_BUDGET`], the largest are
+///   compacted to [`KEEP_LARGE`] entries until the others hold at most half of it.
+fn due_compactions(mut tails: Vec<Tail>, compact_entries: u64) -> Vec<(PartitionId, u64)> {
+    let mut due = Vec::new();
+    let mut held: u64 = 0;
+    tails.retain(|t| {
+        let entries = t.applied.saturating_sub(t.compacted);
+        let rule = if t.busy {
+            None
+        } else if entries >= compact_entries {
+            Some(t.applied.saturating_sub(compact_entries / 2))
+        } else if t.bytes >= COMPACT_BYTES && entries > KEEP_LARGE {
+            Some(t.applied.saturating_sub(KEEP_LARGE))
+        } else {
+            None
+        };
+        match rule {
+            Some(index) => {
+                due.push((t.partition, index));
+                false
+            }
+            None => {
+                held = held.saturating_add(t.bytes);
+                true
+            }
+        }
+    });
+    if held > TAIL_BUDGET {
+        tails.retain(|t| !t.busy && t.applied.saturating_sub(t.compacted) > KEEP_LARGE);
+        tails.sort_unstable_by_key(|t| std::cmp::Reverse(t.bytes));
+        for t in tails {
+            if held <= TAIL_BUDGET / 2 {
+                break;
+            }
+            due.push((t.partition, t.applied.saturating_sub(KEEP_LARGE)));
+            held = held.saturating_sub(t.bytes);
+        }
+    }
+    due
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(partition: PartitionId, applied: u64, bytes: u64) -> Tail {
+        Tail {
+            partition,
+            applied,
+            compacted: 0,
+            bytes,
+            busy: false,
+        }
+    }
+
+    #[test]
+    fn one_partition_is_compacted_by_its_count_or_its_bytes() {
+        let mut due = due_compactions(
+            vec![
+                tail(1, 5_000, 1 << 20),
+                tail(2, 100, COMPACT_BYTES),
+                tail(3, KEEP_LARGE, COMPACT_BYTES),
+                tail(4, 4_999, 1 << 20),
+            ],
+            5_000,
+        );
+        due.sort_unstable();
+        assert_eq!(due, vec![(1, 2_500), (2, 100 - KEEP_LARGE)]);
+    }
+
+    #[test]
+    fn tails_over_the_node_budget_are_compacted_largest_first_down_to_half_of_it() {
+        // 1 GiB over 256 partitions, each under its own limits: 4 MiB and 512 entries apiece
+        let mut tails: Vec<Tail> = (0..256)
+            .map(|p| tail(p, 512, (4 << 20) - u64::from(p)))
+            .collect();
+        tails[0].busy = true;
+        tails[1].applied = KEEP_LARGE;
+        let due = due_compactions(tails, 5_000);
+        let kept: u64 = (0..256u32)
+            .filter(|p| !due.iter().any(|(d, _)| d == p))
+            .map(|p| (4 << 20) - u64::from(p))
+            .sum();
+        assert!(kept <= TAIL_BUDGET / 2, "{kept} bytes kept in the tails");
+        assert!(due.iter().all(|(_, index)| *index == 512 - KEEP_LARGE));
+        let partitions: Vec<PartitionId> = due.iter().map(|(p, _)| *p).collect();
+        assert!(
+            !partitions.contains(&0),
+            "a partition being installed waits"
+        );
+        assert!(
+            !partitions.contains(&1),
+            "nothing to drop past the kept entries"
+        );
+        assert_eq!(partitions[0], 2, "the largest first");
+        assert!(partitions.windows(2).all(|w| w[0] < w[1]), "largest first");
+        // the smallest tails stay: those that fit in half the budget
+        assert!(!partitions.contains(&255));
+    }
+
+    #[test]
+    fn tails_within_the_budget_are_left_alone() {
+        let tails: Vec<Tail> = (0..256).map(|p| tail(p, 512, 100 << 10)).collect();
+        assert!(due_compactions(tails, 5_000).is_empty());
     }
 }

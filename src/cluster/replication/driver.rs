@@ -257,11 +257,9 @@ impl Driver {
                         }
                     }
                     Input::Compact(points) => {
-                        for (partition, index) in points {
-                            if let Err(e) = self.raft.compact(partition, index) {
-                                tracing::error!(error = %e, "the raft log cannot be compacted: stopping the node");
-                                std::process::abort();
-                            }
+                        if let Err(e) = self.raft.compact_all(points) {
+                            tracing::error!(error = %e, "the raft log cannot be compacted: stopping the node");
+                            std::process::abort();
                         }
                     }
                     Input::Installed(points) => {
