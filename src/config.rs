@@ -191,9 +191,14 @@ pub struct ClusterConfig {
     /// changes.
     pub max_moving_partitions: usize,
     /// The most snapshot data each node sends per second while partitions move, in MiB (0: no limit). The
-    /// defaults (this and one partition at a time) keep a 1 GiB move under 2,000 msgs/s within 3x of the
-    /// load's p99 on the bench machine, where four nodes share two cores and one disk.
+    /// defaults (this and one partition at a time) spread a move's work over time; on the bench machine,
+    /// where four nodes share two cores and one disk, a 1 GiB move under 2,000 msgs/s raises the load's
+    /// p99 three to five times (bench/README.md, "Membership").
     pub move_mib_per_s: u64,
+    /// The CPU priority (Unix nice, 0 to 19) of the threads that make, send and install snapshots of a
+    /// partition's data: a move's work then takes the CPU the load leaves, rather than a share of it
+    /// (see `cluster::replication::background`). 0: the same as every other thread.
+    pub move_nice: u8,
     /// The longest a node's Raft round waits after the last one that synced its log, so that what comes
     /// meanwhile shares one write and one fsync; reached under load (see
     /// `cluster::replication::driver::SyncWindow`). 0: never wait.
@@ -214,6 +219,7 @@ impl Default for ClusterConfig {
             log_compact_entries: 5_000,
             max_moving_partitions: 1,
             move_mib_per_s: 12,
+            move_nice: 19,
             sync_window_ms: 5,
         }
     }
@@ -455,6 +461,9 @@ impl Config {
                 "`cluster.partitions` must be at most {MAX_PARTITIONS}"
             ));
         }
+        if self.cluster.move_nice > 19 {
+            problems.push("`cluster.move_nice` must be 0 to 19".into());
+        }
         if self.auth.token_secret.is_empty() {
             problems.push("`auth.token_secret` must not be empty".into());
         }
@@ -607,6 +616,7 @@ data_dir = "data/n1"
         )
         .expect("a cap on moves");
         assert_eq!(capped.cluster.move_mib_per_s, 8);
+        assert_eq!(c.cluster.move_nice, 19);
         assert_eq!(c.cluster.sync_window(), Duration::from_millis(5));
     }
 

@@ -21,8 +21,9 @@
 //! torn by a crash: nothing after it was acknowledged; or the zeros written ahead, see
 //! [`PREALLOCATE_BYTES`]) and writes from there. When the file has grown to
 //! [`REWRITE_BYTES`] and at least twice what the groups still hold, it is rewritten with only the live state
-//! (to a new file that takes the records from then on and is renamed over the old one once synced: the
-//! driver never waits for a rewrite's disk writes, see [`RaftLog::maybe_rewrite`]).
+//! (to a new file, written and synced by a thread of its own while the records go on to the old one;
+//! the new file then takes them, and is renamed over the old one once synced: neither the driver nor a
+//! round waits for a rewrite's disk writes, see [`RaftLog::maybe_rewrite`]).
 //!
 //! Compaction: once the node's store has durably applied a group's entries up to some index, the group
 //! drops them ([`super::storage::GroupStorage::compact`]) and a `COMPACTED` record (the new starting point)
@@ -91,8 +92,9 @@ const COMPACTED: u8 = 6;
 /// The group was dropped (this node no longer keeps the partition): replay forgets it, and the node does
 /// not create it again from its first configuration (a later record of the group starts it anew).
 const DROPPED: u8 = 5;
-/// Ends the live state at the start of a rewritten file (see [`RaftLog::maybe_rewrite`]): a file without
-/// it is an unfinished rewrite, and the file it was to replace still holds everything.
+/// Ends the live state, and the records kept while it was written, at the start of a rewritten file (see
+/// [`RaftLog::maybe_rewrite`]): a file without it is an unfinished rewrite, and the file it was to
+/// replace still holds everything.
 const REWRITTEN: u8 = 7;
 /// The rewritten file's name until it replaces [`FILE`].
 const NEXT: &str = "raft.log.next";
@@ -150,9 +152,46 @@ pub struct RaftLog {
     installs: BTreeMap<PartitionId, Snapshot>,
     /// A rewritten file now written to, to rename over the old one once synced.
     pending_rename: Option<PathBuf>,
-    /// The live state that starts the rewritten file, written there by the next sync (the records after
-    /// it are written from its end meanwhile).
-    pending_live: Option<Live>,
+    /// A rewrite whose live state a thread of its own is writing (see [`RaftLog::maybe_rewrite`]).
+    rewrite: Option<Rewrite>,
+    /// Whether that thread is started (`true`), or the live state is written at once (for tests that
+    /// need each step at a known time).
+    background: bool,
+    /// Rewrites that took over since the log was opened.
+    rewrites: u64,
+}
+
+/// A rewrite under way: a thread writes the live state to the new file (and syncs it), while the records
+/// go on to the old one and are kept here too; once that thread is done, the next job writes them after
+/// the live state, then the `REWRITTEN` record, and the file takes the records from then on.
+struct Rewrite {
+    next: PathBuf,
+    /// The live state's encoded length: where the kept records go.
+    live_len: u64,
+    /// Every record encoded since the live state was taken, as it went to the old file.
+    kept: Vec<Chunk>,
+    /// The new file, once its live state is written and synced (or why it could not be).
+    written: std::sync::mpsc::Receiver<std::io::Result<File>>,
+}
+
+impl Rewrite {
+    /// Keeps a record's bytes (a snapshot's data shared, not copied).
+    fn keep(&mut self, header: &[u8], parts: &[Part]) {
+        self.keep_bytes(header);
+        for part in parts {
+            match part {
+                Part::Slice(b) => self.keep_bytes(b),
+                Part::Shared(b) => self.kept.push(Chunk::Shared((*b).clone())),
+            }
+        }
+    }
+
+    fn keep_bytes(&mut self, bytes: &[u8]) {
+        match self.kept.last_mut() {
+            Some(Chunk::Encoded(b)) => b.extend_from_slice(bytes),
+            _ => self.kept.push(Chunk::Encoded(bytes.to_vec())),
+        }
+    }
 }
 
 /// Bytes for a log file at an offset, not written yet.
@@ -212,20 +251,18 @@ impl Pending {
     }
 }
 
-/// What makes the records encoded so far durable: the live state that starts a rewritten file, the
-/// records' writes, the file to sync, then a rewritten file to rename over the old one (see
-/// [`RaftLog::prepare_sync`]).
+/// What makes the records encoded so far durable: the records' writes, the file to sync, then a
+/// rewritten file to rename over the old one (see [`RaftLog::prepare_sync`]).
 #[derive(Debug, Default)]
 pub struct SyncJob {
     pub file: Option<Arc<File>>,
-    pub live: Option<Live>,
     writes: Vec<Pending>,
     pub rename: Option<(PathBuf, PathBuf)>,
 }
 
 impl SyncJob {
-    /// Writes the live state and the records, syncs the file, then renames a rewritten one into place
-    /// (and syncs the directory).
+    /// Writes the records, syncs the file, then renames a rewritten one into place (and syncs the
+    /// directory).
     pub fn run(&self) -> std::io::Result<()> {
         self.write()?;
         if let Some(file) = &self.file {
@@ -234,16 +271,8 @@ impl SyncJob {
         self.rename_into_place()
     }
 
-    /// Writes the live state at the start of its rewritten file (encoded here), then the records, in the
-    /// order they were encoded.
+    /// Writes the records, in the order they were encoded.
     pub fn write(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        if let (Some(file), Some(live)) = (&self.file, &self.live) {
-            let bytes = live
-                .encode()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            file.write_all_at(&bytes, 0)?;
-        }
         write_all(&self.writes)
     }
 
@@ -294,6 +323,25 @@ fn trim_away(file: File) {
         // (the file is closed here, its blocks freed at once)
         tracing::warn!(error = %e, "raft log: cannot start a thread to trim a replaced file");
     }
+}
+
+/// A rewrite's thread: the live state at the start of a new file at `path`, synced if the log syncs (see
+/// [`RaftLog::maybe_rewrite`]).
+fn write_live(path: &Path, live: &Live, fsync: bool) -> std::io::Result<File> {
+    let bytes = live
+        .encode()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(&bytes)?;
+    if fsync {
+        file.sync_data()?;
+    }
+    Ok(file)
 }
 
 fn write_all(writes: &[Pending]) -> std::io::Result<()> {
@@ -352,7 +400,9 @@ impl RaftLog {
             dropped,
             installs,
             pending_rename: None,
-            pending_live: None,
+            rewrite: None,
+            background: true,
+            rewrites: 0,
         };
         Ok((log, groups))
     }
@@ -360,6 +410,22 @@ impl RaftLog {
     /// Rewrites from `bytes` on instead of [`REWRITE_BYTES`].
     pub fn set_rewrite_bytes(&mut self, bytes: u64) {
         self.rewrite_bytes = bytes;
+    }
+
+    /// Whether a rewrite's live state is written by a thread of its own (the default) or at once, by
+    /// [`RaftLog::maybe_rewrite`] itself (for tests: the new file then takes over with the next job).
+    pub fn set_background_rewrites(&mut self, on: bool) {
+        self.background = on;
+    }
+
+    /// Whether a rewrite has started and its file has not taken over yet.
+    pub fn rewriting(&self) -> bool {
+        self.rewrite.is_some()
+    }
+
+    /// How many rewrites took over since the log was opened.
+    pub fn rewrites(&self) -> u64 {
+        self.rewrites
     }
 
     /// Bytes in the file.
@@ -491,6 +557,7 @@ impl RaftLog {
     /// Records that need no sync (a commit index, an installation) wait for the next job that does;
     /// should more than a MiB of them pile up, that job is made now.
     pub fn prepare_sync(&mut self) -> LogResult<SyncJob> {
+        self.take_over();
         let held = (self.buffer.len() as u64).saturating_add(
             self.writes
                 .iter()
@@ -507,7 +574,6 @@ impl RaftLog {
         self.take_buffer();
         let mut job = SyncJob {
             file: Some(self.file.clone()),
-            live: self.pending_live.take(),
             writes: std::mem::take(&mut self.writes),
             rename: self
                 .pending_rename
@@ -549,42 +615,115 @@ impl RaftLog {
     }
 
     /// Rewrites the file with only what `groups` still hold, when it has grown large and mostly dead,
-    /// without waiting for the disk: the live state and a `REWRITTEN` record start a new file (`raft.log.next`),
-    /// which takes every record from then on (after them); the next sync writes them, makes the file
-    /// durable and renames it over the old one. A crash before that finds either a new file with its `REWRITTEN` record, which holds
-    /// everything and is renamed then, or one without, which held nothing acknowledged and is deleted.
+    /// without stopping the records: a thread of its own writes the live state to a new file
+    /// (`raft.log.next`) and syncs it, while the records go on to the old file and are kept in memory
+    /// too. The first job prepared once that thread is done writes the kept records after the live state,
+    /// then a `REWRITTEN` record; the new file takes every record from then on, and is renamed over the
+    /// old one once that job has synced it (see [`RaftLog::prepare_sync`]).
+    ///
+    /// A crash before then finds either a new file with its `REWRITTEN` record, which holds everything
+    /// and is renamed at start, or one without, which held nothing acknowledged (the old file has every
+    /// record synced so far) and is deleted.
+    ///
+    /// Before, the live state went to the disk with a round's job, and every round of the node waited
+    /// for it: 0.3 to 0.6 s of 16 to 32 MiB about once a minute under a steady load, and up to a second
+    /// after a large fill (bench/README.md, "Stop 36").
     pub fn maybe_rewrite(&mut self, groups: &Groups) -> LogResult<bool> {
         if self.len < self.rewrite_bytes.max(self.next_rewrite_look) {
             return Ok(false);
         }
         let next = self.path.with_file_name(NEXT);
-        if self.pending_rename.is_some() || next.exists() {
+        if self.rewrite.is_some() || self.pending_rename.is_some() || next.exists() {
             // the last rewrite is not in place yet
             return Ok(false);
         }
-        let live = Live::capture(groups, &self.dropped, &self.installs, true)?;
+        let live = Live::capture(groups, &self.dropped, &self.installs)?;
         let live_len = live.len();
         if live_len.saturating_mul(2) > self.len {
             self.next_rewrite_look = self.len.saturating_add(live_len);
             return Ok(false);
         }
-        self.next_rewrite_look = live_len.saturating_mul(2);
-        // what the old file still buffers goes there with the next job (unsynced: the live state holds
-        // it too)
+        let (done, written) = std::sync::mpsc::channel();
+        let (path, fsync) = (next.clone(), self.fsync);
+        let write = move || {
+            let _ = done.send(write_live(&path, &live, fsync));
+        };
+        if self.background {
+            std::thread::Builder::new()
+                .name("raft-log-rewrite".into())
+                .spawn(write)
+                .map_err(|source| LogError::Io {
+                    path: next.clone(),
+                    source,
+                })?;
+        } else {
+            write();
+        }
+        self.rewrite = Some(Rewrite {
+            next,
+            live_len,
+            kept: Vec::new(),
+            written,
+        });
+        Ok(true)
+    }
+
+    /// Once the rewrite's thread is done: the kept records and the `REWRITTEN` record go to the new
+    /// file after the live state (with this job), and the file takes the records from then on (see
+    /// [`RaftLog::maybe_rewrite`]). A rewrite that failed is given up: the old file goes on.
+    fn take_over(&mut self) {
+        let Some(rewrite) = &self.rewrite else {
+            return;
+        };
+        let file = match rewrite.written.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(e)) => Err(e),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Err(std::io::Error::other("the rewrite's thread ended"))
+            }
+        };
+        let Some(rewrite) = self.rewrite.take() else {
+            return;
+        };
+        let file = match file {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                tracing::warn!(path = %rewrite.next.display(), error = %e, "raft log: a rewrite failed; the old file goes on");
+                let _ = std::fs::remove_file(&rewrite.next);
+                self.next_rewrite_look = self.len.saturating_add(rewrite.live_len);
+                return;
+            }
+        };
+        // what the old file still buffers goes there with this job (unsynced: the new file has it too)
         self.take_buffer();
-        let file = File::create(&next).map_err(|source| LogError::Io {
-            path: next.clone(),
-            source,
-        })?;
-        // the live state is written by the log writer thread; the records go on from its end
-        self.file = Arc::new(file);
-        self.len = live_len;
-        self.buffer_at = live_len;
+        let mut at = rewrite.live_len;
+        for chunk in rewrite.kept {
+            let len = match &chunk {
+                Chunk::Encoded(b) => b.len() as u64,
+                Chunk::Shared(b) => b.len() as u64,
+                Chunk::Zeros(n) => *n,
+            };
+            self.writes.push(Pending {
+                file: file.clone(),
+                at,
+                bytes: chunk,
+            });
+            at = at.saturating_add(len);
+        }
+        self.file = file;
+        self.len = at;
+        self.buffer_at = at;
+        self.allocated = at;
+        // (not through `record`: partition 0 is no group's drop or start)
+        let marker = header(0, REWRITTEN, std::iter::empty());
+        self.buffer.extend_from_slice(&marker);
+        self.len = self.len.saturating_add(marker.len() as u64);
         self.allocated = self.len;
         self.dirty = true;
-        self.pending_rename = Some(next);
-        self.pending_live = Some(live);
-        Ok(true)
+        self.next_rewrite_look = self.len.saturating_mul(2);
+        self.pending_rename = Some(rewrite.next);
+        self.rewrites += 1;
     }
 
     fn record(&mut self, partition: PartitionId, kind: u8, body: &[u8]) -> LogResult<()> {
@@ -605,6 +744,9 @@ impl RaftLog {
             .saturating_add(body as u64);
         if end > self.allocated {
             self.preallocate(end, body >= LARGE_RECORD);
+        }
+        if let Some(rewrite) = &mut self.rewrite {
+            rewrite.keep(&header, parts);
         }
         self.buffer.extend_from_slice(&header);
         for part in parts {
@@ -892,13 +1034,13 @@ fn encode_live(
     dropped: &BTreeSet<PartitionId>,
     installs: &BTreeMap<PartitionId, Snapshot>,
 ) -> LogResult<Vec<u8>> {
-    Live::capture(groups, dropped, installs, false)?.encode()
+    Live::capture(groups, dropped, installs)?.encode()
 }
 
 /// Every group's live state, taken on the driver's thread without encoding it (entries share their
-/// data), with its exact encoded length: a rewrite starts its file's records after it at once, and the
-/// log writer thread encodes and writes it there (see [`SyncJob::write`]). Encoding it on the driver took
-/// it 0.7 to 0.9 s per rewrite at 64 MiB of data, during which the node answered no heartbeat.
+/// data), with its exact encoded length (where the records kept meanwhile go): a rewrite's own thread
+/// encodes and writes it (see [`RaftLog::maybe_rewrite`]). Encoding it on the driver took it 0.7 to 0.9 s
+/// per rewrite at 64 MiB of data, during which the node answered no heartbeat.
 #[derive(Debug)]
 pub struct Live {
     records: Vec<(PartitionId, LiveRecord)>,
@@ -914,7 +1056,6 @@ enum LiveRecord {
     Install(Snapshot),
     Entries(Vec<Entry>),
     Hard(HardState),
-    Rewritten,
 }
 
 impl LiveRecord {
@@ -926,14 +1067,13 @@ impl LiveRecord {
             LiveRecord::Install(_) => SNAPSHOT_DATA,
             LiveRecord::Entries(_) => ENTRIES,
             LiveRecord::Hard(_) => HARD_STATE,
-            LiveRecord::Rewritten => REWRITTEN,
         }
     }
 
     /// The body's length once encoded.
     fn body_len(&self) -> u64 {
         match self {
-            LiveRecord::Dropped | LiveRecord::Rewritten => 0,
+            LiveRecord::Dropped => 0,
             LiveRecord::Conf(c) => u64::from(c.compute_size()),
             LiveRecord::Point(p) => u64::from(p.compute_size()),
             LiveRecord::Install(s) => u64::from(s.compute_size()),
@@ -948,7 +1088,7 @@ impl LiveRecord {
     /// Appends the body, encoded, to `out`.
     fn write_body(&self, out: &mut Vec<u8>) -> LogResult<()> {
         match self {
-            LiveRecord::Dropped | LiveRecord::Rewritten => {}
+            LiveRecord::Dropped => {}
             LiveRecord::Conf(c) => c.write_to_vec(out)?,
             LiveRecord::Point(p) => p.write_to_vec(out)?,
             LiveRecord::Install(s) => s.write_to_vec(out)?,
@@ -968,13 +1108,12 @@ impl LiveRecord {
 }
 
 impl Live {
-    /// The records that rebuild `groups` (and remember `dropped`), ended by a `REWRITTEN` record if
-    /// `finished`.
+    /// The records that rebuild `groups` (and remember `dropped`); a rewrite ends them with a
+    /// `REWRITTEN` record once the records kept meanwhile follow them.
     fn capture(
         groups: &Groups,
         dropped: &BTreeSet<PartitionId>,
         installs: &BTreeMap<PartitionId, Snapshot>,
-        finished: bool,
     ) -> LogResult<Live> {
         let mut records = Vec::new();
         for &partition in dropped {
@@ -1014,9 +1153,6 @@ impl Live {
                 records.push((partition, LiveRecord::Entries(entries)));
             }
             records.push((partition, LiveRecord::Hard(state.hard_state)));
-        }
-        if finished {
-            records.push((0, LiveRecord::Rewritten));
         }
         let len = records
             .iter()
@@ -1135,6 +1271,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
         log.set_rewrite_bytes(4 << 20);
+        log.set_background_rewrites(false);
         let big = "x".repeat(64 << 10);
         // partition 2 takes large entries (dropped later), partition 1 small ones (kept)
         let append = |log: &mut RaftLog, from: u64, to: u64| {
@@ -1159,7 +1296,8 @@ mod tests {
         assert_eq!(last(dir.path(), 2), 10);
         second.run().expect("run");
         assert_eq!(last(dir.path(), 2), 160);
-        // a rewrite: the old file's last records and the new file's go with the next job
+        // a rewrite: the old file's last records, and the new file's (the ones since the live state was
+        // taken, then the REWRITTEN record), go with the next job
         log.append(1, &[entry(1, 1, "a")]).expect("append");
         log.drop_group(2).expect("drop");
         let mut groups = Groups::new();
@@ -1282,11 +1420,14 @@ mod tests {
         assert!(!groups.contains_key(&2), "replay forgets a dropped group");
         assert!(log.was_dropped(2) && !log.was_dropped(1));
         log.set_rewrite_bytes(1024);
+        log.set_background_rewrites(false);
         for commit in 0..100 {
             log.set_hard_state(1, &hs(1, commit % 2)).expect("hs");
         }
         let before = log.len();
         assert!(log.maybe_rewrite(&groups).expect("rewrite"), "{before}");
+        log.sync().expect("sync");
+        assert!(log.len() < before, "rewritten");
         drop(log);
         let (mut log, groups) = RaftLog::open(dir.path(), true).expect("reopen");
         assert!(log.was_dropped(2), "the rewrite kept the drop");
@@ -1306,6 +1447,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
         log.set_rewrite_bytes(4096);
+        log.set_background_rewrites(false);
         let mut groups = Groups::new();
         let storage = groups.entry(3).or_default();
         log.append(3, &[entry(1, 1, "a")]).expect("append");
@@ -1332,6 +1474,7 @@ mod tests {
         // a finished one takes the records written after it, and is put in place by the next open
         // if the crash came before its rename
         log.set_rewrite_bytes(4096);
+        log.set_background_rewrites(false);
         assert!(log.maybe_rewrite(&groups).expect("rewrite"));
         log.append(3, &[entry(2, 1, "b")]).expect("append");
         let job = log.prepare_sync().expect("prepare");
@@ -1355,10 +1498,10 @@ mod tests {
             log.maybe_rewrite(&groups).expect("rewrite"),
             "{before} bytes"
         );
-        assert!(log.len() < before / 10);
         log.append(3, &[entry(2, 1, "b")])
             .expect("append after rewrite");
         log.sync().expect("sync");
+        assert!(log.len() < before / 10);
         drop(log);
         let (_, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
         assert_eq!(
@@ -1372,6 +1515,117 @@ mod tests {
                 .hard_state
                 .commit,
             1
+        );
+    }
+
+    /// A crash now: what the files hold (written, as a kill -9 leaves them) opened from a copy.
+    fn crash_copy(dir: &Path) -> (tempfile::TempDir, RaftLog, Groups) {
+        let copy = tempfile::tempdir().expect("tempdir");
+        for name in [FILE, NEXT] {
+            if let Ok(bytes) = std::fs::read(dir.join(name)) {
+                std::fs::write(copy.path().join(name), bytes).expect("copy");
+            }
+        }
+        let (log, groups) = RaftLog::open(copy.path(), true).expect("open the copy");
+        (copy, log, groups)
+    }
+
+    #[test]
+    fn a_rewrite_written_in_the_background_takes_the_records_since_its_live_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), true).expect("open");
+        log.set_rewrite_bytes(1 << 20);
+        // a live state of about 1 MiB (partition 9), its thread's write and sync long enough for a few
+        // rounds to come meanwhile, in a file of 3 MiB (partition 8's entries are gone)
+        let mut groups = Groups::new();
+        let kib = "k".repeat(1024);
+        for (p, n) in [(9, 1000u64), (8, 2000)] {
+            for i in 1..=n {
+                let e = entry(i, 1, &format!("{i}{kib}"));
+                log.append(p, std::slice::from_ref(&e)).expect("append");
+                if p == 9 {
+                    groups.entry(9).or_default().wl().append(&[e]).expect("mem");
+                }
+            }
+        }
+        log.drop_group(8).expect("drop");
+        groups.entry(3).or_default();
+        log.sync().expect("sync");
+        let before = log.len();
+        assert!(log.maybe_rewrite(&groups).expect("rewrite"));
+        assert!(log.rewriting());
+        // rounds go on meanwhile, to the old file; a crash after any of them keeps everything synced
+        let mut expected = Vec::new();
+        let mut taken_over = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for i in 1u64.. {
+            let text = format!("r{i}");
+            log.append(3, &[entry(i, 1, &text)]).expect("append");
+            expected.push((i, 1, text));
+            if i == 2 {
+                // a received snapshot's data is kept shared, and goes to the new file too
+                log.set_snapshot(6, &snapshot(4, "data-6"))
+                    .expect("snapshot");
+            }
+            log.prepare_sync().expect("prepare").run().expect("run");
+            if taken_over.is_none() && !log.rewriting() {
+                taken_over = Some(i);
+            }
+            let (_copy, crashed, replayed) = crash_copy(dir.path());
+            assert_eq!(datas(&replayed[&3]), expected, "a crash after round {i}");
+            assert_eq!(replayed[&9].last_index().expect("last"), 1000);
+            assert!(!replayed.contains_key(&8) && crashed.was_dropped(8));
+            if i >= 2 {
+                assert_eq!(install_points(&crashed), vec![(6, 4, "data-6".into())]);
+            }
+            if taken_over.is_some_and(|at| i >= at + 2) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rewrite never took over"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!dir.path().join(NEXT).exists());
+        assert!(log.len() < before / 2, "{} of {before} bytes", log.len());
+        drop(log);
+        let (log, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert_eq!(datas(&replayed[&3]), expected);
+        assert_eq!(install_points(&log), vec![(6, 4, "data-6".into())]);
+        assert!(log.was_dropped(8));
+    }
+
+    #[test]
+    fn a_rewrite_whose_file_cannot_be_written_is_given_up_and_the_old_file_goes_on() {
+        let (dir, mut log, groups) = mostly_dead();
+        let next = dir.path().join(NEXT);
+        // the new file's name is taken (here by a directory): no rewrite starts
+        std::fs::create_dir(&next).expect("dir");
+        assert!(!log.maybe_rewrite(&groups).expect("rewrite"));
+        // a rewrite whose thread failed (the file could not be made) is given up with the next job
+        let live = Live::capture(&groups, &log.dropped, &log.installs).expect("live");
+        let (done, written) = std::sync::mpsc::channel();
+        let failed = write_live(&next, &live, true);
+        assert!(failed.is_err());
+        done.send(failed).expect("send");
+        log.rewrite = Some(Rewrite {
+            next: next.clone(),
+            live_len: live.len(),
+            kept: Vec::new(),
+            written,
+        });
+        let before = log.len();
+        log.append(3, &[entry(2, 1, "b")]).expect("append");
+        log.sync().expect("sync");
+        assert!(!log.rewriting() && log.pending_rename.is_none());
+        assert!(log.len() > before, "still the old file");
+        drop(log);
+        std::fs::remove_dir(&next).expect("rmdir");
+        let (_, replayed) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert_eq!(
+            datas(&replayed[&3]),
+            vec![(1, 1, "a".into()), (2, 1, "b".into())]
         );
     }
 
@@ -1458,6 +1712,7 @@ mod tests {
         assert_eq!(datas(&replayed[&3]), vec![(11, 2, "k".into())]);
         // a rewrite keeps the data of the snapshots not yet installed, and nothing else
         log.set_rewrite_bytes(64);
+        log.set_background_rewrites(false);
         log.set_installed(5, 4).expect("installed");
         assert!(log.maybe_rewrite(&groups).expect("rewrite"));
         let job = log.prepare_sync().expect("prepare");

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::{lock, ApplyInput, Input, ProposalDone, Replication, ReplicationError};
+use super::flusher::{self, FlushRequest};
+use super::{background, lock, ApplyInput, Input, ProposalDone, Replication, ReplicationError};
 use crate::cluster::membership::{MemberCommand, Membership, Shape};
 use crate::cluster::placement::PartitionId;
 use crate::config::Config;
@@ -46,9 +47,15 @@ pub(super) struct Applier {
     shape: Shape,
     /// Partitions dropped here whose keys are still to be deleted, and when that last happened.
     doomed: std::collections::BTreeSet<PartitionId>,
-    /// Per partition, the first entry with data applied since the store's last flush (its effects may
-    /// not be durable yet; see [`Applier::compact_now`]).
+    /// Per partition, the first entry with data applied since the store's last flush was asked for (its
+    /// effects may not be durable yet; see [`Applier::compact_now`]).
     unflushed: HashMap<PartitionId, u64>,
+    /// Flushes asked of the compaction flusher and not yet done, oldest first: each one's generation,
+    /// and what was `unflushed` when it was asked for.
+    flushing: std::collections::VecDeque<(u64, HashMap<PartitionId, u64>)>,
+    /// Requests to the compaction flusher thread (started with the first; see `flusher.rs`).
+    flusher: Option<mpsc::Sender<FlushRequest>>,
+    flush_generation: u64,
     /// A deletion is under way: its next step comes at this instant (see [`Applier::maybe_delete`]).
     deleting: Option<Instant>,
     /// The partitions whose keys the deletion under way has deleted (for its log line).
@@ -73,6 +80,8 @@ pub(super) struct Applier {
     /// This thread's own channel, for the snapshot threads' [`ApplyInput::SnapshotDone`].
     apply_tx: mpsc::Sender<ApplyInput>,
     next_job: u64,
+    /// `cluster.move_nice`: the snapshot threads' CPU priority (see `background.rs`).
+    move_nice: u8,
 }
 
 /// A partition whose keys a snapshot thread is reading or replacing: nothing is applied to the partition
@@ -133,7 +142,8 @@ const KEEP_LARGE: u64 = 64;
 /// it waiting: bench/README.md, "Stop 36").
 const TAIL_BUDGET: u64 = 32 << 20;
 
-/// How often the apply thread looks for logs to compact (each time it flushes the store first).
+/// How often the apply thread looks for logs to compact (each time the store is flushed first, see
+/// `flusher.rs`).
 const COMPACTION_CHECK: Duration = Duration::from_secs(1);
 
 /// The membership record as stored and as a snapshot of the metadata group: the record and the index of
@@ -181,6 +191,9 @@ impl Applier {
             shape: Shape::of(config),
             doomed: std::collections::BTreeSet::new(),
             unflushed: HashMap::new(),
+            flushing: std::collections::VecDeque::new(),
+            flusher: None,
+            flush_generation: 0,
             deleting: None,
             deleted: Vec::new(),
             next_delete: Instant::now(),
@@ -192,6 +205,7 @@ impl Applier {
             installer: None,
             apply_tx,
             next_job: 0,
+            move_nice: config.cluster.move_nice,
         })
     }
 
@@ -264,6 +278,11 @@ impl Applier {
                 ApplyInput::CompactNow(partition) => {
                     self.finish(partition);
                     self.compact_now(partition)
+                }
+                ApplyInput::Flushed(generation) => {
+                    while self.flushing.front().is_some_and(|(g, _)| *g <= generation) {
+                        self.flushing.pop_front();
+                    }
                 }
                 ApplyInput::Stop => break,
             }
@@ -542,17 +561,18 @@ impl Applier {
             return;
         };
         let to = self.compacted.get(&partition).copied().unwrap_or(0).max(2);
-        if self
-            .unflushed
-            .get(&partition)
-            .is_some_and(|first| *first < to)
-        {
+        let unflushed = std::iter::once(&self.unflushed)
+            .chain(self.flushing.iter().map(|(_, asked)| asked))
+            .filter_map(|u| u.get(&partition))
+            .any(|first| *first < to);
+        if unflushed {
             let started = Instant::now();
             if let Err(e) = self.store.flush_now() {
                 tracing::error!(error = %e, "cannot flush the store before a compaction");
                 return;
             }
             self.unflushed.clear();
+            self.flushing.clear();
             tracing::debug!(partition, took = ?started.elapsed(), "flushed the store for a move");
         }
         if index + 1 >= to {
@@ -764,6 +784,7 @@ impl Applier {
                 self.partitions,
                 &self.shared,
                 &self.apply_tx,
+                self.move_nice,
             ));
         }
         match slot {
@@ -804,8 +825,9 @@ impl Applier {
     }
 
     /// At most once per [`COMPACTION_CHECK`]: the partitions [`due_compactions`] picks (by entries, by
-    /// bytes, and by the node's [`TAIL_BUDGET`]) are compacted. The store is flushed first: an entry
-    /// leaves the log only once its effects are on disk.
+    /// bytes, and by the node's [`TAIL_BUDGET`]) are compacted, and the installations finished since are
+    /// reported. The store is flushed first, by the compaction flusher thread while this one goes on
+    /// (see `flusher.rs`): an entry leaves the log only once its effects are on disk.
     fn maybe_compact(&mut self) {
         let now = Instant::now();
         if now < self.next_compaction {
@@ -824,25 +846,59 @@ impl Applier {
         if due.is_empty() && self.installed.is_empty() {
             return;
         }
-        let started = Instant::now();
-        if let Err(e) = self.store.flush_now() {
-            tracing::error!(error = %e, "cannot flush the store before a compaction");
-            return;
-        }
-        self.unflushed.clear();
-        tracing::debug!(took = ?started.elapsed(), "flushed the store for compactions");
         for (p, index) in &due {
             self.compacted.insert(*p, *index);
             self.tail_bytes.insert(*p, 0);
         }
-        let installed = std::mem::take(&mut self.installed);
+        self.flush_generation += 1;
+        let request = FlushRequest {
+            generation: self.flush_generation,
+            compact: due,
+            installed: std::mem::take(&mut self.installed),
+        };
+        self.flushing
+            .push_back((self.flush_generation, std::mem::take(&mut self.unflushed)));
+        if self.flusher.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let (store, shared, apply) = (
+                self.store.clone(),
+                self.shared.clone(),
+                self.apply_tx.clone(),
+            );
+            match std::thread::Builder::new()
+                .name("raft-flush".into())
+                .spawn(move || flusher::run(rx, store, shared, apply))
+            {
+                Ok(_) => self.flusher = Some(tx),
+                Err(e) => tracing::error!(error = %e, "cannot start the compaction flusher thread"),
+            }
+        }
+        let request = match &self.flusher {
+            Some(flusher) => match flusher.send(request) {
+                Ok(()) => return,
+                Err(mpsc::SendError(request)) => request,
+            },
+            None => request,
+        };
+        // (no flusher thread: the request is done here, as they all were before it)
+        self.flusher = None;
+        self.flush_here(request);
+    }
+
+    /// A flush request done on this thread (the flusher thread could not start, or is gone).
+    fn flush_here(&mut self, request: FlushRequest) {
+        if let Err(e) = self.store.flush_now() {
+            tracing::error!(error = %e, "cannot flush the store before a compaction");
+            return;
+        }
+        self.flushing.clear();
         if let Some(shared) = self.shared.upgrade() {
             let tx = lock(&shared.tx);
-            if !installed.is_empty() {
-                let _ = tx.send(Input::Installed(installed));
+            if !request.installed.is_empty() {
+                let _ = tx.send(Input::Installed(request.installed));
             }
-            if !due.is_empty() {
-                let _ = tx.send(Input::Compact(due));
+            if !request.compact.is_empty() {
+                let _ = tx.send(Input::Compact(request.compact));
             }
         }
     }
@@ -868,19 +924,24 @@ impl Applier {
     }
 }
 
-/// Starts a snapshot thread named `name` (see [`snapshot_worker`]) and returns its job queue.
+/// Starts a snapshot thread named `name` (see [`snapshot_worker`]) at CPU priority `nice` (see
+/// `background.rs`) and returns its job queue.
 fn spawn_worker(
     name: &str,
     store: &Store,
     partitions: u32,
     shared: &std::sync::Weak<Replication>,
     apply: &mpsc::Sender<ApplyInput>,
+    nice: u8,
 ) -> mpsc::Sender<SnapshotJob> {
     let (tx, rx) = mpsc::channel();
     let (store, shared, apply) = (store.clone(), shared.clone(), apply.clone());
     if let Err(e) = std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || snapshot_worker(rx, store, partitions, shared, apply))
+        .spawn(move || {
+            background::lower_priority(nice);
+            snapshot_worker(rx, store, partitions, shared, apply)
+        })
     {
         // the jobs cannot be sent then (the receiver is gone), and the apply thread does each itself
         tracing::error!(error = %e, thread = name, "cannot start a snapshot thread");

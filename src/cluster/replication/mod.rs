@@ -24,8 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod apply;
+mod background;
 mod behind;
 mod driver;
+mod flusher;
 mod moves;
 mod unpacking;
 mod wire;
@@ -156,6 +158,9 @@ enum ApplyInput {
     /// Flush the store and let the driver compact this group's log from its second entry on: a replica
     /// about to be added then starts from a snapshot (which carries the group's configuration).
     CompactNow(PartitionId),
+    /// The compaction flusher has flushed the store for every request up to this generation (see
+    /// `flusher.rs`).
+    Flushed(u64),
     Stop,
 }
 
@@ -172,6 +177,7 @@ impl ApplyInput {
             ApplyInput::Drop(_) => "drop",
             ApplyInput::Hold(_) => "hold",
             ApplyInput::CompactNow(_) => "compact now",
+            ApplyInput::Flushed(_) => "flushed",
             ApplyInput::Stop => "stop",
         }
     }
@@ -434,9 +440,13 @@ impl Replication {
             .map_err(ReplicationError::Thread)?;
         let (snapshots_tx, snapshots_rx) = mpsc::channel();
         let pace = driver::Pace::new(config.cluster.move_mib_per_s.saturating_mul(1 << 20));
+        let nice = config.cluster.move_nice;
         std::thread::Builder::new()
             .name("raft-snapshots".into())
-            .spawn(move || driver::send_snapshots(snapshots_rx, lost, pace))
+            .spawn(move || {
+                background::lower_priority(nice);
+                driver::send_snapshots(snapshots_rx, lost, pace)
+            })
             .map_err(ReplicationError::Thread)?;
         let mut driver = Driver::new(
             raft,
