@@ -892,15 +892,7 @@ impl Applier {
             return;
         }
         self.flushing.clear();
-        if let Some(shared) = self.shared.upgrade() {
-            let tx = lock(&shared.tx);
-            if !request.installed.is_empty() {
-                let _ = tx.send(Input::Installed(request.installed));
-            }
-            if !request.compact.is_empty() {
-                let _ = tx.send(Input::Compact(request.compact));
-            }
-        }
+        flusher::report(&self.shared, request.installed, request.compact);
     }
 
     /// Proposals made under a leadership this node no longer has will not be answered by their entries.

@@ -55,17 +55,27 @@ pub(super) fn run(
             compact.extend(request.compact);
             installed.extend(request.installed);
         }
-        if let Some(shared) = shared.upgrade() {
-            let tx = lock(&shared.tx);
-            if !installed.is_empty() {
-                let _ = tx.send(Input::Installed(installed));
-            }
-            if !compact.is_empty() {
-                let _ = tx.send(Input::Compact(compact));
-            }
-        }
+        report(&shared, installed, compact);
         if apply.send(ApplyInput::Flushed(generation)).is_err() {
             return;
+        }
+    }
+}
+
+/// Tells the driver, once the store is flushed, which installations are durable and how far the logs
+/// may be compacted.
+pub(super) fn report(
+    shared: &std::sync::Weak<Replication>,
+    installed: Vec<(PartitionId, u64)>,
+    compact: Vec<(PartitionId, u64)>,
+) {
+    if let Some(shared) = shared.upgrade() {
+        let tx = lock(&shared.tx);
+        if !installed.is_empty() {
+            let _ = tx.send(Input::Installed(installed));
+        }
+        if !compact.is_empty() {
+            let _ = tx.send(Input::Compact(compact));
         }
     }
 }
