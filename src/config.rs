@@ -196,8 +196,9 @@ pub struct ClusterConfig {
     /// p99 three to five times (bench/README.md, "Membership").
     pub move_mib_per_s: u64,
     /// The CPU priority (Unix nice, 0 to 19) of the threads that make, send and install snapshots of a
-    /// partition's data: a move's work then takes the CPU the load leaves, rather than a share of it
-    /// (see `cluster::replication::background`). 0: the same as every other thread.
+    /// partition's data (see `cluster::replication::background`). 0, the default: the same as every
+    /// other thread. Higher gives a move only the CPU the load leaves, so on a saturated node a move
+    /// crawls (19 made each of a debug build's empty snapshots take seconds under a busy CPU).
     pub move_nice: u8,
     /// The longest a node's Raft round waits after the last one that synced its log, so that what comes
     /// meanwhile shares one write and one fsync; reached under load (see
@@ -219,7 +220,7 @@ impl Default for ClusterConfig {
             log_compact_entries: 5_000,
             max_moving_partitions: 1,
             move_mib_per_s: 12,
-            move_nice: 19,
+            move_nice: 0,
             sync_window_ms: 5,
         }
     }
@@ -616,7 +617,7 @@ data_dir = "data/n1"
         )
         .expect("a cap on moves");
         assert_eq!(capped.cluster.move_mib_per_s, 8);
-        assert_eq!(c.cluster.move_nice, 19);
+        assert_eq!(c.cluster.move_nice, 0);
         assert_eq!(c.cluster.sync_window(), Duration::from_millis(5));
     }
 

@@ -42,7 +42,7 @@
 //!   balanced and handed over on SIGTERM, replicas moved where the membership wants them; an apply thread:
 //!   committed entries through [`state::replica`] and the membership record, compaction (the store
 //!   flushed first, on a thread of its own), the keys of dropped partitions deleted; snapshots made,
-//!   sent and installed on threads of their own at a lower CPU priority, the partition's entries held
+//!   sent and installed on threads of their own (at `cluster.move_nice`), the partition's entries held
 //!   meanwhile).
 //! - [`cli`]: `rookery cluster status|add|remove` over the membership endpoints ([`net::cluster`]).
 //! - [`net`]: HTTP endpoints, the server API for the product's backend ([`net::api`]: messages, groups,

@@ -7,10 +7,16 @@
 //! work took its fair share of the cores, and every message waited behind it: the move's p99 was 3.6 to
 //! 5x the load's before it (bench/README.md, "Stop 36").
 //!
-//! Those three threads run at `cluster.move_nice` (19 by default: the lowest CPU priority), so the
-//! scheduler gives them what the load leaves. A move then takes longer on a busy node and as long as before
-//! on an idle one. They hold no lock that serving waits for: the installer writes key by key, without sled's
-//! process-wide batch lock (see `Store::install_partition`).
+//! Those three threads run at `cluster.move_nice`. Above 0 the scheduler gives them only what the load
+//! leaves: a move takes longer on a busy node and as long as before on an idle one. They hold no lock that
+//! serving waits for: the installer writes key by key, without sled's process-wide batch lock (see
+//! `Store::install_partition`), so a low priority only slows the move.
+//!
+//! The default is 0, the same priority as every other thread. At 19, the p99 during a 1 GiB move was
+//! lower in stop 37's sitting, with spreads that overlap; and on a saturated CPU the move crawls: a nice-19
+//! thread gets about 1/70 of what each busy normal thread gets, so a debug build's empty snapshots took
+//! seconds each, and two membership tests did not settle in 90 s on CI (bench/README.md, "Stop 38"). A
+//! cluster out of CPU is the one a node is added to, so the move must not wait for idle time.
 //!
 //! On Linux a nice value belongs to a thread, so each of them lowers its own as it starts.
 
