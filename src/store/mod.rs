@@ -556,6 +556,34 @@ mod tests {
         (first, other, partition)
     }
 
+    /// A partition larger than [`partition::INSTALL_FLUSH_BYTES`] is installed across several flushes,
+    /// whole, and is there after a reopen.
+    #[test]
+    fn a_large_partition_installs_whole_across_flushes() {
+        let (conv, _, p) = convs_in_two_partitions();
+        let from = tempfile::tempdir().expect("tempdir");
+        let to = tempfile::tempdir().expect("tempdir");
+        let src = store(from.path());
+        let body = "x".repeat(8 << 10);
+        let count = 3 * partition::INSTALL_FLUSH_BYTES / body.len();
+        for seq in 1..=count as u64 {
+            src.append(&conv, seq, &format!("{{\"seq\":{seq},\"b\":\"{body}\"}}"))
+                .expect("append");
+        }
+        let blob = src.partition_snapshot(p, 16).expect("snapshot");
+        assert!(blob.len() > 2 * partition::INSTALL_FLUSH_BYTES);
+        {
+            let dst = store(to.path());
+            dst.hold_partition(p).expect("hold");
+            dst.install_partition(p, 16, &blob, 42).expect("install");
+            dst.close().expect("close");
+        }
+        let dst = store(to.path());
+        let got = dst.messages_after(&conv, 0, count + 10).expect("after");
+        assert_eq!(got.len(), count);
+        assert_eq!(dst.conv_applied(p).expect("applied"), 42);
+    }
+
     #[test]
     fn a_partition_moves_as_its_keys_alone() {
         let (conv, other, p) = convs_in_two_partitions();

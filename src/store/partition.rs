@@ -18,6 +18,9 @@ use super::{keys, Store, StoreError, StoreResult};
 const CONV_LOG: u8 = 0;
 const USER_INDEX: u8 = 1;
 
+/// How much of a snapshot's data [`Store::install_partition`] writes between two flushes.
+pub const INSTALL_FLUSH_BYTES: usize = 2 << 20;
+
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(bytes);
@@ -125,6 +128,15 @@ impl Store {
     /// installation is always finished before anything reads the partition. Its applied index is set to
     /// 0 first (the node holds keys of it: see [`Store::holds_partition`]) and to `index` last. Keys of
     /// the first layout (from a node not yet upgraded) get their head.
+    ///
+    /// The store is flushed after every `INSTALL_FLUSH_BYTES` (2 MiB) of data. sled 0.34 writes its log one
+    /// buffer at a time, and a flush, by sled's own flusher thread every 500 ms or by the compaction
+    /// flusher, waits for every buffer written before it while holding sled's concurrency lock for
+    /// reading; a batch (every entry the apply thread applies) takes that lock for writing. A 50 MiB
+    /// partition written at once left tens of MiB for the next flush to wait for, and the apply thread,
+    /// with every partition this node leads, waited 130 to 330 ms behind it (bench/README.md, "Stop
+    /// 38"). Flushing as it goes, the installer waits for its own writes, and a flush has at most that
+    /// much to wait for.
     pub fn install_partition(
         &self,
         partition: u32,
@@ -145,7 +157,12 @@ impl Store {
         }
         let trees = self.trees();
         let mut at = 0;
+        let mut flushed_at = 0;
         while at < data.len() {
+            if at - flushed_at >= INSTALL_FLUSH_BYTES {
+                self.flush_now()?;
+                flushed_at = at;
+            }
             let tag = data[at];
             at += 1;
             let key = take(data, &mut at)?;
