@@ -130,13 +130,12 @@ impl Store {
     /// the first layout (from a node not yet upgraded) get their head.
     ///
     /// The store is flushed after every `INSTALL_FLUSH_BYTES` (2 MiB) of data. sled 0.34 writes its log one
-    /// buffer at a time, and a flush, by sled's own flusher thread every 500 ms or by the compaction
-    /// flusher, waits for every buffer written before it while holding sled's concurrency lock for
-    /// reading; a batch (every entry the apply thread applies) takes that lock for writing. A 50 MiB
-    /// partition written at once left tens of MiB for the next flush to wait for, and the apply thread,
-    /// with every partition this node leads, waited 130 to 330 ms behind it (bench/README.md, "Stop
-    /// 38"). Flushing as it goes, the installer waits for its own writes, and a flush has at most that
-    /// much to wait for.
+    /// buffer at a time, and a flush (the compaction flusher's, once a second under load) waits for every
+    /// buffer written before it while holding sled's concurrency lock for reading; a batch (every entry
+    /// the apply thread applies) takes that lock for writing. A 30 to 80 MiB partition written at once
+    /// left tens of MiB for the next flush to wait for, and the apply thread, with every partition this
+    /// node leads, waited 216 to 775 ms behind it (bench/README.md, "Stop 38"). Flushing as it goes, the
+    /// installer waits for its own writes, and a flush has at most that much to wait for.
     pub fn install_partition(
         &self,
         partition: u32,

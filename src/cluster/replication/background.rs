@@ -8,9 +8,10 @@
 //! 5x the load's before it (bench/README.md, "Stop 36").
 //!
 //! Those three threads run at `cluster.move_nice`. Above 0 the scheduler gives them only what the load
-//! leaves: a move takes longer on a busy node and as long as before on an idle one. They hold no lock that
-//! serving waits for: the installer writes key by key, without sled's process-wide batch lock (see
-//! `Store::install_partition`), so a low priority only slows the move.
+//! leaves: a move takes longer on a busy node and as long as before on an idle one. The installer writes
+//! key by key, without sled's process-wide batch lock, but its flushes (one per 2 MiB, see
+//! `Store::install_partition`) hold that lock for reading, and the apply thread's batches wait for them:
+//! an installer preempted in a flush holds those batches up too.
 //!
 //! The default is 0, the same priority as every other thread. At 19, the p99 during a 1 GiB move was
 //! lower in stop 37's sitting, with spreads that overlap; and on a saturated CPU the move crawls: a nice-19
