@@ -19,7 +19,7 @@ const CONV_LOG: u8 = 0;
 const USER_INDEX: u8 = 1;
 
 /// How much of a snapshot's data [`Store::install_partition`] writes between two flushes.
-pub const INSTALL_FLUSH_BYTES: usize = 2 << 20;
+pub(super) const INSTALL_FLUSH_BYTES: usize = 2 << 20;
 
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
