@@ -999,14 +999,14 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                     if let (Ok(whole), Some(replication)) =
                         (String::from_utf8(whole), router.replication())
                     {
-                        replication.receive(&peer.id, whole, Vec::new());
+                        replication.receive_snapshots(&peer.id, whole);
                     }
                 }
             }
             PeerFrame::RaftPartBytes { id, part, last } => {
                 if let Some(whole) = join_piece(&mut pieces, id, part, last, &peer.id) {
                     if let Some(replication) = router.replication() {
-                        replication.receive_bytes(&peer.id, whole, Vec::new());
+                        replication.receive_snapshot_bytes(&peer.id, whole);
                     }
                 }
             }

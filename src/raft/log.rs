@@ -34,7 +34,16 @@
 //! installed the data durably installs it again at start ([`RaftLog::installs`]; the store's copy then
 //! follows the log from the point, as after any install). Once the store has flushed the install, an
 //! `INSTALLED` record (or a later compaction) lets the data go. The file is then
-//! mostly dead and the next rewrite shrinks it, so it stays bounded by the groups' uncompacted tails. A
+//! mostly dead and the next rewrite shrinks it, so it stays bounded by the groups' uncompacted tails.
+//!
+//! A snapshot that came from a peer has its data kept in a file of its own instead ([`KeptSnapshot`],
+//! in [`SNAPSHOT_DIR`]), written and synced by the thread that received it before the driver steps
+//! it; the log then takes a small `SNAPSHOT_FILE` record that names the file (with its length and
+//! checksum). Written into the log, tens of MiB of data rode on one of the driver's rounds, and the
+//! rounds of every partition the node keeps waited for them (the joiner's slow log writes of a 1 GiB
+//! move, bench/README.md, "Stop 39"). The file is deleted once the record that lets its data go is
+//! synced (see [`SyncJob::unlink`]); at start, files no record still needs are deleted. A
+//!
 //! rewrite needs the live state encoded; after one that did not pay (the file not yet twice the live
 //! state) the next look waits until the file has grown by that much again.
 
@@ -53,6 +62,12 @@ use crate::cluster::placement::PartitionId;
 
 /// The log file's name in the node's data directory.
 pub const FILE: &str = "raft.log";
+/// The directory, in the node's data directory, of the received snapshots' data ([`KeptSnapshot`]).
+pub const SNAPSHOT_DIR: &str = "raft-snapshots";
+/// A received snapshot's data is synced after every this many bytes of it (with `durability = "sync"`):
+/// one sync at the end would leave the disk tens of MiB to write at once, and the log's own syncs
+/// meanwhile wait behind them (the same measure as the store's installer, `INSTALL_FLUSH_BYTES`).
+const KEEP_SYNC_BYTES: usize = 2 << 20;
 /// Rewrite the file once it is this large (and mostly dead).
 pub const REWRITE_BYTES: u64 = 64 << 20;
 /// The file grows by this much at a time, written with zeros ahead of the records: an fsync then never has
@@ -87,6 +102,10 @@ const SNAPSHOT_DATA: u8 = 8;
 /// The store has durably installed the group's snapshot up to this index (`u64`, big-endian): its data
 /// is no longer needed.
 const INSTALLED: u8 = 9;
+/// A received snapshot whose data is in a file of its own ([`KeptSnapshot`]): as [`SNAPSHOT_DATA`], but
+/// the body is `name_len:u16 | name | data_len:u64 | data_crc32:u32 | Snapshot` (the `Snapshot`'s
+/// metadata alone).
+const SNAPSHOT_FILE: u8 = 10;
 /// A compaction point (`SnapshotMetadata`): the group's entries up to it are gone, the ones after it stay.
 const COMPACTED: u8 = 6;
 /// The group was dropped (this node no longer keeps the partition): replay forgets it, and the node does
@@ -118,6 +137,8 @@ pub enum LogError {
     Encode(#[from] protobuf::ProtobufError),
     #[error("raft storage: {0}")]
     Raft(#[from] raft::Error),
+    #[error("raft log: the received snapshot in {path} {why}")]
+    Kept { path: PathBuf, why: String },
 }
 
 pub type LogResult<T> = Result<T, LogError>;
@@ -149,7 +170,10 @@ pub struct RaftLog {
     /// Groups dropped and not started again (kept across rewrites).
     dropped: BTreeSet<PartitionId>,
     /// Received snapshots that the store may not have installed durably yet (see [`RaftLog::installs`]).
-    installs: BTreeMap<PartitionId, Snapshot>,
+    installs: BTreeMap<PartitionId, Install>,
+    /// Files of received snapshots whose data is let go by records not synced yet: deleted once they are
+    /// (see [`SyncJob::unlink`]).
+    unlink: Vec<PathBuf>,
     /// A rewritten file now written to, to rename over the old one once synced.
     pending_rename: Option<PathBuf>,
     /// A rewrite whose live state a thread of its own is writing (see [`RaftLog::maybe_rewrite`]).
@@ -190,6 +214,169 @@ impl Rewrite {
         match self.kept.last_mut() {
             Some(Chunk::Encoded(b)) => b.extend_from_slice(bytes),
             _ => self.kept.push(Chunk::Encoded(bytes.to_vec())),
+        }
+    }
+}
+
+/// A received snapshot the store may not have installed durably yet, and the file its data is kept in
+/// (none: the data is in the log's own record).
+#[derive(Debug)]
+struct Install {
+    snapshot: Snapshot,
+    file: Option<KeptSnapshot>,
+}
+
+/// A received snapshot's data, written to a file of its own (in [`SNAPSHOT_DIR`]) and synced by the
+/// thread that received it, before the driver steps it: the log's record then only names the file (see
+/// the module docs). Made by [`KeptSnapshot::write`]; a file no record names is deleted with
+/// [`KeptSnapshot::discard`] (or at the next start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSnapshot {
+    /// The file's name in [`SNAPSHOT_DIR`].
+    name: String,
+    path: PathBuf,
+    len: u64,
+    crc: u32,
+    /// The snapshot's point: `(index, term)`.
+    point: (u64, u64),
+}
+
+impl KeptSnapshot {
+    /// Writes `snapshot`'s data (of `partition`) to a new file in `dir`'s [`SNAPSHOT_DIR`], synced (and
+    /// its name) if `fsync`.
+    pub fn write(
+        dir: &Path,
+        partition: PartitionId,
+        snapshot: &Snapshot,
+        fsync: bool,
+    ) -> std::io::Result<KeptSnapshot> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = dir.join(SNAPSHOT_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let meta = snapshot.get_metadata();
+        // unique across restarts: a file a crash left behind is never written over
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "{partition}-{}-{}-{started:x}-{n}.snap",
+            meta.term, meta.index
+        );
+        let path = dir.join(&name);
+        let data = snapshot.get_data();
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            for piece in data.chunks(KEEP_SYNC_BYTES) {
+                file.write_all(piece)?;
+                if fsync {
+                    file.sync_data()?;
+                }
+            }
+            if fsync {
+                File::open(&dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(KeptSnapshot {
+            name,
+            path,
+            len: data.len() as u64,
+            crc: crc32fast::hash(data),
+            point: (meta.index, meta.term),
+        })
+    }
+
+    /// Whether this is the data of a snapshot at `meta`'s point.
+    pub fn is_of(&self, meta: &SnapshotMetadata) -> bool {
+        self.point == (meta.index, meta.term)
+    }
+
+    /// Deletes the file (which no record names).
+    pub fn discard(self) {
+        unlink(&self.path);
+    }
+
+    /// A `SNAPSHOT_FILE` record's body for this file and `snapshot`'s point.
+    fn body(&self, snapshot: &Snapshot) -> LogResult<Vec<u8>> {
+        let mut body = Vec::new();
+        let name = self.name.as_bytes();
+        body.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes());
+        body.extend_from_slice(name);
+        body.extend_from_slice(&self.len.to_be_bytes());
+        body.extend_from_slice(&self.crc.to_be_bytes());
+        let mut only_metadata = Snapshot::default();
+        if snapshot.has_metadata() {
+            only_metadata.set_metadata(snapshot.get_metadata().clone());
+        }
+        only_metadata.write_to_vec(&mut body)?;
+        Ok(body)
+    }
+
+    /// A `SNAPSHOT_FILE` record's body read back: the file (in `dir`) and the snapshot without its data.
+    fn parse(body: &[u8], dir: &Path) -> LogResult<(KeptSnapshot, Snapshot)> {
+        let corrupt = || LogError::Kept {
+            path: dir.to_path_buf(),
+            why: "is named by a record that cannot be read".into(),
+        };
+        let name_len = body
+            .get(..2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_be_bytes)
+            .ok_or_else(corrupt)? as usize;
+        let name = body.get(2..2 + name_len).ok_or_else(corrupt)?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt())?;
+        let at = 2 + name_len;
+        let len = body
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(corrupt)?;
+        let crc = u32_at(body, at + 8).ok_or_else(corrupt)?;
+        let snapshot = Snapshot::parse_from_bytes(body.get(at + 12..).ok_or_else(corrupt)?)?;
+        let meta = snapshot.get_metadata();
+        let kept = KeptSnapshot {
+            path: dir.join(SNAPSHOT_DIR).join(&name),
+            name,
+            len,
+            crc,
+            point: (meta.index, meta.term),
+        };
+        Ok((kept, snapshot))
+    }
+
+    /// The data, read back and checked.
+    fn read(&self) -> LogResult<bytes::Bytes> {
+        let fail = |why: String| LogError::Kept {
+            path: self.path.clone(),
+            why,
+        };
+        let data = std::fs::read(&self.path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+        if data.len() as u64 != self.len || crc32fast::hash(&data) != self.crc {
+            return Err(fail(format!(
+                "holds {} bytes that fail their checksum ({} were written)",
+                data.len(),
+                self.len
+            )));
+        }
+        Ok(data.into())
+    }
+}
+
+/// Deletes a file that nothing needs any more (already gone is fine).
+fn unlink(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "raft log: cannot delete a received snapshot's file")
         }
     }
 }
@@ -258,6 +445,8 @@ pub struct SyncJob {
     pub file: Option<Arc<File>>,
     writes: Vec<Pending>,
     pub rename: Option<(PathBuf, PathBuf)>,
+    /// Received snapshots' files whose data the job's records let go (see [`SyncJob::unlink`]).
+    unlink: Vec<PathBuf>,
 }
 
 impl SyncJob {
@@ -268,7 +457,18 @@ impl SyncJob {
         if let Some(file) = &self.file {
             file.sync_data()?;
         }
-        self.rename_into_place()
+        self.rename_into_place()?;
+        self.unlink();
+        Ok(())
+    }
+
+    /// Deletes the files of received snapshots whose data the job's records let go (an `INSTALLED`, a
+    /// compaction, a drop, a later snapshot): only once those records are durable (after the sync and
+    /// the rename), or a crash would find a record naming a file that is gone.
+    pub fn unlink(&self) {
+        for path in &self.unlink {
+            unlink(path);
+        }
     }
 
     /// Writes the records, in the order they were encoded.
@@ -376,7 +576,8 @@ impl RaftLog {
         let mut groups = Groups::new();
         let mut dropped = BTreeSet::new();
         let mut installs = BTreeMap::new();
-        let (good, _) = replay(&bytes, &mut groups, &mut dropped, &mut installs)?;
+        let (good, _) = replay(&bytes, dir, &mut groups, &mut dropped, &mut installs)?;
+        keep_only_needed(dir, &mut installs)?;
         let tail = bytes.get(good..).unwrap_or_default();
         if tail.iter().any(|b| *b != 0) {
             tracing::warn!(path = %path.display(), kept = good, dropped = tail.len(), "raft log: torn tail cut");
@@ -399,6 +600,7 @@ impl RaftLog {
             dirty: false,
             dropped,
             installs,
+            unlink: Vec::new(),
             pending_rename: None,
             rewrite: None,
             background: true,
@@ -482,14 +684,63 @@ impl RaftLog {
                 Part::Slice(&tail),
             ],
         )?;
-        self.installs.insert(partition, snapshot.clone());
+        self.set_install(
+            partition,
+            Install {
+                snapshot: snapshot.clone(),
+                file: None,
+            },
+        );
         Ok(())
+    }
+
+    /// [`RaftLog::set_snapshot`] for a snapshot whose data is kept in `file` already (written and synced
+    /// by the thread that received it): a `SNAPSHOT_FILE` record that names the file (see the module
+    /// docs). The log owns the file from now on, and deletes it once its data is let go.
+    pub fn set_snapshot_file(
+        &mut self,
+        partition: PartitionId,
+        snapshot: &Snapshot,
+        file: KeptSnapshot,
+    ) -> LogResult<()> {
+        let body = file.body(snapshot)?;
+        self.record(partition, SNAPSHOT_FILE, &body)?;
+        self.set_install(
+            partition,
+            Install {
+                snapshot: snapshot.clone(),
+                file: Some(file),
+            },
+        );
+        Ok(())
+    }
+
+    /// `partition`'s received snapshot is now `install` (an earlier one's file goes once this is synced).
+    fn set_install(&mut self, partition: PartitionId, install: Install) {
+        if let Some(old) = self.installs.insert(partition, install) {
+            self.let_go(old);
+        }
+    }
+
+    /// A received snapshot's data is no longer needed: its file goes once the records so far are synced.
+    fn let_go(&mut self, install: Install) {
+        if let Some(file) = install.file {
+            self.unlink.push(file.path);
+        }
     }
 
     /// The received snapshots whose installation in the store is not known to be durable: a node installs
     /// them again when it starts (before applying anything after them).
     pub fn installs(&self) -> Vec<(PartitionId, Snapshot)> {
-        self.installs.iter().map(|(p, s)| (*p, s.clone())).collect()
+        self.installs
+            .iter()
+            .map(|(p, i)| (*p, i.snapshot.clone()))
+            .collect()
+    }
+
+    /// The directory the received snapshots' data is kept in ([`KeptSnapshot::write`]'s `dir`).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// The store has durably installed `partition`'s snapshot at `index`: its data is let go (an
@@ -498,11 +749,13 @@ impl RaftLog {
         if self
             .installs
             .get(&partition)
-            .is_none_or(|s| s.get_metadata().index > index)
+            .is_none_or(|i| i.snapshot.get_metadata().index > index)
         {
             return Ok(());
         }
-        self.installs.remove(&partition);
+        if let Some(install) = self.installs.remove(&partition) {
+            self.let_go(install);
+        }
         let dirty = self.dirty;
         self.record(partition, INSTALLED, &index.to_be_bytes())?;
         self.dirty = dirty;
@@ -518,7 +771,9 @@ impl RaftLog {
     ) -> LogResult<()> {
         let body = point.write_to_bytes()?;
         self.record(partition, COMPACTED, &body)?;
-        forget_install(&mut self.installs, partition, point.index);
+        if let Some(install) = forget_install(&mut self.installs, partition, point.index) {
+            self.let_go(install);
+        }
         Ok(())
     }
 
@@ -531,7 +786,9 @@ impl RaftLog {
     pub fn drop_group(&mut self, partition: PartitionId) -> LogResult<()> {
         self.record(partition, DROPPED, &[])?;
         self.dropped.insert(partition);
-        self.installs.remove(&partition);
+        if let Some(install) = self.installs.remove(&partition) {
+            self.let_go(install);
+        }
         Ok(())
     }
 
@@ -579,15 +836,17 @@ impl RaftLog {
                 .pending_rename
                 .take()
                 .map(|next| (next, self.path.clone())),
+            unlink: std::mem::take(&mut self.unlink),
         };
         if !self.fsync {
-            // nothing waits for the disk: the writes and the rename are done here
+            // nothing waits for the disk: the writes, the rename and the deletions are done here
             job.write()
                 .and_then(|()| job.rename_into_place())
                 .map_err(|source| LogError::Io {
                     path: self.path.clone(),
                     source,
                 })?;
+            job.unlink();
             job = SyncJob::default();
         }
         Ok(job)
@@ -838,11 +1097,15 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// Applies every whole record of `bytes` to `groups`; the length of the good prefix, and whether it has a
 /// `REWRITTEN` record.
+///
+/// A `SNAPSHOT_FILE` record's data is not read here (most are let go by a later record): see
+/// [`keep_only_needed`].
 fn replay(
     bytes: &[u8],
+    dir: &Path,
     groups: &mut Groups,
     dropped: &mut BTreeSet<PartitionId>,
-    installs: &mut BTreeMap<PartitionId, Snapshot>,
+    installs: &mut BTreeMap<PartitionId, Install>,
 ) -> LogResult<(usize, bool)> {
     let mut at = 0usize;
     let mut rewritten = false;
@@ -881,7 +1144,14 @@ fn replay(
                 SNAPSHOT_DATA => {
                     let snapshot = Snapshot::parse_from_bytes(body)?;
                     apply_point(storage, snapshot.get_metadata().clone())?;
-                    installs.insert(partition, snapshot);
+                    let file = None;
+                    installs.insert(partition, Install { snapshot, file });
+                }
+                SNAPSHOT_FILE => {
+                    let (file, snapshot) = KeptSnapshot::parse(body, dir)?;
+                    apply_point(storage, snapshot.get_metadata().clone())?;
+                    let file = Some(file);
+                    installs.insert(partition, Install { snapshot, file });
                 }
                 INSTALLED | COMPACTED | SNAPSHOT => {
                     let index = if kind == INSTALLED {
@@ -914,6 +1184,7 @@ fn finish_rewrite(dir: &Path) -> LogResult<()> {
     };
     let (_, complete) = replay(
         &bytes,
+        dir,
         &mut Groups::new(),
         &mut BTreeSet::new(),
         &mut BTreeMap::new(),
@@ -1013,18 +1284,48 @@ fn apply_point(storage: &MemStorage, point: SnapshotMetadata) -> LogResult<()> {
 }
 
 /// A point at `index` (installed, compacted, replaced) makes a received snapshot at or before it
-/// unneeded.
+/// unneeded: returned, removed.
 fn forget_install(
-    installs: &mut BTreeMap<PartitionId, Snapshot>,
+    installs: &mut BTreeMap<PartitionId, Install>,
     partition: PartitionId,
     index: u64,
-) {
+) -> Option<Install> {
     if installs
         .get(&partition)
-        .is_some_and(|s| s.get_metadata().index <= index)
+        .is_some_and(|i| i.snapshot.get_metadata().index <= index)
     {
-        installs.remove(&partition);
+        return installs.remove(&partition);
     }
+    None
+}
+
+/// At start, after replay: reads back the data of the received snapshots still to install from their
+/// files, and deletes every file in [`SNAPSHOT_DIR`] that none of them names (let go by a record whose
+/// deletion a crash cut short, or written by a receiving thread for a snapshot the log never took).
+fn keep_only_needed(dir: &Path, installs: &mut BTreeMap<PartitionId, Install>) -> LogResult<()> {
+    let mut needed = BTreeSet::new();
+    for install in installs.values_mut() {
+        if let Some(file) = &install.file {
+            install.snapshot.data = file.read()?;
+            needed.insert(file.name.clone());
+        }
+    }
+    let kept = dir.join(SNAPSHOT_DIR);
+    let entries = match std::fs::read_dir(&kept) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(LogError::Io { path: kept, source }),
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| needed.contains(name))
+        {
+            unlink(&entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Every group's live state as records (a received snapshot not yet installed durably with its data).
@@ -1032,7 +1333,7 @@ fn forget_install(
 fn encode_live(
     groups: &Groups,
     dropped: &BTreeSet<PartitionId>,
-    installs: &BTreeMap<PartitionId, Snapshot>,
+    installs: &BTreeMap<PartitionId, Install>,
 ) -> LogResult<Vec<u8>> {
     Live::capture(groups, dropped, installs)?.encode()
 }
@@ -1054,6 +1355,8 @@ enum LiveRecord {
     Conf(ConfState),
     Point(SnapshotMetadata),
     Install(Snapshot),
+    /// A received snapshot whose data is in a file: the record's body, encoded at capture (it is small).
+    InstallFile(Vec<u8>),
     Entries(Vec<Entry>),
     Hard(HardState),
 }
@@ -1065,6 +1368,7 @@ impl LiveRecord {
             LiveRecord::Conf(_) => CONF_STATE,
             LiveRecord::Point(_) => SNAPSHOT,
             LiveRecord::Install(_) => SNAPSHOT_DATA,
+            LiveRecord::InstallFile(_) => SNAPSHOT_FILE,
             LiveRecord::Entries(_) => ENTRIES,
             LiveRecord::Hard(_) => HARD_STATE,
         }
@@ -1077,6 +1381,7 @@ impl LiveRecord {
             LiveRecord::Conf(c) => u64::from(c.compute_size()),
             LiveRecord::Point(p) => u64::from(p.compute_size()),
             LiveRecord::Install(s) => u64::from(s.compute_size()),
+            LiveRecord::InstallFile(body) => body.len() as u64,
             LiveRecord::Entries(entries) => entries
                 .iter()
                 .map(|e| 4 + u64::from(e.compute_size()))
@@ -1092,6 +1397,7 @@ impl LiveRecord {
             LiveRecord::Conf(c) => c.write_to_vec(out)?,
             LiveRecord::Point(p) => p.write_to_vec(out)?,
             LiveRecord::Install(s) => s.write_to_vec(out)?,
+            LiveRecord::InstallFile(body) => out.extend_from_slice(body),
             LiveRecord::Entries(entries) => {
                 for e in entries {
                     let at = out.len();
@@ -1113,7 +1419,7 @@ impl Live {
     fn capture(
         groups: &Groups,
         dropped: &BTreeSet<PartitionId>,
-        installs: &BTreeMap<PartitionId, Snapshot>,
+        installs: &BTreeMap<PartitionId, Install>,
     ) -> LogResult<Live> {
         let mut records = Vec::new();
         for &partition in dropped {
@@ -1127,9 +1433,19 @@ impl Live {
             if first > 1 {
                 match installs
                     .get(&partition)
-                    .filter(|s| s.get_metadata().index == first - 1)
+                    .filter(|i| i.snapshot.get_metadata().index == first - 1)
                 {
-                    Some(snapshot) => {
+                    Some(Install {
+                        snapshot,
+                        file: Some(file),
+                    }) => {
+                        let body = file.body(snapshot)?;
+                        records.push((partition, LiveRecord::InstallFile(body)));
+                    }
+                    Some(Install {
+                        snapshot,
+                        file: None,
+                    }) => {
                         records.push((partition, LiveRecord::Install(snapshot.clone())));
                     }
                     None => {
@@ -1526,6 +1842,13 @@ mod tests {
                 std::fs::write(copy.path().join(name), bytes).expect("copy");
             }
         }
+        if let Ok(entries) = std::fs::read_dir(dir.join(SNAPSHOT_DIR)) {
+            std::fs::create_dir_all(copy.path().join(SNAPSHOT_DIR)).expect("mkdir");
+            for entry in entries.flatten() {
+                let to = copy.path().join(SNAPSHOT_DIR).join(entry.file_name());
+                std::fs::copy(entry.path(), to).expect("copy");
+            }
+        }
         let (log, groups) = RaftLog::open(copy.path(), true).expect("open the copy");
         (copy, log, groups)
     }
@@ -1739,6 +2062,98 @@ mod tests {
         drop(log);
         let (log, _) = RaftLog::open(dir.path(), true).expect("reopen");
         assert!(install_points(&log).is_empty());
+    }
+
+    fn kept_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(SNAPSHOT_DIR))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_snapshot_kept_in_a_file_is_named_by_its_record_and_deleted_once_let_go_durably() {
+        let (dir, mut log, mut groups) = mostly_dead();
+        let data = "k".repeat(3 * KEEP_SYNC_BYTES + 5);
+        let kept = KeptSnapshot::write(dir.path(), 3, &snapshot(10, &data), true).expect("keep");
+        assert_eq!(kept_names(dir.path()), vec![kept.name.clone()]);
+        let storage = groups.get_mut(&3).expect("group");
+        storage.wl().apply_snapshot(snapshot(10, "")).expect("mem");
+        let start = log.len();
+        log.set_snapshot_file(3, &snapshot(10, &data), kept.clone())
+            .expect("snapshot");
+        log.append(3, &[entry(11, 2, "k")]).expect("append");
+        storage.wl().append(&[entry(11, 2, "k")]).expect("mem");
+        let added = log.len() - start;
+        log.sync().expect("sync");
+        // the record names the file: the log did not take the data
+        let file = std::fs::read(dir.path().join(FILE)).expect("log");
+        assert!(file.iter().filter(|b| **b == b'k').count() < 16);
+        assert!(added < 1024, "{added} bytes of records");
+        // a kill -9 now: installed again at start, from the file
+        let (_copy, crashed, replayed) = crash_copy(dir.path());
+        assert_eq!(install_points(&crashed), vec![(3, 10, data.clone())]);
+        assert_eq!(datas(&replayed[&3]), vec![(11, 2, "k".into())]);
+        // a rewrite names the same file (and does not copy its data)
+        log.set_rewrite_bytes(64);
+        log.set_background_rewrites(false);
+        assert!(log.maybe_rewrite(&groups).expect("rewrite"));
+        log.prepare_sync().expect("prepare").run().expect("sync");
+        assert!(log.len() < 4096, "rewritten: {} bytes", log.len());
+        let (_copy, crashed, _) = crash_copy(dir.path());
+        assert_eq!(install_points(&crashed), vec![(3, 10, data.clone())]);
+        // let go: the file stays until the record that lets it go is synced
+        log.set_installed(3, 10).expect("installed");
+        // (an `INSTALLED` alone needs no sync: the deletion waits for the next round that syncs)
+        log.prepare_sync().expect("prepare").run().expect("sync");
+        assert_eq!(kept_names(dir.path()), vec![kept.name.clone()]);
+        log.append(3, &[entry(12, 2, "l")]).expect("append");
+        let job = log.prepare_sync().expect("prepare");
+        job.write().expect("write");
+        assert_eq!(kept_names(dir.path()), vec![kept.name.clone()]);
+        job.run().expect("sync");
+        assert!(kept_names(dir.path()).is_empty());
+        drop(log);
+        let (log, _) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert!(install_points(&log).is_empty());
+    }
+
+    #[test]
+    fn files_no_record_needs_are_deleted_at_start_and_a_damaged_one_stops_it() {
+        let (dir, mut log, _) = mostly_dead();
+        // written for a snapshot the log never took (stale, or a crash before its round)
+        let stray = KeptSnapshot::write(dir.path(), 4, &snapshot(3, "stray"), true).expect("keep");
+        // replaced by a later one of the same partition: the first goes with the second's sync
+        let first = KeptSnapshot::write(dir.path(), 5, &snapshot(4, "first"), true).expect("keep");
+        let second =
+            KeptSnapshot::write(dir.path(), 5, &snapshot(8, "second"), true).expect("keep");
+        log.set_snapshot_file(5, &snapshot(4, "first"), first.clone())
+            .expect("first");
+        log.sync().expect("sync");
+        log.set_snapshot_file(5, &snapshot(8, "second"), second.clone())
+            .expect("second");
+        log.sync().expect("sync");
+        let mut left = vec![second.name.clone(), stray.name.clone()];
+        left.sort();
+        assert_eq!(kept_names(dir.path()), left);
+        drop(log);
+        let (log, _) = RaftLog::open(dir.path(), true).expect("reopen");
+        assert_eq!(install_points(&log), vec![(5, 8, "second".into())]);
+        assert_eq!(kept_names(dir.path()), vec![second.name.clone()]);
+        drop(log);
+        // a named file that lost its data: the node does not start on a store it cannot complete
+        std::fs::write(&second.path, "secon").expect("damage");
+        match RaftLog::open(dir.path(), true) {
+            Err(LogError::Kept { path, .. }) => assert_eq!(path, second.path),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("opened with a damaged snapshot file"),
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use raft::eraftpb::{
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage as _};
 
-use super::log::{Groups, LogResult, RaftLog, SyncJob};
+use super::log::{Groups, KeptSnapshot, LogResult, RaftLog, SyncJob};
 use super::storage::GroupStorage;
 use crate::cluster::placement::PartitionId;
 use crate::ids::NodeId;
@@ -284,6 +284,9 @@ pub struct MultiRaft {
     /// a poll looks at these only, not at every group (a scan of hundreds of groups per round was most
     /// of the driver's time at moderate load).
     touched: Touched,
+    /// Received snapshots whose data was kept in a file before they were stepped, taken by their group
+    /// and not yet written to the log (see [`MultiRaft::kept_snapshot`]).
+    kept: BTreeMap<PartitionId, KeptSnapshot>,
 }
 
 /// Which groups the next poll looks at.
@@ -394,6 +397,7 @@ impl MultiRaft {
             removed: Vec::new(),
             gone_out: BTreeMap::new(),
             touched: Touched::everything(),
+            kept: BTreeMap::new(),
         })
     }
 
@@ -428,6 +432,7 @@ impl MultiRaft {
             removed: Vec::new(),
             gone_out: BTreeMap::new(),
             touched: Touched::everything(),
+            kept: BTreeMap::new(),
         })
     }
 
@@ -472,6 +477,29 @@ impl MultiRaft {
         }
     }
 
+    /// A snapshot of `partition` whose data the receiving thread kept in `file` has just been stepped:
+    /// if the group took it (it waits in raft-rs's unstable log for the next poll), the poll writes a
+    /// record naming the file instead of the data (see `RaftLog`'s module docs); otherwise (stale, or no
+    /// log to write it to) the file is deleted.
+    pub fn kept_snapshot(&mut self, partition: PartitionId, file: KeptSnapshot) {
+        let taken = self.log.is_some()
+            && self.groups.get(&partition).is_some_and(|g| {
+                g.node
+                    .raft
+                    .raft_log
+                    .unstable
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| file.is_of(s.get_metadata()))
+            });
+        if !taken {
+            file.discard();
+        } else if let Some(older) = self.kept.insert(partition, file) {
+            // (replaced in raft-rs before a poll took it)
+            older.discard();
+        }
+    }
+
     /// Whether this node keeps a replica of `partition`.
     pub fn has(&self, partition: PartitionId) -> bool {
         self.groups.contains_key(&partition)
@@ -492,6 +520,9 @@ impl MultiRaft {
     pub fn remove(&mut self, partition: PartitionId) -> LogResult<()> {
         if self.groups.remove(&partition).is_none() {
             return Ok(());
+        }
+        if let Some(file) = self.kept.remove(&partition) {
+            file.discard();
         }
         if let Some(log) = &mut self.log {
             log.drop_group(partition)?;
@@ -937,10 +968,22 @@ impl MultiRaft {
             if !ready.snapshot().is_empty() {
                 let snapshot = ready.snapshot().clone();
                 store.wl().apply_snapshot(snapshot.clone())?;
+                let kept = self.kept.remove(&partition);
                 if let Some(log) = &mut self.log {
                     // the data with its point: durable together, installed again at start until the
-                    // store has it durably (see `installs`)
-                    log.set_snapshot(partition, &snapshot)?;
+                    // store has it durably (see `installs`); kept in a file already if it came from a
+                    // peer through the receiving thread
+                    match kept {
+                        Some(file) if file.is_of(snapshot.get_metadata()) => {
+                            log.set_snapshot_file(partition, &snapshot, file)?;
+                        }
+                        other => {
+                            if let Some(file) = other {
+                                file.discard();
+                            }
+                            log.set_snapshot(partition, &snapshot)?;
+                        }
+                    }
                 }
                 let meta = snapshot.get_metadata();
                 group.confs = vec![(meta.index, meta.get_conf_state().clone())];
@@ -1138,6 +1181,10 @@ impl Unsynced {
         // a rewritten file is in place only once it (and every round written before) is durable
         for round in rounds {
             round.job.rename_into_place()?;
+        }
+        // then the files whose data the rounds let go
+        for round in rounds {
+            round.job.unlink();
         }
         Ok(())
     }
@@ -2080,6 +2127,31 @@ mod tests {
         }
     }
 
+    /// Delivers a message to node `to`; a snapshot with data, if `keep`, as the driver's receiving thread
+    /// hands it over: its data kept in a file of the node's directory first (see
+    /// [`MultiRaft::kept_snapshot`]). Whether it was.
+    fn step_keeping(sim: &mut Sim, to: u64, p: PartitionId, m: Message, keep: bool) -> bool {
+        let kept = (keep
+            && m.get_msg_type() == MessageType::MsgSnapshot
+            && !m.get_snapshot().get_data().is_empty())
+        .then(|| {
+            KeptSnapshot::write(sim.dirs[&to].path(), p, m.get_snapshot(), true).expect("keep")
+        });
+        let node = sim.nodes.get_mut(&to).expect("node");
+        node.step(p, m);
+        let was = kept.is_some();
+        if let Some(file) = kept {
+            node.kept_snapshot(p, file);
+        }
+        was
+    }
+
+    /// The received snapshots' files in node `id`'s directory.
+    fn kept_files(sim: &Sim, id: u64) -> usize {
+        std::fs::read_dir(sim.dirs[&id].path().join(super::super::log::SNAPSHOT_DIR))
+            .map_or(0, |entries| entries.count())
+    }
+
     /// The driver's snapshot timeout, come: a leader still waiting for a snapshot's acknowledgement
     /// (the receiver crashed before answering) sends another.
     fn expire_snapshots(node: &mut MultiRaft) {
@@ -2102,7 +2174,7 @@ mod tests {
     #[test]
     fn crashes_compactions_and_snapshots_keep_every_replica_applying_the_same_log() {
         FIXED_TIMEOUTS.with(|fixed| fixed.set(true));
-        let (mut reinstalled, mut rewrites) = (0, 0);
+        let (mut reinstalled, mut rewrites, mut kept) = (0, 0, 0);
         let seeds = std::env::var("ROOKERY_MODEL_SEEDS")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
@@ -2258,7 +2330,10 @@ mod tests {
                                 snapshots += 1;
                             }
                             if next(10) != 0 {
-                                sim.nodes.get_mut(&to).expect("node").step(p, m);
+                                // half the snapshots kept in a file by the receiving thread, half
+                                // written into the log with their point
+                                let keep = next(2) == 0;
+                                kept += usize::from(step_keeping(&mut sim, to, p, m, keep));
                             } else if m.get_msg_type() == MessageType::MsgSnapshot {
                                 // lost: the sender learns it, as the snapshot thread reports a failed send
                                 if let Some(from) = sim.nodes.get_mut(&m.from) {
@@ -2287,8 +2362,17 @@ mod tests {
                     }
                 }
                 for (to, p, m) in std::mem::take(&mut network) {
-                    sim.nodes.get_mut(&to).expect("node").step(p, m);
+                    kept += usize::from(step_keeping(&mut sim, to, p, m, true));
                 }
+            }
+            for id in IDS {
+                // every file a record let go is deleted (at its sync, or at the next start)
+                let needed = sim.nodes[&id].installs().len();
+                assert!(
+                    kept_files(&sim, id) <= needed,
+                    "seed {seed}: node {id} keeps {} snapshot files for {needed} installations to redo",
+                    kept_files(&sim, id)
+                );
             }
             assert!(
                 seen.applied >= 3 * 20 && crashes > 0 && compactions > 0,
@@ -2313,6 +2397,7 @@ mod tests {
             "some crash came before a snapshot's installation was reported durable"
         );
         assert!(rewrites > 0, "some log was rewritten");
+        assert!(kept > 0, "some snapshot's data was kept in a file");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! (`moves.rs`). Behind it the log writer thread ([`write_rounds`]) writes the rounds' records to the log
 //! file and the sync thread ([`sync_rounds`]) makes them durable, so the driver never waits for the disk;
 //! what waits for that is released when the sync thread answers. Snapshots go in pieces on the peer
-//! link's bulk lane, and one that is not acknowledged is sent again.
+//! link's bulk lane, and one that is not acknowledged is sent again; one received is decoded by the
+//! receiving thread ([`keep_snapshots`]), which keeps its data in a file before the driver steps it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -80,7 +81,7 @@ enum InputKind {
 impl Input {
     fn kind(&self) -> InputKind {
         match self {
-            Input::Step { .. } => InputKind::Step,
+            Input::Step { .. } | Input::StepKept(_) => InputKind::Step,
             Input::Synced(_) => InputKind::Synced,
             Input::Compact(_) => InputKind::Compact,
             _ => InputKind::Other,
@@ -230,6 +231,14 @@ impl Driver {
                             if let Err(e) = self.raft.gone(p, index) {
                                 tracing::error!(error = %e, "the raft log cannot be written: stopping the node");
                                 std::process::abort();
+                            }
+                        }
+                    }
+                    Input::StepKept(messages) => {
+                        for (p, m, file) in messages {
+                            self.step(p, m);
+                            if let Some(file) = file {
+                                self.raft.kept_snapshot(p, file);
                             }
                         }
                     }
@@ -980,6 +989,52 @@ pub(super) fn send_snapshots(
             if driver.send(lost).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// The receiving thread: decodes peers' snapshot batches and keeps each snapshot's data in a file of
+/// its own, written and synced here ([`KeptSnapshot::write`]), before handing them to the driver to
+/// step: the log's record for it then names the file, and the driver's rounds (every partition's)
+/// carry no data (see `RaftLog`'s module docs). A snapshot whose file cannot be written goes on
+/// without one (its data then goes in the log, as before). Ends when the driver does.
+pub(super) fn keep_snapshots(
+    batches: mpsc::Receiver<(NodeId, super::wire::Received)>,
+    driver: mpsc::Sender<Input>,
+    dir: &std::path::Path,
+    fsync: bool,
+) {
+    while let Ok((from, batch)) = batches.recv() {
+        let messages = match batch.decode() {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "dropping an undecodable raft snapshot batch");
+                continue;
+            }
+        };
+        let messages = messages
+            .into_iter()
+            .map(|(p, m)| {
+                let snapshot = m.get_snapshot();
+                let file = (m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
+                    && !snapshot.get_data().is_empty())
+                .then(|| {
+                    let started = Instant::now();
+                    KeptSnapshot::write(dir, p, snapshot, fsync)
+                        .inspect(|_| {
+                            tracing::debug!(partition = p, bytes = snapshot.get_data().len(), took = ?started.elapsed(), "kept a received snapshot's data")
+                        })
+                        .inspect_err(|e| {
+                            tracing::warn!(partition = p, error = %e, "cannot keep a received snapshot's data in a file: it goes in the raft log")
+                        })
+                        .ok()
+                })
+                .flatten();
+                (p, m, file)
+            })
+            .collect();
+        if driver.send(Input::StepKept(messages)).is_err() {
+            return;
         }
     }
 }

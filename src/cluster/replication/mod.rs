@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
-use crate::raft::log::LogError;
+use crate::raft::log::{KeptSnapshot, LogError};
 use crate::raft::multi::{raft_id, Committed, Leadership, MultiRaft, ELECTION_TICKS};
 use crate::state::replica::{CarriedEvent, Command, Proposal};
 use crate::store::Store;
@@ -69,6 +69,9 @@ enum Input {
         /// Groups the sender (their leader) removed this node from, with the configuration's index.
         gone: Vec<(PartitionId, u64)>,
     },
+    /// A peer's snapshot batch (from `RaftPart` pieces), decoded by the receiving thread, each
+    /// snapshot's data kept in a file already (see [`driver::keep_snapshots`]).
+    StepKept(Vec<(PartitionId, raft::eraftpb::Message, Option<KeptSnapshot>)>),
     /// An encoded [`MemberCommand`] for the metadata group: proposed if this node leads it, else sent to
     /// its leader (once: a forwarded command that finds no leader is dropped; the caller retries).
     ProposeMeta {
@@ -218,6 +221,8 @@ pub struct Replication {
     /// Every partition's leadership as seen here (`None`/0 for partitions not replicated here).
     view: RwLock<Vec<Seen>>,
     tx: Mutex<mpsc::Sender<Input>>,
+    /// To the receiving thread ([`driver::keep_snapshots`]): peers' snapshot batches.
+    snapshots_in: Mutex<mpsc::Sender<(NodeId, wire::Received)>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// This node's links to the other members, by Raft id (kept in step with the membership by the
     /// router).
@@ -358,6 +363,8 @@ impl Replication {
         // `Replication` stops the driver instead (see its `Drop`)
         let synced = tx.clone();
         let lost = tx.clone();
+        let kept_in = tx.clone();
+        let (snapshots_in, snapshots_in_rx) = mpsc::channel();
         let (apply_tx, apply_rx) = mpsc::channel();
         // one slot per partition and one for the metadata group
         let slots = shape.partitions as usize + 1;
@@ -379,6 +386,7 @@ impl Replication {
             layout: RwLock::new(Arc::new(layout)),
             view: RwLock::new(vec![Seen::default(); slots]),
             tx: Mutex::new(tx),
+            snapshots_in: Mutex::new(snapshots_in),
             thread: Mutex::new(None),
             peers: RwLock::new(HashMap::new()),
             led: AtomicUsize::new(0),
@@ -446,6 +454,14 @@ impl Replication {
             .spawn(move || {
                 background::lower_priority(nice);
                 driver::send_snapshots(snapshots_rx, lost, pace)
+            })
+            .map_err(ReplicationError::Thread)?;
+        let keep_dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("raft-snaps-in".into())
+            .spawn(move || {
+                background::lower_priority(nice);
+                driver::keep_snapshots(snapshots_in_rx, kept_in, &keep_dir, fsync)
             })
             .map_err(ReplicationError::Thread)?;
         let mut driver = Driver::new(
@@ -743,13 +759,24 @@ impl Replication {
         });
     }
 
-    /// [`Replication::receive`] for a `RaftBytes` frame (or the `RaftPartBytes` of one).
+    /// [`Replication::receive`] for a `RaftBytes` frame.
     pub fn receive_bytes(&self, from: &NodeId, batch: Vec<u8>, gone: Vec<(PartitionId, u64)>) {
         let _ = lock(&self.tx).send(Input::Step {
             from: from.clone(),
             batch: wire::Received::Bytes(batch.into()),
             gone,
         });
+    }
+
+    /// A peer's snapshot batch, joined from its `RaftPart` pieces: to the receiving thread, which keeps
+    /// each snapshot's data in a file before the driver steps it (see `RaftLog`'s module docs).
+    pub fn receive_snapshots(&self, from: &NodeId, batch: String) {
+        let _ = lock(&self.snapshots_in).send((from.clone(), wire::Received::Base64(batch)));
+    }
+
+    /// [`Replication::receive_snapshots`] joined from `RaftPartBytes` pieces.
+    pub fn receive_snapshot_bytes(&self, from: &NodeId, batch: Vec<u8>) {
+        let _ = lock(&self.snapshots_in).send((from.clone(), wire::Received::Bytes(batch.into())));
     }
 
     /// Hands every partition this node leads to another live replica and waits until they have taken over
