@@ -33,19 +33,19 @@
 //! starts after it): the point is never durable without the data, so a node killed before its store has
 //! installed the data durably installs it again at start ([`RaftLog::installs`]; the store's copy then
 //! follows the log from the point, as after any install). Once the store has flushed the install, an
-//! `INSTALLED` record (or a later compaction) lets the data go. The file is then
-//! mostly dead and the next rewrite shrinks it, so it stays bounded by the groups' uncompacted tails.
+//! `INSTALLED` record (or a later compaction) lets the data go. The file is then mostly dead and the next
+//! rewrite shrinks it, so it stays bounded by the groups' uncompacted tails. A rewrite needs the live
+//! state encoded; after one that did not pay (the file not yet twice the live state) the next look waits
+//! until the file has grown by that much again.
 //!
 //! A snapshot that came from a peer has its data kept in a file of its own instead ([`KeptSnapshot`],
 //! in [`SNAPSHOT_DIR`]), written and synced by the thread that received it before the driver steps
 //! it; the log then takes a small `SNAPSHOT_FILE` record that names the file (with its length and
-//! checksum). Written into the log, tens of MiB of data rode on one of the driver's rounds, and the
-//! rounds of every partition the node keeps waited for them (the joiner's slow log writes of a 1 GiB
-//! move, bench/README.md, "Stop 39"). The file is deleted once the record that lets its data go is
-//! synced (see [`SyncJob::unlink`]); at start, files no record still needs are deleted. A
-//!
-//! rewrite needs the live state encoded; after one that did not pay (the file not yet twice the live
-//! state) the next look waits until the file has grown by that much again.
+//! checksum), and rewrites copy that record, not the data. Written into the log, tens of MiB of data
+//! rode on one of the driver's rounds, and the rounds of every partition the node keeps waited for them
+//! (the joiner's slow log writes during a 1 GiB move, bench/README.md, "Stop 39"). The file is deleted
+//! once the record that lets its data go is synced (see [`SyncJob::unlink`]); at start, the files of
+//! the snapshots still to install are read back (and checked), and every other file is deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -736,11 +736,6 @@ impl RaftLog {
             .iter()
             .map(|(p, i)| (*p, i.snapshot.clone()))
             .collect()
-    }
-
-    /// The directory the received snapshots' data is kept in ([`KeptSnapshot::write`]'s `dir`).
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// The store has durably installed `partition`'s snapshot at `index`: its data is let go (an

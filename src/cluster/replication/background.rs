@@ -2,10 +2,10 @@
 //!
 //! A move's work is CPU work on every node it touches: the leader's snapshot maker reads the partition's
 //! keys and encodes them, its sender cuts them into pieces for the peer link, and the new replica's
-//! receiving thread keeps them in a file and its installer writes them into its store. On a cluster that is busy serving (the bench machine runs four
-//! nodes and the load on two cores, which 2,000 replicated messages a second keep about 85% busy), that
-//! work took its fair share of the cores, and every message waited behind it: the move's p99 was 3.6 to
-//! 5x the load's before it (bench/README.md, "Stop 36").
+//! receiving thread keeps them in a file and its installer writes them into its store. On a cluster that is
+//! busy serving (the bench machine runs four nodes and the load on two cores, which 2,000 replicated
+//! messages a second keep about 85% busy), that work took its fair share of the cores, and every message
+//! waited behind it: the move's p99 was 3.6 to 5x the load's before it (bench/README.md, "Stop 36").
 //!
 //! Those four threads run at `cluster.move_nice`. Above 0 the scheduler gives them only what the load
 //! leaves: a move takes longer on a busy node and as long as before on an idle one. The installer writes
