@@ -598,4 +598,41 @@ async fn a_joiner_killed_while_it_installs_snapshots_installs_them_again() {
             assert_gapless(&msgs);
         }
     }
+    // the received snapshots' data files go once the store has each installation durably (the idle
+    // cluster writes nothing else meanwhile)
+    let kept = |id: &str| -> Vec<String> {
+        std::fs::read_dir(
+            cluster
+                .dir
+                .path()
+                .join(format!("data/{id}/raft/raft-snapshots")),
+        )
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    assert!(
+        cluster
+            .dir
+            .path()
+            .join("data/n4/raft/raft-snapshots")
+            .is_dir(),
+        "n4 kept the data of the snapshots it received in files"
+    );
+    let deadline = Instant::now() + SETTLE;
+    while ["n1", "n2", "n3", "n4"]
+        .iter()
+        .any(|id| !kept(id).is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot files left: {:?}",
+            ["n1", "n2", "n3", "n4"].map(kept)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -370,14 +370,21 @@ impl KeptSnapshot {
     }
 }
 
-/// Deletes a file that nothing needs any more (already gone is fine).
+/// Deletes a received snapshot's file that nothing needs any more (already gone is fine). A large one is
+/// held open across the deletion and its blocks freed in steps by [`trim_away`]: freed at once, tens of
+/// MiB would hold the calling thread (the sync thread, or the driver) while the disk discards them.
 fn unlink(path: &Path) {
+    let held = OpenOptions::new().write(true).open(path).ok();
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "raft log: cannot delete a received snapshot's file")
+            tracing::warn!(path = %path.display(), error = %e, "raft log: cannot delete a received snapshot's file");
+            return;
         }
+    }
+    if let Some(file) = held.filter(|f| f.metadata().is_ok_and(|m| m.len() > TRIM_STEP)) {
+        trim_away(file);
     }
 }
 
@@ -493,7 +500,8 @@ impl SyncJob {
     }
 }
 
-/// Frees a replaced log file's blocks a [`TRIM_STEP`] at a time, on a thread of its own, then closes it.
+/// Frees a replaced log file's blocks (or a deleted snapshot file's, see [`unlink`]) a [`TRIM_STEP`] at a
+/// time, on a thread of its own, then closes it.
 ///
 /// Whichever thread closes an unlinked file last frees all its blocks at once. On a disk mounted with
 /// `discard` (and ext4 without a journal, which discards in the closing call) that was the Raft driver,
@@ -739,7 +747,8 @@ impl RaftLog {
     }
 
     /// The store has durably installed `partition`'s snapshot at `index`: its data is let go (an
-    /// `INSTALLED` record, which needs no sync of its own: lost, it costs one more installation).
+    /// `INSTALLED` record, which needs no sync of its own: lost, it costs one more installation; a kept
+    /// file's deletion waits for it to be synced, and the next job is made for that).
     pub fn set_installed(&mut self, partition: PartitionId, index: u64) -> LogResult<()> {
         if self
             .installs
@@ -807,7 +816,8 @@ impl RaftLog {
     /// the writes here (and a rewritten file is renamed at once), and gets no job.
     ///
     /// Records that need no sync (a commit index, an installation) wait for the next job that does;
-    /// should more than a MiB of them pile up, that job is made now.
+    /// should more than a MiB of them pile up, or a received snapshot's file wait for its deletion (see
+    /// [`SyncJob::unlink`]), that job is made now.
     pub fn prepare_sync(&mut self) -> LogResult<SyncJob> {
         self.take_over();
         let held = (self.buffer.len() as u64).saturating_add(
@@ -820,7 +830,10 @@ impl RaftLog {
                 })
                 .sum(),
         );
-        if !std::mem::take(&mut self.dirty) && held < SPILL_BYTES {
+        // files to delete make a job too: an idle node would otherwise keep tens of MiB of them until
+        // its next write
+        let dirty = std::mem::take(&mut self.dirty);
+        if !dirty && held < SPILL_BYTES && self.unlink.is_empty() {
             return Ok(SyncJob::default());
         }
         self.take_buffer();
@@ -2105,10 +2118,8 @@ mod tests {
         assert_eq!(install_points(&crashed), vec![(3, 10, data.clone())]);
         // let go: the file stays until the record that lets it go is synced
         log.set_installed(3, 10).expect("installed");
-        // (an `INSTALLED` alone needs no sync: the deletion waits for the next round that syncs)
-        log.prepare_sync().expect("prepare").run().expect("sync");
-        assert_eq!(kept_names(dir.path()), vec![kept.name.clone()]);
-        log.append(3, &[entry(12, 2, "l")]).expect("append");
+        // (an `INSTALLED` alone needs no sync, but a file to delete makes the job: an idle node deletes it
+        // too)
         let job = log.prepare_sync().expect("prepare");
         job.write().expect("write");
         assert_eq!(kept_names(dir.path()), vec![kept.name.clone()]);
