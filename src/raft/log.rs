@@ -312,11 +312,9 @@ impl KeptSnapshot {
         body.extend_from_slice(name);
         body.extend_from_slice(&self.len.to_be_bytes());
         body.extend_from_slice(&self.crc.to_be_bytes());
-        let mut only_metadata = Snapshot::default();
-        if snapshot.has_metadata() {
-            only_metadata.set_metadata(snapshot.get_metadata().clone());
-        }
-        only_metadata.write_to_vec(&mut body)?;
+        // the snapshot without its data: the encoding's part after the data
+        let (_, only_metadata) = snapshot_parts(snapshot)?;
+        body.extend_from_slice(&only_metadata);
         Ok(body)
     }
 
