@@ -4,7 +4,7 @@
 //! queue. It holds no durable state and must never block or buffer without bound: a client that stops
 //! reading is degraded to `notify`, then disconnected.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,12 @@ enum State {
     Closing,
 }
 
+/// A conversation whose pushes became `notify`: at most one per window, and whether one is scheduled.
+struct Degraded {
+    window: Window,
+    notify_scheduled: bool,
+}
+
 pub struct SessionActor {
     id: u64,
     router: Router,
@@ -102,8 +108,10 @@ pub struct SessionActor {
     tracker: Tracker<ConvId, WireFrame>,
     retransmit_scheduled: bool,
     /// Conversations whose pushes became `notify` because the device stopped keeping up.
-    degraded: HashMap<ConvId, Window>,
-    notify_scheduled: HashSet<ConvId>,
+    degraded: HashMap<ConvId, Degraded>,
+    /// Closes a connection that sends no `auth` in time; cancelled once authenticated (a pending timer is
+    /// a few hundred bytes an idle connection would keep).
+    auth_timeout: Option<SpawnHandle>,
     /// The user this session is registered for pushes under (see `Router::register_session`).
     registered: Option<UserId>,
     /// The highest ack forwarded to each conversation (for `delivered`).
@@ -132,7 +140,7 @@ impl SessionActor {
             tracker: Tracker::new(ack_timeout, tracker_limit),
             retransmit_scheduled: false,
             degraded: HashMap::new(),
-            notify_scheduled: HashSet::new(),
+            auth_timeout: None,
             acked: HashMap::new(),
             registered: None,
             router,
@@ -292,7 +300,13 @@ impl SessionActor {
             Track::Duplicate => {}
             Track::Full => {
                 let window = Duration::from_millis(self.router.config().chat.notify_window_ms);
-                self.degraded.insert(conv.clone(), Window::new(window));
+                self.degraded.insert(
+                    conv.clone(),
+                    Degraded {
+                        window: Window::new(window),
+                        notify_scheduled: false,
+                    },
+                );
                 self.notify(ctx, conv, seq);
             }
         }
@@ -300,18 +314,21 @@ impl SessionActor {
 
     /// A coalesced `notify` (at most one per conversation per window) for a degraded conversation.
     fn notify(&mut self, ctx: &mut Context<Self>, conv: ConvId, last_seq: u64) {
-        let Some(window) = self.degraded.get_mut(&conv) else {
+        let Some(degraded) = self.degraded.get_mut(&conv) else {
             return;
         };
-        if window.allow(Instant::now()) {
+        if degraded.window.allow(Instant::now()) {
             self.reply(ctx, ServerFrame::Notify { conv, last_seq });
             return;
         }
-        if let Some(at) = window.next_allowed() {
-            if self.notify_scheduled.insert(conv.clone()) {
+        if let Some(at) = degraded.window.next_allowed() {
+            if !degraded.notify_scheduled {
+                degraded.notify_scheduled = true;
                 let delay = at.saturating_duration_since(Instant::now());
                 ctx.run_later(delay, move |act, ctx| {
-                    act.notify_scheduled.remove(&conv);
+                    if let Some(d) = act.degraded.get_mut(&conv) {
+                        d.notify_scheduled = false;
+                    }
                     act.notify(ctx, conv, last_seq);
                 });
             }
@@ -462,6 +479,9 @@ impl SessionActor {
                         );
                         act.registered = Some(user.clone());
                         act.state = State::Active { user, device };
+                        if let Some(timeout) = act.auth_timeout.take() {
+                            ctx.cancel_future(timeout);
+                        }
                         act.reply(ctx, welcome);
                     }
                     Err(e) => {
@@ -894,11 +914,12 @@ impl Actor for SessionActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.router.metrics().ws_connections.inc();
         self.router.metrics().actor(ActorKind::Session).inc();
-        ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
+        self.auth_timeout = Some(ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
+            act.auth_timeout = None;
             if matches!(act.state, State::Anonymous) {
                 act.close(ctx, CloseCode::Policy, "no auth frame in time");
             }
-        });
+        }));
         // Check well within the 3x deadline; jitter spreads the timers of many connections.
         let period = jittered(
             self.router.config().chat.heartbeat() / 2,

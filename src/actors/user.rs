@@ -5,7 +5,7 @@
 //! never decides friendship or a block (the pair's conversation does); it only fans frames out to the
 //! user's devices.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -181,10 +181,53 @@ struct Device {
     since: u64,
 }
 
+/// The user's live devices, sorted by device: a short list (a person has a few) that holds no spare room,
+/// since every connected user keeps one (see bench/README, "Idle connections").
+#[derive(Default)]
+struct Devices(Vec<(DeviceId, Device)>);
+
+impl Devices {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn get(&self, device: &DeviceId) -> Option<&Device> {
+        let at = self.0.binary_search_by(|(d, _)| d.cmp(device)).ok()?;
+        self.0.get(at).map(|(_, d)| d)
+    }
+
+    /// Adds or replaces `device`; the one replaced is returned.
+    fn insert(&mut self, device: DeviceId, new: Device) -> Option<Device> {
+        match self.0.binary_search_by(|(d, _)| d.cmp(&device)) {
+            Ok(at) => self.0.get_mut(at).map(|(_, d)| std::mem::replace(d, new)),
+            Err(at) => {
+                self.0.reserve_exact(1);
+                self.0.insert(at, (device, new));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, device: &DeviceId) {
+        if let Ok(at) = self.0.binary_search_by(|(d, _)| d.cmp(device)) {
+            self.0.remove(at);
+            if self.0.is_empty() {
+                self.0 = Vec::new();
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&DeviceId, &Device)> {
+        self.0.iter().map(|(id, d)| (id, d))
+    }
+}
+
 pub struct UserActor {
     id: UserId,
     router: Router,
-    devices: HashMap<DeviceId, Device>,
+    devices: Devices,
+    /// Stops the actor once it has been idle for `actors.idle_s`; runs only while no device is connected.
+    idle_check: Option<SpawnHandle>,
     /// The friend index: changed only through [`UserActor::execute`].
     state: UserState,
     /// The conversation index, loaded when first listed and kept in step with the writes from then on.
@@ -198,7 +241,6 @@ pub struct UserActor {
     waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// A proposal was lost or the partition moved: nothing more is changed here.
     retired: bool,
-    addr: Option<Addr<UserActor>>,
 }
 
 /// The proposal numbered `0` is applied here.
@@ -224,7 +266,8 @@ impl UserActor {
         UserActor {
             id,
             router,
-            devices: HashMap::new(),
+            devices: Devices::default(),
+            idle_check: None,
             state,
             convs: None,
             last_active: Instant::now(),
@@ -233,7 +276,6 @@ impl UserActor {
             applied: 0,
             waiters: Vec::new(),
             retired: false,
-            addr: None,
         }
     }
 
@@ -246,7 +288,7 @@ impl UserActor {
 
     /// Applies `cmd` through the user's core and makes its writes (durable with the next flush; see
     /// [`UserActor::durable`]).
-    fn execute(&mut self, cmd: UserCommand) {
+    fn execute(&mut self, cmd: UserCommand, ctx: &mut Context<Self>) {
         if self.retired {
             return;
         }
@@ -273,18 +315,14 @@ impl UserActor {
             };
             self.proposed += 1;
             let epoch = self.proposed;
-            let addr = self.addr.clone();
+            let addr = ctx.address();
             let command = Command::User {
                 user: self.id.clone(),
                 cmd,
             };
-            replication.propose(command, Vec::new(), move |result| {
-                if let Some(addr) = addr {
-                    match result {
-                        Ok(()) => addr.do_send(Applied(epoch)),
-                        Err(_) => addr.do_send(Retire),
-                    }
-                }
+            replication.propose(command, Vec::new(), move |result| match result {
+                Ok(()) => addr.do_send(Applied(epoch)),
+                Err(_) => addr.do_send(Retire),
             });
             return;
         }
@@ -314,7 +352,7 @@ impl UserActor {
                 Refusal::Banned => act.state.access.banned,
                 Refusal::LoggedOut => true,
             };
-            if still_revoked && act.devices.values().any(|d| d.since <= at) {
+            if still_revoked && act.devices.iter().any(|(_, d)| d.since <= at) {
                 act.close_devices(ctx, refusal, rounds - 1);
             }
         });
@@ -374,10 +412,20 @@ impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.addr = Some(ctx.address());
+        self.watch_idle(ctx);
+    }
+}
+
+impl UserActor {
+    /// Starts the idle check (a user with no device connected). While a device is connected the actor
+    /// stays and holds no timer: every connected user has an actor, and a timer is a few hundred bytes.
+    fn watch_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.idle_check.is_some() {
+            return;
+        }
         let idle = self.router.config().actors.idle();
         let period = (idle / 2).max(Duration::from_millis(100));
-        ctx.run_interval(period, move |act, ctx| {
+        self.idle_check = Some(ctx.run_interval(period, move |act, ctx| {
             if act.devices.is_empty()
                 && act.waiters.is_empty()
                 && act.last_active.elapsed() >= idle
@@ -385,7 +433,13 @@ impl Actor for UserActor {
             {
                 ctx.stop();
             }
-        });
+        }));
+    }
+
+    fn unwatch_idle(&mut self, ctx: &mut Context<Self>) {
+        if let Some(check) = self.idle_check.take() {
+            ctx.cancel_future(check);
+        }
     }
 }
 
@@ -412,7 +466,7 @@ impl Handler<Retire> for UserActor {
 
 impl Handler<Connect> for UserActor {
     type Result = ChatResult<()>;
-    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> ChatResult<()> {
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) -> ChatResult<()> {
         self.last_active = Instant::now();
         if let Some(issued_ms) = msg.issued_ms {
             if let Err(refusal) = self.state.admits(issued_ms) {
@@ -438,6 +492,7 @@ impl Handler<Connect> for UserActor {
             }
         }
         if first {
+            self.unwatch_idle(ctx);
             self.announce_presence(true);
             crate::webhooks::events::presence(&self.router, &self.id, true);
         }
@@ -447,7 +502,7 @@ impl Handler<Connect> for UserActor {
 
 impl Handler<Disconnect> for UserActor {
     type Result = ();
-    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
         if self
             .devices
@@ -456,6 +511,7 @@ impl Handler<Disconnect> for UserActor {
         {
             self.devices.remove(&msg.device);
             if self.devices.is_empty() {
+                self.watch_idle(ctx);
                 self.announce_presence(false);
                 crate::webhooks::events::presence(&self.router, &self.id, false);
             }
@@ -465,18 +521,18 @@ impl Handler<Disconnect> for UserActor {
 
 impl Handler<AddConv> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: AddConv, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AddConv, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        self.execute(UserCommand::AddConv { conv: msg.conv });
+        self.execute(UserCommand::AddConv { conv: msg.conv }, ctx);
         self.durable()
     }
 }
 
 impl Handler<RemoveConv> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: RemoveConv, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RemoveConv, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        self.execute(UserCommand::RemoveConv { conv: msg.conv });
+        self.execute(UserCommand::RemoveConv { conv: msg.conv }, ctx);
         self.durable()
     }
 }
@@ -491,12 +547,15 @@ impl Handler<ListConvs> for UserActor {
 
 impl Handler<SetFriend> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: SetFriend, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetFriend, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        self.execute(UserCommand::SetFriend {
-            other: msg.other,
-            entry: msg.entry,
-        });
+        self.execute(
+            UserCommand::SetFriend {
+                other: msg.other,
+                entry: msg.entry,
+            },
+            ctx,
+        );
         if let Some(frame) = msg.push {
             self.push(&Outbound::Frame(frame));
         }
@@ -548,12 +607,15 @@ impl Handler<PresenceChanged> for UserActor {
 
 impl Handler<SetBlocked> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: SetBlocked, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetBlocked, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        self.execute(UserCommand::Block {
-            other: msg.other,
-            on: msg.on,
-        });
+        self.execute(
+            UserCommand::Block {
+                other: msg.other,
+                on: msg.on,
+            },
+            ctx,
+        );
         self.durable()
     }
 }
@@ -584,7 +646,7 @@ impl Handler<Logout> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Logout, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        self.execute(UserCommand::Logout { at_ms: msg.at_ms });
+        self.execute(UserCommand::Logout { at_ms: msg.at_ms }, ctx);
         self.close_devices(ctx, Refusal::LoggedOut, REVOKE_ROUNDS);
         self.durable()
     }
@@ -592,14 +654,17 @@ impl Handler<Logout> for UserActor {
 
 impl Handler<SetConvSettings> for UserActor {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, msg: SetConvSettings, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetConvSettings, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
         let before = self.state.settings_of(&msg.conv);
-        self.execute(UserCommand::SetConvSettings {
-            conv: msg.conv.clone(),
-            muted_until: msg.muted_until,
-            pinned: msg.pinned,
-        });
+        self.execute(
+            UserCommand::SetConvSettings {
+                conv: msg.conv.clone(),
+                muted_until: msg.muted_until,
+                pinned: msg.pinned,
+            },
+            ctx,
+        );
         let after = self.state.settings_of(&msg.conv);
         if after != before && !self.devices.is_empty() {
             let frame = ServerFrame::ConvSettings {
@@ -618,7 +683,7 @@ impl Handler<SetBan> for UserActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: SetBan, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        self.execute(UserCommand::SetBan { banned: msg.banned });
+        self.execute(UserCommand::SetBan { banned: msg.banned }, ctx);
         if msg.banned {
             self.close_devices(ctx, Refusal::Banned, REVOKE_ROUNDS);
         }
@@ -647,5 +712,42 @@ impl Handler<ListConvEntries> for UserActor {
                 })
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(session_id: u64) -> Device {
+        Device {
+            session_id,
+            node: NodeId::parse("n1").expect("node"),
+            since: session_id,
+        }
+    }
+
+    #[test]
+    fn devices_stay_sorted_replace_in_place_and_hold_no_spare_room() {
+        let id = |s: &str| DeviceId::parse(s).expect("device");
+        let mut devices = Devices::default();
+        assert!(devices.is_empty());
+        for (name, session) in [("tablet", 1), ("laptop", 2), ("phone", 3)] {
+            assert!(devices.insert(id(name), device(session)).is_none());
+            assert_eq!(devices.0.capacity(), devices.0.len(), "no spare room");
+        }
+        let names: Vec<&str> = devices.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(names, ["laptop", "phone", "tablet"]);
+        let old = devices.insert(id("phone"), device(9)).expect("replaced");
+        assert_eq!(old.session_id, 3);
+        assert_eq!(devices.get(&id("phone")).map(|d| d.session_id), Some(9));
+        assert_eq!(devices.iter().count(), 3);
+        devices.remove(&id("laptop"));
+        devices.remove(&id("watch"));
+        assert!(devices.get(&id("laptop")).is_none());
+        devices.remove(&id("phone"));
+        devices.remove(&id("tablet"));
+        assert!(devices.is_empty());
+        assert_eq!(devices.0.capacity(), 0, "an empty list frees its room");
     }
 }

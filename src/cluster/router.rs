@@ -772,6 +772,8 @@ impl Router {
         };
         let mut sessions = lock(&self.inner.sessions);
         let list = sessions.entry(user.clone()).or_default();
+        // no spare room: every connected user has a list, most with one session
+        list.reserve_exact(1);
         list.push(session);
         if list.len() == 1 {
             // under the lock: a link coming up sends either a list with this user or this update after it
