@@ -182,7 +182,7 @@ struct Device {
 }
 
 /// The user's live devices, sorted by device: a short list (a person has a few) that holds no spare room,
-/// since every connected user keeps one (see bench/README, "Idle connections").
+/// since every connected user keeps one (see bench/README.md, "Stop 40": idle connections).
 #[derive(Default)]
 struct Devices(Vec<(DeviceId, Device)>);
 
