@@ -81,11 +81,14 @@ async fn invalid_device_name_is_bad_request_then_closed() {
     }
 }
 
+/// A connection that sends nothing is closed after 10 s; one that authenticated in time (its auth timer
+/// cancelled then) stays.
 #[tokio::test]
 async fn no_auth_within_ten_seconds_closes() {
     let node = TestNode::start();
     let mut c = Client::connect(node.addr).await.expect("connect");
     let started = std::time::Instant::now();
+    let mut authed = node.login("alice", "phone").await;
     c.expect_close(Duration::from_secs(13))
         .await
         .expect("closed");
@@ -94,6 +97,9 @@ async fn no_auth_within_ten_seconds_closes() {
         "closed after {:?}",
         started.elapsed()
     );
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(started.elapsed())).await;
+    let pong = authed.call(json!({"type":"ping"})).await.expect("pong");
+    assert_eq!(pong["type"], "pong", "the authenticated connection stays");
 }
 
 #[tokio::test]
