@@ -406,17 +406,7 @@ impl UserActor {
             }
         })
     }
-}
 
-impl Actor for UserActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.watch_idle(ctx);
-    }
-}
-
-impl UserActor {
     /// Starts the idle check (a user with no device connected). While a device is connected the actor
     /// stays and holds no timer: every connected user has an actor, and a timer is a few hundred bytes.
     fn watch_idle(&mut self, ctx: &mut Context<Self>) {
@@ -436,10 +426,19 @@ impl UserActor {
         }));
     }
 
+    /// Stops the idle check (a device connected).
     fn unwatch_idle(&mut self, ctx: &mut Context<Self>) {
         if let Some(check) = self.idle_check.take() {
             ctx.cancel_future(check);
         }
+    }
+}
+
+impl Actor for UserActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.watch_idle(ctx);
     }
 }
 

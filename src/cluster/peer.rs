@@ -153,9 +153,10 @@ pub fn encode(frame: &PeerFrame) -> Bytes {
     buf.freeze()
 }
 
-/// A binary frame's body (see [`encode`]) as its frame.
+/// A binary frame's body (see [`encode`]) as its frame. The batch or piece is a slice of `body`, not a
+/// copy: every Raft batch a node receives comes through here.
 #[deny(clippy::arithmetic_side_effects)]
-fn decode_binary(mut body: Vec<u8>) -> std::io::Result<PeerFrame> {
+fn decode_binary(body: Vec<u8>) -> std::io::Result<PeerFrame> {
     fn bad(what: &str) -> std::io::Error {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -188,7 +189,7 @@ fn decode_binary(mut body: Vec<u8>) -> std::io::Result<PeerFrame> {
                 gone.push((p, index));
                 at = at.saturating_add(12);
             }
-            let batch = body.split_off(start);
+            let batch = Bytes::from(body).slice(start..);
             Ok(PeerFrame::RaftBytes { batch, gone })
         }
         Some(&BINARY_RAFT_PART) => {
@@ -198,7 +199,7 @@ fn decode_binary(mut body: Vec<u8>) -> std::io::Result<PeerFrame> {
                 Some(1) => true,
                 _ => return Err(bad("truncated")),
             };
-            let part = body.split_off(10);
+            let part = Bytes::from(body).slice(10..);
             Ok(PeerFrame::RaftPartBytes { id, part, last })
         }
         _ => Err(bad("unknown kind")),
@@ -790,29 +791,49 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
     router.link_down(peer);
 }
 
-/// Adds a piece of raft batch `id` to those received so far; returns the whole batch with its last
-/// piece. A batch cut short (its sender lost the link mid-way) is dropped when another begins (raft
-/// sends again), and so is one larger than [`MAX_RAFT_BATCH`].
-fn join_piece(
-    pieces: &mut Option<(u64, Vec<u8>)>,
+/// The pieces of one raft batch received so far (they come in order, one batch at a time).
+#[derive(Debug)]
+struct Pieces {
     id: u64,
-    part: Vec<u8>,
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+/// Adds a piece of raft batch `id` to those received so far; returns the batch's pieces with its last.
+/// A batch cut short (its sender lost the link mid-way) is dropped when another begins (raft sends
+/// again), and so is one larger than [`MAX_RAFT_BATCH`].
+///
+/// The pieces are kept as they came, not joined here: this is the link's reading task, which the Raft
+/// messages of every partition wait behind, and joining a snapshot of tens of MiB into a growing buffer
+/// took it away for hundreds of ms at each doubling (fresh memory is slow to touch on the virtual
+/// machines measured; bench/README.md, "Stop 41"). The receiving thread joins them, at their exact size.
+fn join_piece(
+    pieces: &mut Option<Pieces>,
+    id: u64,
+    part: Bytes,
     last: bool,
     from: &NodeId,
-) -> Option<Vec<u8>> {
+) -> Option<Vec<Bytes>> {
+    let len = part.len();
     match pieces {
-        Some((joining, whole)) if *joining == id => whole.extend_from_slice(&part),
-        _ => *pieces = Some((id, part)),
+        Some(joining) if joining.id == id => {
+            joining.pieces.push(part);
+            joining.len = joining.len.saturating_add(len);
+        }
+        _ => {
+            *pieces = Some(Pieces {
+                id,
+                pieces: vec![part],
+                len,
+            })
+        }
     }
-    if pieces
-        .as_ref()
-        .is_some_and(|(_, whole)| whole.len() > MAX_RAFT_BATCH)
-    {
+    if pieces.as_ref().is_some_and(|p| p.len > MAX_RAFT_BATCH) {
         tracing::warn!(peer = %from, "dropping a raft batch larger than {MAX_RAFT_BATCH} bytes");
         *pieces = None;
     }
     if last {
-        pieces.take().map(|(_, whole)| whole)
+        pieces.take().map(|p| p.pieces)
     } else {
         None
     }
@@ -939,7 +960,7 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
     let mut reader = BufReader::with_capacity(64 * 1024, read);
     // the pieces of a large raft batch received so far (they come in order, one batch at a time): base64
     // text from `RaftPart`, bytes from `RaftPartBytes`
-    let mut pieces: Option<(u64, Vec<u8>)> = None;
+    let mut pieces: Option<Pieces> = None;
     let result = loop {
         let (frame, len) =
             match tokio::time::timeout(timeout, read_frame(&mut reader, MAX_PEER_FRAME)).await {
@@ -994,19 +1015,19 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                 }
             }
             PeerFrame::RaftPart { id, part, last } => {
-                if let Some(whole) = join_piece(&mut pieces, id, part.into_bytes(), last, &peer.id)
-                {
+                let part = Bytes::from(part.into_bytes());
+                if let Some(whole) = join_piece(&mut pieces, id, part, last, &peer.id) {
                     if let (Ok(whole), Some(replication)) =
-                        (String::from_utf8(whole), router.replication())
+                        (String::from_utf8(whole.concat()), router.replication())
                     {
                         replication.receive_snapshots(&peer.id, whole);
                     }
                 }
             }
             PeerFrame::RaftPartBytes { id, part, last } => {
-                if let Some(whole) = join_piece(&mut pieces, id, part, last, &peer.id) {
+                if let Some(batch) = join_piece(&mut pieces, id, part, last, &peer.id) {
                     if let Some(replication) = router.replication() {
-                        replication.receive_snapshot_bytes(&peer.id, whole);
+                        replication.receive_snapshot_pieces(&peer.id, batch);
                     }
                 }
             }
@@ -1076,16 +1097,16 @@ mod tests {
     async fn binary_raft_frames_round_trip_and_refuse_what_they_cannot_be() {
         let frames = [
             PeerFrame::RaftBytes {
-                batch: vec![0, 1, 2, 255],
+                batch: vec![0, 1, 2, 255].into(),
                 gone: vec![(3, 9), (u32::MAX, u64::MAX)],
             },
             PeerFrame::RaftBytes {
-                batch: Vec::new(),
+                batch: Bytes::new(),
                 gone: vec![(1, 2)],
             },
             PeerFrame::RaftPartBytes {
                 id: 42,
-                part: vec![9; 1000],
+                part: vec![9; 1000].into(),
                 last: true,
             },
         ];
@@ -1119,6 +1140,23 @@ mod tests {
         // the binary bit does not lift the size limit
         let mut r = &(BINARY | 5000).to_be_bytes()[..];
         assert!(read_frame(&mut r, MAX_HANDSHAKE_FRAME).await.is_err());
+    }
+
+    #[test]
+    fn a_batch_s_pieces_come_back_as_they_came_and_a_batch_cut_short_is_dropped() {
+        let from = NodeId::parse("n2").unwrap();
+        let mut pieces = None;
+        let piece = |b: &[u8]| Bytes::copy_from_slice(b);
+        assert!(join_piece(&mut pieces, 1, piece(b"ab"), false, &from).is_none());
+        // its sender lost the link: batch 1 never ends, and batch 2 replaces it
+        assert!(join_piece(&mut pieces, 2, piece(b"cd"), false, &from).is_none());
+        assert!(join_piece(&mut pieces, 2, piece(b"ef"), false, &from).is_none());
+        let batch = join_piece(&mut pieces, 2, piece(b"g"), true, &from).expect("whole");
+        assert_eq!(batch, vec![piece(b"cd"), piece(b"ef"), piece(b"g")]);
+        assert!(pieces.is_none());
+        // a batch of one piece
+        let batch = join_piece(&mut pieces, 3, piece(b"h"), true, &from).expect("whole");
+        assert_eq!(batch, vec![piece(b"h")]);
     }
 
     #[tokio::test]

@@ -158,17 +158,18 @@ pub enum PeerFrame {
         part: String,
         last: bool,
     },
-    /// `Raft` in a binary frame: the batch's bytes themselves.
+    /// `Raft` in a binary frame: the batch's bytes themselves (a slice of the frame as read).
     #[serde(skip)]
     RaftBytes {
-        batch: Vec<u8>,
+        batch: bytes::Bytes,
         gone: Vec<(u32, u64)>,
     },
-    /// `RaftPart` in a binary frame: a piece of a batch's bytes themselves.
+    /// `RaftPart` in a binary frame: a piece of a batch's bytes themselves (a slice of the frame as
+    /// read, or of the whole batch as sent).
     #[serde(skip)]
     RaftPartBytes {
         id: u64,
-        part: Vec<u8>,
+        part: bytes::Bytes,
         last: bool,
     },
 }

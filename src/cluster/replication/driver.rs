@@ -662,7 +662,10 @@ impl Driver {
         let binary = peer.binary();
         let frame = |batch: Vec<u8>, gone: Vec<(PartitionId, u64)>| {
             if binary {
-                PeerFrame::RaftBytes { batch, gone }
+                PeerFrame::RaftBytes {
+                    batch: batch.into(),
+                    gone,
+                }
             } else {
                 PeerFrame::Raft {
                     batch: base64(&batch),
@@ -950,27 +953,33 @@ pub(super) fn send_snapshots(
 ) {
     let mut id = 0u64;
     while let Ok(out) = snapshots.recv() {
-        let whole = encode(&[(out.partition, out.message)]).concat();
+        // one message: one payload (joined only if it ever were split)
+        let mut payloads = encode(&[(out.partition, out.message)]);
+        let whole = match payloads.len() {
+            1 => payloads.pop().unwrap_or_default(),
+            _ => payloads.concat(),
+        };
         // base64 is ASCII: any byte offset of it is a character boundary
         let binary = out.peer.binary();
-        let whole = if binary {
+        let whole = bytes::Bytes::from(if binary {
             whole
         } else {
             base64(&whole).into_bytes()
-        };
+        });
         id += 1;
         let mut sent = true;
         let mut at = 0;
         while sent && at < whole.len() {
             let end = (at + SNAPSHOT_PIECE).min(whole.len());
-            let part = whole.get(at..end).unwrap_or_default().to_vec();
+            // a slice of the whole, not a copy (the frame's encoding copies it once)
+            let part = whole.slice(at..end);
             let last = end == whole.len();
             let frame = if binary {
                 PeerFrame::RaftPartBytes { id, part, last }
             } else {
                 PeerFrame::RaftPart {
                     id,
-                    part: String::from_utf8(part).unwrap_or_default(),
+                    part: String::from_utf8(part.to_vec()).unwrap_or_default(),
                     last,
                 }
             };

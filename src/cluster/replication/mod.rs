@@ -760,10 +760,10 @@ impl Replication {
     }
 
     /// [`Replication::receive`] for a `RaftBytes` frame.
-    pub fn receive_bytes(&self, from: &NodeId, batch: Vec<u8>, gone: Vec<(PartitionId, u64)>) {
+    pub fn receive_bytes(&self, from: &NodeId, batch: bytes::Bytes, gone: Vec<(PartitionId, u64)>) {
         let _ = lock(&self.tx).send(Input::Step {
             from: from.clone(),
-            batch: wire::Received::Bytes(batch.into()),
+            batch: wire::Received::Bytes(batch),
             gone,
         });
     }
@@ -774,9 +774,10 @@ impl Replication {
         let _ = lock(&self.snapshots_in).send((from.clone(), wire::Received::Base64(batch)));
     }
 
-    /// [`Replication::receive_snapshots`] joined from `RaftPartBytes` pieces.
-    pub fn receive_snapshot_bytes(&self, from: &NodeId, batch: Vec<u8>) {
-        let _ = lock(&self.snapshots_in).send((from.clone(), wire::Received::Bytes(batch.into())));
+    /// [`Replication::receive_snapshots`] from `RaftPartBytes` pieces, as they came: the receiving
+    /// thread joins them, at their exact size.
+    pub fn receive_snapshot_pieces(&self, from: &NodeId, pieces: Vec<bytes::Bytes>) {
+        let _ = lock(&self.snapshots_in).send((from.clone(), wire::Received::Pieces(pieces)));
     }
 
     /// Hands every partition this node leads to another live replica and waits until they have taken over

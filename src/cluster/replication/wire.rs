@@ -45,12 +45,15 @@ pub(super) fn base64(payload: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(payload)
 }
 
-/// A batch as received: from a `Raft` frame (base64) or a `RaftBytes` one.
+/// A batch as received: from a `Raft` frame (base64), a `RaftBytes` one, or `RaftPartBytes` pieces.
 pub(super) enum Received {
     Base64(String),
     /// The frame's payload, shared by the messages decoded from it: a snapshot's data is a slice of it,
     /// not a copy (it is tens of MiB per move on the node that joins).
     Bytes(bytes::Bytes),
+    /// A batch's pieces in order, joined by [`Received::decode`] (on the receiving thread, not the
+    /// link's), at their exact size.
+    Pieces(Vec<bytes::Bytes>),
 }
 
 impl Received {
@@ -58,6 +61,10 @@ impl Received {
         match self {
             Received::Base64(text) => decode(text),
             Received::Bytes(bytes) => decode_shared(bytes),
+            Received::Pieces(pieces) => match pieces.as_slice() {
+                [one] => decode_shared(one),
+                _ => decode_shared(&pieces.concat().into()),
+            },
         }
     }
 }
@@ -160,6 +167,36 @@ mod tests {
             .flat_map(|c| decode_bytes(c).expect("decodes"))
             .collect();
         assert_eq!(back, many);
+    }
+
+    #[test]
+    fn a_batch_in_pieces_decodes_as_the_whole_did() {
+        let mut snapshot = message(2, 3);
+        snapshot.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        snapshot.mut_snapshot().set_data(
+            (0..3_000_000u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+        );
+        let batch = vec![(5, snapshot)];
+        let chunks = encode(&batch);
+        assert_eq!(chunks.len(), 1);
+        let whole = bytes::Bytes::from(chunks.into_iter().next().expect("one"));
+        // cut as the sender cuts (1 MiB), and at odd places
+        for size in [1 << 20, 999_983, whole.len()] {
+            let pieces: Vec<bytes::Bytes> = (0..whole.len())
+                .step_by(size)
+                .map(|at| whole.slice(at..(at + size).min(whole.len())))
+                .collect();
+            let back = Received::Pieces(pieces).decode().expect("decodes");
+            assert_eq!(back, batch, "pieces of {size}");
+        }
+        assert!(
+            Received::Pieces(vec![whole.slice(..100), whole.slice(200..)])
+                .decode()
+                .is_err()
+        );
     }
 
     #[test]
