@@ -1104,7 +1104,8 @@ fn len_u32(n: usize) -> u32 {
 
 /// A `Snapshot`'s protobuf encoding in three parts, its data between them: the data field's tag and
 /// length, then the metadata field (protobuf writes fields in number order: `data` is 1, `metadata` 2).
-fn snapshot_parts(snapshot: &Snapshot) -> LogResult<(Vec<u8>, Vec<u8>)> {
+/// Also how a snapshot goes on the wire without a copy of its data (`wire::encode_snapshot`).
+pub(crate) fn snapshot_parts(snapshot: &Snapshot) -> LogResult<(Vec<u8>, Vec<u8>)> {
     let mut head = Vec::new();
     if !snapshot.get_data().is_empty() {
         let mut os = protobuf::CodedOutputStream::vec(&mut head);

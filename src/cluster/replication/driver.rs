@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::behind::Behind;
 use super::unpacking::Unpacking;
-use super::wire::{base64, encode};
+use super::wire::{base64, encode, encode_snapshot, pieces};
 use super::*;
 use crate::cluster::remote::PeerFrame;
 use crate::error::ChatError;
@@ -953,27 +953,22 @@ pub(super) fn send_snapshots(
 ) {
     let mut id = 0u64;
     while let Ok(out) = snapshots.recv() {
-        // one message: one payload (joined only if it ever were split)
-        let mut payloads = encode(&[(out.partition, out.message)]);
-        let whole = match payloads.len() {
-            1 => payloads.pop().unwrap_or_default(),
-            _ => payloads.concat(),
-        };
-        // base64 is ASCII: any byte offset of it is a character boundary
+        // the snapshot's data is not copied (see `encode_snapshot`); base64 is ASCII, so any byte offset
+        // of it is a character boundary
         let binary = out.peer.binary();
-        let whole = bytes::Bytes::from(if binary {
-            whole
+        let parts = encode_snapshot(out.partition, &out.message).unwrap_or_default();
+        let parts = if binary {
+            parts
         } else {
-            base64(&whole).into_bytes()
-        });
+            vec![bytes::Bytes::from(base64(&parts.concat()).into_bytes())]
+        };
+        let cut = pieces(&parts, SNAPSHOT_PIECE);
+        let count = cut.len();
         id += 1;
         let mut sent = true;
-        let mut at = 0;
-        while sent && at < whole.len() {
-            let end = (at + SNAPSHOT_PIECE).min(whole.len());
-            // a slice of the whole, not a copy (the frame's encoding copies it once)
-            let part = whole.slice(at..end);
-            let last = end == whole.len();
+        for (i, part) in cut.into_iter().enumerate() {
+            let len = part.len();
+            let last = i + 1 == count;
             let frame = if binary {
                 PeerFrame::RaftPartBytes { id, part, last }
             } else {
@@ -984,9 +979,11 @@ pub(super) fn send_snapshots(
                 }
             };
             sent = out.peer.send_bulk(&frame).is_ok();
-            let wait = pace.after(Instant::now(), end - at);
-            at = end;
-            if sent && !wait.is_zero() {
+            if !sent {
+                break;
+            }
+            let wait = pace.after(Instant::now(), len);
+            if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
         }
