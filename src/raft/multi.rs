@@ -1272,6 +1272,33 @@ impl MultiRaft {
         Ok(true)
     }
 
+    /// The groups whose latest snapshot made here was let go (see [`GroupStorage::release_handed`]):
+    /// handed to a follower that no longer waits for it, or made under a leadership this node lost. The
+    /// apply thread must hear of them before the next wants, so that it makes another if one is needed.
+    pub fn release_snapshots(&self) -> Vec<PartitionId> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| {
+                let raft = &g.node.raft;
+                let sending = (raft.state == StateRole::Leader).then(|| {
+                    raft.prs()
+                        .iter()
+                        .any(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+                });
+                raft.raft_log.store.release_handed(sending)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Whether a snapshot of `partition` made here is kept for raft-rs to send.
+    #[cfg(test)]
+    fn holds_snapshot(&self, partition: PartitionId) -> bool {
+        self.groups
+            .get(&partition)
+            .is_some_and(|g| g.node.raft.raft_log.store.holds_snapshot())
+    }
+
     /// The groups for which raft-rs wants a snapshot of the partition's data (to send a follower that
     /// needs compacted entries), each reported once per want, with the log index the snapshot must be
     /// made at or after: past the compacted entries, and past the group's latest configuration (the
@@ -1556,6 +1583,7 @@ mod tests {
                             .retain(|c| c.partition != p);
                     }
                     self.applied.entry(id).or_default().extend(out.committed);
+                    self.nodes[&id].release_snapshots();
                     let wanted = self.nodes[&id].wanted_snapshots();
                     for (p, _) in wanted {
                         if let Some((index, term, data)) = self.snapshot_of(id, p) {
@@ -2213,6 +2241,7 @@ mod tests {
                     }
                 }
                 let node = sim.nodes.get_mut(&id).expect("node");
+                node.release_snapshots();
                 for (p, at) in node.wanted_snapshots() {
                     let want = seen.wants.entry((id, p)).or_default();
                     *want = (*want).max(at);
@@ -2633,6 +2662,10 @@ mod tests {
         let commit = sim.nodes[&leader].commit_index(0).expect("commit");
         assert_eq!(sim.nodes[&leader].matched(0, 4), Some(commit), "caught up");
         assert_eq!(sim.log(4, 0), sim.log(leader, 0), "snapshot, then the log");
+        assert!(
+            !sim.nodes[&leader].holds_snapshot(0),
+            "the leader let the snapshot go once the learner had it"
+        );
         assert_eq!(sim.log(4, 0).len(), 20);
         let learner = sim.nodes[&leader].replicas(0).expect("replicas");
         assert_eq!(learner.learners, vec![4]);

@@ -9,7 +9,9 @@
 //!   partition's keys instead. raft-rs asks [`Storage::snapshot`] on the driver thread, which must not scan
 //!   the store; so the first ask answers "temporarily unavailable" and marks the snapshot as wanted, the
 //!   node's apply thread makes one at its applied index (a consistent cut: it is the only writer), and the
-//!   driver offers it here; raft-rs asks again with its next probe and sends it.
+//!   driver offers it here; raft-rs asks again with its next probe and sends it. Once handed out and no
+//!   follower waits for one any more, the snapshot is let go ([`GroupStorage::release_handed`]): kept, a
+//!   leader held a copy of every partition it had sent, hundreds of MiB per node after a 1 GiB move.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +25,8 @@ struct Slot {
     ready: Option<Snapshot>,
     /// raft-rs asked for a snapshot newer than `ready`: the index it must reach at least.
     wanted: Option<u64>,
+    /// `ready` has been handed to raft-rs for a follower.
+    handed: bool,
 }
 
 /// A group's storage (cheap to clone: clones share it).
@@ -70,7 +74,32 @@ impl GroupStorage {
             .is_none_or(|s| s.get_metadata().index <= snapshot.get_metadata().index);
         if newer {
             slot.ready = Some(snapshot);
+            slot.handed = false;
         }
+    }
+
+    /// Lets the latest snapshot made here go once raft-rs has handed it to a follower and `sending` says
+    /// that no follower waits for one any more (each has installed it, or lost it: raft-rs then asks
+    /// again and one is made anew, at a later index). A snapshot never handed out is let go too when
+    /// `sending` is `None` (this node no longer leads). Returns whether one was let go.
+    pub fn release_handed(&self, sending: Option<bool>) -> bool {
+        let mut slot = lock(&self.slot);
+        let done = match sending {
+            None => true,
+            Some(sending) => slot.handed && !sending,
+        };
+        if slot.ready.is_none() || !done {
+            return false;
+        }
+        slot.ready = None;
+        slot.handed = false;
+        true
+    }
+
+    /// Whether a snapshot made here is kept for raft-rs.
+    #[cfg(test)]
+    pub fn holds_snapshot(&self) -> bool {
+        lock(&self.slot).ready.is_some()
     }
 
     /// The snapshot point: the index and term just before the first entry kept (0, 0 before any).
@@ -167,7 +196,9 @@ impl Storage for GroupStorage {
                 .chain(cs.get_voters_outgoing())
                 .any(|id| *id == to);
             if s.get_metadata().index >= needed && has {
-                return Ok(s.clone());
+                let s = s.clone();
+                slot.handed = true;
+                return Ok(s);
             }
         }
         slot.wanted = Some(slot.wanted.unwrap_or(0).max(needed));
@@ -274,5 +305,56 @@ mod tests {
         let got = s.snapshot(0, 2).expect("snapshot");
         assert_eq!(got.get_metadata().index, 80);
         assert_eq!(&got.data[..], b"keys");
+    }
+
+    fn made(index: u64) -> Snapshot {
+        Snapshot {
+            metadata: Some(SnapshotMetadata {
+                index,
+                term: 9,
+                conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))).into(),
+                ..Default::default()
+            })
+            .into(),
+            data: b"keys".to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_let_go_once_handed_out_and_no_follower_waits_for_one() {
+        let s = storage(100);
+        let conf = s.initial_state().expect("state").conf_state;
+        s.compact(60, conf).expect("compact");
+        s.offer(made(80));
+        assert!(
+            !s.release_handed(Some(false)),
+            "kept until raft-rs has handed it out"
+        );
+        s.snapshot(0, 2).expect("handed to a follower");
+        assert!(
+            !s.release_handed(Some(true)),
+            "kept while a follower waits for one (it may be lost and sent again)"
+        );
+        assert!(s.release_handed(Some(false)), "let go once none waits");
+        assert!(!s.release_handed(Some(false)), "nothing left to let go");
+        assert!(
+            s.snapshot(0, 2).is_err(),
+            "another is made if one is needed"
+        );
+        assert_eq!(s.take_wanted(), Some(59));
+
+        s.offer(made(90));
+        s.snapshot(0, 3).expect("handed");
+        s.offer(made(95));
+        assert!(
+            !s.release_handed(Some(false)),
+            "a newer snapshot offered since has not been handed out"
+        );
+        assert!(
+            s.release_handed(None),
+            "a node that no longer leads lets any go"
+        );
+        assert!(s.snapshot(0, 2).is_err());
     }
 }

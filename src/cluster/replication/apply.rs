@@ -64,7 +64,8 @@ pub(super) struct Applier {
     /// Snapshots the driver asked for that wait until this node has applied the index given.
     wanted: HashMap<PartitionId, u64>,
     /// The index of the last snapshot made of each partition: raft-rs asks again with every probe of a
-    /// follower until the one made reaches the driver, and one that covers a want is not made again.
+    /// follower until the one made reaches the driver, and one that covers a want is not made again
+    /// (until the driver lets it go, [`ApplyInput::Released`]).
     made: HashMap<PartitionId, u64>,
     /// Snapshots installed since the store's last flush: reported to the driver once flushed (see
     /// [`Input::Installed`]).
@@ -261,6 +262,11 @@ impl Applier {
                         *at = (*at).max(index);
                     }
                     self.make_snapshots();
+                }
+                ApplyInput::Released(partitions) => {
+                    for p in partitions {
+                        self.made.remove(&p);
+                    }
                 }
                 ApplyInput::Leadership(changes) => self.leadership(&changes),
                 ApplyInput::Drop(partitions) => {

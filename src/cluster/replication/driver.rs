@@ -629,6 +629,11 @@ impl Driver {
             }
             let _ = self.apply.send(ApplyInput::Committed(out.committed));
         }
+        // snapshots let go before the wants: the apply thread then makes another if one is wanted again
+        let released = self.raft.release_snapshots();
+        if !released.is_empty() {
+            let _ = self.apply.send(ApplyInput::Released(released));
+        }
         // after the round's entries (a snapshot then carries the configuration they changed)
         let wanted = self.raft.wanted_snapshots();
         if !wanted.is_empty() {

@@ -142,6 +142,9 @@ enum ApplyInput {
     /// Make snapshots of these partitions' data for the driver (followers need compacted entries), each
     /// once this node has applied its log up to the index given (see `MultiRaft::wanted_snapshots`).
     MakeSnapshots(Vec<(PartitionId, u64)>),
+    /// The driver let go of the snapshots made of these partitions (see `MultiRaft::release_snapshots`):
+    /// one wanted again is made again, even at an index already made.
+    Released(Vec<PartitionId>),
     /// A snapshot thread has done job `job` on `partition` (made a snapshot, see
     /// `Applier::make_snapshots`, or installed one, see `Applier::install`): the entries held for it
     /// meanwhile are applied.
@@ -174,6 +177,7 @@ impl ApplyInput {
             ApplyInput::Track { .. } => "track",
             ApplyInput::Install(_) => "install",
             ApplyInput::MakeSnapshots(_) => "make snapshots",
+            ApplyInput::Released(_) => "released",
             ApplyInput::SnapshotDone { .. } => "snapshot done",
             ApplyInput::Committed(_) => "committed",
             ApplyInput::Leadership(_) => "leadership",
