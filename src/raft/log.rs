@@ -276,7 +276,7 @@ impl KeptSnapshot {
                 let end = at + piece.len() as u64;
                 if fsync {
                     file.sync_data()?;
-                    release_cache(&file, at, end);
+                    crate::page_cache::release(&file, at, end);
                 }
                 at = end;
             }
@@ -550,34 +550,9 @@ fn write_live(path: &Path, live: &Live, fsync: bool) -> std::io::Result<File> {
     file.write_all(&bytes)?;
     if fsync {
         file.sync_data()?;
-        release_cache(&file, 0, bytes.len() as u64);
+        crate::page_cache::release(&file, 0, bytes.len() as u64);
     }
     Ok(file)
-}
-
-/// Drops the page cache of `file`'s bytes `from..to`, which are synced: nothing here reads them back
-/// while the node runs (replay reads the file once, at start), and pages kept would make every write
-/// take fresh ones.
-///
-/// On the virtual machines this project is measured on, a page the kernel takes that the host has not
-/// backed lately (a free page it was told about) costs about 6 ms of CPU per MiB on first touch, so
-/// writing a file through an ever-growing page cache cost a received 1 GiB move's snapshot files 3.7 s of
-/// CPU on the joiner, beside the load; with each synced piece dropped, the next one reuses the pages
-/// just freed: 0.13 s of system time for 256 MiB in 2 MiB synced pieces against 1.67 s (bench/README.md,
-/// "Stop 41"). The kernel drops only whole pages inside the range. Only a hint: a failure changes nothing
-/// but the cost.
-///
-/// Used on background threads only (a received snapshot's file, a rewrite's live state), never on the
-/// log's rounds: a page still in another CPU's LRU cache makes the kernel drain every CPU's and wait for
-/// it, and with the rounds' records dropped after each sync the failover test's elections, whose votes
-/// wait for those syncs, took over 2 s in 2 runs of 8 (none of 8 without).
-fn release_cache(file: &File, from: u64, to: u64) {
-    #[cfg(target_os = "linux")]
-    if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
-        let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, from, to);
 }
 
 fn write_all(writes: &[Pending]) -> std::io::Result<()> {

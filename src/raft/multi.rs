@@ -287,6 +287,9 @@ pub struct MultiRaft {
     /// Received snapshots whose data was kept in a file before they were stepped, taken by their group
     /// and not yet written to the log (see [`MultiRaft::kept_snapshot`]).
     kept: BTreeMap<PartitionId, KeptSnapshot>,
+    /// The groups holding a snapshot made here for raft-rs to send (see
+    /// [`MultiRaft::release_snapshots`]).
+    offered: BTreeSet<PartitionId>,
 }
 
 /// Which groups the next poll looks at.
@@ -397,6 +400,7 @@ impl MultiRaft {
             removed: Vec::new(),
             gone_out: BTreeMap::new(),
             touched: Touched::everything(),
+            offered: BTreeSet::new(),
             kept: BTreeMap::new(),
         })
     }
@@ -432,6 +436,7 @@ impl MultiRaft {
             removed: Vec::new(),
             gone_out: BTreeMap::new(),
             touched: Touched::everything(),
+            offered: BTreeSet::new(),
             kept: BTreeMap::new(),
         })
     }
@@ -1275,20 +1280,29 @@ impl MultiRaft {
     /// The groups whose latest snapshot made here was let go (see [`GroupStorage::release_handed`]):
     /// handed to a follower that no longer waits for it, or made under a leadership this node lost. The
     /// apply thread must hear of them before the next wants, so that it makes another if one is needed.
-    pub fn release_snapshots(&self) -> Vec<PartitionId> {
-        self.groups
-            .iter()
-            .filter(|(_, g)| {
-                let raft = &g.node.raft;
-                let sending = (raft.state == StateRole::Leader).then(|| {
-                    raft.prs()
-                        .iter()
-                        .any(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
-                });
-                raft.raft_log.store.release_handed(sending)
-            })
-            .map(|(p, _)| *p)
-            .collect()
+    pub fn release_snapshots(&mut self) -> Vec<PartitionId> {
+        let groups = &self.groups;
+        let mut released = Vec::new();
+        self.offered.retain(|p| {
+            let Some(group) = groups.get(p) else {
+                return false;
+            };
+            let raft = &group.node.raft;
+            if !raft.raft_log.store.holds_snapshot() {
+                return false;
+            }
+            let sending = (raft.state == StateRole::Leader).then(|| {
+                raft.prs()
+                    .iter()
+                    .any(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            });
+            let let_go = raft.raft_log.store.release_handed(sending);
+            if let_go {
+                released.push(*p);
+            }
+            !let_go
+        });
+        released
     }
 
     /// Whether a snapshot of `partition` made here is kept for raft-rs to send.
@@ -1341,6 +1355,7 @@ impl MultiRaft {
             ..Default::default()
         };
         store.offer(snapshot);
+        self.offered.insert(partition);
         Ok(())
     }
 
@@ -1583,7 +1598,7 @@ mod tests {
                             .retain(|c| c.partition != p);
                     }
                     self.applied.entry(id).or_default().extend(out.committed);
-                    self.nodes[&id].release_snapshots();
+                    self.nodes.get_mut(&id).expect("node").release_snapshots();
                     let wanted = self.nodes[&id].wanted_snapshots();
                     for (p, _) in wanted {
                         if let Some((index, term, data)) = self.snapshot_of(id, p) {

@@ -97,7 +97,6 @@ impl GroupStorage {
     }
 
     /// Whether a snapshot made here is kept for raft-rs.
-    #[cfg(test)]
     pub fn holds_snapshot(&self) -> bool {
         lock(&self.slot).ready.is_some()
     }

@@ -72,6 +72,9 @@ pub struct Store {
     media: media::MediaStore,
     flusher: Flusher,
     outbox: outbox::OutboxState,
+    /// sled's file, opened again for page cache hints only (see `Store::install_partition`); none if it
+    /// cannot be opened (the hints are then skipped).
+    db_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl Store {
@@ -88,6 +91,9 @@ impl Store {
         let media = media::MediaStore::open(dir, &db)?;
         let flusher = Flusher::start(db.clone(), durability, flush_seconds);
         let outbox = outbox::OutboxState::open(&conv_log)?;
+        let db_file = std::fs::File::open(dir.join(SLED_FILE))
+            .ok()
+            .map(std::sync::Arc::new);
         Ok(Store {
             db,
             conv_log,
@@ -95,6 +101,7 @@ impl Store {
             media,
             flusher,
             outbox,
+            db_file,
         })
     }
 
@@ -468,6 +475,9 @@ fn upgrade_layout(db: &sled::Db, trees: &[&sled::Tree]) -> StoreResult<()> {
     Ok(())
 }
 
+/// The file sled 0.34 keeps its pages in, in the store's directory.
+const SLED_FILE: &str = "db";
+
 fn open_db(dir: &Path, cache_bytes: u64) -> StoreResult<sled::Db> {
     let started = std::time::Instant::now();
     loop {
@@ -582,6 +592,54 @@ mod tests {
         let got = dst.messages_after(&conv, 0, count + 10).expect("after");
         assert_eq!(got.len(), count);
         assert_eq!(dst.conv_applied(p).expect("applied"), 42);
+    }
+
+    /// What an installation appended to sled's file and flushed leaves the page cache (see
+    /// `Store::install_partition`); read with util-linux's `fincore`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_installation_leaves_what_it_flushed_out_of_the_page_cache() {
+        let (conv, _, p) = convs_in_two_partitions();
+        let from = tempfile::tempdir().expect("tempdir");
+        let to = tempfile::tempdir().expect("tempdir");
+        let src = store(from.path());
+        let body = "x".repeat(8 << 10);
+        let count = 8 * partition::INSTALL_FLUSH_BYTES / body.len();
+        for seq in 1..=count as u64 {
+            src.append(&conv, seq, &format!("{{\"seq\":{seq},\"b\":\"{body}\"}}"))
+                .expect("append");
+        }
+        let blob = src.partition_snapshot(p, 16).expect("snapshot");
+        let dst = store(to.path());
+        dst.hold_partition(p).expect("hold");
+        dst.install_partition(p, 16, &blob, 42).expect("install");
+        let file = to.path().join(SLED_FILE);
+        let len = std::fs::metadata(&file).expect("sled's file").len();
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(&file)
+            .output()
+            .expect("fincore (util-linux)");
+        let cached: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("fincore's count");
+        assert!(
+            len >= blob.len() as u64,
+            "the file holds what was installed"
+        );
+        assert!(
+            cached < 2 * partition::INSTALL_FLUSH_BYTES as u64 + (1 << 20),
+            "{cached} bytes of sled's {len} still cached after installing {} (at most the last \
+             piece, unflushed, and what sled wrote elsewhere)",
+            blob.len()
+        );
+        assert_eq!(
+            dst.messages_after(&conv, 0, count + 10)
+                .expect("after")
+                .len(),
+            count
+        );
     }
 
     #[test]

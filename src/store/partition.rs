@@ -157,9 +157,11 @@ impl Store {
         let trees = self.trees();
         let mut at = 0;
         let mut flushed_at = 0;
+        let started_at = self.db_len();
         while at < data.len() {
             if at - flushed_at >= INSTALL_FLUSH_BYTES {
                 self.flush_now()?;
+                self.release_appended(started_at);
                 flushed_at = at;
             }
             let tag = data[at];
@@ -178,5 +180,25 @@ impl Store {
             tree.insert(&applied, &index.to_be_bytes()[..])?;
         }
         Ok(())
+    }
+
+    /// The length of sled's file (0 if unknown).
+    fn db_len(&self) -> u64 {
+        self.db_file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len())
+    }
+
+    /// Drops the page cache of sled's file from `from` (its length when the installation started) to its
+    /// end, all of it just flushed (see [`crate::page_cache`]); the whole range each time, as sled
+    /// lengthens its file before it writes the segments below the new end. An installation is a bulk
+    /// write that nothing reads back soon (the partition's recent keys stay in sled's own cache): kept, a
+    /// joining node's page cache grew by the whole of what it received (882 MiB of a 1 GiB move), each
+    /// page of it fresh memory. Pages sled wrote elsewhere in the file (segments it reuses) stay cached.
+    fn release_appended(&self, from: u64) {
+        if let Some(file) = &self.db_file {
+            crate::page_cache::release(file, from, self.db_len());
+        }
     }
 }
