@@ -285,18 +285,7 @@ mod tests {
         };
         s.offer(old);
         assert!(s.snapshot(0, 2).is_err(), "too old to follow with the log");
-        let fresh = Snapshot {
-            metadata: Some(SnapshotMetadata {
-                index: 80,
-                term: 9,
-                conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))).into(),
-                ..Default::default()
-            })
-            .into(),
-            data: b"keys".to_vec().into(),
-            ..Default::default()
-        };
-        s.offer(fresh);
+        s.offer(made(80));
         assert!(
             s.snapshot(0, 9).is_err(),
             "not for a replica its configuration lacks"
@@ -306,6 +295,7 @@ mod tests {
         assert_eq!(&got.data[..], b"keys");
     }
 
+    /// A snapshot made at `index` (term 9) of a group of nodes 1 to 3, its data `keys`.
     fn made(index: u64) -> Snapshot {
         Snapshot {
             metadata: Some(SnapshotMetadata {

@@ -566,21 +566,29 @@ mod tests {
         (first, other, partition)
     }
 
-    /// A partition larger than [`partition::INSTALL_FLUSH_BYTES`] is installed across several flushes,
-    /// whole, and is there after a reopen.
-    #[test]
-    fn a_large_partition_installs_whole_across_flushes() {
+    /// A conversation's partition filled with about `pieces` times [`partition::INSTALL_FLUSH_BYTES`] of
+    /// messages, in a store of its own: the conversation, the partition, the message count and the
+    /// partition's snapshot.
+    fn large_partition(pieces: usize) -> (ConvId, u32, usize, Vec<u8>) {
         let (conv, _, p) = convs_in_two_partitions();
         let from = tempfile::tempdir().expect("tempdir");
-        let to = tempfile::tempdir().expect("tempdir");
         let src = store(from.path());
         let body = "x".repeat(8 << 10);
-        let count = 3 * partition::INSTALL_FLUSH_BYTES / body.len();
+        let count = pieces * partition::INSTALL_FLUSH_BYTES / body.len();
         for seq in 1..=count as u64 {
             src.append(&conv, seq, &format!("{{\"seq\":{seq},\"b\":\"{body}\"}}"))
                 .expect("append");
         }
         let blob = src.partition_snapshot(p, 16).expect("snapshot");
+        (conv, p, count, blob)
+    }
+
+    /// A partition larger than [`partition::INSTALL_FLUSH_BYTES`] is installed across several flushes,
+    /// whole, and is there after a reopen.
+    #[test]
+    fn a_large_partition_installs_whole_across_flushes() {
+        let (conv, p, count, blob) = large_partition(3);
+        let to = tempfile::tempdir().expect("tempdir");
         assert!(blob.len() > 2 * partition::INSTALL_FLUSH_BYTES);
         {
             let dst = store(to.path());
@@ -599,17 +607,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn an_installation_leaves_what_it_flushed_out_of_the_page_cache() {
-        let (conv, _, p) = convs_in_two_partitions();
-        let from = tempfile::tempdir().expect("tempdir");
+        let (conv, p, count, blob) = large_partition(8);
         let to = tempfile::tempdir().expect("tempdir");
-        let src = store(from.path());
-        let body = "x".repeat(8 << 10);
-        let count = 8 * partition::INSTALL_FLUSH_BYTES / body.len();
-        for seq in 1..=count as u64 {
-            src.append(&conv, seq, &format!("{{\"seq\":{seq},\"b\":\"{body}\"}}"))
-                .expect("append");
-        }
-        let blob = src.partition_snapshot(p, 16).expect("snapshot");
         let dst = store(to.path());
         dst.hold_partition(p).expect("hold");
         dst.install_partition(p, 16, &blob, 42).expect("install");
