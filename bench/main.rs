@@ -4,7 +4,8 @@
 //! `--addr` points at a running node, so the server's CPU and memory are its own process's. With `--nodes N`
 //! it starts an N-node cluster from one config and spreads the clients over the nodes (`dm` puts each
 //! sender and its receiver on different nodes); the result then counts the peer envelopes of the measured
-//! period, which shows the per-node batching of fan-out.
+//! period, which shows the per-node batching of fan-out. With `--relay` the `dm` and `fanout` workloads run
+//! against a bare WebSocket relay instead ([`relay`]): the same-sitting yardstick issue 18 asks for.
 //!
 //! Workloads:
 //! - `dm`: P pairs; in each, one user sends to the other with W messages in flight, for T seconds (optionally
@@ -29,6 +30,7 @@
 mod failover;
 mod hooks;
 mod rebalance;
+mod relay;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -98,6 +100,11 @@ struct Cli {
     /// many milliseconds.
     #[arg(long, global = true)]
     before_send_ms: Option<u64>,
+    /// Run the workload against a bare WebSocket relay (`bench/relay.rs`, started here as a process of
+    /// its own) instead of Rookery: the yardstick issue 18 measures the fan-out against, in the same
+    /// sitting. `dm` and `fanout` only.
+    #[arg(long, global = true)]
+    relay: bool,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -159,6 +166,12 @@ enum Workload {
         #[arg(long, default_value_t = 20)]
         sources: u8,
     },
+    /// The relay `--relay` starts (not a workload).
+    #[command(hide = true)]
+    ServeRelay {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// The Raft log's write path alone (no server): `entries` entries of `bytes` bytes, made durable
     /// `batch` at a time (one fsync per batch, as a poll does), in the project's log file and, for the
     /// comparison the replication issue asks for, in a sled 0.34 tree flushed the same way.
@@ -210,7 +223,8 @@ enum Workload {
         /// Total messages per second over all senders.
         #[arg(long, default_value_t = 2000)]
         rate: u64,
-        /// Seconds of load before the node is added.
+        /// Seconds of load before the node is added (the first is warm-up; the rest is the "before"
+        /// p99's window).
         #[arg(long, default_value_t = 10)]
         before_s: u64,
         /// Seconds of load after the layout settled.
@@ -398,6 +412,9 @@ impl Server {
                 hooks: None,
             });
         }
+        if cli.relay {
+            return Server::start_relay();
+        }
         let binary = match &cli.server {
             Some(p) => p.clone(),
             None => std::env::current_exe()?.with_file_name("rookery"),
@@ -461,6 +478,34 @@ impl Server {
         } else {
             1
         });
+        Ok(server)
+    }
+
+    /// Starts the bare relay (`--relay`) and waits until it accepts connections.
+    fn start_relay() -> anyhow::Result<Server> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("serve-relay")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the relay")?;
+        let server = Server {
+            addr,
+            addrs: vec![addr],
+            children: vec![child],
+            peers: Vec::new(),
+            launch: None,
+            replicas: Some(1),
+            _dir: None,
+            hooks: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the relay did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(server)
     }
 
@@ -1622,6 +1667,12 @@ fn main() -> anyhow::Result<()> {
         println!("{}", raftlog(entries, bytes, batch)?);
         return Ok(());
     }
+    if let Workload::ServeRelay { listen } = cli.workload {
+        return relay::serve(listen, SECRET);
+    }
+    if cli.relay && !matches!(cli.workload, Workload::Dm { .. } | Workload::Fanout { .. }) {
+        bail!("--relay serves the dm and fanout workloads only");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1702,14 +1753,21 @@ fn main() -> anyhow::Result<()> {
                 };
                 rebalance::rebalance(&mut server, load, plan).await?
             }
-            Workload::Raftlog { .. } => unreachable!("run before the server starts"),
+            Workload::Raftlog { .. } | Workload::ServeRelay { .. } => {
+                unreachable!("run before the server starts")
+            }
             Workload::Media { mib, parallel } => {
                 let (addr, pid) = (server.addr, server.children.first().map(Child::id));
                 tokio::task::spawn_blocking(move || media(addr, pid, mib, parallel)).await??
             }
         };
-        result["durability"] = json!(cli.durability);
-        result["replicas"] = json!(server.replicas);
+        if cli.relay {
+            result["server"] = json!("relay");
+        } else {
+            result["server"] = json!("rookery");
+            result["durability"] = json!(cli.durability);
+            result["replicas"] = json!(server.replicas);
+        }
         if let Some(hooks) = &server.hooks {
             // let the node's sender deliver what the measured period produced
             tokio::time::sleep(Duration::from_secs(2)).await;

@@ -53,20 +53,15 @@ pub async fn rebalance(server: &mut Server, shape: LoadShape, plan: Plan) -> any
     let before_ms = p99(&logs, warm, added);
     let during_ms = p99(&logs, added, settled);
     let after_ms = p99(&logs, settled, settled + plan.after);
-    // the p99 second by second, from the node's addition (where the time goes)
-    let mut timeline = Vec::new();
-    let mut at = added;
-    while at < settled + plan.after {
-        timeline.push(format!(
-            "{:.0}",
-            p99(&logs, at, at + Duration::from_secs(1))
-        ));
-        at += Duration::from_secs(1);
-    }
+    // the p99 second by second (where the time goes, and how often this machine stalls without a move)
     print_slow(&logs, added);
     eprintln!(
+        "p99 (ms) per second before the addition: {}",
+        timeline(&logs, warm, added)
+    );
+    eprintln!(
         "p99 (ms) per second from the addition: {}",
-        timeline.join(" ")
+        timeline(&logs, added, settled + plan.after)
     );
     let view = tokio::task::block_in_place(|| admin_cluster(server.addr))?;
     let new_id = super::node_id(new);
@@ -93,6 +88,7 @@ pub async fn rebalance(server: &mut Server, shape: LoadShape, plan: Plan) -> any
         "partitions_on_new_node": kept,
         "snapshot_mib_streamed": (streamed as f64 / f64::from(1 << 20) * 10.0).round() / 10.0,
         "mib_per_s": ((streamed as f64 / f64::from(1 << 20)) / settle_s.max(0.001) * 10.0).round() / 10.0,
+        "before_window_s": (added - warm).as_secs_f64().round(),
         "p99_before_ms": before_ms,
         "p99_during_ms": during_ms,
         "p99_after_ms": after_ms,
@@ -236,6 +232,17 @@ fn print_slow(logs: &[SenderLog], added: Instant) {
             );
         }
     }
+}
+
+/// The p99 of each second of `[from, to)`, in whole milliseconds, separated by spaces.
+fn timeline(logs: &[SenderLog], from: Instant, to: Instant) -> String {
+    let mut seconds = Vec::new();
+    let mut at = from;
+    while at < to {
+        seconds.push(format!("{:.0}", p99(logs, at, at + Duration::from_secs(1))));
+        at += Duration::from_secs(1);
+    }
+    seconds.join(" ")
 }
 
 /// The 99th percentile (ms, one decimal) of the latencies of messages acknowledged in `[from, to)`.

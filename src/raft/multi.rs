@@ -33,7 +33,7 @@ use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage as _};
 
 use super::log::{Groups, KeptSnapshot, LogResult, RaftLog, SyncJob};
-use super::storage::GroupStorage;
+use super::storage::{GroupStorage, Release};
 use crate::cluster::placement::PartitionId;
 use crate::ids::NodeId;
 
@@ -1288,19 +1288,21 @@ impl MultiRaft {
                 return false;
             };
             let raft = &group.node.raft;
-            if !raft.raft_log.store.holds_snapshot() {
-                return false;
+            let sending = || {
+                (raft.state == StateRole::Leader).then(|| {
+                    raft.prs()
+                        .iter()
+                        .any(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+                })
+            };
+            match raft.raft_log.store.release_handed(sending) {
+                Release::NoneHeld => false,
+                Release::Kept => true,
+                Release::LetGo => {
+                    released.push(*p);
+                    false
+                }
             }
-            let sending = (raft.state == StateRole::Leader).then(|| {
-                raft.prs()
-                    .iter()
-                    .any(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
-            });
-            let let_go = raft.raft_log.store.release_handed(sending);
-            if let_go {
-                released.push(*p);
-            }
-            !let_go
         });
         released
     }

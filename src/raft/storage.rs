@@ -29,6 +29,17 @@ struct Slot {
     handed: bool,
 }
 
+/// What [`GroupStorage::release_handed`] did with the snapshot made here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// None is held (none was made, or it was let go before).
+    NoneHeld,
+    /// It is kept: not handed out yet, or a follower still waits for one.
+    Kept,
+    /// It was let go.
+    LetGo,
+}
+
 /// A group's storage (cheap to clone: clones share it).
 #[derive(Clone)]
 pub struct GroupStorage {
@@ -81,22 +92,26 @@ impl GroupStorage {
     /// Lets the latest snapshot made here go once raft-rs has handed it to a follower and `sending` says
     /// that no follower waits for one any more (each has installed it, or lost it: raft-rs then asks
     /// again and one is made anew, at a later index). A snapshot never handed out is let go too when
-    /// `sending` is `None` (this node no longer leads). Returns whether one was let go.
-    pub fn release_handed(&self, sending: Option<bool>) -> bool {
+    /// `sending` is `None` (this node no longer leads). `sending` is asked only while one is held.
+    pub fn release_handed(&self, sending: impl FnOnce() -> Option<bool>) -> Release {
         let mut slot = lock(&self.slot);
-        let done = match sending {
+        if slot.ready.is_none() {
+            return Release::NoneHeld;
+        }
+        let done = match sending() {
             None => true,
             Some(sending) => slot.handed && !sending,
         };
-        if slot.ready.is_none() || !done {
-            return false;
+        if !done {
+            return Release::Kept;
         }
         slot.ready = None;
         slot.handed = false;
-        true
+        Release::LetGo
     }
 
     /// Whether a snapshot made here is kept for raft-rs.
+    #[cfg(test)]
     pub fn holds_snapshot(&self) -> bool {
         lock(&self.slot).ready.is_some()
     }
@@ -316,17 +331,27 @@ mod tests {
         let conf = s.initial_state().expect("state").conf_state;
         s.compact(60, conf).expect("compact");
         s.offer(made(80));
-        assert!(
-            !s.release_handed(Some(false)),
+        assert_eq!(
+            s.release_handed(|| Some(false)),
+            Release::Kept,
             "kept until raft-rs has handed it out"
         );
         s.snapshot(0, 2).expect("handed to a follower");
-        assert!(
-            !s.release_handed(Some(true)),
+        assert_eq!(
+            s.release_handed(|| Some(true)),
+            Release::Kept,
             "kept while a follower waits for one (it may be lost and sent again)"
         );
-        assert!(s.release_handed(Some(false)), "let go once none waits");
-        assert!(!s.release_handed(Some(false)), "nothing left to let go");
+        assert_eq!(
+            s.release_handed(|| Some(false)),
+            Release::LetGo,
+            "let go once none waits"
+        );
+        assert_eq!(
+            s.release_handed(|| panic!("not asked when none is held")),
+            Release::NoneHeld,
+            "nothing left to let go"
+        );
         assert!(
             s.snapshot(0, 2).is_err(),
             "another is made if one is needed"
@@ -336,12 +361,14 @@ mod tests {
         s.offer(made(90));
         s.snapshot(0, 3).expect("handed");
         s.offer(made(95));
-        assert!(
-            !s.release_handed(Some(false)),
+        assert_eq!(
+            s.release_handed(|| Some(false)),
+            Release::Kept,
             "a newer snapshot offered since has not been handed out"
         );
-        assert!(
-            s.release_handed(None),
+        assert_eq!(
+            s.release_handed(|| None),
+            Release::LetGo,
             "a node that no longer leads lets any go"
         );
         assert!(s.snapshot(0, 2).is_err());
