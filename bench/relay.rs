@@ -9,6 +9,9 @@
 //! deduplicated, ordered across connections beyond the numbering, or pulled (`sync` answers an empty
 //! page). Each connection is a reader task and a writer task that drains its queue and flushes once the
 //! queue is empty, the usual shape of a tokio relay.
+//!
+//! It trusts its clients, the bench's own: ids are written into frames unescaped and the queues are
+//! unbounded. A yardstick on loopback, not a server to expose.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
