@@ -1673,6 +1673,9 @@ fn main() -> anyhow::Result<()> {
     if cli.relay && !matches!(cli.workload, Workload::Dm { .. } | Workload::Fanout { .. }) {
         bail!("--relay serves the dm and fanout workloads only");
     }
+    if cli.relay && (cli.addr.is_some() || cli.nodes.is_some()) {
+        bail!("--relay starts a relay of its own: no --addr or --nodes with it");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
