@@ -81,7 +81,7 @@
 //!    answering heartbeats while the disk is slow; the leader replicates before its own sync) and committed; every replica's apply thread applies it
 //!    with the partition's applied index in one sled batch, and the leader's then tells the actor.
 //!    Unreplicated: the group-commit flusher fsyncs (one fsync covers every write made before it started,
-//!    at most one per 500 µs under load). The conversation then answers `sent` and pushes
+//!    at most one per millisecond under load). The conversation then answers `sent` and pushes
 //!    `msg` to every online device of every member but the sending one, in seq order: one `Push` envelope
 //!    to each other node that has sessions of members (the node's session directory says which), and this
 //!    node's sessions directly.
