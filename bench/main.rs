@@ -491,7 +491,7 @@ impl Server {
             .stdin(Stdio::null())
             .spawn()
             .context("starting the relay")?;
-        let server = Server {
+        let mut server = Server {
             addr,
             addrs: vec![addr],
             children: vec![child],
@@ -503,6 +503,9 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = server.children[0].try_wait()? {
+                bail!("the relay exited at its start: {status}");
+            }
             anyhow::ensure!(Instant::now() < deadline, "the relay did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -107,8 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// flushes at once (the window only delays a flush that follows another closely). 1 ms against 500 µs
 /// (bench/README.md, "Stop 44"): 8% less CPU per message at 10,000 msgs/s and 5% less at saturation, the median
 /// latency at 10,000 msgs/s 0.1 ms longer and its p99 the same within the noise.
-pub const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(COMMIT_WINDOW_US);
-const COMMIT_WINDOW_US: u64 = 1_000;
+pub const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn flush_loop(db: &sled::Db, shared: &Shared, flush_seconds: &Histogram) {
     let mut last_start: Option<Instant> = None;
