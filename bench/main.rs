@@ -31,6 +31,7 @@ mod failover;
 mod hooks;
 mod rebalance;
 mod relay;
+mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -182,6 +183,21 @@ enum Workload {
         bytes: usize,
         #[arg(long, default_value_t = 64)]
         batch: u64,
+    },
+    /// A message's store work alone (no server): the state core and the two sled inserts of a `send`,
+    /// `messages` of them round-robin over `convs` conversations, waiting for the group-commit flusher
+    /// every `per_flush` messages. Its CPU per message is the floor the store puts under a node's (issue 18).
+    /// `--durability` chooses the flusher's mode.
+    Store {
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 500)]
+        convs: usize,
+        #[arg(long, default_value_t = 40)]
+        per_flush: u64,
+        /// Leave part of the work out, to measure what it costs (a what-if, not a mode of the node).
+        #[arg(long, value_enum, default_value_t = store::Without::Nothing)]
+        without: store::Without,
     },
     /// Steady 1:1 load with resending senders while nodes are SIGKILLed and restarted one at a time:
     /// each kill's outage, then lost, duplicated and missing messages as `sync` shows them.
@@ -1670,6 +1686,29 @@ fn main() -> anyhow::Result<()> {
         println!("{}", raftlog(entries, bytes, batch)?);
         return Ok(());
     }
+    if let Workload::Store {
+        messages,
+        convs,
+        per_flush,
+        without,
+    } = cli.workload
+    {
+        let durability = match cli.durability.as_str() {
+            "os" => rookery::config::Durability::Os,
+            _ => rookery::config::Durability::Sync,
+        };
+        println!(
+            "{}",
+            store::run(
+                messages,
+                convs.max(1),
+                per_flush.max(1),
+                durability,
+                without
+            )?
+        );
+        return Ok(());
+    }
     if let Workload::ServeRelay { listen } = cli.workload {
         return relay::serve(listen, SECRET);
     }
@@ -1759,7 +1798,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 rebalance::rebalance(&mut server, load, plan).await?
             }
-            Workload::Raftlog { .. } | Workload::ServeRelay { .. } => {
+            Workload::Raftlog { .. } | Workload::Store { .. } | Workload::ServeRelay { .. } => {
                 unreachable!("run before the server starts")
             }
             Workload::Media { mib, parallel } => {
