@@ -975,3 +975,50 @@ async fn the_features_work_across_nodes() {
         .expect("friends");
     assert_eq!(friends["blocked"], json!([bob_name]));
 }
+
+/// With replication a change reaches the store only when its entry is applied: a group's pull view, which
+/// serves recent messages from memory, renders a changed message once the change is applied, so pulls on
+/// every node show a reaction, an edit and a recall as soon as their `ok` is answered (it used to render
+/// the message as the store held it before the change, and kept that).
+#[tokio::test]
+async fn pulls_of_a_replicated_group_show_reactions_edits_and_recalls_once_answered() {
+    let cluster = Cluster::start(2, "").await;
+    let alice_name = cluster.user_on(0, "alice");
+    let bob_name = cluster.user_on(1, "bob");
+    let mut alice = cluster.login(1, &alice_name, "phone").await;
+    let mut bob = cluster.login(0, &bob_name, "phone").await;
+    let conv = "g:replicated";
+    group(&mut alice, conv, &[&bob_name]).await;
+    let first = send_text(&mut alice, conv, "a1", "first").await["seq"].clone();
+    let second = send_text(&mut alice, conv, "a2", "second").await["seq"].clone();
+    let react = |seq: &Value, emoji: &str| json!({"type":"react","conv":conv,"seq":seq,"emoji":emoji,"on":true});
+    ok(&mut bob, react(&first, "👍")).await;
+    ok(&mut alice, react(&first, "👍")).await;
+    ok(&mut alice, react(&first, "🎉")).await;
+    ok(
+        &mut alice,
+        json!({"type":"edit","conv":conv,"seq":second,"body":{"text":"edited"}}),
+    )
+    .await;
+    let third = send_text(&mut alice, conv, "a3", "oops").await["seq"].clone();
+    alice
+        .call(json!({"type":"recall","conv":conv,"seq":third}))
+        .await
+        .expect("recall");
+    for client in [&mut alice, &mut bob] {
+        let msgs = sync_all(client, conv).await;
+        let at = |seq: &Value| {
+            msgs.iter()
+                .find(|m| m["seq"] == *seq)
+                .unwrap_or_else(|| panic!("{seq} not in {msgs:?}"))
+                .clone()
+        };
+        assert_eq!(at(&first)["reactions"], json!({"👍":2,"🎉":1}));
+        assert_eq!(at(&second)["body"], json!({"text":"edited"}));
+        assert_eq!(at(&third)["recalled"], true, "{:?}", at(&third));
+        assert!(at(&third).get("body").is_none(), "{:?}", at(&third));
+    }
+    // the last message as `convs` shows it is the recalled one
+    let listed = convs(&mut bob).await;
+    assert_eq!(entry(&listed, conv)["last"]["recalled"], true, "{listed:?}");
+}

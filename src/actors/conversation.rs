@@ -173,6 +173,20 @@ enum Done {
         /// A frame for these users' devices, but the one that asked.
         fanout: Option<Delivery>,
     },
+    /// A stored message changed: what pulls show of it is rendered again, once the change is in the store
+    /// (with replication the store takes it only when its entry is applied, so rendering it at once read
+    /// the message as it was).
+    Rerender(Rerender),
+}
+
+/// How a changed message is rendered again for pulls (see [`ConvActor::rerender`]).
+pub(super) enum Rerender {
+    /// Its reactions changed: the message and its reaction counts as stored.
+    Stored(u64),
+    /// Edited: this JSON, with the stored reaction counts.
+    Edited(u64, String),
+    /// Recalled: this JSON as it is.
+    Recalled(u64, String),
 }
 
 /// A new message, published once durable.
@@ -420,6 +434,7 @@ impl ConvActor {
                 Done::Replied { tx, .. } => {
                     let _ = tx.send(Err(e.clone()));
                 }
+                Done::Rerender(_) => {}
             }
         }
         self.overlay.clear();
@@ -541,6 +556,11 @@ impl ConvActor {
                     self.fan_out(ctx, d.recipients, Outbound::Frame(d.frame), d.except);
                 }
                 let _ = tx.send(Ok(()));
+            }
+            Done::Rerender(Rerender::Stored(seq)) => self.rerender(seq, None),
+            Done::Rerender(Rerender::Edited(seq, json)) => self.rerender(seq, Some(json)),
+            Done::Rerender(Rerender::Recalled(seq, json)) => {
+                self.replaced(seq, &json, json.clone())
             }
         }
     }
@@ -695,6 +715,12 @@ impl ConvActor {
             rx.await
                 .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
         })
+    }
+
+    /// Renders a changed message again for pulls once the change that is in flight now is in the store
+    /// (in order with the answers and pushes queued before and after it).
+    pub(super) fn rerender_when_durable(&mut self, ctx: &mut Context<Self>, rerender: Rerender) {
+        self.enqueue(ctx, Done::Rerender(rerender));
     }
 
     /// Message `seq` was rewritten (edited, or its reactions changed): `rendered` is what pulls return.
@@ -1091,12 +1117,7 @@ impl Handler<Recall> for ConvActor {
             Ok(_) => return Box::pin(async { Ok(()) }),
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        if let (Some(view), Some(raw)) = (&self.view, protocol::raw(json.clone())) {
-            view.replace(seq, raw);
-        }
-        if seq == self.published_seq {
-            self.last_json = Some(json);
-        }
+        self.rerender_when_durable(ctx, Rerender::Recalled(seq, json));
         let frame = Self::frame(&ServerFrame::Recalled {
             conv: self.state.id.clone(),
             seq,

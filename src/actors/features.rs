@@ -12,7 +12,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::conversation::ConvActor;
+use super::conversation::{ConvActor, Rerender};
 use super::now_ms;
 use super::session::Outbound;
 use super::user::SetBlocked;
@@ -116,8 +116,9 @@ impl ConvActor {
             .collect())
     }
 
-    /// Message `seq` as pulls show it now (stored JSON and reaction counts), for the pull view.
-    fn rerender(&mut self, seq: u64, json: Option<String>) {
+    /// Message `seq` as pulls show it now (stored JSON and reaction counts), for the pull view. Called
+    /// once the change is in the store ([`ConvActor::rerender_when_durable`]).
+    pub(super) fn rerender(&mut self, seq: u64, json: Option<String>) {
         let covered = self.view.as_ref().is_some_and(|v| v.covers(seq));
         if !covered && seq != self.published_seq() {
             return;
@@ -213,7 +214,7 @@ impl Handler<EditMessage> for ConvActor {
             Ok(_) => return self.reply_when_durable(ctx, None, Vec::new(), None),
             Err(e) => return failed(e),
         };
-        self.rerender(seq, Some(json));
+        self.rerender_when_durable(ctx, Rerender::Edited(seq, json));
         let frame = Self::frame(&ServerFrame::Edited {
             conv: self.state.id.clone(),
             seq,
@@ -243,7 +244,7 @@ impl Handler<React> for ConvActor {
             Ok(_) => return self.reply_when_durable(ctx, None, Vec::new(), None),
             Err(e) => return failed(e),
         };
-        self.rerender(seq, None);
+        self.rerender_when_durable(ctx, Rerender::Stored(seq));
         if !self.pushes_reactions() {
             return self.reply_when_durable(ctx, None, Vec::new(), None);
         }
