@@ -517,3 +517,33 @@ async fn groups_survive_a_restart() {
         .expect("reply");
     assert_eq!(e["code"], "forbidden");
 }
+
+/// With replication a member's conversation index takes a new group when its entry is applied, which can
+/// come after the member has the group's first message: a `convs` asked at once lists the group (a user
+/// actor whose list was not loaded yet used to load it then, without the group still in flight, and keep
+/// it for as long as the user stayed connected).
+#[tokio::test]
+async fn a_new_group_is_in_convs_as_soon_as_its_first_message_arrives_with_replication() {
+    let cluster = Cluster::start(2, "").await;
+    let alice_name = cluster.user_on(0, "alice");
+    let mut alice = cluster.login(1, &alice_name, "phone").await;
+    for i in 0..20 {
+        // a member whose user actor has not loaded its list yet, each time
+        let member = cluster.user_on(i % 2, &format!("m{i}x"));
+        let mut client = cluster.login(1 - i % 2, &member, "phone").await;
+        let conv = format!("g:fresh{i}");
+        // the creator's answer waits for the indexes; the member's push does not
+        alice
+            .send(&json!({"type":"group_create","conv":conv,"name":"Team","members":[member]}))
+            .await
+            .expect("group_create");
+        client
+            .expect(system(&conv, 1, "created"), WAIT)
+            .await
+            .expect("created pushed");
+        for _ in 0..2 {
+            let listed = client.call(json!({"type":"convs"})).await.expect("convs");
+            assert_eq!(listed["convs"][0]["conv"], conv.as_str(), "{listed}");
+        }
+    }
+}

@@ -1139,7 +1139,7 @@ impl Handler<Recall> for ConvActor {
 
 impl Handler<Friendship> for ConvActor {
     type Result = ResponseFuture<ChatResult<()>>;
-    fn handle(&mut self, msg: Friendship, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Friendship, ctx: &mut Context<Self>) -> Self::Result {
         self.touch();
         let cmd = ConvCommand::Friend {
             user: msg.user,
@@ -1150,28 +1150,41 @@ impl Handler<Friendship> for ConvActor {
             Ok(_) => return Box::pin(async { Err(ChatError::internal("unexpected outcome")) }),
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        // the pair's own change, answered once durable (with replication: once its entry is applied, so
+        // a proposal lost to a leader change fails the request instead of leaving the two users' friend
+        // lists ahead of the pair)
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(ctx, Done::Replied { tx, fanout: None });
         let router = self.router.clone();
         Box::pin(async move {
             let mut pushes = transition.pushes;
-            let updates = transition.index.into_iter().map(|(owner, other, entry)| {
-                let push = pushes
-                    .iter()
-                    .position(|(u, _)| *u == owner)
-                    .map(|i| pushes.remove(i).1);
-                let push = push.map(|f| WireFrame::text(f.kind(), &f.to_json()));
-                let router = router.clone();
-                async move {
-                    router
-                        .ask_user(&owner, SetFriend { other, entry, push })
-                        .await
-                }
-            });
-            let results = join_all(updates.collect::<Vec<_>>()).await;
+            let updates: Vec<_> = transition
+                .index
+                .into_iter()
+                .map(|(owner, other, entry)| {
+                    let push = pushes
+                        .iter()
+                        .position(|(u, _)| *u == owner)
+                        .map(|i| pushes.remove(i).1);
+                    let push = push.map(|f| WireFrame::text(f.kind(), &f.to_json()));
+                    let router = router.clone();
+                    async move {
+                        router
+                            .ask_user(&owner, SetFriend { other, entry, push })
+                            .await
+                    }
+                })
+                .collect();
+            let pair = async {
+                rx.await
+                    .unwrap_or_else(|_| Err(ChatError::unavailable("conversation stopped")))
+            };
+            let (pair, results) = futures_util::future::join(pair, join_all(updates)).await;
+            pair?;
             for (user, frame) in pushes {
                 router.push_to_user(&user, &Outbound::Frame(Self::frame(&frame)), None);
             }
             results.into_iter().collect::<ChatResult<Vec<()>>>()?;
-            router.store().flusher().flushed().await;
             Ok(())
         })
     }

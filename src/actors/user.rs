@@ -295,7 +295,11 @@ impl UserActor {
         let mut writes = Vec::new();
         let proposal = self.replicated.then(|| cmd.clone());
         self.state.apply(cmd, &mut writes);
-        if let Some(convs) = &mut self.convs {
+        if writes.iter().any(|w| matches!(w, UserWrite::Conv { .. })) {
+            // The cached list is loaded before its first change and follows every change from then on.
+            // Loaded later, from a store that with replication takes a change only once its entry is
+            // applied, it would miss a conversation still in flight, for as long as the actor lives.
+            let convs = self.convs();
             for write in &writes {
                 if let UserWrite::Conv { conv, member } = write {
                     if *member {
