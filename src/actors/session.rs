@@ -275,6 +275,7 @@ impl SessionActor {
                 Disconnect {
                     device: device.clone(),
                     session_id: self.id,
+                    node: Some(self.router.node().clone()),
                 },
             );
         }

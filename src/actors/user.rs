@@ -38,12 +38,17 @@ pub struct Connect {
     pub issued_ms: Option<u64>,
 }
 
-/// A session ended (ignored if the device is already served by a newer session).
+/// A session ended (ignored if the device is already served by a newer session). A session is named by
+/// its node and its id there: ids count per node, so a device that reconnected to another node can have
+/// the same id again, and a late `Disconnect` of its old session must not remove the new one.
 #[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct Disconnect {
     pub device: DeviceId,
     pub session_id: u64,
+    /// The session's node (absent from a node of an older version: then the id alone decides).
+    #[serde(default)]
+    pub node: Option<NodeId>,
 }
 
 /// The user is in `conv` (idempotent); answered once durable.
@@ -219,6 +224,18 @@ impl Devices {
 
     fn iter(&self) -> impl Iterator<Item = (&DeviceId, &Device)> {
         self.0.iter().map(|(id, d)| (id, d))
+    }
+
+    /// Removes `device` if the session that ended (`session_id` on `node`) is the one serving it now;
+    /// true if it did. Without a node (a peer of an older version) the id alone decides.
+    fn end_session(&mut self, device: &DeviceId, session_id: u64, node: Option<&NodeId>) -> bool {
+        let serving = self
+            .get(device)
+            .is_some_and(|d| d.session_id == session_id && node.is_none_or(|n| *n == d.node));
+        if serving {
+            self.remove(device);
+        }
+        serving
     }
 }
 
@@ -507,17 +524,13 @@ impl Handler<Disconnect> for UserActor {
     type Result = ();
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
-        if self
+        let ended = self
             .devices
-            .get(&msg.device)
-            .is_some_and(|d| d.session_id == msg.session_id)
-        {
-            self.devices.remove(&msg.device);
-            if self.devices.is_empty() {
-                self.watch_idle(ctx);
-                self.announce_presence(false);
-                crate::webhooks::events::presence(&self.router, &self.id, false);
-            }
+            .end_session(&msg.device, msg.session_id, msg.node.as_ref());
+        if ended && self.devices.is_empty() {
+            self.watch_idle(ctx);
+            self.announce_presence(false);
+            crate::webhooks::events::presence(&self.router, &self.id, false);
         }
     }
 }
@@ -752,5 +765,37 @@ mod tests {
         devices.remove(&id("tablet"));
         assert!(devices.is_empty());
         assert_eq!(devices.0.capacity(), 0, "an empty list frees its room");
+    }
+
+    #[test]
+    fn a_late_disconnect_ends_only_the_session_it_names() {
+        let id = DeviceId::parse("phone").expect("device");
+        let (n1, n2) = (
+            NodeId::parse("n1").expect("node"),
+            NodeId::parse("n2").expect("node"),
+        );
+        let mut devices = Devices::default();
+        // the phone's session 7 on n1 closed; it reconnected to n2, where its session is 7 too
+        let on = |node: &NodeId| Device {
+            session_id: 7,
+            node: node.clone(),
+            since: 1,
+        };
+        devices.insert(id.clone(), on(&n2));
+        assert!(
+            !devices.end_session(&id, 7, Some(&n1)),
+            "n1's session 7 is gone already"
+        );
+        assert!(
+            !devices.end_session(&id, 8, Some(&n2)),
+            "another session of n2"
+        );
+        assert!(devices.get(&id).is_some());
+        assert!(devices.end_session(&id, 7, Some(&n2)));
+        assert!(devices.is_empty());
+        // a peer that names no node: the id alone decides
+        devices.insert(id.clone(), on(&n1));
+        assert!(devices.end_session(&id, 7, None));
+        assert!(!devices.end_session(&id, 7, None), "once");
     }
 }

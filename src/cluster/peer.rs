@@ -986,7 +986,12 @@ async fn serve_accepted(router: &Router, mut stream: TcpStream) -> std::io::Resu
                     tracing::trace!(name, elapsed = ?started.elapsed(), "served a remote call");
                 });
             }
-            PeerFrame::Tell { to, name, body } => remote::dispatch_tell(router, to, &name, &body),
+            PeerFrame::Tell {
+                to,
+                name,
+                body,
+                forwarded,
+            } => remote::dispatch_tell(router, to, &name, &body, forwarded),
             PeerFrame::Push {
                 users,
                 except,

@@ -95,10 +95,15 @@ pub enum PeerFrame {
         name: String,
         body: Box<RawValue>,
     },
+    /// A message without an answer, for a user's live actor. A node that does not serve the user passes it
+    /// on to the node that does, once (`forwarded`: it then goes no further, so two nodes whose views of a
+    /// leader disagree for a moment cannot pass it back and forth).
     Tell {
         to: Target,
         name: String,
         body: Box<RawValue>,
+        #[serde(default)]
+        forwarded: bool,
     },
     Reply {
         id: u64,
@@ -303,9 +308,14 @@ macro_rules! remote_messages {
         }
 
         /// A `Tell` from a peer: delivered to the user's actor only if it is live (see `Router::tell_live_user`).
-        pub fn dispatch_tell(router: &Router, to: Target, name: &str, body: &RawValue) {
+        /// A node that does not lead the user's partition (a peer that keeps no replica of it sends to the
+        /// first replica, which need not lead) passes a first-hand tell on to the leader.
+        pub fn dispatch_tell(router: &Router, to: Target, name: &str, body: &RawValue, forwarded: bool) {
             if let Target::User(user) = to {
                 $(if name == stringify!($tell) {
+                    if !forwarded && router.forward_tell(&user, name, body) {
+                        return;
+                    }
                     if let Ok(msg) = decode::<$tell>(name, body) {
                         router.tell_local_live_user(&user, msg);
                     }

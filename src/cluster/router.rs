@@ -565,6 +565,7 @@ impl Router {
                     to: Target::User(user.clone()),
                     name: M::NAME.to_owned(),
                     body,
+                    forwarded: false,
                 });
                 if let (Ok(frame), Some(peer)) = (frame, self.peer(&owner)) {
                     let _ = peer.send(&frame);
@@ -576,6 +577,29 @@ impl Router {
             // a user whose partition is between leaders has no live actor to tell
             Dest::Wait => {}
         }
+    }
+
+    /// Passes a peer's tell for `user` on to the node that serves the user now, if that is another node;
+    /// true if it did (see [`remote::dispatch_tell`]).
+    pub fn forward_tell(
+        &self,
+        user: &UserId,
+        name: &str,
+        body: &serde_json::value::RawValue,
+    ) -> bool {
+        let Dest::Remote(owner) = self.dest(user.as_str()) else {
+            return false;
+        };
+        let Some(peer) = self.peer(&owner) else {
+            return false;
+        };
+        let _ = peer.send(&PeerFrame::Tell {
+            to: Target::User(user.clone()),
+            name: name.to_owned(),
+            body: body.to_owned(),
+            forwarded: true,
+        });
+        true
     }
 
     /// [`Router::tell_live_user`] for a user owned by this node. Returns whether it was delivered.
