@@ -431,6 +431,55 @@ async fn media_is_found_from_any_node() {
     .unwrap();
 }
 
+/// The same for a group in notify mode: the device hears of the message sent while its node was frozen.
+/// (A frozen node's connection may still take the frame and deliver it once the node runs again; where the
+/// link is gone, a `notify` that could not be sent is now remembered like a `msg` push and replayed when
+/// the link is back, which the router's unit test `a_msg_push_and_a_notify_carry_news_...` covers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_groups_notify_behind_a_broken_link_is_told_when_it_is_back() {
+    let cluster = Cluster::start(3, "[chat]\npush_max_members = 1").await;
+    let conv = (0..1000)
+        .map(|k| format!("g:big{k}"))
+        .find(|c| cluster.owner(c) != 2)
+        .unwrap();
+    let owner = cluster.user_on(0, "own");
+    let member = cluster.user_on(1, "mem");
+    let mut co = cluster.login(0, &owner, "d").await;
+    let mut cm = cluster.login(2, &member, "d").await;
+    co.call(json!({"type":"group_create","conv":conv,"name":"Big","members":[member]}))
+        .await
+        .expect("created");
+    cm.expect(
+        |f| f["type"] == "notify" && f["conv"] == conv.as_str(),
+        WAIT,
+    )
+    .await
+    .expect("notified of the group");
+
+    cluster.signal(2, "STOP");
+    let deadline = Instant::now() + WAIT;
+    while cluster.nodes_view(0).await[2]["up"] == true {
+        assert!(Instant::now() < deadline, "node 2 still up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = send_text(&mut co, &conv, "s2", "while the link is down").await;
+    let seq = sent["seq"].as_u64().expect("seq");
+    cluster.signal(2, "CONT");
+    cluster.wait_links().await;
+
+    cm.expect(
+        |f| f["type"] == "notify" && f["conv"] == conv.as_str() && f["last_seq"] == seq,
+        WAIT,
+    )
+    .await
+    .expect("the device hears of the message sent while its node was cut off");
+    let sync = cm
+        .call(json!({"type":"sync","conv":conv,"after":seq - 1}))
+        .await
+        .unwrap();
+    assert_eq!(sync["msgs"][0]["cid"], "s2");
+}
+
 /// A node that stops answering (SIGSTOP) loses its links; messages for its connected devices meanwhile are
 /// stored, and when it answers again those devices get a `notify` (or the push) and pull them: nothing is
 /// lost for a device that stayed connected.

@@ -1045,10 +1045,8 @@ impl Router {
                 bulk,
             };
             if peer.send(&frame).is_err() {
-                if let (PeerFrame::Push { users, .. }, Outbound::Push { conv, seq, .. }) =
-                    (frame, out)
-                {
-                    peer.record_missed(conv, *seq, users);
+                if let (PeerFrame::Push { users, .. }, Some((conv, seq))) = (frame, news_of(out)) {
+                    peer.record_missed(&conv, seq, users);
                 }
             }
         }
@@ -1174,5 +1172,57 @@ impl Router {
     /// Live actors by kind (users, conversations), for tests and diagnostics.
     pub fn live_actors(&self) -> (usize, usize) {
         (lock(&self.inner.users).len(), lock(&self.inner.convs).len())
+    }
+}
+
+/// The news a push carries, if it announces a message: a `msg` push, or a large group's `notify`. A peer
+/// that could not take it remembers the conversation and seq, and its devices are told to pull once the
+/// link is back ([`Peer::record_missed`]); other frames (receipts, edits, reactions) are not replayed.
+fn news_of(out: &Outbound) -> Option<(ConvId, u64)> {
+    match out {
+        Outbound::Push { conv, seq, .. } => Some((conv.clone(), *seq)),
+        Outbound::Frame(frame) if frame.kind == "notify" => {
+            #[derive(serde::Deserialize)]
+            struct Notify {
+                conv: ConvId,
+                last_seq: u64,
+            }
+            serde_json::from_slice::<Notify>(frame.payload())
+                .ok()
+                .map(|n| (n.conv, n.last_seq))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_msg_push_and_a_notify_carry_news_and_other_frames_do_not() {
+        let conv = ConvId::parse("g:team").expect("conv");
+        let frame = |f: &ServerFrame| WireFrame::text(f.kind(), &f.to_json());
+        let notify = frame(&ServerFrame::Notify {
+            conv: conv.clone(),
+            last_seq: 41,
+        });
+        assert_eq!(
+            news_of(&Outbound::Frame(notify.clone())),
+            Some((conv.clone(), 41))
+        );
+        let push = Outbound::Push {
+            conv: conv.clone(),
+            seq: 7,
+            frame: notify,
+        };
+        assert_eq!(news_of(&push), Some((conv.clone(), 7)));
+        let read = frame(&ServerFrame::Read {
+            conv,
+            seq: 3,
+            by: UserId::parse("alice").expect("user"),
+        });
+        assert_eq!(news_of(&Outbound::Frame(read)), None);
+        assert_eq!(news_of(&Outbound::Kicked), None);
     }
 }
