@@ -364,6 +364,109 @@ async fn sigterm_sends_clients_elsewhere() {
     cq.expect(is_msg(&conv, 2), WAIT).await.expect("pushed");
 }
 
+/// An upload started on one node goes on through any other (a client behind a load balancer): chunks,
+/// status and `complete` sent elsewhere answer 307 to the node that has the upload, with a short-lived
+/// token, and a client that follows the redirect uploads the file; another user's upload is still 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_goes_on_through_any_node() {
+    use sha2::Digest;
+    let cluster = Cluster::start(3, "[media]\nchunk_bytes = 4096").await;
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let auth = format!("Bearer {}", token("uma"));
+    let other = format!("Bearer {}", token("otto"));
+    let (url0, url1, url2) = (cluster.url(0, ""), cluster.url(1, ""), cluster.url(2, ""));
+    tokio::task::spawn_blocking(move || {
+        let body = json!({"size":bytes.len(),"sha256":sha,"mime":"application/octet-stream"});
+        let start: serde_json::Value = serde_json::from_str(
+            &ureq::post(&format!("{url0}/v1/uploads"))
+                .set("Authorization", &auth)
+                .send_string(&body.to_string())
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let upload = start["upload"].as_str().unwrap().to_string();
+        let chunk = |i: usize| &bytes[i * 4096..((i + 1) * 4096).min(bytes.len())];
+
+        // a chunk sent to another node: 307 to the node that has the upload, method and body kept
+        let no_follow = ureq::AgentBuilder::new().redirects(0).build();
+        let resp = no_follow
+            .put(&format!("{url1}/v1/uploads/{upload}/0"))
+            .set("Authorization", &auth)
+            .send_bytes(chunk(0))
+            .unwrap();
+        assert_eq!(resp.status(), 307);
+        let location = resp.header("Location").unwrap().to_string();
+        assert!(
+            location.starts_with(&format!("{url0}/v1/uploads/{upload}/0?token=")),
+            "{location}"
+        );
+        // followed by hand as a client does (without the header: the token is in the URL)
+        let stored = ureq::put(&location).send_bytes(chunk(0)).unwrap();
+        assert_eq!(stored.status(), 204);
+        for (i, url) in [(1, &url2), (2, &url1)] {
+            let resp = no_follow
+                .put(&format!("{url}/v1/uploads/{upload}/{i}"))
+                .set("Authorization", &auth)
+                .send_bytes(chunk(i))
+                .unwrap();
+            let location = resp.header("Location").unwrap().to_string();
+            assert_eq!(
+                ureq::put(&location).send_bytes(chunk(i)).unwrap().status(),
+                204
+            );
+        }
+        // status and complete through the others (ureq follows a 307 for a GET and a POST without body)
+        let status: serde_json::Value = serde_json::from_str(
+            &ureq::get(&format!("{url2}/v1/uploads/{upload}"))
+                .set("Authorization", &auth)
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status["received"], json!([0, 1, 2]));
+        // another user's upload: still 403, wherever it is asked
+        let refused = ureq::get(&format!("{url1}/v1/uploads/{upload}"))
+            .set("Authorization", &other)
+            .call();
+        assert!(
+            matches!(refused, Err(ureq::Error::Status(403, _))),
+            "{refused:?}"
+        );
+        let resp = no_follow
+            .post(&format!("{url1}/v1/uploads/{upload}/complete"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap();
+        assert_eq!(resp.status(), 307);
+        let location = resp.header("Location").unwrap().to_string();
+        let done: serde_json::Value =
+            serde_json::from_str(&ureq::post(&location).call().unwrap().into_string().unwrap())
+                .unwrap();
+        let media = done["media"].as_str().unwrap().to_string();
+        let mut got = Vec::new();
+        ureq::get(&format!("{url1}/v1/media/{media}"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap()
+            .into_reader()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, bytes);
+        // an upload no node has: 404
+        let missing = ureq::get(&format!("{url2}/v1/uploads/{}", "0".repeat(32)))
+            .set("Authorization", &auth)
+            .call();
+        assert!(matches!(missing, Err(ureq::Error::Status(404, _))));
+    })
+    .await
+    .unwrap();
+}
+
 /// Media uploaded to one node is found from any other: the node without it redirects (307) to the one that
 /// has it, and an HTTP client that follows redirects gets the bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

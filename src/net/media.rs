@@ -94,8 +94,9 @@ fn user(req: &HttpRequest, router: &Router) -> Result<UserId, ChatError> {
     .map_err(|_| unauthorized())
 }
 
-/// For downloads: the bearer token, or a `token` query parameter (what a redirect from another node
-/// carries, since clients drop `Authorization` when a redirect changes host; usable in `<img src>` too).
+/// For downloads and an upload's own requests: the bearer token, or a `token` query parameter (what a
+/// redirect from another node carries, since clients drop `Authorization` when a redirect changes host;
+/// usable in `<img src>` too).
 fn reader(req: &HttpRequest, router: &Router) -> Result<UserId, ChatError> {
     let from_query = || {
         web::Query::<TokenQuery>::from_query(req.query_string())
@@ -143,6 +144,26 @@ async fn own_upload(router: &Router, id: String, user: &UserId) -> Result<Upload
     Ok(upload)
 }
 
+/// [`own_upload`], or the redirect to the node that has the upload (a client behind a load balancer sends
+/// an upload's requests to any node).
+async fn own_upload_or_redirect(
+    req: &HttpRequest,
+    router: &Router,
+    user: &UserId,
+    id: String,
+) -> Result<Upload, HttpResponse> {
+    match own_upload(router, id.clone(), user).await {
+        Ok(upload) => Ok(upload),
+        Err(e) if e.code == ErrorCode::NotFound => {
+            match elsewhere(req, router, user, format!("/v1/uploads/{id}")).await {
+                Some(redirect) => Err(redirect),
+                None => Err(error_response(&e)),
+            }
+        }
+        Err(e) => Err(error_response(&e)),
+    }
+}
+
 async fn known_media(router: &Router, id: String) -> Result<Media, ChatError> {
     let store = router.store().clone();
     let media = blocking(move || store.media().media(&id)).await?;
@@ -152,10 +173,16 @@ async fn known_media(router: &Router, id: String) -> Result<Media, ChatError> {
 /// Marks a lookup one node makes on another's behalf (answered from local media only: no loops).
 const FORWARDED: &str = "x-rookery-forwarded";
 
-/// In a cluster, media lives on the node that received its upload. For media this node does not have, asks
-/// the live peers (a one-byte ranged GET with the client's own token) and redirects (307) to the one that
-/// has it; `None` if none has.
-async fn elsewhere(req: &HttpRequest, router: &Router, user: &UserId) -> Option<HttpResponse> {
+/// In a cluster, media and unfinished uploads live on the node that received the upload. For media (or an
+/// upload) this node does not have, asks the live peers (a GET of `probe` with the client's own identity:
+/// a one-byte range of the media, or the upload's status) and redirects (307, which keeps the method and
+/// the body) to the one that has it; `None` if none has.
+async fn elsewhere(
+    req: &HttpRequest,
+    router: &Router,
+    user: &UserId,
+    probe: String,
+) -> Option<HttpResponse> {
     if router.peers().is_empty() || req.headers().contains_key(FORWARDED) {
         return None;
     }
@@ -178,13 +205,18 @@ async fn elsewhere(req: &HttpRequest, router: &Router, user: &UserId) -> Option<
         candidates
             .into_iter()
             .find(|listen| {
-                agent
-                    .get(&format!("http://{listen}{path}"))
+                // that node has it: the bytes, another user's upload (403), or an empty file's range (416)
+                match agent
+                    .get(&format!("http://{listen}{probe}"))
                     .set("Authorization", &auth)
                     .set(FORWARDED, "1")
                     .set("Range", "bytes=0-0")
                     .call()
-                    .is_ok()
+                {
+                    Ok(_) => true,
+                    Err(ureq::Error::Status(status, _)) => matches!(status, 403 | 416),
+                    Err(_) => false,
+                }
             })
             .map(|listen| format!("http://{listen}{path}?token={redirect_token}"))
     })
@@ -206,10 +238,12 @@ async fn local_or_redirect(
 ) -> Result<Media, HttpResponse> {
     match known_media(router, id).await {
         Ok(media) => Ok(media),
-        Err(e) if e.code == ErrorCode::NotFound => match elsewhere(req, router, user).await {
-            Some(redirect) => Err(redirect),
-            None => Err(error_response(&e)),
-        },
+        Err(e) if e.code == ErrorCode::NotFound => {
+            match elsewhere(req, router, user, req.uri().path().to_owned()).await {
+                Some(redirect) => Err(redirect),
+                None => Err(error_response(&e)),
+            }
+        }
         Err(e) => Err(error_response(&e)),
     }
 }
@@ -394,7 +428,7 @@ async fn prove(router: &Router, user: UserId, media: Media, proof: Option<String
 #[utoipa::path(put, path = "/v1/uploads/{upload}/{index}", tag = "media", security(("user_token" = [])),
     params(("upload" = String, Path), ("index" = u64, Path, description = "from 0")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "stored"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "stored"), (status = 307, description = "on another node of the cluster: the same request there, with a short-lived `token`"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[deny(clippy::arithmetic_side_effects)]
 pub async fn put_chunk(
     req: HttpRequest,
@@ -426,9 +460,12 @@ async fn store_chunk(
     path: web::Path<(String, String)>,
     payload: &mut web::Payload,
 ) -> HttpResponse {
-    let user = step!(user(&req, &router));
+    let user = step!(reader(&req, &router));
     let (id, index) = path.into_inner();
-    let upload = step!(own_upload(&router, id, &user).await);
+    let upload = match own_upload_or_redirect(&req, &router, &user, id).await {
+        Ok(upload) => upload,
+        Err(response) => return response,
+    };
     let Ok(index) = index.parse::<u64>() else {
         return error_response(&ChatError::bad_request("chunk index must be a number"));
     };
@@ -484,14 +521,17 @@ async fn store_chunk(
 /// The chunks an upload has (to resume after a break).
 #[utoipa::path(get, path = "/v1/uploads/{upload}", tag = "media", security(("user_token" = [])),
     params(("upload" = String, Path)),
-    responses((status = 200, body = ReceivedBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ReceivedBody), (status = 307, description = "on another node of the cluster: the same request there, with a short-lived `token`"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn upload_status(
     req: HttpRequest,
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let user = step!(user(&req, &router));
-    let upload = step!(own_upload(&router, path.into_inner(), &user).await);
+    let user = step!(reader(&req, &router));
+    let upload = match own_upload_or_redirect(&req, &router, &user, path.into_inner()).await {
+        Ok(upload) => upload,
+        Err(response) => return response,
+    };
     let store = router.store().clone();
     match blocking(move || store.media().received(&upload)).await {
         Ok(received) => HttpResponse::Ok().json(ReceivedBody { received }),
@@ -503,14 +543,17 @@ pub async fn upload_status(
 /// Finishes an upload: the content is checked against its sha256 and stored once.
 #[utoipa::path(post, path = "/v1/uploads/{upload}/complete", tag = "media", security(("user_token" = [])),
     params(("upload" = String, Path)),
-    responses((status = 200, body = MediaIdBody), (status = 409, body = MissingBody), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MediaIdBody), (status = 409, body = MissingBody), (status = 307, description = "on another node of the cluster: the same request there, with a short-lived `token`"), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn complete(
     req: HttpRequest,
     router: web::Data<Router>,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let user = step!(user(&req, &router));
-    let upload = step!(own_upload(&router, path.into_inner(), &user).await);
+    let user = step!(reader(&req, &router));
+    let upload = match own_upload_or_redirect(&req, &router, &user, path.into_inner()).await {
+        Ok(upload) => upload,
+        Err(response) => return response,
+    };
     let store = router.store().clone();
     match blocking(move || store.media().complete(&upload)).await {
         Ok(Completed::Stored(media)) => {
@@ -532,7 +575,7 @@ pub async fn complete(
 #[utoipa::path(get, path = "/v1/media/{id}", tag = "media", security(("user_token" = [])),
     params(("id" = String, Path)),
     responses((status = 200, description = "the bytes, with the declared Content-Type", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "a range of the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "not modified"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 206, description = "a range of the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "not modified"), (status = 307, description = "on another node of the cluster: the same request there, with a short-lived `token`"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn download(
     req: HttpRequest,
     router: web::Data<Router>,
@@ -566,7 +609,7 @@ pub async fn download(
 /// A PNG thumbnail of at most 256 px a side (images only).
 #[utoipa::path(get, path = "/v1/media/{id}/thumb", tag = "media", security(("user_token" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 415, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 307, description = "on another node of the cluster: the same request there, with a short-lived `token`"), (status = 415, body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn thumbnail(
     req: HttpRequest,
     router: web::Data<Router>,
