@@ -364,30 +364,35 @@ async fn sigterm_sends_clients_elsewhere() {
     cq.expect(is_msg(&conv, 2), WAIT).await.expect("pushed");
 }
 
+/// Starts an upload of `bytes` on the node at `url` for the user of `auth` (blocking); its id.
+fn start_upload(url: &str, auth: &str, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(bytes));
+    let body = json!({"size":bytes.len(),"sha256":sha,"mime":"application/octet-stream"});
+    let start: serde_json::Value = serde_json::from_str(
+        &ureq::post(&format!("{url}/v1/uploads"))
+            .set("Authorization", auth)
+            .send_string(&body.to_string())
+            .expect("upload started")
+            .into_string()
+            .expect("answer"),
+    )
+    .expect("JSON");
+    start["upload"].as_str().expect("upload id").to_string()
+}
+
 /// An upload started on one node goes on through any other (a client behind a load balancer): chunks,
 /// status and `complete` sent elsewhere answer 307 to the node that has the upload, with a short-lived
 /// token, and a client that follows the redirect uploads the file; another user's upload is still 403.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_goes_on_through_any_node() {
-    use sha2::Digest;
     let cluster = Cluster::start(3, "[media]\nchunk_bytes = 4096").await;
     let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    let sha = hex::encode(sha2::Sha256::digest(&bytes));
     let auth = format!("Bearer {}", token("uma"));
     let other = format!("Bearer {}", token("otto"));
     let (url0, url1, url2) = (cluster.url(0, ""), cluster.url(1, ""), cluster.url(2, ""));
     tokio::task::spawn_blocking(move || {
-        let body = json!({"size":bytes.len(),"sha256":sha,"mime":"application/octet-stream"});
-        let start: serde_json::Value = serde_json::from_str(
-            &ureq::post(&format!("{url0}/v1/uploads"))
-                .set("Authorization", &auth)
-                .send_string(&body.to_string())
-                .unwrap()
-                .into_string()
-                .unwrap(),
-        )
-        .unwrap();
-        let upload = start["upload"].as_str().unwrap().to_string();
+        let upload = start_upload(&url0, &auth, &bytes);
         let chunk = |i: usize| &bytes[i * 4096..((i + 1) * 4096).min(bytes.len())];
 
         // a chunk sent to another node: 307 to the node that has the upload, method and body kept
@@ -471,24 +476,12 @@ async fn an_upload_goes_on_through_any_node() {
 /// has it, and an HTTP client that follows redirects gets the bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_is_found_from_any_node() {
-    use sha2::Digest;
     let cluster = Cluster::start(3, "").await;
     let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let sha = hex::encode(sha2::Sha256::digest(&bytes));
     let auth = format!("Bearer {}", token("mia"));
     let (url0, url1, url2) = (cluster.url(0, ""), cluster.url(1, ""), cluster.url(2, ""));
     tokio::task::spawn_blocking(move || {
-        let body = json!({"size":bytes.len(),"sha256":sha,"mime":"application/octet-stream"});
-        let start: serde_json::Value = serde_json::from_str(
-            &ureq::post(&format!("{url0}/v1/uploads"))
-                .set("Authorization", &auth)
-                .send_string(&body.to_string())
-                .unwrap()
-                .into_string()
-                .unwrap(),
-        )
-        .unwrap();
-        let upload = start["upload"].as_str().unwrap().to_string();
+        let upload = start_upload(&url0, &auth, &bytes);
         ureq::put(&format!("{url0}/v1/uploads/{upload}/0"))
             .set("Authorization", &auth)
             .send_bytes(&bytes)
