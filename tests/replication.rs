@@ -516,3 +516,59 @@ async fn five_nodes_fail_over_for_clients_of_nodes_that_do_not_keep_the_partitio
     assert_eq!(cids(&mut on_leader, &conv).await, expected);
     assert_eq!(cids(&mut cb, &conv).await, expected);
 }
+
+/// With more nodes than replicas, a node that keeps no replica of a user's partition still has its
+/// sessions known to the user's actor after the partition's leadership moves while every link stays up:
+/// here the preferred replica, stopped and started again, takes its partitions back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_a_node_without_the_partition_follow_its_leadership() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(4, &extra()).await;
+    let (user, outsider) = (0..10_000)
+        .map(|k| format!("o{k}x"))
+        .find_map(|u| {
+            let keepers = cluster.replicas_of(&u);
+            (0..4).find(|i| !keepers.contains(i)).map(|i| (u, i))
+        })
+        .expect("a user whose partition one node does not keep");
+    let leader = cluster.replicas_of(&user)[0];
+    let witness = (0..4)
+        .find(|i| *i != leader && *i != outsider)
+        .expect("a third node");
+    let _client = cluster.login(outsider, &user, "phone").await;
+    assert!(
+        user_online(&cluster, witness, &user).await,
+        "registered at first"
+    );
+    assert!(cluster.terminate(leader).success());
+    cluster.wait_leaders().await;
+    let deadline = Instant::now() + WAIT;
+    while !user_online(&cluster, witness, &user).await {
+        assert!(
+            Instant::now() < deadline,
+            "re-registered with the next leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the preferred replica takes the partition back with every link up
+    cluster.restart(leader).await;
+    let deadline = Instant::now() + WAIT;
+    while !user_online(&cluster, witness, &user).await {
+        assert!(
+            Instant::now() < deadline,
+            "the session on {} is unknown to the user's actor on {}",
+            cluster.ids[outsider],
+            cluster.ids[leader]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether `GET /v1/users/{user}` on node `i` says the user is online.
+async fn user_online(cluster: &Cluster, i: usize, user: &str) -> bool {
+    let (status, body) = cluster
+        .admin(i, "GET", &format!("/v1/users/{user}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["online"] == true
+}

@@ -398,6 +398,19 @@ impl Peer {
         lock(&self.led).binary_search(&p).is_ok()
     }
 
+    /// The partitions the peer leads now (`led`, sorted), from its last `Pong`; returns those it did not
+    /// lead in the one before.
+    fn set_led(&self, led: Vec<u32>) -> Vec<u32> {
+        let mut known = lock(&self.led);
+        let newly = led
+            .iter()
+            .copied()
+            .filter(|p| known.binary_search(p).is_err())
+            .collect();
+        *known = led;
+        newly
+    }
+
     /// The node is no longer a member: its link is closed and what waits on it fails.
     pub fn close(&self) {
         *lock(&self.link) = None;
@@ -775,7 +788,10 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
             } => {
                 peer.connections.store(connections, Ordering::Relaxed);
                 led.sort_unstable();
-                *lock(&peer.led) = led;
+                let newly = peer.set_led(led);
+                if !newly.is_empty() {
+                    router.peer_leads(&newly);
+                }
             }
             other => {
                 tracing::warn!(peer = %peer.id, frame = ?other, "unexpected frame on a dialed link")
@@ -784,6 +800,8 @@ async fn run_dialed(router: &Router, peer: &Arc<Peer>, stream: TcpStream) {
     }
     *lock(&peer.link) = None;
     *lock(&peer.bulk) = None;
+    // what it leads is learnt again from the next link's first `Pong` (all of it new then)
+    lock(&peer.led).clear();
     peer.set_state(LinkState::Down);
     peer.fail_pending();
     pinger.abort();

@@ -861,6 +861,27 @@ impl Router {
         });
     }
 
+    /// A peer now leads `partitions` (new in its last `Pong`): this node's sessions of users in those it
+    /// keeps no replica of register with the users' actors there. A node that keeps a replica does that on
+    /// its own leadership change ([`Router::leadership_changed`]); one that keeps none hears of a change
+    /// made while its links stayed up (a restarted preferred replica taking its partitions back) only this
+    /// way, and the users' new actors would otherwise not know its devices (presence, kicks, user pushes).
+    pub fn peer_leads(&self, partitions: &[PartitionId]) {
+        let Some(replication) = self.replication() else {
+            return;
+        };
+        let layout = replication.layout();
+        let outside: HashSet<PartitionId> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !replication.keeps(*p))
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        self.reregister(|user| outside.contains(&layout.partition(user.as_str())));
+    }
+
     /// What changed in this node's Raft groups (called from the Raft driver thread; it does not block).
     pub fn on_event(&self, event: Event<'_>) {
         match event {
