@@ -863,7 +863,7 @@ impl Router {
 
     /// A peer now leads `partitions` (new in its last `Pong`): this node's sessions of users in those it
     /// keeps no replica of register with the users' actors there. A node that keeps a replica does that on
-    /// its own leadership change ([`Router::leadership_changed`]); one that keeps none hears of a change
+    /// its own leadership change (`Router::leadership_changed`); one that keeps none hears of a change
     /// made while its links stayed up (a restarted preferred replica taking its partitions back) only this
     /// way, and the users' new actors would otherwise not know its devices (presence, kicks, user pushes).
     pub fn peer_leads(&self, partitions: &[PartitionId]) {
