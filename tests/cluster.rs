@@ -381,6 +381,19 @@ fn start_upload(url: &str, auth: &str, bytes: &[u8]) -> String {
     start["upload"].as_str().expect("upload id").to_string()
 }
 
+/// The bytes of `media` from the node at `url`, following its redirect (blocking).
+fn download(url: &str, auth: &str, media: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    ureq::get(&format!("{url}/v1/media/{media}"))
+        .set("Authorization", auth)
+        .call()
+        .expect("downloaded")
+        .into_reader()
+        .read_to_end(&mut got)
+        .expect("the bytes");
+    got
+}
+
 /// An upload started on one node goes on through any other (a client behind a load balancer): chunks,
 /// status and `complete` sent elsewhere answer 307 to the node that has the upload, with a short-lived
 /// token, and a client that follows the redirect uploads the file; another user's upload is still 403.
@@ -453,15 +466,7 @@ async fn an_upload_goes_on_through_any_node() {
             serde_json::from_str(&ureq::post(&location).call().unwrap().into_string().unwrap())
                 .unwrap();
         let media = done["media"].as_str().unwrap().to_string();
-        let mut got = Vec::new();
-        ureq::get(&format!("{url1}/v1/media/{media}"))
-            .set("Authorization", &auth)
-            .call()
-            .unwrap()
-            .into_reader()
-            .read_to_end(&mut got)
-            .unwrap();
-        assert_eq!(got, bytes);
+        assert_eq!(download(&url1, &auth, &media), bytes);
         // an upload no node has: 404
         let missing = ureq::get(&format!("{url2}/v1/uploads/{}", "0".repeat(32)))
             .set("Authorization", &auth)
@@ -509,15 +514,7 @@ async fn media_is_found_from_any_node() {
             location.starts_with(&format!("{url0}/v1/media/{media}?token=")),
             "{location}"
         );
-        let mut got = Vec::new();
-        ureq::get(&format!("{url2}/v1/media/{media}"))
-            .set("Authorization", &auth)
-            .call()
-            .unwrap()
-            .into_reader()
-            .read_to_end(&mut got)
-            .unwrap();
-        assert_eq!(got, bytes);
+        assert_eq!(download(&url2, &auth, &media), bytes);
         let missing = ureq::get(&format!("{url2}/v1/media/{}", "0".repeat(32)))
             .set("Authorization", &auth)
             .call();
